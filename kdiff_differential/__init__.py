@@ -1,0 +1,13 @@
+"""Differential Diffusion for every k-diffusion sampler.
+
+Wrap a k-diffusion denoiser in :class:`DifferentialDenoiser` with the original latent
+and a change map (per-pixel strength in [0, 1], 1 = change, 0 = keep), and hand the
+wrapper to any sampler. Importing this package does not import k-diffusion.
+"""
+
+from .clocks import CLOCKS
+from .denoiser import DifferentialDenoiser
+from .maps import prepare_change_map
+
+__all__ = ["CLOCKS", "DifferentialDenoiser", "prepare_change_map"]
+__version__ = "0.1.0"

@@ -1,0 +1,221 @@
+"""The wrapper: Differential Diffusion around any k-diffusion denoiser."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, Callable, Optional
+
+import torch
+from einops import rearrange
+from torch import Tensor, nn
+
+from .clocks import CLOCKS, Span, find_attribute, make_clock, make_span, release_map
+from .maps import prepare_change_map
+
+COMPATS = (None, "comfyui")
+
+
+def _check_latent(latent: Any) -> Tensor:
+    if not isinstance(latent, Tensor):
+        raise TypeError(f"latent must be a torch.Tensor, got {type(latent).__name__}")
+    if latent.ndim not in (3, 4):
+        raise ValueError(f"latent must be (C, H, W) or (B, C, H, W), got shape {tuple(latent.shape)}")
+    if not latent.is_floating_point():
+        raise TypeError(f"latent must be a float tensor, got {latent.dtype}")
+    if not torch.isfinite(latent).all():
+        raise ValueError("latent must be finite, got NaN or inf")
+    return latent.detach()
+
+
+def _check_strength(strength: Any) -> float:
+    if isinstance(strength, Tensor) and strength.numel() == 1:
+        strength = strength.item()
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+        raise TypeError(f"strength must be a number in [0, 1], got {type(strength).__name__}")
+    if not 0 <= strength <= 1:
+        raise ValueError(f"strength must lie in [0, 1] (1 = binary release), got {strength}")
+    return float(strength)
+
+
+class DifferentialDenoiser(nn.Module):
+    """Differential Diffusion around a k-diffusion denoiser: each pixel gets its own strength.
+
+    Hand it to any k-diffusion sampler in place of ``inner``. At every call it reads the
+    call's sigma and releases the pixels whose strength s reaches the normalised time
+    tau(sigma) (1 at the schedule's start, 0 at its end). Released pixels follow the
+    sampler; frozen ones are held to the original, re-noised to the call's sigma.
+
+    Args:
+        inner: a k-diffusion denoiser, ``(x, sigma, **kwargs) -> denoised``. Keyword
+            arguments (``cond``, ...) go through untouched.
+        latent: the clean original, (B, C, H, W) or (C, H, W) (taken as B = 1).
+        change_map: per-pixel strength, 1 = regenerate fully, 0 = keep; (H', W'),
+            (1|B, H', W') or (1|B, 1, H', W') at any resolution, resized to H x W.
+            Floats in [0, 1], integers as 8-bit grey levels, booleans, arrays or PIL images.
+        sigmas: the schedule the sampler will run (1-D, descending, may end in 0). A
+            sampler may run any contiguous slice of it; the ramp spans all of it.
+        sigma_min, sigma_max: instead of ``sigmas``, for ``sample_dpm_fast`` and
+            ``sample_dpm_adaptive``, which take a range.
+        noise: the fixed noise, latent-shaped, that re-noises frozen pixels at every call;
+            drawn once from ``generator`` when not given. Exposed as ``self.noise``.
+        generator: the ``torch.Generator`` that draws ``noise``.
+        strength: 1 releases pixels outright; below 1 the mask is
+            ``strength * released + (1 - strength) * s``, as ComfyUI's node does.
+        threshold: the clock, ``"timestep"`` (the model's ``sigma_to_t``, found on
+            ``inner`` or its ``inner_model`` chain, else log sigma), ``"sigma"`` (log
+            sigma) or ``"step"`` (the paper's step-index ramp).
+        compat: ``None``, or ``"comfyui"`` for ComfyUI's node exactly: plain bilinear map
+            resizing, and strength-0 pixels freed at a last call at the model's sigma_min.
+            By default strength-0 pixels are never freed.
+        keep_map: read ``change_map`` as a keep-map (1 = keep, 0 = change), the
+            convention of the official code and the diffusers pipelines.
+
+    ``x`` at call time is (k * B, C, H, W) for a whole k, as when a guidance wrapper
+    concatenates the batch; latent, noise and map repeat k times. The output has x's
+    shape and dtype.
+    """
+
+    def __init__(
+        self,
+        inner: Callable[..., Tensor],
+        latent: Tensor,
+        change_map: Any,
+        *,
+        sigmas: Optional[Tensor] = None,
+        sigma_min: Optional[float] = None,
+        sigma_max: Optional[float] = None,
+        noise: Optional[Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+        strength: float = 1.0,
+        threshold: str = "timestep",
+        compat: Optional[str] = None,
+        keep_map: bool = False,
+    ) -> None:
+        super().__init__()
+        if not callable(inner):
+            raise TypeError(f"inner must be a callable denoiser (x, sigma, **kwargs) -> x0, got {type(inner).__name__}")
+        if threshold not in CLOCKS:
+            raise ValueError(f"threshold must be one of {', '.join(map(repr, CLOCKS))}, got {threshold!r}")
+        if compat not in COMPATS:
+            raise ValueError(f"compat must be one of {', '.join(map(repr, COMPATS))}, got {compat!r}")
+        if compat == "comfyui" and threshold != "timestep":
+            raise ValueError(f"compat='comfyui' reproduces ComfyUI's timestep clock; got threshold={threshold!r}")
+        if not isinstance(keep_map, bool):
+            raise TypeError(f"keep_map must be True or False, got {type(keep_map).__name__}")
+        self.strength = _check_strength(strength)
+        self.threshold = threshold
+        self.compat = compat
+
+        given = _check_latent(latent)
+        latent = given if given.ndim == 4 else rearrange(given, "c h w -> 1 c h w")
+        dtype, device = latent.dtype, latent.device
+        if noise is None:
+            noise = torch.randn(latent.shape, generator=generator, dtype=dtype, device=device)
+        elif generator is not None:
+            raise ValueError("give noise= or generator= (to draw the noise), not both")
+        elif not isinstance(noise, Tensor):
+            raise TypeError(f"noise must be a torch.Tensor, got {type(noise).__name__}")
+        elif noise.shape not in (given.shape, latent.shape):
+            raise ValueError(f"noise must have the latent's shape {tuple(given.shape)}, got {tuple(noise.shape)}")
+        self.register_buffer("latent", latent)
+        self.register_buffer("noise", noise.detach().reshape(latent.shape).to(device=device, dtype=dtype))
+
+        if sigmas is not None and isinstance(sigmas, Tensor) and sigmas.is_floating_point():
+            if sigmas.dtype != dtype:
+                warnings.warn(
+                    f"sigmas are {sigmas.dtype} but the latent is {dtype}: k-diffusion's samplers would "
+                    f"promote x to {sigmas.dtype}. Pass dd.sigmas (cast to {dtype}) to the sampler.",
+                    stacklevel=2,
+                )
+            # The sampler's calls see the schedule in x's dtype; measure the ramp there.
+            sigmas = sigmas.detach().to(device=device, dtype=dtype)
+        self.register_buffer("sigmas", sigmas)
+        model_sigma_min = find_attribute(inner, "sigma_min")
+        self.span: Span = make_span(sigmas, sigma_min, sigma_max, model_sigma_min)
+
+        clock_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        sigma_to_t = find_attribute(inner, "sigma_to_t") if threshold == "timestep" else None
+        self.tau = make_clock(threshold, self.span, sigma_to_t, clock_dtype, device)
+
+        resize = "bilinear" if compat == "comfyui" else "antialias"
+        strengths = prepare_change_map(
+            change_map, latent.shape, keep_map=keep_map, resize=resize, dtype=clock_dtype, device=device
+        )
+        self.register_buffer("change_map", strengths.to(dtype))
+        self.register_buffer("release_sigma", release_map(self.tau, self.span, strengths, comfyui=compat == "comfyui"))
+        soft = ((1 - self.strength) * strengths).to(dtype)
+        self.register_buffer("mask_frozen", soft)
+        self.register_buffer("mask_free", (self.strength + soft).to(dtype))
+        self.inner_model = inner
+
+    def mask(self, sigma: Any) -> Tensor:
+        """The blend mask at noise level ``sigma`` (a number or a [k*B] tensor).
+
+        Shape (k, B or 1, 1, H, W) for a tensor sigma, (B or 1, 1, H, W) for a number;
+        1 = the pixel follows the sampler, 0 = held to the original.
+        """
+        if not isinstance(sigma, Tensor) or sigma.ndim == 0:
+            level = torch.as_tensor(sigma, dtype=self.release_sigma.dtype, device=self.release_sigma.device)
+            return self._blend_weights(level)
+        return self._blend_weights(self._per_image(sigma))
+
+    def noisy_latent(self, sigma: Optional[float] = None) -> Tensor:
+        """The original re-noised with ``self.noise`` to ``sigma`` (default: the ramp's
+        start): the x a sampler starts from, (B, C, H, W)."""
+        level = self.span.sigma_from if sigma is None else sigma
+        return self.latent + self.noise * level
+
+    def _per_image(self, sigma: Tensor) -> Tensor:
+        """sigma (k*B,) as (k, B, 1, 1, 1), to broadcast against the latent."""
+        return rearrange(sigma, "(k b) -> k b 1 1 1", b=self.latent.shape[0])
+
+    def _blend_weights(self, level: Tensor) -> Tensor:
+        free = level.to(self.release_sigma.dtype) <= self.release_sigma
+        if self.strength == 1:
+            return free.to(self.latent.dtype)
+        return torch.where(free, self.mask_free, self.mask_frozen)
+
+    def _check_call(self, x: Any, sigma: Any) -> Tensor:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+        batch, *chw = self.latent.shape
+        if x.ndim != 4 or list(x.shape[1:]) != chw or x.shape[0] % batch:
+            raise ValueError(
+                f"x must be (k*{batch}, {', '.join(map(str, chw))}) for a whole k, matching the latent, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if not isinstance(sigma, Tensor):
+            sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
+        if sigma.ndim == 0 or sigma.shape == (1,):
+            return sigma.reshape(1).expand(x.shape[0])
+        if sigma.shape != (x.shape[0],):
+            raise ValueError(f"sigma must be a number or shape ({x.shape[0]},), got shape {tuple(sigma.shape)}")
+        return sigma
+
+    def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
+        """Denoise ``x`` (k*B, C, H, W) at noise level ``sigma`` (k*B,), like ``inner``."""
+        sigma = self._check_call(x, sigma)
+        batch = self.latent.shape[0]
+        level = self._per_image(sigma)
+        xs = rearrange(x, "(k b) c h w -> k b c h w", b=batch).to(self.latent.dtype)
+
+        # Release the pixels whose strength reaches this noise level's tau.
+        mask = self._blend_weights(level)
+
+        # Hold frozen pixels to the original, re-noised to this sigma with the fixed noise.
+        frozen = torch.addcmul(self.latent, self.noise, level.to(self.latent.dtype))
+        xs = torch.lerp(frozen, xs, mask)
+
+        # Denoise.
+        denoised = self.inner_model(rearrange(xs, "k b c h w -> (k b) c h w"), sigma, **kwargs)
+
+        # Frozen pixels denoise to the original itself.
+        denoised = rearrange(denoised.to(self.latent.dtype), "(k b) c h w -> k b c h w", b=batch)
+        out = torch.lerp(self.latent, denoised, mask)
+        return rearrange(out, "k b c h w -> (k b) c h w").to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (
+            f"latent={tuple(self.latent.shape)}, threshold={self.threshold!r}, strength={self.strength}, "
+            f"compat={self.compat!r}, sigma_from={self.span.sigma_from:g}, sigma_to={self.span.sigma_to:g}"
+        )

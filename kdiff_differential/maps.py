@@ -1,0 +1,112 @@
+"""Change maps: check a per-pixel strength map and bring it to the latent's size.
+
+Convention: 1 = change (regenerate fully), 0 = keep. The official Differential
+Diffusion code and the diffusers pipelines use the opposite *keep-map* (1 = keep);
+pass ``keep_map=True`` for those.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor
+
+RESIZES = ("antialias", "bilinear")
+
+
+def _to_tensor(change_map: Any) -> Tensor:
+    if isinstance(change_map, Tensor):
+        return change_map.detach()
+    if hasattr(change_map, "getbands"):  # a PIL image: its grey levels
+        import numpy as np
+
+        return torch.from_numpy(np.array(change_map.convert("L")))
+    try:
+        return torch.as_tensor(change_map)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(
+            f"change_map must be a tensor, an array or a PIL image, got {type(change_map).__name__}"
+        ) from error
+
+
+def _as_strength(change_map: Tensor, dtype: torch.dtype) -> Tensor:
+    """Values in [0, 1]: integers are read as 8-bit grey levels, booleans as 0/1."""
+    if change_map.dtype == torch.bool:
+        return change_map.to(dtype)
+    if not change_map.is_floating_point():
+        if change_map.is_complex():
+            raise TypeError(f"change_map must be real, got {change_map.dtype}")
+        if change_map.numel() and (change_map.min() < 0 or change_map.max() > 255):
+            raise ValueError(
+                f"an integer change_map is read as 8-bit grey levels and must lie in 0..255, "
+                f"got {change_map.min().item()}..{change_map.max().item()}"
+            )
+        return change_map.to(dtype) / 255
+    if not torch.isfinite(change_map).all():
+        raise ValueError("change_map must be finite, got NaN or inf")
+    if change_map.numel() and (change_map.min() < 0 or change_map.max() > 1):
+        raise ValueError(
+            f"a float change_map must lie in [0, 1] (1 = change), got "
+            f"{change_map.min().item():g}..{change_map.max().item():g}; "
+            f"pass 8-bit grey levels as an integer tensor"
+        )
+    return change_map.to(dtype)
+
+
+def _as_4d(change_map: Tensor, batch: int) -> Tensor:
+    shape = tuple(change_map.shape)
+    if change_map.ndim == 2:
+        change_map = rearrange(change_map, "h w -> 1 1 h w")
+    elif change_map.ndim == 3:
+        change_map = rearrange(change_map, "b h w -> b 1 h w")
+    elif change_map.ndim != 4 or change_map.shape[1] != 1:
+        raise ValueError(
+            f"change_map must be (H, W), (B, H, W) or (B, 1, H, W), got shape {shape}"
+        )
+    if change_map.shape[0] not in (1, batch):
+        raise ValueError(
+            f"change_map has batch {change_map.shape[0]} (shape {shape}), but the latent has batch "
+            f"{batch}: give one map for all, or one per latent"
+        )
+    if 0 in change_map.shape:
+        raise ValueError(f"change_map is empty, shape {shape}")
+    return change_map
+
+
+def prepare_change_map(
+    change_map: Any,
+    latent_shape: Sequence[int],
+    *,
+    keep_map: bool = False,
+    resize: str = "antialias",
+    dtype: torch.dtype = torch.float32,
+    device: Any = None,
+) -> Tensor:
+    """Check ``change_map`` and return it as strengths of shape (1 or B, 1, H, W).
+
+    ``change_map`` is (H', W'), (1|B, H', W') or (1|B, 1, H', W') at any resolution:
+    a float tensor in [0, 1], an integer tensor of 8-bit grey levels (0..255), a bool
+    tensor, an array, or a PIL image. ``latent_shape`` is the latent's (B, C, H, W).
+    The map is resized to H x W: ``resize="antialias"`` (bilinear, area-weighted when
+    shrinking) or ``"bilinear"`` (plain, ``align_corners=False``, as ComfyUI does).
+    ``keep_map=True`` reads the map as 1 = keep, 0 = change, and flips it.
+    """
+    if resize not in RESIZES:
+        raise ValueError(f"resize must be one of {', '.join(map(repr, RESIZES))}, got {resize!r}")
+    batch, _, height, width = latent_shape
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    strength = _as_4d(_as_strength(_to_tensor(change_map), work), batch)
+    if keep_map:
+        strength = 1 - strength
+    if strength.shape[-2:] != (height, width):
+        strength = F.interpolate(
+            strength.to(device),
+            size=(height, width),
+            mode="bilinear",
+            align_corners=False,
+            antialias=resize == "antialias",
+        ).clamp(0, 1)
+    return strength.to(device=device, dtype=dtype)
