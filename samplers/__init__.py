@@ -1,0 +1,1 @@
+"""Sampler comparison experiments and benchmarks for kdiff-differential."""
