@@ -1,0 +1,215 @@
+"""The wrapper as a denoiser: its call, its batches, its errors."""
+
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from k_diffusion import sampling
+
+from kdiff_differential import DifferentialDenoiser
+
+from conftest import CFG, SIZE, CondIdeal, ideal_denoiser, smooth_images
+
+
+@pytest.fixture(scope="module")
+def sigmas(ideal):
+    return ideal.get_sigmas(8)
+
+
+def build(ideal, latent, change_map, sigmas, **kwargs):
+    kwargs.setdefault("generator", torch.Generator().manual_seed(0))
+    return DifferentialDenoiser(ideal, latent, change_map, sigmas=sigmas, **kwargs)
+
+
+def test_a_call_blends_before_and_after_the_model(ideal, latent, sigmas):
+    """One call, checked against the rule written out by hand."""
+    half = torch.zeros(SIZE, SIZE)
+    half[:, SIZE // 2 :] = 1  # right half free from the start
+    seen = {}
+
+    def spy(x, sigma, **kwargs):
+        seen["x"] = x.clone()
+        return ideal(x, sigma, **kwargs)
+
+    dd = build(spy, latent, half, sigmas)
+    sigma = sigmas[2] * torch.ones(1)
+    x = torch.randn(1, 3, SIZE, SIZE)
+    out = dd(x, sigma)
+    frozen, free = (slice(None), slice(None), slice(None), slice(0, SIZE // 2)), (..., slice(SIZE // 2, None))
+    assert torch.equal(seen["x"][free], x[free])
+    assert torch.allclose(seen["x"][frozen], (latent + dd.noise * sigma)[frozen])
+    assert torch.equal(out[frozen], latent[frozen])
+    assert torch.equal(out[free], ideal(seen["x"], sigma)[free])
+
+
+def test_noise_is_fixed_seedable_and_exposed(ideal, latent, gradient_map, sigmas):
+    a = build(ideal, latent, gradient_map, sigmas, generator=torch.Generator().manual_seed(5))
+    b = build(ideal, latent, gradient_map, sigmas, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.noise, b.noise)
+    noise = torch.randn_like(latent)
+    c = DifferentialDenoiser(ideal, latent, gradient_map, sigmas=sigmas, noise=noise)
+    assert torch.equal(c.noise, noise)
+    assert torch.allclose(c.noisy_latent(), latent + noise * sigmas[0])
+    assert torch.allclose(c.noisy_latent(2.0), latent + noise * 2.0)
+
+
+def test_a_3d_latent_is_batch_one(ideal, latent, gradient_map, sigmas):
+    dd = build(ideal, latent[0], gradient_map, sigmas, noise=torch.randn(3, SIZE, SIZE), generator=None)
+    assert dd.latent.shape == (1, 3, SIZE, SIZE) and dd.noise.shape == (1, 3, SIZE, SIZE)
+    out = sampling.sample_euler(dd, dd.noisy_latent(), sigmas, disable=True)
+    assert out.shape == (1, 3, SIZE, SIZE)
+
+
+def test_guidance_outside_repeats_latent_noise_and_map(ideal, latent, gradient_map, sigmas):
+    """CFG(DifferentialDenoiser(...)): x carries twice the latent's batch."""
+    dd = build(ideal, latent, gradient_map, sigmas)
+    cfg = CFG(dd, scale=1.0)  # scale 1: the conditional branch alone
+    x = dd.noisy_latent()
+    cond = torch.ones(1)
+    guided = sampling.sample_euler(cfg, x, sigmas, extra_args={"uncond": cond, "cond": cond}, disable=True)
+    plain = sampling.sample_euler(dd, x, sigmas, disable=True)
+    assert torch.allclose(guided, plain, atol=1e-5)
+
+
+def test_guidance_inside_and_kwargs_go_through_untouched(ideal, latent, gradient_map, sigmas):
+    """DifferentialDenoiser(CFG(...)) finds the model's clock through inner_model and
+    passes uncond/cond on; a conditioned model shows the cond reached it."""
+    inner = CFG(CondIdeal(ideal), scale=2.0)
+    dd = build(inner, latent, gradient_map, sigmas)
+    assert dd.span.sigma_to == pytest.approx(ideal.sigma_min.item())  # found through two wrappers
+    direct = build(ideal, latent, gradient_map, sigmas)
+    assert torch.equal(dd.release_sigma, direct.release_sigma)
+    x, sigma = dd.noisy_latent(), sigmas[3] * torch.ones(1)
+    with_cond = dd(x, sigma, uncond=torch.zeros(1), cond=torch.ones(1))
+    without = dd(x, sigma, uncond=torch.zeros(1), cond=torch.zeros(1))
+    free = dd.mask(sigma.item()).bool().expand_as(x)
+    assert torch.allclose((with_cond - without)[free], torch.tensor(0.02), atol=1e-5)  # 0.01 * cond * scale 2
+    assert torch.equal(with_cond[~free], without[~free])
+
+
+def test_per_image_maps_in_a_batch(ideal, sigmas):
+    latents = smooth_images(2, seed=3)
+    maps = torch.stack([torch.zeros(SIZE, SIZE), torch.ones(SIZE, SIZE)])
+    dd = build(ideal, latents, maps, sigmas)
+    out = sampling.sample_euler(dd, dd.noisy_latent(), sigmas, disable=True)
+    assert torch.allclose(out[0], latents[0], atol=1e-5)
+    assert (out[1] - latents[1]).abs().mean() > 0.1
+
+
+def test_mask_reports_release_at_a_noise_level(ideal, latent, gradient_map, sigmas):
+    dd = build(ideal, latent, gradient_map, sigmas)
+    first, last = dd.mask(sigmas[0].item()), dd.mask(sigmas[-2].item())
+    assert first.shape == (1, 1, SIZE, SIZE)
+    assert first[..., -1].eq(1).all() and first[..., :-1].eq(0).all()
+    assert last[..., 1:].eq(1).all() and last[..., 0].eq(0).all()
+    assert dd.mask(sigmas[3] * torch.ones(2)).shape == (2, 1, 1, SIZE, SIZE)
+
+
+def test_soft_strength_blends_the_binary_mask_with_the_map(ideal, latent, gradient_map, sigmas):
+    dd = build(ideal, latent, gradient_map, sigmas, strength=0.75)
+    s = dd.change_map
+    mask = dd.mask(sigmas[4].item())
+    binary = build(ideal, latent, gradient_map, sigmas).mask(sigmas[4].item())
+    assert torch.allclose(mask, 0.75 * binary + 0.25 * s)
+
+
+def test_keep_map_is_one_keyword(ideal, latent, sigmas):
+    change_map = (torch.arange(SIZE) / SIZE).expand(SIZE, SIZE)  # exact in binary, so 1 - (1 - s) == s
+    change = build(ideal, latent, change_map, sigmas)
+    keep = build(ideal, latent, 1 - change_map, sigmas, keep_map=True)
+    assert torch.equal(change.release_sigma, keep.release_sigma)
+
+
+def test_float64_sigmas_warn_and_dd_sigmas_keep_the_sampling_in_float32(latent, gradient_map, sigmas):
+    ideal = ideal_denoiser()
+    seen = set()
+
+    def strict(x, sigma):
+        seen.add(x.dtype)
+        return ideal(x, sigma)
+
+    with pytest.warns(UserWarning, match="dd.sigmas"):
+        dd = build(strict, latent, gradient_map, sigmas.double())
+    assert dd.sigmas.dtype == torch.float32
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = sampling.sample_euler(dd, dd.noisy_latent(), dd.sigmas, disable=True)
+    assert out.dtype == torch.float32 and seen == {torch.float32}
+    # Given the float64 schedule anyway, k-diffusion promotes x; the model still sees float32.
+    out = sampling.sample_euler(dd, dd.noisy_latent(), sigmas.double(), disable=True)
+    assert out.dtype == torch.float64 and seen == {torch.float32}
+
+
+def test_the_wrapper_moves_with_to(ideal, latent, gradient_map, sigmas):
+    dd = build(ideal, latent, gradient_map, sigmas).to(torch.float64)
+    assert dd.latent.dtype == dd.noise.dtype == dd.release_sigma.dtype == torch.float64
+
+
+def test_import_does_not_load_k_diffusion():
+    code = "import sys, kdiff_differential; print('k_diffusion' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize(
+    "change, error, words",
+    [
+        (dict(inner=42), TypeError, "inner must be a callable"),
+        (dict(latent=torch.ones(SIZE, SIZE)), ValueError, "latent must be (C, H, W) or (B, C, H, W)"),
+        (dict(latent=torch.ones(1, 1, 3, SIZE, SIZE)), ValueError, "latent must be"),
+        (dict(latent=torch.ones(1, 3, SIZE, SIZE, dtype=torch.long)), TypeError, "float"),
+        (dict(latent=torch.full((1, 3, SIZE, SIZE), float("nan"))), ValueError, "finite"),
+        (dict(latent=[1.0]), TypeError, "latent must be a torch.Tensor"),
+        (dict(change_map=torch.full((SIZE, SIZE), 2.0)), ValueError, "[0, 1]"),
+        (dict(change_map=torch.full((SIZE, SIZE), float("nan"))), ValueError, "finite"),
+        (dict(change_map=torch.ones(2, SIZE, SIZE)), ValueError, "batch 2"),
+        (dict(noise=torch.ones(1, 3, 8, 8)), ValueError, "noise must have the latent's shape"),
+        (dict(noise=torch.ones(1, 3, SIZE, SIZE), generator=torch.Generator()), ValueError, "not both"),
+        (dict(sigmas=torch.tensor([1.0, 2.0])), ValueError, "descending"),
+        (dict(sigmas=None), ValueError, "sigma_min"),
+        (dict(strength=1.5), ValueError, "strength must lie in [0, 1]"),
+        (dict(strength="high"), TypeError, "strength must be a number"),
+        (dict(threshold="karras"), ValueError, "'timestep', 'step', 'sigma'"),
+        (dict(compat="a1111"), ValueError, "None, 'comfyui'"),
+        (dict(compat="comfyui", threshold="step"), ValueError, "timestep clock"),
+        (dict(keep_map=1), TypeError, "keep_map"),
+    ],
+)
+def test_bad_arguments_fail_when_the_wrapper_is_built(ideal, latent, gradient_map, sigmas, change, error, words):
+    kwargs = dict(inner=ideal, latent=latent, change_map=gradient_map, sigmas=sigmas)
+    if "noise" not in change:
+        kwargs["generator"] = torch.Generator()
+    kwargs.update(change)
+    with pytest.raises(error) as raised:
+        DifferentialDenoiser(kwargs.pop("inner"), kwargs.pop("latent"), kwargs.pop("change_map"), **kwargs)
+    assert words in str(raised.value)
+
+
+def test_step_clock_without_a_schedule_fails_when_built(ideal, latent, gradient_map):
+    with pytest.raises(ValueError, match="threshold='step' needs the schedule"):
+        DifferentialDenoiser(ideal, latent, gradient_map, sigma_min=0.1, sigma_max=10.0, threshold="step")
+
+
+@pytest.mark.parametrize(
+    "x, sigma, error, words",
+    [
+        (torch.ones(1, 4, SIZE, SIZE), torch.ones(1), ValueError, "x must be (k*1, 3, 16, 16)"),
+        (torch.ones(1, 3, 8, 8), torch.ones(1), ValueError, "got shape (1, 3, 8, 8)"),
+        (torch.ones(3, SIZE, SIZE), torch.ones(1), ValueError, "x must be"),
+        ("x", torch.ones(1), TypeError, "x must be a torch.Tensor"),
+        (torch.ones(2, 3, SIZE, SIZE), torch.ones(3), ValueError, "sigma must be a number or shape (2,)"),
+    ],
+)
+def test_bad_calls_are_named(ideal, latent, gradient_map, sigmas, x, sigma, error, words):
+    dd = build(ideal, latent, gradient_map, sigmas)
+    with pytest.raises(error) as raised:
+        dd(x, sigma)
+    assert words in str(raised.value)
+
+
+def test_a_batch_that_is_not_a_whole_multiple_is_refused(ideal, gradient_map, sigmas):
+    dd = build(ideal, smooth_images(2, seed=3), gradient_map, sigmas)
+    with pytest.raises(ValueError, match=r"x must be \(k\*2, 3, 16, 16\) for a whole k"):
+        dd(torch.ones(3, 3, SIZE, SIZE), torch.ones(3))
