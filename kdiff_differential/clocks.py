@@ -204,7 +204,7 @@ def _step_clock(sigmas: Tensor) -> Tau:
     return tau
 
 
-def release_sigmas(tau: Tau, strengths: Tensor, chunk: int = 4096) -> Tensor:
+def release_sigmas(tau: Tau, strengths: Tensor, chunk: Optional[int] = None) -> Tensor:
     """For each strength s (1-D), the largest sigma with ``tau(sigma) <= s``.
 
     A bisection on the bit patterns of ``strengths.dtype``: positive floats sort as
@@ -213,6 +213,10 @@ def release_sigmas(tau: Tau, strengths: Tensor, chunk: int = 4096) -> Tensor:
     quantised, ...). tau is taken to hold at sigma = 0, where no sampler calls the model.
     Returns the largest finite float where every finite sigma qualifies.
     """
+    if chunk is None:
+        # A discrete model's sigma_to_t builds a (1000, n) table per call: on a CPU small
+        # chunks stay in cache (128 measured 3x faster than 4096); on a GPU, launches dominate.
+        chunk = 128 if strengths.device.type == "cpu" else 1 << 16
     dtype = strengths.dtype
     bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
     infinity = torch.tensor(float("inf"), dtype=dtype).view(bits).item()
