@@ -1,5 +1,30 @@
-"""Models to wrap: the built-in closed-form denoiser (and, with the ``diffusers`` extra, real ones)."""
+"""Models to wrap: the built-in closed-form denoiser and, with the ``diffusers`` extra,
+Stable Diffusion. Each, fitted to one input image, is an :class:`ImageModel`."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+from torch import Tensor, nn
 
 from .ideal import IdealDenoiser, sd_alphas_cumprod
 
-__all__ = ["IdealDenoiser", "sd_alphas_cumprod"]
+
+class ImageModel(Protocol):
+    """A model fitted to one input image, as the command line uses it.
+
+    ``latent`` is the image in the model's space (1, C, h, w); ``denoiser`` a k-diffusion
+    denoiser for such latents; ``extra_args`` what it takes at every call;
+    ``decode`` brings a result latent back to an image of the input's size.
+    """
+
+    latent: Tensor
+    denoiser: nn.Module
+
+    def extra_args(self, prompt: str, negative: str, cfg: float) -> dict[str, Any]: ...
+
+    def decode(self, latent: Tensor) -> np.ndarray: ...
+
+
+__all__ = ["IdealDenoiser", "ImageModel", "sd_alphas_cumprod"]

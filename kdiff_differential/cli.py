@@ -1,0 +1,213 @@
+"""The command line: ``kdiff-differential`` (also ``python -m kdiff_differential``).
+
+Edits an image with a per-pixel change map (white = change) on the built-in model or a
+local diffusers Stable Diffusion directory. With only ``--out`` it runs the demo: the
+bundled example image and a left-to-right gradient. Bad input ends the run with one
+line on stderr and exit status 2; library imports happen inside ``main``, so that
+``--help`` and argument errors answer at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from .clocks import CLOCKS
+from .edit import SAMPLERS, SCHEDULES
+from .errors import InputError
+from .presets import PRESETS
+
+PROG = "kdiff-differential"
+DEVICES = ("auto", "cpu", "cuda")
+DEFAULT_CFG = 7.0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors cut to one line (no usage block)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _number(kind: Callable[[str], float], check: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {requirement}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: give {requirement}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Differential Diffusion: edit an image with a per-pixel change map (white = change, black = keep).",
+        epilog=f"With only --out, runs the demo on a bundled image with the gradient-x map. Map presets: {', '.join(PRESETS)}.",
+    )
+    parser.add_argument("--image", help="input image (default: the bundled example)")
+    parser.add_argument("--map", default="gradient-x", help="change map: an image file (grey levels) or a preset (default: gradient-x)")
+    parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...")
+    parser.add_argument("--model", default="builtin", help="'builtin' or a local diffusers Stable Diffusion 1.x/2.x directory")
+    parser.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS, metavar="NAME", help=f"k-diffusion sampler: {', '.join(SAMPLERS)}")
+    parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), default=20, help="sampler steps (default: 20)")
+    parser.add_argument("--schedule", default="karras", choices=SCHEDULES, help="noise schedule (default: karras)")
+    parser.add_argument("--seed", type=_number(int, lambda n: True, "a whole number"), default=0, help="random seed (default: 0)")
+    parser.add_argument("--strength", type=_number(float, lambda s: 0 <= s <= 1, "a number in [0, 1]"), default=1.0, help="1: binary release; below 1 blends the map into the mask (default: 1)")
+    parser.add_argument("--threshold", default="timestep", choices=CLOCKS, help="the clock that releases pixels (default: timestep)")
+    parser.add_argument("--keep-map", action="store_true", help="read the map as white = keep, black = change")
+    parser.add_argument("--denoise", type=_number(float, lambda d: 0 < d <= 1, "a number in (0, 1]"), default=1.0, help="global denoise: the part of the schedule to run (default: 1)")
+    parser.add_argument("--prompt", default="", help="text prompt (Stable Diffusion)")
+    parser.add_argument("--negative", default="", help="negative prompt (Stable Diffusion)")
+    parser.add_argument("--cfg", type=_number(float, lambda c: c == c, "a number"), default=None, help=f"classifier-free guidance scale (Stable Diffusion; default: {DEFAULT_CFG:g})")
+    parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when there is one (default: auto)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar and no messages")
+    parser.add_argument("--save-strip", action="store_true", help="also write OUT-strip: original | map | result")
+    parser.add_argument("--save-masks", action="store_true", help="also write OUT-masks: the release mask at each step")
+    return parser
+
+
+def _warn(message: str) -> None:
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
+def _sibling(out: Path, tag: str) -> Path:
+    """OUT-tag.ext beside OUT: where --save-strip and --save-masks write."""
+    return out.with_name(f"{out.stem}-{tag}{out.suffix}")
+
+
+def _check_outputs(args: argparse.Namespace) -> list[Path]:
+    """The files this run will write, checked before any work is done."""
+    from .images import output_format
+
+    out = Path(args.out)
+    folder = out.parent
+    if not folder.is_dir():
+        raise InputError(f"--out {args.out}: the folder {folder} does not exist; create it or write elsewhere")
+    if out.is_dir():
+        raise InputError(f"--out {args.out} is a folder; give a file name such as result.png")
+    output_format(args.out)
+    outputs = [out]
+    outputs += [_sibling(out, "strip")] if args.save_strip else []
+    outputs += [_sibling(out, "masks")] if args.save_masks else []
+    if args.image is not None:
+        image = Path(args.image).resolve()
+        for path in outputs:
+            if path.resolve() == image:
+                raise InputError(f"--out {args.out} would write over the input image {args.image}; give another name")
+    return outputs
+
+
+def _device(name: str):
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def _change_map(spec: str, height: int, width: int, keep_map: bool):
+    """The map as change strengths (h, w), float32 in [0, 1], 1 = change."""
+    import torch
+
+    from .images import read_map
+    from .presets import preset_map
+
+    if spec in PRESETS:
+        strength = preset_map(spec, height, width)
+    elif os.path.exists(spec):
+        grey = read_map(spec)
+        rows, columns = grey.shape
+        if abs(columns * height - width * rows) > max(height, width, rows, columns):
+            _warn(f"the map is {columns}x{rows} but the image {width}x{height}: the map is stretched to fit")
+        strength = torch.from_numpy(grey).float() / 255
+    else:
+        raise InputError(f"--map {spec}: neither an existing file nor a preset ({', '.join(PRESETS)})")
+    return 1 - strength if keep_map else strength
+
+
+def _load_model(name: str, image, device):
+    if name == "builtin":
+        from .models.builtin import BuiltinModel
+
+        return BuiltinModel(image, device)
+    from .models.diffusers_sd import StableDiffusionModel
+
+    return StableDiffusionModel(name, image, device)
+
+
+def run(args: argparse.Namespace) -> list[Path]:
+    """Do the edit ``args`` describes; returns the files written."""
+    outputs = _check_outputs(args)
+    device = _device(args.device)
+    from .images import read_image, write_image
+
+    if args.image is None:
+        from .models.builtin import load_example_image
+
+        image = load_example_image()
+    else:
+        image = read_image(args.image)
+    height, width = image.shape[:2]
+    strength = _change_map(args.map, height, width, args.keep_map)
+    if args.model == "builtin" and (args.prompt or args.negative or args.cfg is not None):
+        _warn("the built-in model takes no text: --prompt, --negative and --cfg are ignored")
+
+    from .edit import differential_edit
+
+    model = _load_model(args.model, image, device)
+    cfg = DEFAULT_CFG if args.cfg is None else args.cfg
+    edit = differential_edit(
+        model.denoiser,
+        model.latent,
+        strength,
+        sampler=args.sampler,
+        steps=args.steps,
+        schedule=args.schedule,
+        denoise=args.denoise,
+        seed=args.seed,
+        strength=args.strength,
+        threshold=args.threshold,
+        extra_args=model.extra_args(args.prompt, args.negative, cfg),
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
+    result = model.decode(edit.result)
+    write_image(result, str(outputs[0]))
+    if args.save_strip:
+        from .figures import strip
+
+        write_image(strip(image, strength, result), str(_sibling(outputs[0], "strip")))
+    if args.save_masks:
+        from .figures import mask_grid
+
+        masks = [edit.wrapper.mask(sigma)[0, 0].cpu() for sigma in edit.step_sigmas]
+        write_image(mask_grid(masks, width / height), str(_sibling(outputs[0], "masks")))
+    return outputs
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The console entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    # k-diffusion's clip dependency warns about pkg_resources at import: not the user's concern.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    try:
+        written = run(args)
+    except InputError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing was written over", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        for path in written:
+            print(f"wrote {path}")
+    return 0

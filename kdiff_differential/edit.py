@@ -1,0 +1,123 @@
+"""One Differential Diffusion edit with a k-diffusion sampler, start to finish.
+
+The steps every model shares, the built-in one and Stable Diffusion alike: the noise
+schedule, the :class:`DifferentialDenoiser` around the model, the sampler by its short
+name, the seeds. k-diffusion is imported inside the functions, so that importing the
+package stays light.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .denoiser import DifferentialDenoiser
+
+SAMPLERS = (
+    "euler",
+    "euler_ancestral",
+    "heun",
+    "dpm_2",
+    "dpm_2_ancestral",
+    "lms",
+    "dpmpp_2s_ancestral",
+    "dpmpp_sde",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m_sde",
+    "dpm_fast",
+    "dpm_adaptive",
+)
+# These two take a sigma range instead of a schedule, and stop at sigma_min, not 0.
+RANGE_SAMPLERS = ("dpm_fast", "dpm_adaptive")
+SCHEDULES = ("karras", "exponential", "model")
+
+
+def make_sigmas(denoiser: nn.Module, steps: int, schedule: str = "karras", denoise: float = 1.0) -> Tensor:
+    """The schedule for ``steps`` steps, descending, ending in 0: (steps + 1,) float32.
+
+    ``denoiser`` is a k-diffusion discrete-schedule denoiser (``CompVisDenoiser``,
+    ...), whose ``sigma_min``/``sigma_max`` bound the schedule. With ``denoise`` < 1 the
+    schedule is that of ``steps / denoise`` steps, of which the last ``steps`` are kept
+    (img2img's partial denoising, as ComfyUI does it).
+    """
+    import k_diffusion as K
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; schedules: {', '.join(SCHEDULES)}")
+    total = steps if denoise >= 1 else int(steps / denoise)
+    sigma_min, sigma_max = float(denoiser.sigma_min), float(denoiser.sigma_max)
+    if schedule == "karras":
+        sigmas = K.sampling.get_sigmas_karras(total, sigma_min, sigma_max)
+    elif schedule == "exponential":
+        sigmas = K.sampling.get_sigmas_exponential(total, sigma_min, sigma_max)
+    else:
+        sigmas = denoiser.get_sigmas(total)
+    return sigmas[-(steps + 1) :].float().cpu()
+
+
+@dataclass
+class Edit:
+    """What a run gives back: the result and what is needed to explain it."""
+
+    result: Tensor  # the edited latent, (B, C, H, W), the input latent's dtype
+    wrapper: DifferentialDenoiser  # the wrapper the sampler ran; wrapper.mask(sigma) is the release mask
+    step_sigmas: list[float] = field(default_factory=list)  # the sigma of each step, in order
+
+
+def differential_edit(
+    denoiser: nn.Module,
+    latent: Tensor,
+    change_map: Any,
+    *,
+    sampler: str = "dpmpp_2m",
+    steps: int = 20,
+    schedule: str = "karras",
+    denoise: float = 1.0,
+    seed: int = 0,
+    strength: float = 1.0,
+    threshold: str = "timestep",
+    extra_args: Optional[dict[str, Any]] = None,
+    progress: bool = False,
+) -> Edit:
+    """Edit ``latent`` (B, C, H, W) with per-pixel strength ``change_map`` (1 = change).
+
+    ``denoiser`` is a k-diffusion discrete-schedule denoiser; ``extra_args`` go to it at
+    every call (``cond``, guidance settings). ``change_map`` is anything
+    :class:`DifferentialDenoiser` takes. ``seed`` fixes the wrapper's noise and the
+    sampler's own noise, so the same arguments give the same result.
+    """
+    import k_diffusion as K
+
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
+    # The ancestral and SDE samplers draw from the global generator (Brownian trees seed from it too).
+    torch.manual_seed(seed)
+    generator = torch.Generator(device=latent.device).manual_seed(seed)
+    sigmas = make_sigmas(denoiser, steps, schedule, denoise).to(device=latent.device, dtype=latent.dtype)
+    settings = dict(generator=generator, strength=strength, threshold=threshold)
+    step_sigmas: list[float] = []
+
+    def record(info: dict[str, Any]) -> None:
+        step_sigmas.append(float(info["sigma"]))
+
+    run = dict(extra_args=extra_args or {}, callback=record, disable=not progress)
+    with torch.no_grad():
+        if sampler in RANGE_SAMPLERS:
+            sigma_min, sigma_max = float(denoiser.sigma_min), float(sigmas[0])
+            dd = DifferentialDenoiser(denoiser, latent, change_map, sigma_min=sigma_min, sigma_max=sigma_max, **settings)
+            x = dd.noisy_latent()
+            if sampler == "dpm_fast":
+                x = K.sampling.sample_dpm_fast(dd, x, sigma_min, sigma_max, steps, **run)
+            else:
+                x = K.sampling.sample_dpm_adaptive(dd, x, sigma_min, sigma_max, **run)
+            # They stop at sigma_min with that much noise left; one more call takes it out,
+            # as the other samplers' last step to sigma 0 does.
+            x = dd(x, x.new_full((x.shape[0],), sigma_min), **run["extra_args"])
+        else:
+            dd = DifferentialDenoiser(denoiser, latent, change_map, sigmas=sigmas, **settings)
+            x = getattr(K.sampling, f"sample_{sampler}")(dd, dd.noisy_latent(), dd.sigmas, **run)
+    return Edit(result=x, wrapper=dd, step_sigmas=step_sigmas)

@@ -1,0 +1,89 @@
+"""Image files and pixel tensors: reading, the [-1, 1] convention, atomic writing.
+
+Images travel as uint8 arrays (H, W, 3) (maps as (H, W)); models see float tensors
+(1, 3, H, W) in [-1, 1]. PIL is imported inside the functions, so that importing the
+package stays light.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .errors import InputError
+
+
+def _open(path: str, mode: str) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return np.array(image.convert(mode))
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file; give the path of an existing image") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image file (PNG, JPEG, WebP, ... that Pillow can read)") from None
+    except (OSError, ValueError) as error:
+        # Directories, unreadable files and truncated images all land here.
+        raise InputError(f"{path}: cannot read it as an image ({error.__class__.__name__}: {error})") from None
+
+
+def read_image(path: str) -> np.ndarray:
+    """The image at ``path`` as RGB, uint8 (H, W, 3); alpha is dropped."""
+    return _open(path, "RGB")
+
+
+def read_map(path: str) -> np.ndarray:
+    """The grey levels of the image at ``path``, uint8 (H, W)."""
+    return _open(path, "L")
+
+
+def to_tensor(image: np.ndarray) -> Tensor:
+    """uint8 (H, W, 3) -> float32 (1, 3, H, W) in [-1, 1]."""
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    return pixels.float() / 127.5 - 1
+
+
+def to_image(pixels: Tensor) -> np.ndarray:
+    """float (1, 3, H, W) in [-1, 1] -> uint8 (H, W, 3), rounded to the nearest level."""
+    levels = ((pixels[0].detach().float().cpu() + 1) * 127.5).round().clamp(0, 255)
+    return levels.to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def output_format(path: str) -> str:
+    """Pillow's format name for ``path``'s extension; InputError when it has none."""
+    from PIL import Image
+
+    extension = Path(path).suffix.lower()
+    formats = Image.registered_extensions()
+    if extension not in formats or formats[extension] not in Image.SAVE:
+        raise InputError(f"{path}: unknown image extension {extension or '(none)'!r}; use .png, .jpg or .webp")
+    return formats[extension]
+
+
+def write_image(image: np.ndarray, path: str) -> None:
+    """Write ``image`` (uint8 (H, W, 3) or (H, W)) to ``path`` atomically.
+
+    It goes to a temporary file in the same folder first, then is renamed over
+    ``path``, so an interrupted run never leaves a truncated file behind.
+    """
+    from PIL import Image
+
+    target = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            Image.fromarray(image).save(file, format=output_format(path))
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, target)
+    except BaseException:
+        os.unlink(temporary)
+        raise

@@ -1,0 +1,124 @@
+"""The built-in model: the exact denoiser of a few photographs that ship with scikit-image.
+
+It is an :class:`IdealDenoiser` (the closed-form posterior mean) over
+``TRAINING_IMAGES``, in pixel space, behind k-diffusion's ``CompVisDenoiser``: the same
+path a Stable Diffusion model takes. It is real and exact for its tiny data set, which
+makes it good for seeing and testing the mechanism with no weights to download; it is
+not a generative model of the world: what it regenerates comes from its few images.
+
+The example image (``EXAMPLE_IMAGE``) is not among the training images, so that
+regenerated pixels visibly differ from the input.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..images import to_image, to_tensor
+from .ideal import IdealDenoiser
+
+# Only images inside the scikit-image wheel: skimage.data fetches the others with pooch.
+TRAINING_IMAGES = ("chelsea", "coffee", "rocket", "hubble_deep_field")
+EXAMPLE_IMAGE = "astronaut"
+EXAMPLE_SIZE = 256
+# The model runs at the input's size, scaled down so that its longest side is at most this.
+MAX_SIDE = 512
+# The noise levels the model knows, in [-1, 1] pixel units. Stable Diffusion's schedule is
+# made for latents; on pixels it spends half its timesteps above sigma 1.6, where the
+# posterior of a few photographs has long settled on one of them, so that almost every
+# released pixel would be replaced outright. Evenly spaced in log sigma, the timestep
+# clock instead releases strength s at about SIGMA_MIN * (SIGMA_MAX / SIGMA_MIN) ** s.
+SIGMA_MIN, SIGMA_MAX = 0.01, 10.0
+# The width of the Gaussian around each training image. A pixel released at sigma keeps
+# about SPREAD / sqrt(SPREAD^2 + sigma^2) of its input, so change grows smoothly with the
+# map value; the price is grain of this size in regenerated pixels. Measured on the demo
+# (mean change in 8-bit levels over eighths of the gradient map, 0 to 1):
+# 0.05: 4 13 32 44 65 83 86 78; 0.1: 2 5 17 34 59 79 85 78; 0.2: 1 4 10 23 49 73 83 79.
+# 0.1 keeps the ramp and the grain small; larger values only add grain.
+SPREAD = 0.1
+
+
+def pixel_alphas_cumprod(steps: int = 1000) -> Tensor:
+    """The built-in model's training schedule: sigma log-spaced from SIGMA_MIN to
+    SIGMA_MAX over ``steps`` timesteps, as cumulative alphas 1 / (1 + sigma^2), (steps,) float32."""
+    log_sigmas = torch.linspace(math.log(SIGMA_MIN), math.log(SIGMA_MAX), steps, dtype=torch.float64)
+    return (1 / (1 + (2 * log_sigmas).exp())).float()
+
+
+def _skimage(name: str) -> np.ndarray:
+    import skimage.data
+
+    return getattr(skimage.data, name)()
+
+
+def _fit(image: np.ndarray, height: int, width: int) -> Tensor:
+    """uint8 (H, W, 3), centre-cropped to the aspect height : width and resized:
+    float32 (1, 3, height, width) in [-1, 1]."""
+    rows, columns = image.shape[:2]
+    if rows * width > columns * height:
+        keep = round(columns * height / width)
+        image = image[(rows - keep) // 2 : (rows - keep) // 2 + keep]
+    else:
+        keep = round(rows * width / height)
+        image = image[:, (columns - keep) // 2 : (columns - keep) // 2 + keep]
+    pixels = to_tensor(image)
+    return F.interpolate(pixels, size=(height, width), mode="bilinear", align_corners=False, antialias=True).clamp(-1, 1)
+
+
+def load_example_image() -> np.ndarray:
+    """The demo's input: scikit-image's astronaut at EXAMPLE_SIZE square, uint8 (H, W, 3)."""
+    return to_image(_fit(_skimage(EXAMPLE_IMAGE), EXAMPLE_SIZE, EXAMPLE_SIZE))
+
+
+def working_size(height: int, width: int) -> tuple[int, int]:
+    """The size the model runs at for an input of height x width: the same, or scaled
+    down to a longest side of MAX_SIDE."""
+    scale = min(1.0, MAX_SIDE / max(height, width))
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def builtin_denoiser(height: int, width: int, spread: float = SPREAD, prediction: str = "eps") -> nn.Module:
+    """The built-in model at height x width, as a k-diffusion denoiser
+    (``CompVisDenoiser``, or ``CompVisVDenoiser`` for ``prediction="v"``)."""
+    import k_diffusion as K
+
+    images = torch.cat([_fit(_skimage(name), height, width) for name in TRAINING_IMAGES])
+    model = IdealDenoiser(images, alphas_cumprod=pixel_alphas_cumprod(), prediction=prediction, spread=spread)
+    wrap = K.external.CompVisDenoiser if prediction == "eps" else K.external.CompVisVDenoiser
+    return wrap(model)
+
+
+class BuiltinModel:
+    """The built-in model fitted to one input image: pixels in, pixels out.
+
+    ``encode`` gives the latent, the image itself in [-1, 1] at the working size;
+    ``decode`` brings a result back to the input's size. When the working size is
+    smaller, only the change is scaled up and added to the input, so that kept pixels
+    stay exactly as they were.
+    """
+
+    def __init__(self, image: np.ndarray, device: torch.device = torch.device("cpu")) -> None:
+        self.original = to_tensor(image).to(device)
+        self.size = working_size(*image.shape[:2])
+        self.latent = self._scale(self.original, self.size)
+        self.denoiser = builtin_denoiser(*self.size).to(device)
+
+    @staticmethod
+    def _scale(pixels: Tensor, size: tuple[int, int]) -> Tensor:
+        if tuple(pixels.shape[-2:]) == size:
+            return pixels
+        return F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
+
+    def extra_args(self, prompt: str, negative: str, cfg: float) -> dict:
+        """No conditioning: the model has none."""
+        return {}
+
+    def decode(self, latent: Tensor) -> np.ndarray:
+        """The result latent (1, 3, h, w) as an image of the input's size, uint8 (H, W, 3)."""
+        change = self._scale(latent.to(self.original.dtype) - self.latent, tuple(self.original.shape[-2:]))
+        return to_image(self.original + change)

@@ -1,0 +1,153 @@
+"""The command line as a user runs it: in a subprocess, on the built-in model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kdiff_differential.cli import main
+from kdiff_differential.presets import PRESETS
+
+FAST = ["--steps", "3", "--quiet"]
+
+
+def kdiff(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m kdiff_differential ARGS``, with no CUDA visible so that
+    ``--device cuda`` fails the same way on every machine."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "kdiff_differential", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.array(image)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 48x40 input image, a same-aspect map (left half keep, right half change), a
+    narrower map, and things that are not images or models."""
+    folder = tmp_path_factory.mktemp("cli")
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / "in.png")
+    halves = np.zeros((20, 24), np.uint8)
+    halves[:, 12:] = 255
+    Image.fromarray(halves).save(folder / "map.png")
+    Image.fromarray(halves[:, 6:]).save(folder / "narrow-map.png")
+    (folder / "notes.png").write_text("not an image")
+    (folder / "folder.png").mkdir()
+    (folder / "not-a-model").mkdir()
+    (folder / "out").mkdir()
+    return folder
+
+
+def test_demo_writes_the_result_and_figures_and_nothing_else(tmp_path: Path) -> None:
+    done = kdiff("--out", "result.png", "--save-strip", "--save-masks", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""  # not a TTY: no progress bar
+    assert pixels(tmp_path / "result.png").shape == (256, 256, 3)
+    assert pixels(tmp_path / "result-strip.png").shape == (256, 3 * 256 + 8, 3)
+    assert pixels(tmp_path / "result-masks.png").ndim == 3
+    # Written through temporary files that were renamed: none is left over.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result-masks.png", "result-strip.png", "result.png"]
+
+
+def test_image_and_map_files_keep_and_change_the_right_halves(files: Path) -> None:
+    done = kdiff("--image", "in.png", "--map", "map.png", "--out", "out/halves.png", *FAST, cwd=files)
+    assert done.returncode == 0, done.stderr
+    original, result = pixels(files / "in.png"), pixels(files / "out/halves.png")
+    assert result.shape == original.shape
+    change = np.abs(result.astype(int) - original.astype(int))
+    assert change[:, :20].max() <= 1  # map 0: kept, to 8-bit rounding
+    assert change[:, 28:].mean() > 20  # map 1: regenerated
+
+
+# Some runs call main() in-process, the function the script calls, where a subprocess
+# would add only start-up time.
+
+
+def test_keep_map_swaps_the_halves(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--map", "map.png", "--keep-map", "--out", "out/kept.png", *FAST]) == 0
+    change = np.abs(pixels(files / "out/kept.png").astype(int) - pixels(files / "in.png").astype(int))
+    assert change[:, 28:].max() <= 1
+    assert change[:, :20].mean() > 20
+
+
+def test_a_map_of_another_aspect_is_stretched_with_a_warning(
+    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--map", "narrow-map.png", "--out", "out/narrow.png", *FAST]) == 0
+    stderr = capsys.readouterr().err
+    assert stderr.count("\n") == 1 and "warning" in stderr and "stretched" in stderr
+    assert pixels(files / "out/narrow.png").shape == (40, 48, 3)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset(files: Path, preset: str) -> None:
+    done = kdiff("--image", "in.png", "--map", preset, "--out", f"out/{preset}.png", *FAST, cwd=files)
+    assert done.returncode == 0, done.stderr
+    change = np.abs(pixels(files / f"out/{preset}.png").astype(int) - pixels(files / "in.png").astype(int))
+    if preset == "none":
+        assert change.max() <= 1
+    else:
+        assert change.mean() > 5
+
+
+def test_same_seed_same_bytes_other_seed_other_image(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seeded = ["--image", "in.png", "--map", "radial", "--sampler", "dpmpp_2m_sde", *FAST, "--seed"]
+    for name in ("a", "b"):  # two processes
+        done = kdiff(*seeded, "1", "--out", f"out/seed-{name}.png", cwd=files)
+        assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(files)
+    assert main([*seeded, "2", "--out", "out/seed-c.png"]) == 0
+    a, b, c = ((files / f"out/seed-{name}.png").read_bytes() for name in "abc")
+    assert a == b
+    assert a != c
+
+
+BAD = {
+    "missing image": (["--image", "absent.png"], "absent.png"),
+    "unreadable image": (["--image", "folder.png"], "folder.png"),
+    "image that is not an image": (["--image", "notes.png"], "not an image"),
+    "missing map": (["--image", "in.png", "--map", "absent-map.png"], "absent-map.png"),
+    "map that is not an image": (["--image", "in.png", "--map", "notes.png"], "not an image"),
+    "unknown preset": (["--map", "gradient-z"], "gradient-x, gradient-y, radial, full, none"),
+    "unknown sampler": (["--sampler", "euler_b"], "dpmpp_2m"),
+    "unknown schedule": (["--schedule", "cosine"], "karras"),
+    "zero steps": (["--steps", "0"], "--steps"),
+    "zero denoise": (["--denoise", "0"], "(0, 1]"),
+    "denoise above 1": (["--denoise", "1.5"], "(0, 1]"),
+    "negative strength": (["--strength", "-0.1"], "[0, 1]"),
+    "strength above 1": (["--strength", "1.1"], "[0, 1]"),
+    "missing model": (["--model", "no-such-model"], "no such directory"),
+    "not a model": (["--model", "not-a-model"], "not a diffusers Stable Diffusion directory"),
+    "cuda without cuda": (["--device", "cuda"], "--device cpu"),
+    "out over the image": (["--image", "in.png", "--out", "./in.png"], "over the input"),
+    "out in a missing folder": (["--out", "nowhere/result.png"], "does not exist"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_input_is_one_line_and_no_traceback(files: Path, case: str) -> None:
+    args, hint = BAD[case]
+    if "--out" not in args:
+        args = [*args, "--out", "out/bad.png"]
+    before = (files / "in.png").read_bytes()
+    done = kdiff(*args, *FAST, cwd=files)
+    assert done.returncode != 0
+    assert done.stderr.endswith("\n") and done.stderr.count("\n") == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert hint in done.stderr
+    assert not (files / "out/bad.png").exists()
+    assert (files / "in.png").read_bytes() == before
