@@ -1,0 +1,167 @@
+"""The wrapper stays out of the way: it compiles whole, never reads a tensor back to the
+host at call time, captures into a CUDA graph, and its benchmark script runs.
+
+Nothing here is timed: the cost per call is measured by ``samplers/overhead.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from kdiff_differential import DifferentialDenoiser
+from samplers import overhead
+from samplers.comfyui_reference import ComfyUIReference
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; none is available here")
+
+
+class PlainInner(nn.Module):
+    """A small conv denoiser, (x, sigma) -> x0, cheap to compile."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return x - sigma.view(-1, 1, 1, 1) * self.conv(x / (sigma.view(-1, 1, 1, 1) ** 2 + 1).sqrt())
+
+
+def make_wrapper(strength: float = 1.0, device: str = "cpu", size: int = 8) -> DifferentialDenoiser:
+    g = torch.Generator().manual_seed(0)
+    latent = torch.randn(1, 4, size, size, generator=g)
+    ramp = torch.linspace(0, 1, size).expand(size, size)
+    sigmas = torch.linspace(10, 0.1, 11)
+    dd = DifferentialDenoiser(PlainInner(), latent, ramp, sigmas=sigmas, generator=g, strength=strength)
+    return dd.to(device)
+
+
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_compiled_fullgraph_sampling_matches_eager_without_recompiles(strength):
+    import k_diffusion.sampling as sampling
+
+    torch._dynamo.reset()
+    dd = make_wrapper(strength)
+    # fullgraph=True turns any graph break into an error; error_on_recompile catches a
+    # guard on sigma's value, which would recompile at every step.
+    compiled = torch.compile(dd, fullgraph=True)
+    x = dd.noisy_latent()
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        got = sampling.sample_euler(compiled, x, dd.sigmas, disable=True)
+    want = sampling.sample_euler(dd, x, dd.sigmas, disable=True)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_around_a_compiled_inner_makes_no_graph_break():
+    torch._dynamo.reset()
+    dd = make_wrapper()
+    dd.inner_model = torch.compile(dd.inner_model, backend="eager")
+    explanation = torch._dynamo.explain(dd)(dd.noisy_latent(), torch.tensor([3.0]))
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+
+
+@pytest.mark.parametrize(
+    "strength, k, sigma",
+    [(1.0, 1, torch.tensor([3.0])), (0.5, 1, torch.tensor([3.0])), (1.0, 2, torch.tensor([3.0, 3.0])), (1.0, 1, 3.0)],
+    ids=["binary", "soft", "guided-batch", "float-sigma"],
+)
+def test_a_call_reads_nothing_back_to_the_host(strength, k, sigma):
+    dd = make_wrapper(strength)
+    x = dd.noisy_latent().repeat(k, 1, 1, 1)
+    with torch.no_grad(), overhead.count_host_reads() as counts:
+        for _ in range(3):
+            dd(x, sigma)
+    assert counts == {"item": 0, "__bool__": 0, "cpu": 0}
+
+
+def test_the_host_read_counter_sees_the_comfyui_baselines_branch():
+    dd = make_wrapper()
+    reference = ComfyUIReference(dd.inner_model, dd.latent, dd.change_map, dd.sigmas, dd.noise)
+    with torch.no_grad(), overhead.count_host_reads() as counts:
+        reference(dd.noisy_latent(), torch.tensor([3.0]))
+    assert counts["__bool__"] >= 1
+
+
+@needs_cuda
+def test_a_call_makes_no_cuda_synchronisation():
+    dd = make_wrapper(device="cuda", size=64)
+    x, sigma = dd.noisy_latent(), torch.tensor([3.0], device="cuda")
+    with torch.no_grad():
+        dd(x, sigma)  # lazy one-time initialisation is not a per-call cost
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for _ in range(3):
+                dd(x, sigma)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+@needs_cuda
+@pytest.mark.parametrize("strength", [1.0, 0.5])
+def test_a_call_captures_into_a_cuda_graph(strength):
+    dd = make_wrapper(strength, device="cuda", size=64)
+    x, sigma = dd.noisy_latent().clone(), torch.tensor([10.0], device="cuda")
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                dd(x, sigma)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            out = dd(x, sigma)
+        for level in (9.0, 3.0, 0.2):
+            x.copy_(dd.noisy_latent(level) + 0.1)
+            sigma.fill_(level)
+            graph.replay()
+            torch.testing.assert_close(out, dd(x, sigma))
+
+
+def test_benchmark_script_writes_its_report(tmp_path, capsys):
+    path = tmp_path / "report.json"
+    argv = ["--device", "cpu", "--rounds", "2", "--calls", "3", "--steps", "2", "--size", "8", "--json", str(path)]
+    assert overhead.main(argv) == 0
+    assert "DifferentialDenoiser" in capsys.readouterr().out
+    report = json.loads(path.read_text())
+    assert {"date", "device", "device_name", "torch", "dtype", "latent_shape", "steps", "rounds",
+            "inner_us_per_call", "sync_method", "primitives_us", "wrappers", "bare_run_s"} <= report.keys()
+    assert report["wrappers"].keys() == {"differential", "comfyui"}
+    for values in report["wrappers"].values():
+        assert {"class", "per_call_us", "host_syncs_per_call", "ab", "held_bytes", "held_bytes_after_run",
+                "held_latents"} <= values.keys()
+        for sampler in overhead.SAMPLERS:
+            ratios = values["ab"][sampler]
+            assert len(ratios["ratios"]) == 2 and ratios["min"] <= ratios["median"] <= ratios["max"]
+        assert values["held_bytes_after_run"] == values["held_bytes"]
+    assert report["wrappers"]["differential"]["host_syncs_per_call"] == 0
+    assert report["wrappers"]["comfyui"]["host_syncs_per_call"] >= 1
+    assert list(tmp_path.iterdir()) == [path]  # the temporary file was renamed, not left
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--device", "tpu"], ["--rounds", "0"], ["--size", "x"], ["--json", "/no/such/folder/out.json"], ["--bogus"]],
+    ids=["device", "rounds", "size", "json-folder", "unknown"],
+)
+def test_benchmark_script_rejects_bad_input_in_one_line(argv, capsys):
+    assert overhead.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("overhead: error:")
+
+
+def test_benchmark_script_fails_without_a_traceback_from_the_shell():
+    done = subprocess.run(
+        [sys.executable, "-m", "samplers.overhead", "--steps", "-3"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0
