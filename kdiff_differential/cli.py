@@ -140,8 +140,9 @@ def _load_model(name: str, image, device):
         from .models.builtin import BuiltinModel
 
         return BuiltinModel(image, device)
-    from .models.diffusers_sd import StableDiffusionModel
+    from .models.diffusers_sd import StableDiffusionModel, quiet_loading
 
+    quiet_loading()
     return StableDiffusionModel(name, image, device)
 
 

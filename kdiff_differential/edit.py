@@ -14,6 +14,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
+from .clocks import find_attribute
 from .denoiser import DifferentialDenoiser
 
 SAMPLERS = (
@@ -40,7 +41,8 @@ def make_sigmas(denoiser: nn.Module, steps: int, schedule: str = "karras", denoi
     """The schedule for ``steps`` steps, descending, ending in 0: (steps + 1,) float32.
 
     ``denoiser`` is a k-diffusion discrete-schedule denoiser (``CompVisDenoiser``,
-    ...), whose ``sigma_min``/``sigma_max`` bound the schedule. With ``denoise`` < 1 the
+    ...), or a wrapper with one as ``inner_model``; its ``sigma_min``/``sigma_max``
+    bound the schedule. With ``denoise`` < 1 the
     schedule is that of ``steps / denoise`` steps, of which the last ``steps`` are kept
     (img2img's partial denoising, as ComfyUI does it).
     """
@@ -49,13 +51,13 @@ def make_sigmas(denoiser: nn.Module, steps: int, schedule: str = "karras", denoi
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; schedules: {', '.join(SCHEDULES)}")
     total = steps if denoise >= 1 else int(steps / denoise)
-    sigma_min, sigma_max = float(denoiser.sigma_min), float(denoiser.sigma_max)
+    sigma_min, sigma_max = float(find_attribute(denoiser, "sigma_min")), float(find_attribute(denoiser, "sigma_max"))
     if schedule == "karras":
         sigmas = K.sampling.get_sigmas_karras(total, sigma_min, sigma_max)
     elif schedule == "exponential":
         sigmas = K.sampling.get_sigmas_exponential(total, sigma_min, sigma_max)
     else:
-        sigmas = denoiser.get_sigmas(total)
+        sigmas = find_attribute(denoiser, "get_sigmas")(total)
     return sigmas[-(steps + 1) :].float().cpu()
 
 
@@ -107,7 +109,7 @@ def differential_edit(
     run = dict(extra_args=extra_args or {}, callback=record, disable=not progress)
     with torch.no_grad():
         if sampler in RANGE_SAMPLERS:
-            sigma_min, sigma_max = float(denoiser.sigma_min), float(sigmas[0])
+            sigma_min, sigma_max = float(find_attribute(denoiser, "sigma_min")), float(sigmas[0])
             dd = DifferentialDenoiser(denoiser, latent, change_map, sigma_min=sigma_min, sigma_max=sigma_max, **settings)
             x = dd.noisy_latent()
             if sampler == "dpm_fast":

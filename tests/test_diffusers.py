@@ -1,0 +1,134 @@
+"""Stable Diffusion through diffusers, end to end, on a tiny randomly initialised pipeline.
+
+The pipeline (UNet, VAE, CLIP text model, and a tokenizer with a vocabulary written
+here) is saved with ``save_pretrained`` and loaded back through ``--model PATH``, the
+code a user's model takes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from test_cli import kdiff, pixels
+
+diffusers = pytest.importorskip("diffusers", reason="the diffusers extra: pip install -e '.[test,diffusers]'")
+transformers = pytest.importorskip("transformers")
+
+PREDICTIONS = ("epsilon", "v_prediction")
+WORDS = ("a", "red", "cat", "blurry")
+
+
+def write_tokenizer(folder: Path) -> "transformers.CLIPTokenizer":
+    """A CLIP tokenizer over a few whole words and the letters: no merges needed."""
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in [*"abcdefghijklmnopqrstuvwxyz", *(f"{c}</w>" for c in "abcdefghijklmnopqrstuvwxyz"), *(f"{w}</w>" for w in WORDS)]:
+        vocab.setdefault(token, len(vocab))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+def save_tiny_pipeline(folder: Path, prediction: str) -> Path:
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4,
+    )
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    )
+    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=100, hidden_size=32, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16,
+    ))
+    scheduler = diffusers.DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction, clip_sample=False
+    )
+    pipeline = diffusers.StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=write_tokenizer(folder / "words"),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+@pytest.fixture(scope="module", params=PREDICTIONS)
+def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny pipeline saved to a folder, once per prediction type."""
+    return save_tiny_pipeline(tmp_path_factory.mktemp(request.param), request.param)
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smooth 31x37 image: odd sizes, which the VAE's factor 2 does not divide."""
+    folder = tmp_path_factory.mktemp("sd-input")
+    ys, xs = np.mgrid[0:31, 0:37]
+    image = np.stack([xs * 7, ys * 8, (xs + ys) * 4], axis=2).clip(0, 255).astype(np.uint8)
+    Image.fromarray(image).save(folder / "in.png")
+    return folder / "in.png"
+
+
+def test_the_command_line_runs_a_diffusers_directory(model_dir: Path, image_file: Path, tmp_path: Path) -> None:
+    args = [
+        "--model", str(model_dir), "--image", str(image_file), "--map", "radial", "--prompt", "a red cat",
+        "--negative", "blurry", "--cfg", "5", "--sampler", "dpmpp_2m", "--steps", "2", "--quiet",
+    ]
+    done = kdiff(*args, "--out", "a.png", "--save-strip", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert pixels(tmp_path / "a.png").shape == (31, 37, 3)
+    assert (tmp_path / "a-strip.png").is_file()
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir: Path, image_file: Path):
+    """The tiny model loaded in-process, as the command line loads it, fitted to the image."""
+    from kdiff_differential.images import read_image
+    from kdiff_differential.models.diffusers_sd import StableDiffusionModel
+
+    return StableDiffusionModel(str(model_dir), read_image(str(image_file)), torch.device("cpu"))
+
+
+def test_wrapper_is_chosen_by_prediction_type(model_dir: Path, loaded) -> None:
+    from k_diffusion import external
+
+    prediction = json.loads((model_dir / "scheduler" / "scheduler_config.json").read_text())["prediction_type"]
+    expected = external.CompVisVDenoiser if prediction == "v_prediction" else external.CompVisDenoiser
+    assert type(loaded.denoiser.inner_model) is expected
+    assert loaded.latent.shape == (1, 4, 16, 18)  # 31x37 rounded to 32x36, over the VAE's factor 2
+
+
+def test_map_0_latents_are_kept_and_map_1_latents_change(loaded) -> None:
+    from kdiff_differential.edit import differential_edit
+
+    halves = torch.zeros(16, 18)
+    halves[:, 9:] = 1
+    edit = differential_edit(
+        loaded.denoiser, loaded.latent, halves, sampler="euler_ancestral", steps=3,
+        extra_args=loaded.extra_args("a cat", "", 3.0),
+    )
+    # Kept to float rounding: the samplers' last step computes x + (denoised - x).
+    torch.testing.assert_close(edit.result[..., :8], loaded.latent[..., :8], atol=1e-5, rtol=0)
+    assert (edit.result[..., 10:] - loaded.latent[..., 10:]).abs().mean() > 0.1
+
+
+@pytest.mark.parametrize("model_dir", ["epsilon"], indirect=True)
+def test_a_missing_weights_file_is_one_clear_line(model_dir: Path, image_file: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    for weights in (broken / "unet").glob("diffusion_pytorch_model*"):
+        weights.unlink()
+    done = kdiff("--model", str(broken), "--image", str(image_file), "--out", "x.png", "--quiet", cwd=tmp_path)
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "cannot load unet/" in done.stderr
+    assert not (tmp_path / "x.png").exists()
