@@ -245,10 +245,11 @@ def count_host_reads() -> Iterator[dict]:
     """Count ``Tensor.item``, ``bool(tensor)`` and ``Tensor.cpu`` calls in the block:
     the reads that make the host wait for the device on a GPU. Yields a live dict."""
     counts = {"item": 0, "__bool__": 0, "cpu": 0}
-    originals = {name: getattr(torch.Tensor, name) for name in counts}
+    # These live on torch._C.TensorBase; torch.Tensor's own dict holds them only once patched.
+    owned = {name: torch.Tensor.__dict__.get(name) for name in counts}
 
     def counting(name: str) -> Callable[..., Any]:
-        original = originals[name]
+        original = getattr(torch.Tensor, name)
 
         def method(self: Tensor, *args: Any, **kwargs: Any) -> Any:
             counts[name] += 1
@@ -261,8 +262,11 @@ def count_host_reads() -> Iterator[dict]:
     try:
         yield counts
     finally:
-        for name, original in originals.items():
-            setattr(torch.Tensor, name, original)
+        for name, original in owned.items():
+            if original is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, original)
 
 
 @contextmanager
