@@ -151,3 +151,15 @@ def test_bad_input_is_one_line_and_no_traceback(files: Path, case: str) -> None:
     assert hint in done.stderr
     assert not (files / "out/bad.png").exists()
     assert (files / "in.png").read_bytes() == before
+
+
+def test_readme_quick_start_is_install_then_demo_then_tests_and_ci_installs_the_same() -> None:
+    root = Path(__file__).resolve().parent.parent
+    readme = (root / "README.md").read_text()
+    quick_start = readme[readme.index("## Quick start") :]
+    install, demo, tests = (
+        quick_start.index(command)
+        for command in ('pip install -e ".[test,diffusers]"', "kdiff-differential --out result.png", "python -m pytest -q")
+    )
+    assert install < demo < tests
+    assert 'pip install -e ".[test,diffusers]"' in (root / ".ci" / "run").read_text()

@@ -11,15 +11,14 @@ import json
 import shutil
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import pytest
 import torch
+import transformers
 from PIL import Image
 
 from test_cli import kdiff, pixels
-
-diffusers = pytest.importorskip("diffusers", reason="the diffusers extra: pip install -e '.[test,diffusers]'")
-transformers = pytest.importorskip("transformers")
 
 PREDICTIONS = ("epsilon", "v_prediction")
 WORDS = ("a", "red", "cat", "blurry")
@@ -52,7 +51,8 @@ def save_tiny_pipeline(folder: Path, prediction: str) -> Path:
         num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16,
     ))
     scheduler = diffusers.DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction, clip_sample=False
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction, clip_sample=False,
+        steps_offset=1,
     )
     pipeline = diffusers.StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=write_tokenizer(folder / "words"),
