@@ -10,16 +10,23 @@ line on stderr and exit status 2; library imports happen inside ``main``, so tha
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .clocks import CLOCKS
 from .edit import SAMPLERS, SCHEDULES
 from .errors import InputError
 from .presets import PRESETS
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from .models import ImageModel
 
 PROG = "kdiff-differential"
 DEVICES = ("auto", "cpu", "cuda")
@@ -66,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--denoise", type=_number(float, lambda d: 0 < d <= 1, "a number in (0, 1]"), default=1.0, help="global denoise: the part of the schedule to run (default: 1)")
     parser.add_argument("--prompt", default="", help="text prompt (Stable Diffusion)")
     parser.add_argument("--negative", default="", help="negative prompt (Stable Diffusion)")
-    parser.add_argument("--cfg", type=_number(float, lambda c: c == c, "a number"), default=None, help=f"classifier-free guidance scale (Stable Diffusion; default: {DEFAULT_CFG:g})")
+    parser.add_argument("--cfg", type=_number(float, math.isfinite, "a finite number"), default=None, help=f"classifier-free guidance scale (Stable Diffusion; default: {DEFAULT_CFG:g})")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when there is one (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no messages")
     parser.add_argument("--save-strip", action="store_true", help="also write OUT-strip: original | map | result")
@@ -105,7 +112,7 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
     return outputs
 
 
-def _device(name: str):
+def _device(name: str) -> "torch.device":
     import torch
 
     if name == "cuda" and not torch.cuda.is_available():
@@ -115,7 +122,7 @@ def _device(name: str):
     return torch.device(name)
 
 
-def _change_map(spec: str, height: int, width: int, keep_map: bool):
+def _change_map(spec: str, height: int, width: int, keep_map: bool) -> "torch.Tensor":
     """The map as change strengths (h, w), float32 in [0, 1], 1 = change."""
     import torch
 
@@ -135,7 +142,8 @@ def _change_map(spec: str, height: int, width: int, keep_map: bool):
     return 1 - strength if keep_map else strength
 
 
-def _load_model(name: str, image, device):
+def _load_model(name: str, image: "np.ndarray", device: "torch.device") -> "ImageModel":
+    """The built-in model or a diffusers folder, fitted to ``image`` (uint8 (H, W, 3))."""
     if name == "builtin":
         from .models.builtin import BuiltinModel
 

@@ -96,7 +96,7 @@ def builtin_denoiser(height: int, width: int, spread: float = SPREAD, prediction
 class BuiltinModel:
     """The built-in model fitted to one input image: pixels in, pixels out.
 
-    ``encode`` gives the latent, the image itself in [-1, 1] at the working size;
+    ``latent`` is the image itself, (1, 3, h, w) in [-1, 1] at the working size;
     ``decode`` brings a result back to the input's size. When the working size is
     smaller, only the change is scaled up and added to the input, so that kept pixels
     stay exactly as they were.
