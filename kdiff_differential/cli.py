@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -122,38 +121,6 @@ def _device(name: str) -> "torch.device":
     return torch.device(name)
 
 
-def _change_map(spec: str, height: int, width: int, keep_map: bool) -> "torch.Tensor":
-    """The map as change strengths (h, w), float32 in [0, 1], 1 = change."""
-    import torch
-
-    from .images import read_map
-    from .presets import preset_map
-
-    if spec in PRESETS:
-        strength = preset_map(spec, height, width)
-    elif os.path.exists(spec):
-        grey = read_map(spec)
-        rows, columns = grey.shape
-        if abs(columns * height - width * rows) > max(height, width, rows, columns):
-            _warn(f"the map is {columns}x{rows} but the image {width}x{height}: the map is stretched to fit")
-        strength = torch.from_numpy(grey).float() / 255
-    else:
-        raise InputError(f"--map {spec}: neither an existing file nor a preset ({', '.join(PRESETS)})")
-    return 1 - strength if keep_map else strength
-
-
-def _load_model(name: str, image: "np.ndarray", device: "torch.device") -> "ImageModel":
-    """The built-in model or a diffusers folder, fitted to ``image`` (uint8 (H, W, 3))."""
-    if name == "builtin":
-        from .models.builtin import BuiltinModel
-
-        return BuiltinModel(image, device)
-    from .models.diffusers_sd import StableDiffusionModel, quiet_loading
-
-    quiet_loading()
-    return StableDiffusionModel(name, image, device)
-
-
 def run(args: argparse.Namespace) -> list[Path]:
     """Do the edit ``args`` describes; returns the files written."""
     outputs = _check_outputs(args)
@@ -167,13 +134,17 @@ def run(args: argparse.Namespace) -> list[Path]:
     else:
         image = read_image(args.image)
     height, width = image.shape[:2]
-    strength = _change_map(args.map, height, width, args.keep_map)
+    from .presets import resolve_map
+
+    strength = resolve_map(args.map, height, width, args.keep_map, warn=_warn)
     if args.model == "builtin" and (args.prompt or args.negative or args.cfg is not None):
         _warn("the built-in model takes no text: --prompt, --negative and --cfg are ignored")
 
     from .edit import differential_edit
 
-    model = _load_model(args.model, image, device)
+    from .models import load_model
+
+    model = load_model(args.model, image, device)
     cfg = DEFAULT_CFG if args.cfg is None else args.cfg
     edit = differential_edit(
         model.denoiser,

@@ -5,8 +5,14 @@ Convention: 1 = change (regenerate fully), 0 = keep.
 
 from __future__ import annotations
 
+import os
+import warnings
+from typing import Callable
+
 import torch
 from torch import Tensor
+
+from .errors import InputError
 
 PRESETS = ("gradient-x", "gradient-y", "radial", "full", "none")
 
@@ -31,3 +37,27 @@ def preset_map(name: str, height: int, width: int) -> Tensor:
         radius = (((2 * xs - 1) ** 2 + (2 * ys - 1) ** 2) / 2).sqrt()
         return (1 - radius).clamp(0, 1)
     return torch.full((height, width), 1.0 if name == "full" else 0.0)
+
+
+def resolve_map(
+    spec: str, height: int, width: int, keep_map: bool = False, warn: Callable[[str], None] = warnings.warn
+) -> Tensor:
+    """``spec`` (a preset name or an image file of grey levels, white = change) as
+    change strengths (height, width), float32 in [0, 1], 1 = change.
+
+    ``keep_map`` reads the file or preset as white = keep. A file of another aspect ratio
+    is stretched to fit, and ``warn`` is told so. InputError for anything else.
+    """
+    from .images import read_map
+
+    if spec in PRESETS:
+        strength = preset_map(spec, height, width)
+    elif os.path.exists(spec):
+        grey = read_map(spec)
+        rows, columns = grey.shape
+        if abs(columns * height - width * rows) > max(height, width, rows, columns):
+            warn(f"the map is {columns}x{rows} but the image {width}x{height}: the map is stretched to fit")
+        strength = torch.from_numpy(grey).float() / 255
+    else:
+        raise InputError(f"--map {spec}: neither an existing file nor a preset ({', '.join(PRESETS)})")
+    return 1 - strength if keep_map else strength

@@ -142,8 +142,9 @@ def test_float64_sigmas_warn_and_dd_sigmas_keep_the_sampling_in_float32(latent, 
     assert out.dtype == torch.float64 and seen == {torch.float32}
 
 
-def test_the_wrapper_moves_with_to(ideal, latent, gradient_map, sigmas):
-    dd = build(ideal, latent, gradient_map, sigmas).to(torch.float64)
+def test_the_wrapper_moves_with_to(latent, gradient_map, sigmas):
+    # .to() converts the inner model too (it is a submodule): use one of the test's own.
+    dd = build(ideal_denoiser(), latent, gradient_map, sigmas).to(torch.float64)
     assert dd.latent.dtype == dd.noise.dtype == dd.release_sigma.dtype == torch.float64
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
 from .ideal import IdealDenoiser, sd_alphas_cumprod
@@ -27,4 +28,17 @@ class ImageModel(Protocol):
     def decode(self, latent: Tensor) -> np.ndarray: ...
 
 
-__all__ = ["IdealDenoiser", "ImageModel", "sd_alphas_cumprod"]
+def load_model(name: str, image: np.ndarray, device: torch.device = torch.device("cpu")) -> ImageModel:
+    """``name`` ('builtin', or a local diffusers Stable Diffusion directory) fitted to
+    ``image``, uint8 (H, W, 3). A bad directory is an InputError that says why."""
+    if name == "builtin":
+        from .builtin import BuiltinModel
+
+        return BuiltinModel(image, device)
+    from .diffusers_sd import StableDiffusionModel, quiet_loading
+
+    quiet_loading()
+    return StableDiffusionModel(name, image, device)
+
+
+__all__ = ["IdealDenoiser", "ImageModel", "load_model", "sd_alphas_cumprod"]
