@@ -1,0 +1,164 @@
+"""Compare k-diffusion samplers under Differential Diffusion: ``python -m samplers.compare``.
+
+Runs every (sampler, steps, seed, threshold) on one image and map, measures each run
+(see samplers/metrics.py and the README) and writes DIR/results.csv (one row a run,
+rewritten as runs finish, so an interrupted sweep keeps what it finished),
+DIR/results.md (medians per sampler and step count), DIR/grid.png (outputs: samplers
+by step counts) and DIR/tradeoff.png (metrics against model calls). Bad input stops it
+before any run with one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+from kdiff_differential.clocks import CLOCKS
+from kdiff_differential.edit import SAMPLERS
+from kdiff_differential.errors import InputError
+from samplers.executors import EXECUTORS
+
+PROG = "python -m samplers.compare"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors cut to one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _list_of(kind: Callable[[str], Any], what: str, choices: Optional[Sequence[str]] = None) -> Callable[[str], list]:
+    """A comma-separated list of ``kind``; with ``choices``, each must be one of them."""
+
+    def parse(text: str) -> list:
+        items = [item.strip() for item in text.split(",")]
+        if not text.strip() or "" in items:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}")
+        try:
+            values = [kind(item) for item in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
+        for value in values:
+            if choices is not None and value not in choices:
+                raise argparse.ArgumentTypeError(f"unknown {what[:-1]} {value!r}; valid: {', '.join(choices)}")
+        return list(dict.fromkeys(values))
+
+    return parse
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise ValueError(text)
+    return value
+
+
+def _samplers(text: str) -> list[str]:
+    return list(SAMPLERS) if text.strip() == "all" else _list_of(str, "samplers", SAMPLERS)(text)
+
+
+def _strength(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1]") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is out of range: give a number in [0, 1]")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Compare k-diffusion samplers under Differential Diffusion.")
+    parser.add_argument("--out", required=True, help="folder for results.csv, results.md, grid.png, tradeoff.png")
+    parser.add_argument("--samplers", type=_samplers, default=list(SAMPLERS), help=f"'all' (default) or a list of: {', '.join(SAMPLERS)}")
+    parser.add_argument("--steps", type=_list_of(_positive, "whole numbers >= 1"), default=[10, 20, 40], help="step counts (default: 10,20,40)")
+    parser.add_argument("--seeds", type=_list_of(int, "whole numbers"), default=[0], help="seeds (default: 0)")
+    parser.add_argument("--threshold", type=_list_of(str, "thresholds", CLOCKS), default=["timestep"], help=f"clocks, of: {', '.join(CLOCKS)} (default: timestep)")
+    parser.add_argument("--strength", type=_strength, default=1.0, help="release strength in [0, 1] (default: 1)")
+    parser.add_argument("--model", default="builtin", help="'builtin' (default) or a local diffusers Stable Diffusion directory")
+    parser.add_argument("--image", help="input image (default: the bundled example)")
+    parser.add_argument("--map", default="gradient-x", help="change map: an image file or a preset (default: gradient-x)")
+    parser.add_argument("--executor", default="local", choices=EXECUTORS, help="where runs are done (default: local)")
+    parser.add_argument("--address", help="with --executor ray: the cluster's address (default: a local instance)")
+    parser.add_argument("--resume", action="store_true", help="skip the runs already in DIR/results.csv")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def _check_out(out: Path, resume: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is an existing file; give a folder")
+    if (out / "results.csv").exists() and not resume:
+        raise InputError(f"{out / 'results.csv'} exists; pass --resume to continue that sweep, or choose another --out")
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: the folder {out.parent} does not exist")
+
+
+def sweep(args: argparse.Namespace) -> Path:
+    """Do the sweep ``args`` describes; returns the output folder."""
+    from samplers import report
+    from samplers.executors import execute, import_ray
+    from samplers.sweep import Setup, plan, prepared
+
+    out = Path(args.out)
+    _check_out(out, args.resume)
+    if args.executor == "ray":
+        try:
+            import_ray()
+        except ImportError as error:
+            raise InputError(str(error)) from None
+    setup = Setup(model=args.model, image=args.image, map=args.map)
+    _, original, strength = prepared(setup)  # bad model, image or map: fail before any run
+    runs = plan(args.samplers, args.steps, args.seeds, args.threshold, args.strength)
+
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    csv_path = out / "results.csv"
+    rows = {report.run_of(row).key: row for row in report.read_csv(csv_path)} if csv_path.exists() else {}
+    todo = [run for run in runs if run.key not in rows]
+    order = {run.key: index for index, run in enumerate(runs)}
+
+    from kdiff_differential.images import write_image
+    from tqdm import tqdm
+
+    progress = tqdm(total=len(todo), desc="runs", disable=args.quiet or not sys.stderr.isatty())
+    for run, row, image in execute(args.executor, setup, todo, args.address):
+        write_image(image, str(out / "images" / f"{run.name}.png"))
+        rows[run.key] = row
+        report.write_csv(csv_path, sorted(rows.values(), key=lambda r: order.get(report.run_of(r).key, len(order))))
+        progress.update()
+    progress.close()
+
+    done = [rows[run.key] for run in runs]
+    report.write_markdown(out / "results.md", done)
+    report.write_tradeoff(out / "tradeoff.png", done)
+    from kdiff_differential.images import read_image
+
+    shown = {}
+    for run in runs:  # the first seed and clock of each (sampler, steps)
+        shown.setdefault((run.sampler, run.steps), read_image(str(out / "images" / f"{run.name}.png")))
+    report.write_grid(out / "grid.png", original, strength.numpy(), shown)
+    return out
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    try:
+        out = sweep(args)
+    except InputError as error:
+        print(f"{PROG}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; {args.out}/results.csv holds the finished runs (continue with --resume)", file=sys.stderr)
+        return 130
+    if not args.quiet:
+        print(f"wrote {out}/results.csv, results.md, grid.png, tradeoff.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""One sweep: the list of runs, and how one run is done and measured.
+
+A run is one (sampler, steps, seed, threshold, strength) on the sweep's (image, map,
+model). Runs are independent: an executor may do them in any order, anywhere, and
+gets the same numbers back, because each run seeds itself and uses one CPU thread.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any, Iterator, Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from samplers.metrics import image_metrics
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What every run of a sweep shares: the model ('builtin' or a diffusers
+    directory), the image (None: the bundled example) and the map (a file or preset)."""
+
+    model: str = "builtin"
+    image: Optional[str] = None
+    map: str = "gradient-x"
+    device: str = "cpu"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One point of the sweep; ``key`` identifies it in results.csv."""
+
+    sampler: str
+    steps: int
+    seed: int
+    threshold: str
+    strength: float
+
+    @property
+    def key(self) -> tuple[str, int, int, str, float]:
+        return (self.sampler, self.steps, self.seed, self.threshold, self.strength)
+
+    @property
+    def name(self) -> str:
+        return f"{self.sampler}-{self.steps}steps-seed{self.seed}-{self.threshold}-strength{self.strength:g}"
+
+
+def plan(samplers: list[str], steps: list[int], seeds: list[int], thresholds: list[str], strength: float) -> list[Run]:
+    """Every combination, samplers outermost: the row order of results.csv."""
+    return [Run(*point, strength) for point in itertools.product(samplers, steps, seeds, thresholds)]
+
+
+class CountingDenoiser(nn.Module):
+    """Counts the model calls the sampler really makes. The model stays ``inner_model``,
+    where the wrapper finds its timestep clock."""
+
+    def __init__(self, inner_model: nn.Module) -> None:
+        super().__init__()
+        self.inner_model = inner_model
+        self.calls = 0
+
+    def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
+        self.calls += 1
+        return self.inner_model(x, sigma, **kwargs)
+
+
+@functools.lru_cache(maxsize=2)
+def prepared(setup: Setup) -> tuple[Any, np.ndarray, Tensor]:
+    """The model fitted to the image, the image (uint8 (H, W, 3)) and the map at the
+    image's size (float (H, W), 1 = change); loaded once per process."""
+    from kdiff_differential.models import load_model
+    from kdiff_differential.models.builtin import load_example_image
+    from kdiff_differential.presets import resolve_map
+    from kdiff_differential.images import read_image
+
+    image = load_example_image() if setup.image is None else read_image(setup.image)
+    strength = resolve_map(setup.map, *image.shape[:2])
+    return load_model(setup.model, image, torch.device(setup.device)), image, strength
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Float sums come out the same on every executor only with the same thread count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def perform(setup: Setup, run: Run) -> tuple[dict[str, Any], np.ndarray]:
+    """Do one run: its row for results.csv, and its output image, uint8 (H, W, 3)."""
+    from kdiff_differential.edit import differential_edit
+
+    model, image, strength = prepared(setup)
+    counter = CountingDenoiser(model.denoiser)
+    with one_thread():
+        start = time.perf_counter()
+        edit = differential_edit(
+            counter,
+            model.latent,
+            strength,
+            sampler=run.sampler,
+            steps=run.steps,
+            seed=run.seed,
+            strength=run.strength,
+            threshold=run.threshold,
+            extra_args=model.extra_args("", "", 1.0),
+        )
+        out = model.decode(edit.result)
+        seconds = time.perf_counter() - start
+    row = {**asdict(run), "nfe": counter.calls, "seconds": seconds}
+    row.update(image_metrics(out, image, strength.numpy()))
+    return row, out
