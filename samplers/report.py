@@ -88,13 +88,12 @@ def _save_figure(figure: Any, path: Path) -> None:
     write_atomically(path, lambda file: file.write(buffer.getvalue()), binary=True)
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(**kwargs: Any) -> Any:
+    """A matplotlib Figure that is not registered with pyplot: drawing it changes no
+    backend or global state (a notebook keeps showing its own plots inline)."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def write_grid(path: Path, original: np.ndarray, change_map: np.ndarray, images: dict[tuple[str, int], np.ndarray]) -> None:
@@ -103,11 +102,11 @@ def write_grid(path: Path, original: np.ndarray, change_map: np.ndarray, images:
     ``images`` maps (sampler, steps) to that run's output, uint8 (H, W, 3);
     ``change_map`` is (H, W) in [0, 1], shown white where it changes.
     """
-    plt = _pyplot()
     samplers = list(dict.fromkeys(sampler for sampler, _ in images))
     steps = sorted({count for _, count in images})
     columns = max(2, len(steps))
-    figure, axes = plt.subplots(len(samplers) + 1, columns, figsize=(2 * columns, 2 * (len(samplers) + 1)), squeeze=False)
+    figure = _figure(figsize=(2 * columns, 2 * (len(samplers) + 1)))
+    axes = figure.subplots(len(samplers) + 1, columns, squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     axes[0, 0].imshow(original)
@@ -121,14 +120,13 @@ def write_grid(path: Path, original: np.ndarray, change_map: np.ndarray, images:
                 axes[row, column].set_title(f"{sampler}, {count} steps", fontsize=8)
     figure.tight_layout()
     _save_figure(figure, path)
-    plt.close(figure)
 
 
 def write_tradeoff(path: Path, rows: list[dict[str, Any]]) -> None:
     """Each metric's median against model calls, one line per sampler."""
-    plt = _pyplot()
     summary = medians(rows)
-    figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.5), squeeze=False)
+    figure = _figure(figsize=(4 * len(METRICS), 3.5))
+    axes = figure.subplots(1, len(METRICS), squeeze=False)
     for axis, metric in zip(axes[0], METRICS):
         for sampler in dict.fromkeys(sampler for sampler, _ in summary):
             points = sorted((values["nfe"], values[metric]) for (name, _), values in summary.items() if name == sampler)
@@ -138,4 +136,3 @@ def write_tradeoff(path: Path, rows: list[dict[str, Any]]) -> None:
     axes[0, -1].legend(fontsize=7, loc="best")
     figure.tight_layout()
     _save_figure(figure, path)
-    plt.close(figure)
