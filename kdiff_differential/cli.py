@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .clocks import CLOCKS
 from .edit import SAMPLERS, SCHEDULES
-from .errors import InputError
+from .errors import InputError, command_status
 from .presets import PRESETS
 
 if TYPE_CHECKING:
@@ -177,17 +176,11 @@ def run(args: argparse.Namespace) -> list[Path]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The console entry point; returns the exit status."""
     args = build_parser().parse_args(argv)
-    # k-diffusion's clip dependency warns about pkg_resources at import: not the user's concern.
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-    try:
+
+    def work() -> None:
         written = run(args)
-    except InputError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing was written over", file=sys.stderr)
-        return 130
-    if not args.quiet:
-        for path in written:
-            print(f"wrote {path}")
-    return 0
+        if not args.quiet:
+            for path in written:
+                print(f"wrote {path}")
+
+    return command_status(PROG, work, "interrupted; nothing was written over")

@@ -1,6 +1,28 @@
-"""The one error type the command line reports as a single line, without a traceback."""
+"""Bad input from the user, and how a command reports it: one line, no traceback."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Callable
 
 
 class InputError(ValueError):
     """Bad input from the user (a file, a flag, a model directory): the message says
     what is wrong and what to do, in one line."""
+
+
+def command_status(prog: str, work: Callable[[], None], interrupted: str) -> int:
+    """Run a command's ``work`` and return its exit status: 0, 2 after an InputError
+    (reported as one line on stderr) or 130 after Ctrl-C (``interrupted`` says what is left)."""
+    # k-diffusion's clip dependency warns about pkg_resources at import: not the user's concern.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    try:
+        work()
+    except InputError as error:
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: {interrupted}", file=sys.stderr)
+        return 130
+    return 0

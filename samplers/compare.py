@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from kdiff_differential.clocks import CLOCKS
 from kdiff_differential.edit import SAMPLERS
-from kdiff_differential.errors import InputError
+from kdiff_differential.errors import InputError, command_status
 from samplers.executors import EXECUTORS
 
 PROG = "python -m samplers.compare"
@@ -146,18 +145,13 @@ def sweep(args: argparse.Namespace) -> Path:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-    try:
+
+    def work() -> None:
         out = sweep(args)
-    except InputError as error:
-        print(f"{PROG}: error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; {args.out}/results.csv holds the finished runs (continue with --resume)", file=sys.stderr)
-        return 130
-    if not args.quiet:
-        print(f"wrote {out}/results.csv, results.md, grid.png, tradeoff.png")
-    return 0
+        if not args.quiet:
+            print(f"wrote {out}/results.csv, results.md, grid.png, tradeoff.png")
+
+    return command_status(PROG, work, f"interrupted; {args.out}/results.csv holds the finished runs (continue with --resume)")
 
 
 if __name__ == "__main__":

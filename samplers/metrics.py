@@ -30,22 +30,21 @@ def _check(out: np.ndarray, original: np.ndarray, strength: np.ndarray) -> None:
         )
 
 
+def _over(out: np.ndarray, original: np.ndarray, strength: np.ndarray, pixels: np.ndarray, reduce) -> float:
+    _check(out, original, strength)
+    if not pixels.any():
+        return math.nan
+    return float(reduce(_change(out, original)[pixels]))
+
+
 def preserve_max_err(out: np.ndarray, original: np.ndarray, strength: np.ndarray) -> float:
     """max |out - original| over the pixels with strength 0; NaN when there are none."""
-    _check(out, original, strength)
-    kept = strength == 0
-    if not kept.any():
-        return math.nan
-    return float(_change(out, original)[kept].max())
+    return _over(out, original, strength, strength == 0, np.max)
 
 
 def regen_mean(out: np.ndarray, original: np.ndarray, strength: np.ndarray) -> float:
     """mean |out - original| over the pixels with strength 1; NaN when there are none."""
-    _check(out, original, strength)
-    changed = strength == 1
-    if not changed.any():
-        return math.nan
-    return float(_change(out, original)[changed].mean())
+    return _over(out, original, strength, strength == 1, np.mean)
 
 
 def monotonicity(out: np.ndarray, original: np.ndarray, strength: np.ndarray) -> float:

@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
@@ -44,6 +44,7 @@ from torch import Tensor, nn
 from kdiff_differential import DifferentialDenoiser
 from kdiff_differential.models import sd_alphas_cumprod
 from samplers.comfyui_reference import ComfyUIReference
+from samplers.threads import one_thread
 
 SAMPLERS = ("euler", "dpmpp_2m")
 WRAPPERS = {"differential": "DifferentialDenoiser", "comfyui": "ComfyUIReference"}
@@ -424,27 +425,11 @@ def device_name(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()}, {threads} thread{'s' * (threads != 1)}"
 
 
-@contextmanager
-def one_cpu_thread(device: torch.device) -> Iterator[None]:
-    """On CPU, run torch on one thread for the block. On a shared two-core machine a
-    second OpenMP thread waits on whatever else runs there: guided calls measured 10 ms
-    on one thread and 170 ms on two while a test suite ran beside them."""
-    if device.type != "cpu":
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def run(device: torch.device, *, size: int, steps: int, rounds: int, calls: int) -> dict:
     """The whole benchmark; the JSON document."""
     setup = build(device, size, steps)
     wrappers = {name: setup.wrap(name, setup.free) for name in WRAPPERS}
-    with torch.no_grad(), one_cpu_thread(device):
+    with torch.no_grad(), one_thread() if device.type == "cpu" else nullcontext():
         name = device_name(device)
         per_call = per_call_us(setup, wrappers, calls)
         syncs = host_syncs_per_call(setup, wrappers)

@@ -10,15 +10,15 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from samplers.metrics import image_metrics
+from samplers.threads import one_thread
 
 
 @dataclass(frozen=True)
@@ -82,17 +82,6 @@ def prepared(setup: Setup) -> tuple[Any, np.ndarray, Tensor]:
     image = load_example_image() if setup.image is None else read_image(setup.image)
     strength = resolve_map(setup.map, *image.shape[:2])
     return load_model(setup.model, image, torch.device(setup.device)), image, strength
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Float sums come out the same on every executor only with the same thread count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def perform(setup: Setup, run: Run) -> tuple[dict[str, Any], np.ndarray]:
