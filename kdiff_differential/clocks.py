@@ -21,7 +21,7 @@ The clocks (the ``threshold=`` argument of :class:`DifferentialDenoiser`):
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import Tensor
@@ -36,19 +36,25 @@ Tau = Callable[[Tensor], Tensor]
 _START_SLACK = 1e-4
 
 
-def find_attribute(model: Any, name: str) -> Any:
-    """The first ``name`` found on ``model``, ``model.inner_model``, and so on.
+def inner_models(model: Any) -> Iterator[Any]:
+    """``model``, ``model.inner_model``, and so on down the chain.
 
     Guidance wrappers keep the real denoiser as ``inner_model`` (k-diffusion's own
-    convention), so the model's clock is found through them. ``None`` when absent.
+    convention), so the model's clock is found through them.
     """
     seen = set()
     while model is not None and id(model) not in seen:
         seen.add(id(model))
-        value = getattr(model, name, None)
+        yield model
+        model = getattr(model, "inner_model", None)
+
+
+def find_attribute(model: Any, name: str) -> Any:
+    """The first ``name`` found down ``model``'s :func:`inner_models` chain; ``None`` when absent."""
+    for inner in inner_models(model):
+        value = getattr(inner, name, None)
         if value is not None:
             return value
-        model = getattr(model, "inner_model", None)
     return None
 
 

@@ -9,7 +9,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .clocks import CLOCKS, Span, find_attribute, make_clock, make_span, release_map
+from .clocks import CLOCKS, Span, find_attribute, inner_models, make_clock, make_span, release_map
 from .maps import prepare_change_map
 
 COMPATS = (None, "comfyui")
@@ -102,6 +102,12 @@ class DifferentialDenoiser(nn.Module):
             raise ValueError(f"compat='comfyui' reproduces ComfyUI's timestep clock; got threshold={threshold!r}")
         if not isinstance(keep_map, bool):
             raise TypeError(f"keep_map must be True or False, got {type(keep_map).__name__}")
+        if any(isinstance(model, DifferentialDenoiser) for model in inner_models(inner)):
+            warnings.warn(
+                "inner already contains a DifferentialDenoiser: every call would blend twice, with two "
+                "maps and two noises. Wrap the plain denoiser once.",
+                stacklevel=2,
+            )
         self.strength = _check_strength(strength)
         self.threshold = threshold
         self.compat = compat

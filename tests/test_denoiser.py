@@ -148,6 +148,12 @@ def test_the_wrapper_moves_with_to(latent, gradient_map, sigmas):
     assert dd.latent.dtype == dd.noise.dtype == dd.release_sigma.dtype == torch.float64
 
 
+def test_wrapping_a_wrapper_twice_warns(ideal, latent, gradient_map, sigmas):
+    once = build(ideal, latent, gradient_map, sigmas)
+    with pytest.warns(UserWarning, match="already contains a DifferentialDenoiser"):
+        build(CFG(once), latent, gradient_map, sigmas)
+
+
 def test_import_does_not_load_k_diffusion():
     code = "import sys, kdiff_differential; print('k_diffusion' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
