@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .clocks import CLOCKS
 from .edit import SAMPLERS, SCHEDULES
-from .errors import InputError, command_status
+from .errors import InputError, OneLineParser, command_status
 from .presets import PRESETS
 
 if TYPE_CHECKING:
@@ -29,13 +29,6 @@ if TYPE_CHECKING:
 PROG = "kdiff-differential"
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_CFG = 7.0
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors cut to one line (no usage block)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _number(kind: Callable[[str], float], check: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
@@ -52,7 +45,7 @@ def _number(kind: Callable[[str], float], check: Callable[[float], bool], requir
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog=PROG,
         description="Differential Diffusion: edit an image with a per-pixel change map (white = change, black = keep).",
         epilog=f"With only --out, runs the demo on a bundled image with the gradient-x map. Map presets: {', '.join(PRESETS)}.",
@@ -175,9 +168,9 @@ def run(args: argparse.Namespace) -> list[Path]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """The console entry point; returns the exit status."""
-    args = build_parser().parse_args(argv)
 
     def work() -> None:
+        args = build_parser().parse_args(argv)
         written = run(args)
         if not args.quiet:
             for path in written:

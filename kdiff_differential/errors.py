@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 import warnings
 from typing import Callable
@@ -10,6 +11,14 @@ from typing import Callable
 class InputError(ValueError):
     """Bad input from the user (a file, a flag, a model directory): the message says
     what is wrong and what to do, in one line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are InputErrors: parsed inside :func:`command_status`, a bad
+    flag is one line and exit status 2, like any other bad input."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(message)
 
 
 def command_status(prog: str, work: Callable[[], None], interrupted: str) -> int:

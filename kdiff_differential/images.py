@@ -7,8 +7,6 @@ package stays light.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ import torch
 from torch import Tensor
 
 from .errors import InputError
+from .files import write_atomically
 
 
 def _open(path: str, mode: str) -> np.ndarray:
@@ -67,23 +66,9 @@ def output_format(path: str) -> str:
 
 
 def write_image(image: np.ndarray, path: str) -> None:
-    """Write ``image`` (uint8 (H, W, 3) or (H, W)) to ``path`` atomically.
-
-    It goes to a temporary file in the same folder first, then is renamed over
-    ``path``, so an interrupted run never leaves a truncated file behind.
-    """
+    """Write ``image`` (uint8 (H, W, 3) or (H, W)) to ``path`` atomically, in the format
+    its extension names, so an interrupted run never leaves a truncated file behind."""
     from PIL import Image
 
-    target = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            Image.fromarray(image).save(file, format=output_format(path))
-        # mkstemp makes the file private (0600); give it the mode a plain open() would.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, target)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    image_format = output_format(path)
+    write_atomically(path, lambda file: Image.fromarray(image).save(file, format=image_format), binary=True)

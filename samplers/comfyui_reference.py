@@ -14,6 +14,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from kdiff_differential.clocks import inner_models
+
 
 class ComfyUIReference:
     """``inner``: a k-diffusion denoiser; ``latent`` (B, C, H, W); ``change_map`` already at
@@ -24,11 +26,15 @@ class ComfyUIReference:
                  noise: Tensor, strength: float = 1.0) -> None:
         self.inner, self.latent, self.change_map = inner, latent, change_map
         self.sigmas, self.noise, self.strength = sigmas, noise, strength
-        self.timestep = getattr(inner, "sigma_to_t", None) or torch.log
+        # ComfyUI reads the clock from the model itself (its model_sampling), whatever
+        # guidance wraps it; a model without one falls back to log sigma.
+        self.model = next((model for model in inner_models(inner) if hasattr(model, "sigma_to_t")), None)
+        self.timestep = torch.log if self.model is None else self.model.sigma_to_t
 
     def denoise_mask(self, sigma: Tensor) -> Tensor:
         """ComfyUI's node: the release threshold from this call's timestep."""
-        sigma_to = torch.as_tensor(self.inner.sigma_min) if hasattr(self.inner, "sigma_min") else self.sigmas[-1]
+        sigma_min = getattr(self.model, "sigma_min", None)
+        sigma_to = self.sigmas[-1] if sigma_min is None else torch.as_tensor(sigma_min)
         if self.sigmas[-1] > sigma_to:
             sigma_to = self.sigmas[-1]
         sigma_from = self.sigmas[0]

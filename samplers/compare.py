@@ -17,17 +17,10 @@ from typing import Any, Callable, Optional, Sequence
 
 from kdiff_differential.clocks import CLOCKS
 from kdiff_differential.edit import SAMPLERS
-from kdiff_differential.errors import InputError, command_status
+from kdiff_differential.errors import InputError, OneLineParser, command_status
 from samplers.executors import EXECUTORS
 
 PROG = "python -m samplers.compare"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, with its errors cut to one line."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _list_of(kind: Callable[[str], Any], what: str, choices: Optional[Sequence[str]] = None) -> Callable[[str], list]:
@@ -71,7 +64,7 @@ def _strength(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Compare k-diffusion samplers under Differential Diffusion.")
+    parser = OneLineParser(prog=PROG, description="Compare k-diffusion samplers under Differential Diffusion.")
     parser.add_argument("--out", required=True, help="folder for results.csv, results.md, grid.png, tradeoff.png")
     parser.add_argument("--samplers", type=_samplers, default=list(SAMPLERS), help=f"'all' (default) or a list of: {', '.join(SAMPLERS)}")
     parser.add_argument("--steps", type=_list_of(_positive, "whole numbers >= 1"), default=[10, 20, 40], help="step counts (default: 10,20,40)")
@@ -144,14 +137,15 @@ def sweep(args: argparse.Namespace) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """The command's entry point; returns the exit status."""
 
     def work() -> None:
+        args = build_parser().parse_args(argv)
         out = sweep(args)
         if not args.quiet:
             print(f"wrote {out}/results.csv, results.md, grid.png, tradeoff.png")
 
-    return command_status(PROG, work, f"interrupted; {args.out}/results.csv holds the finished runs (continue with --resume)")
+    return command_status(PROG, work, "interrupted; results.csv holds the finished runs (continue with --resume)")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -42,6 +41,9 @@ import torch
 from torch import Tensor, nn
 
 from kdiff_differential import DifferentialDenoiser
+from kdiff_differential.errors import InputError, OneLineParser, command_status
+from kdiff_differential.files import write_atomically
+from kdiff_differential.guidance import CFGDenoiser
 from kdiff_differential.models import sd_alphas_cumprod
 from samplers.comfyui_reference import ComfyUIReference
 from samplers.threads import one_thread
@@ -67,10 +69,8 @@ SD15_UNET = dict(
     attention_head_dim=8,
 )
 SD15_TEXT = (77, 768)
-
-
-class UsageError(Exception):
-    """Bad command-line input: reported in one line, exit status 2."""
+CFG_SCALE = 7.5
+PROG = "overhead"
 
 
 # --- models -------------------------------------------------------------------------
@@ -96,18 +96,6 @@ class ConvNet(nn.Module):
         return self.conv_out(self.body(self.conv_in(x) + time_bias + cond.view(*cond.shape, 1, 1)))
 
 
-class UNetCompVis(nn.Module):
-    """A diffusers UNet behind the CompVis interface that ``CompVisDenoiser`` expects."""
-
-    def __init__(self, unet: nn.Module) -> None:
-        super().__init__()
-        self.unet = unet
-        self.register_buffer("alphas_cumprod", sd_alphas_cumprod())
-
-    def apply_model(self, x: Tensor, t: Tensor, cond: Tensor) -> Tensor:
-        return self.unet(x, t, encoder_hidden_states=cond).sample
-
-
 class Identity(nn.Module):
     """The near-free model for per-call timing: the network's output is its input."""
 
@@ -117,21 +105,6 @@ class Identity(nn.Module):
 
     def apply_model(self, x: Tensor, t: Tensor, **kwargs: Any) -> Tensor:
         return x
-
-
-class CFG(nn.Module):
-    """Classifier-free guidance the k-diffusion way, one call on the doubled batch. It
-    forwards the model's clock so that both wrappers see what they would see in a UI."""
-
-    def __init__(self, inner_model: nn.Module, scale: float = 7.5) -> None:
-        super().__init__()
-        self.inner_model, self.scale = inner_model, scale
-        self.sigma_min, self.sigma_to_t = inner_model.sigma_min, inner_model.sigma_to_t
-
-    def forward(self, x: Tensor, sigma: Tensor, cond: Tensor, uncond: Tensor) -> Tensor:
-        x_in, sigma_in = torch.cat([x, x]), torch.cat([sigma, sigma])
-        uncond_out, cond_out = self.inner_model(x_in, sigma_in, cond=torch.cat([uncond, cond])).chunk(2)
-        return uncond_out + (cond_out - uncond_out) * self.scale
 
 
 @dataclasses.dataclass
@@ -164,11 +137,13 @@ def build(device: torch.device, size: int, steps: int) -> Setup:
         dtype = torch.float16
         try:
             from diffusers import UNet2DConditionModel
+
+            from kdiff_differential.models.diffusers_sd import DiffusersUNet
         except ImportError as error:
-            raise UsageError(f"--device cuda needs diffusers for the SD1.5-size UNet ({error})") from None
+            raise InputError(f"--device cuda needs diffusers for the SD1.5-size UNet ({error})") from None
         # Only the UNet goes to fp16: the schedule (alphas_cumprod) stays float32.
         with torch.device(device):
-            network: nn.Module = UNetCompVis(UNet2DConditionModel(**SD15_UNET).to(dtype))
+            network: nn.Module = DiffusersUNet(UNet2DConditionModel(**SD15_UNET).to(dtype), sd_alphas_cumprod())
         cond_shape: tuple = SD15_TEXT
     else:
         dtype = torch.float32
@@ -188,9 +163,9 @@ def build(device: torch.device, size: int, steps: int) -> Setup:
         change_map=ramp.expand(1, 1, size, size).contiguous(),
         noise=torch.randn_like(latent),
         sigmas=denoiser.get_sigmas(steps).to(dtype),
-        guided=CFG(denoiser).eval(),
+        guided=CFGDenoiser(denoiser).eval(),
         free=free.eval(),
-        extra_args={"cond": cond, "uncond": uncond},
+        extra_args={"cond": cond, "uncond": uncond, "cfg_scale": CFG_SCALE},
     )
 
 
@@ -490,26 +465,10 @@ def table(report: dict) -> str:
 
 def write_json(path: str, report: dict) -> None:
     """Write ``report`` to ``path`` atomically: a reader sees the old file or the new one."""
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".overhead-", suffix=".json")
-    try:
-        with os.fdopen(handle, "w") as file:
-            json.dump(report, file, indent=2)
-            file.write("\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    write_atomically(path, lambda file: file.write(json.dumps(report, indent=2) + "\n"))
 
 
 # --- command line -------------------------------------------------------------------
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage block
-        raise UsageError(message)
 
 
 def _positive(text: str) -> int:
@@ -523,7 +482,7 @@ def _positive(text: str) -> int:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    parser = _Parser(prog="python -m samplers.overhead", description=__doc__.split("\n\n")[0])
+    parser = OneLineParser(prog="python -m samplers.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--json", metavar="OUT.json", help="also write the report here (atomically)")
     parser.add_argument("--rounds", type=_positive, help=f"interleaved A/B rounds per sampler (default: {DEFAULT_ROUNDS})")
@@ -531,34 +490,37 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--steps", type=_positive, default=20, help="sampling steps (default 20)")
     parser.add_argument("--size", type=_positive, default=64, help="latent height and width (default 64)")
     args = parser.parse_args(argv)
-    if args.steps < 2:
-        raise UsageError(f"--steps must be at least 2, got {args.steps}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda: no CUDA device is available")
-    if args.json is not None:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(folder):
-            raise UsageError(f"--json: folder {folder} does not exist")
-        if os.path.isdir(args.json):
-            raise UsageError(f"--json: {args.json} is a folder")
     args.rounds = args.rounds or DEFAULT_ROUNDS[args.device]
     args.calls = args.calls or DEFAULT_CALLS[args.device]
     return args
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """What argparse cannot check; InputError names the flag."""
+    if args.steps < 2:
+        raise InputError(f"--steps must be at least 2, got {args.steps}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is available")
+    if args.json is not None:
+        folder = os.path.dirname(os.path.abspath(args.json))
+        if not os.path.isdir(folder):
+            raise InputError(f"--json: folder {folder} does not exist")
+        if os.path.isdir(args.json):
+            raise InputError(f"--json: {args.json} is a folder")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the benchmark, print the table, write the JSON; 2 on bad input."""
-    try:
+
+    def work() -> None:
         args = parse_args(argv)
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        check_args(args)
         report = run(torch.device(args.device), size=args.size, steps=args.steps, rounds=args.rounds, calls=args.calls)
-    except UsageError as error:
-        print(f"overhead: error: {error}", file=sys.stderr)
-        return 2
-    print(table(report))
-    if args.json is not None:
-        write_json(args.json, report)
-    return 0
+        print(table(report))
+        if args.json is not None:
+            write_json(args.json, report)
+
+    return command_status(PROG, work, "interrupted; nothing was written")
 
 
 if __name__ == "__main__":

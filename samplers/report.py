@@ -1,7 +1,6 @@
 """A sweep's outputs: results.csv, results.md, grid.png and tradeoff.png.
 
-Every file is written atomically (a temporary file in the same folder, then a rename),
-so an interrupted sweep leaves complete files behind.
+Every file is written atomically, so an interrupted sweep leaves complete files behind.
 """
 
 from __future__ import annotations
@@ -9,33 +8,19 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from kdiff_differential.files import write_atomically
 from samplers.metrics import METRICS
 from samplers.sweep import Run
 
 COLUMNS = ["sampler", "steps", "seed", "threshold", "strength", "nfe", "seconds", *METRICS]
 SUMMARY = ["nfe", "seconds", *METRICS]
 _TYPES: dict[str, Callable[[str], Any]] = {"sampler": str, "threshold": str, "steps": int, "seed": int, "nfe": int}
-
-
-def write_atomically(path: Path, write: Callable[[Any], None], binary: bool = False) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, then rename it over ``path``."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb" if binary else "w", newline=None if binary else "") as file:
-            write(file)
-        os.chmod(temporary, 0o644)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
 
 
 def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:

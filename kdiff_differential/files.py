@@ -1,0 +1,28 @@
+"""Atomic file writes: a reader (or an interrupted run) sees the old file or the new one,
+never a truncated one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import IO, Any, Callable, Union
+
+
+def write_atomically(path: Union[str, Path], write: Callable[[IO[Any]], None], binary: bool = False) -> None:
+    """Call ``write(file)`` on a temporary file in ``path``'s folder, then rename it over ``path``."""
+    target = Path(path)
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb" if binary else "w", newline=None if binary else "") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        # mkstemp makes the file private (0600); give it the mode a plain open() would.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, target)
+    except BaseException:
+        os.unlink(temporary)
+        raise
