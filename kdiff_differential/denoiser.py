@@ -149,9 +149,10 @@ class DifferentialDenoiser(nn.Module):
         )
         self.register_buffer("change_map", strengths.to(dtype))
         self.register_buffer("release_sigma", release_map(self.tau, self.span, strengths, comfyui=compat == "comfyui"))
-        soft = ((1 - self.strength) * strengths).to(dtype)
+        # Below strength 1 the mask takes one of two per-pixel levels; at 1 it is the bool itself.
+        soft = ((1 - self.strength) * strengths).to(dtype) if self.strength < 1 else None
         self.register_buffer("mask_frozen", soft)
-        self.register_buffer("mask_free", (self.strength + soft).to(dtype))
+        self.register_buffer("mask_free", None if soft is None else (self.strength + soft).to(dtype))
         self.inner_model = inner
 
     def mask(self, sigma: Any) -> Tensor:
@@ -179,7 +180,7 @@ class DifferentialDenoiser(nn.Module):
 
     def _blend_weights(self, level: Tensor) -> Tensor:
         free = level.to(self.release_sigma.dtype) <= self.release_sigma
-        if self.strength == 1:
+        if self.mask_free is None:
             return free.to(self.latent.dtype)
         return torch.where(free, self.mask_free, self.mask_frozen)
 
