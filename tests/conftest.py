@@ -7,16 +7,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdiff_differential.edit import RANGE_SAMPLERS
+from kdiff_differential.edit import SAMPLERS as ALL_SAMPLERS
 from kdiff_differential.models import IdealDenoiser, sd_alphas_cumprod
 
 SIZE = 16
 
-SCHEDULED = [
-    "euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms",
-    "dpmpp_2s_ancestral", "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "dpmpp_3m_sde",
-]
-ADAPTIVE = ["dpm_fast", "dpm_adaptive"]
-SAMPLERS = SCHEDULED + ADAPTIVE
+# Every k-diffusion sampler: those that run a schedule, and the two that take a range.
+ADAPTIVE = list(RANGE_SAMPLERS)
+SAMPLERS = list(ALL_SAMPLERS)
+SCHEDULED = [name for name in SAMPLERS if name not in ADAPTIVE]
 
 
 def smooth_images(n: int, seed: int, size: int = SIZE) -> torch.Tensor:
