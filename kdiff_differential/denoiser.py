@@ -210,11 +210,13 @@ class DifferentialDenoiser(nn.Module):
             if self.mask_free is None:
                 return free.to(self.latent.dtype)
             return torch.where(free, self.mask_free, self.mask_frozen)
-        # Smooth: ease each pixel in over the step before the binary rule frees it.
-        tau_hi = self._per_image(self.tau(sigma))
-        tau_lo = self._per_image(self.tau_floor(sigma))
-        eased = ((self.change_map - tau_lo) / (tau_hi - tau_lo).clamp(min=_MIN_STEP)).clamp(0, 1)
-        weight = torch.where(free, 1.0, eased.to(self.latent.dtype))
+        # Smooth: ease each pixel in over the step before the binary rule frees it,
+        # m = (s - tau_lo) / (tau_hi - tau_lo), in place; 1 wherever binary frees the pixel.
+        tau_lo = self.tau_floor(sigma)
+        scale = (self.tau(sigma) - tau_lo).clamp_(min=_MIN_STEP).reciprocal_()
+        dtype = self.change_map.dtype
+        weight = self.change_map - self._per_image(tau_lo).to(dtype)
+        weight = weight.mul_(self._per_image(scale).to(dtype)).clamp_(0, 1).masked_fill_(free, 1)
         if self.mask_frozen is None:
             return weight
         return self.mask_frozen + self.strength * weight

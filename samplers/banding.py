@@ -5,18 +5,22 @@ behind) with a linear left-to-right change map on the built-in model, for both r
 modes, every sampler that runs a schedule and several step counts, and prints the
 banding metric (samplers/metrics.py, defined in the README) as a Markdown table: the
 largest jump between neighbouring map levels of the mean change, in 8-bit levels.
+``--figure PATH`` also draws the edits side by side: binary above smooth, one column a
+step count.
 """
 
 from __future__ import annotations
 
-import argparse
+import io
 import sys
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from kdiff_differential.edit import RANGE_SAMPLERS, SAMPLERS
-from kdiff_differential.errors import OneLineParser, command_status
+from kdiff_differential.errors import InputError, OneLineParser, command_status
+from kdiff_differential.files import write_atomically
 
 PROG = "python -m samplers.banding"
 RELEASES = ("smooth", "binary")
@@ -38,9 +42,11 @@ def smooth_scene(height: int = 192, width: int = 384) -> np.ndarray:
 
 
 def measure(samplers: Sequence[str], steps: Sequence[int], releases: Sequence[str] = RELEASES,
-            seed: int = 0, height: int = 192, width: int = 384) -> dict[tuple[str, str, int], float]:
+            seed: int = 0, height: int = 192, width: int = 384,
+            images: Optional[dict[tuple[str, str, int], np.ndarray]] = None) -> dict[tuple[str, str, int], float]:
     """Banding of each (release, sampler, steps) on :func:`smooth_scene` with a linear
-    left-to-right map, on the built-in model."""
+    left-to-right map, on the built-in model. ``images``, when given, receives each edit,
+    uint8 (height, width, 3), under the same key."""
     import torch
 
     from kdiff_differential.edit import differential_edit
@@ -61,6 +67,8 @@ def measure(samplers: Sequence[str], steps: Sequence[int], releases: Sequence[st
                                              seed=seed, release=release)
                     out = model.decode(edit.result)
                     table[release, sampler, count] = banding(out, image, strength.numpy())
+                    if images is not None:
+                        images[release, sampler, count] = out
     return table
 
 
@@ -77,6 +85,29 @@ def markdown(table: dict[tuple[str, str, int], float]) -> str:
     return "\n".join(lines)
 
 
+def side_by_side(images: dict[tuple[str, str, int], np.ndarray], table: dict[tuple[str, str, int], float]) -> Any:
+    """A matplotlib Figure of one sampler's edits: a row per release mode, a column per
+    step count, each panel titled with its banding. Not registered with pyplot."""
+    from matplotlib.figure import Figure
+
+    releases = list(dict.fromkeys(release for release, _, _ in images))
+    steps = sorted({count for _, _, count in images})
+    sampler = next(iter(images))[1]
+    height, width = next(iter(images.values())).shape[:2]
+    figure = Figure(figsize=(3.2 * len(steps), 3.2 * height / width * len(releases) + 0.9))
+    axes = figure.subplots(len(releases), len(steps), squeeze=False)
+    for row, release in enumerate(releases):
+        for column, count in enumerate(steps):
+            axis = axes[row, column]
+            axis.imshow(images[release, sampler, count])
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_title(f"{release}, {count} steps: banding {table[release, sampler, count]:.0f}", fontsize=9)
+    figure.suptitle(f"{sampler}, map: keep (left) to change (right)", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Print the banding table; returns the exit status."""
     from samplers.compare import _list_of, _positive
@@ -87,10 +118,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--steps", type=_list_of(_positive, "whole numbers >= 1"), default=[5, 10, 20], help="default: 5,10,20")
     parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=list(RELEASES), help="default: smooth,binary")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--figure", metavar="PATH.png", help="also draw the first sampler's edits, release modes side by side")
 
     def work() -> None:
         args = parser.parse_args(argv)
-        print(markdown(measure(args.samplers, args.steps, args.release, args.seed)))
+        if args.figure and not Path(args.figure).resolve().parent.is_dir():
+            raise InputError(f"--figure {args.figure}: the folder does not exist")
+        images: dict = {}
+        table = measure(args.samplers, args.steps, args.release, args.seed, images=images)
+        print(markdown(table))
+        if args.figure:
+            first = args.samplers[0]
+            figure = side_by_side({key: image for key, image in images.items() if key[1] == first}, table)
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=80)
+            write_atomically(args.figure, lambda file: file.write(buffer.getvalue()), binary=True)
 
     return command_status(PROG, work, "interrupted")
 
