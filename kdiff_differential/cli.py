@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .clocks import CLOCKS
+from .compositing import COMPOSITES
 from .denoiser import RELEASES
 from .edit import SAMPLERS, SCHEDULES
 from .errors import InputError, OneLineParser, command_status
@@ -67,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", default="", help="text prompt (Stable Diffusion)")
     parser.add_argument("--negative", default="", help="negative prompt (Stable Diffusion)")
     parser.add_argument("--cfg", type=_number(float, math.isfinite, "a finite number"), default=None, help=f"classifier-free guidance scale (Stable Diffusion; default: {DEFAULT_CFG:g})")
+    parser.add_argument("--composite", default="difference", choices=COMPOSITES, help="put the original back in pixel space: difference (where the model barely changed it; default), mask (the map as opacity) or none")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when there is one (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no messages")
     parser.add_argument("--save-strip", action="store_true", help="also write OUT-strip: original | map | result")
@@ -155,7 +157,10 @@ def run(args: argparse.Namespace) -> list[Path]:
         extra_args=model.extra_args(args.prompt, args.negative, cfg),
         progress=not args.quiet and sys.stderr.isatty(),
     )
-    result = model.decode(edit.result)
+    from .compositing import composite
+
+    raw = model.decode(edit.result)
+    result = composite(image, raw, strength, args.composite)
     write_image(result, str(outputs[0]))
     if args.save_strip:
         from .figures import strip

@@ -64,11 +64,14 @@ class Span:
 
     ``sigmas`` is the full schedule (descending, possibly ending in 0) when one was
     given, ``None`` for the adaptive samplers, which are given only a sigma range.
+    ``sigma_last`` is the lowest non-zero level a sampler reaches: the schedule's last
+    non-zero level, or the range's ``sigma_min``.
     """
 
     sigma_from: float
     sigma_to: float
     sigmas: Optional[Tensor]
+    sigma_last: float = 0.0
 
 
 def _as_float(value: Any, name: str) -> float:
@@ -136,7 +139,7 @@ def make_span(
         sigma_to = max(last, _as_float(model_sigma_min, "the model's sigma_min"))
     else:
         sigma_to = last_nonzero
-    return Span(sigma_from=sigma_from, sigma_to=sigma_to, sigmas=sigmas)
+    return Span(sigma_from=sigma_from, sigma_to=sigma_to, sigmas=sigmas, sigma_last=last_nonzero)
 
 
 def make_clock(

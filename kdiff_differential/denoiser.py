@@ -196,6 +196,18 @@ class DifferentialDenoiser(nn.Module):
         level = self.span.sigma_from if sigma is None else sigma
         return self.latent + self.noise * level
 
+    def finish(self, x: Tensor, **kwargs: Any) -> Tensor:
+        """Take a sampler's output from the lowest level it reached to sigma 0, (k*B, C, H, W).
+
+        ``sample_dpm_fast`` and ``sample_dpm_adaptive`` stop at their ``sigma_min`` with that
+        much noise left, so kept pixels would end at ``latent + noise * sigma_min``. One more
+        call at that level, with the sampler's ``extra_args`` as ``kwargs``, returns the
+        denoised image: kept pixels become the latent exactly, as the other samplers' last
+        step to sigma 0 does. On a schedule's output (already at sigma 0) it is not needed.
+        """
+        sigma = torch.full((x.shape[0],), self.span.sigma_last, dtype=x.dtype, device=x.device)
+        return self(x, sigma, **kwargs)
+
     def _per_image(self, sigma: Tensor) -> Tensor:
         """sigma (k*B,) as (k, B, 1, 1, 1), to broadcast against the latent."""
         # reshape, not rearrange, on the per-call path: einops looks its pattern up at
