@@ -43,6 +43,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     halves[:, 12:] = 255
     Image.fromarray(halves).save(folder / "map.png")
     Image.fromarray(halves[:, 6:]).save(folder / "narrow-map.png")
+    # The same halves as a 16-bit PNG whose left half is 250/65535 (an 8-bit reading makes
+    # it nearly white) and as a float TIFF in 0..1 (an 8-bit reading makes it all black).
+    Image.fromarray(np.where(halves > 0, 65535, 250).astype(np.uint16)).save(folder / "map-16bit.png")
+    Image.fromarray((halves / 255).astype(np.float32)).save(folder / "map-float.tif")
+    Image.fromarray(np.where(halves > 0, np.nan, 0).astype(np.float32)).save(folder / "map-nan.tif")
     (folder / "notes.png").write_text("not an image")
     (folder / "folder.png").mkdir()
     (folder / "not-a-model").mkdir()
@@ -61,13 +66,18 @@ def test_demo_writes_the_result_and_figures_and_nothing_else(tmp_path: Path) -> 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result-masks.png", "result-strip.png", "result.png"]
 
 
-def test_image_and_map_files_keep_and_change_the_right_halves(files: Path) -> None:
-    done = kdiff("--image", "in.png", "--map", "map.png", "--out", "out/halves.png", *FAST, cwd=files)
+@pytest.mark.parametrize("map_file", ["map.png", "map-16bit.png", "map-float.tif"])
+def test_image_and_map_files_keep_and_change_the_right_halves(files: Path, map_file: str) -> None:
+    out = f"out/halves-{map_file}.png"
+    done = kdiff("--image", "in.png", "--map", map_file, "--out", out, *FAST, cwd=files)
     assert done.returncode == 0, done.stderr
-    original, result = pixels(files / "in.png"), pixels(files / "out/halves.png")
+    original, result = pixels(files / "in.png"), pixels(files / out)
     assert result.shape == original.shape
     change = np.abs(result.astype(int) - original.astype(int))
-    assert change[:, :20].max() <= 1  # map 0: kept, to 8-bit rounding
+    if map_file == "map-16bit.png":  # strength 250/65535: released only at the last call
+        assert change[:, :20].mean() < 2
+    else:
+        assert change[:, :20].max() <= 1  # map 0: kept, to 8-bit rounding
     assert change[:, 28:].mean() > 20  # map 1: regenerated
 
 
@@ -122,6 +132,7 @@ BAD = {
     "image that is not an image": (["--image", "notes.png"], "not an image"),
     "missing map": (["--image", "in.png", "--map", "absent-map.png"], "absent-map.png"),
     "map that is not an image": (["--image", "in.png", "--map", "notes.png"], "not an image"),
+    "map with NaN": (["--image", "in.png", "--map", "map-nan.tif"], "NaN or inf"),
     "unknown preset": (["--map", "gradient-z"], "gradient-x, gradient-y, radial, full, none"),
     "unknown sampler": (["--sampler", "euler_b"], "dpmpp_2m"),
     "unknown schedule": (["--schedule", "cosine"], "karras"),
