@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 from .clocks import CLOCKS
 from .edit import SAMPLERS, SCHEDULES
 from .errors import InputError, OneLineParser, command_status
+from .files import same_file
 from .presets import PRESETS
 
 if TYPE_CHECKING:
@@ -92,15 +93,16 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
     if out.is_dir():
         raise InputError(f"--out {args.out} is a folder; give a file name such as result.png")
     output_format(args.out)
-    outputs = [out]
-    outputs += [_sibling(out, "strip")] if args.save_strip else []
-    outputs += [_sibling(out, "masks")] if args.save_masks else []
-    if args.image is not None:
-        image = Path(args.image).resolve()
-        for path in outputs:
-            if path.resolve() == image:
-                raise InputError(f"--out {args.out} would write over the input image {args.image}; give another name")
-    return outputs
+    outputs = {"--out": out}
+    outputs.update({"--save-strip": _sibling(out, "strip")} if args.save_strip else {})
+    outputs.update({"--save-masks": _sibling(out, "masks")} if args.save_masks else {})
+    # No input is ever written over, however its path is spelled.
+    inputs = {"--image": args.image, "--map": None if args.map in PRESETS else args.map}
+    for flag, path in outputs.items():
+        for name, given in inputs.items():
+            if given is not None and same_file(path, given):
+                raise InputError(f"{flag} would write {path}, over the input {name} {given}; give --out another name")
+    return list(outputs.values())
 
 
 def _device(name: str) -> "torch.device":

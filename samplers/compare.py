@@ -18,6 +18,8 @@ from typing import Any, Callable, Optional, Sequence
 from kdiff_differential.clocks import CLOCKS
 from kdiff_differential.edit import SAMPLERS
 from kdiff_differential.errors import InputError, OneLineParser, command_status
+from kdiff_differential.files import same_file
+from kdiff_differential.presets import PRESETS
 from samplers.executors import EXECUTORS
 
 PROG = "python -m samplers.compare"
@@ -81,9 +83,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_out(out: Path, resume: bool) -> None:
+OUTPUTS = ("results.csv", "results.md", "grid.png", "tradeoff.png")
+
+
+def _check_out(out: Path, resume: bool, inputs: dict[str, Optional[str]]) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is an existing file; give a folder")
+    for name in OUTPUTS:
+        for flag, given in inputs.items():
+            if given is not None and same_file(out / name, given):
+                raise InputError(f"--out {out} would write {out / name}, over the input {flag} {given}; choose another --out")
     if (out / "results.csv").exists() and not resume:
         raise InputError(f"{out / 'results.csv'} exists; pass --resume to continue that sweep, or choose another --out")
     if not out.parent.is_dir():
@@ -97,7 +106,7 @@ def sweep(args: argparse.Namespace) -> Path:
     from samplers.sweep import Setup, plan, prepared
 
     out = Path(args.out)
-    _check_out(out, args.resume)
+    _check_out(out, args.resume, {"--image": args.image, "--map": None if args.map in PRESETS else args.map})
     if args.executor == "ray":
         try:
             import_ray()

@@ -49,6 +49,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Image.fromarray((halves / 255).astype(np.float32)).save(folder / "map-float.tif")
     Image.fromarray(np.where(halves > 0, np.nan, 0).astype(np.float32)).save(folder / "map-nan.tif")
     (folder / "notes.png").write_text("not an image")
+    (folder / "link-to-in.png").symlink_to("in.png")
+    os.link(folder / "map.png", folder / "hard-link-to-map.png")
     (folder / "folder.png").mkdir()
     (folder / "not-a-model").mkdir()
     (folder / "out").mkdir()
@@ -147,6 +149,30 @@ BAD = {
     "out over the image": (["--image", "in.png", "--out", "./in.png"], "over the input"),
     "out in a missing folder": (["--out", "nowhere/result.png"], "does not exist"),
 }
+
+# Every input file is protected, however the output's path reaches it.
+OVER_INPUTS = {
+    "out over the map": ["--image", "in.png", "--map", "map.png", "--out", "map.png"],
+    "out over the image through a symlink": ["--image", "in.png", "--out", "link-to-in.png"],
+    "out over the image spelled otherwise": ["--image", "in.png", "--out", "out/../in.png"],
+    "out over the map through a hard link": ["--image", "in.png", "--map", "map.png", "--out", "hard-link-to-map.png"],
+    "strip over the map": ["--image", "in.png", "--map", "map-strip.png", "--out", "map.png", "--save-strip"],
+    "masks over the image": ["--image", "in-masks.png", "--out", "in.png", "--save-masks", "--map", "full"],
+}
+
+
+@pytest.mark.parametrize("case", OVER_INPUTS)
+def test_no_input_file_is_written_over(files: Path, case: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    # in-masks.png and map-strip.png are inputs only here: copies made for these cases.
+    for name, source in (("in-masks.png", "in.png"), ("map-strip.png", "map.png")):
+        if not (files / name).exists():
+            (files / name).write_bytes((files / source).read_bytes())
+    before = {path: path.read_bytes() for path in files.iterdir() if path.is_file()}
+    monkeypatch.chdir(files)
+    assert main([*OVER_INPUTS[case], *FAST]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "over the input" in error, error
+    assert {path: path.read_bytes() for path in files.iterdir() if path.is_file()} == before
 
 
 @pytest.mark.parametrize("case", BAD)

@@ -125,3 +125,15 @@ def test_ray_missing_names_the_extra(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "pip install -e '.[ray]'" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_an_input_inside_out_is_never_written_over(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    mask = Image.new("L", (16, 16), 255)
+    mask.save(out / "grid.png")
+    before = (out / "grid.png").read_bytes()
+    result = compare("--out", out, "--map", out / "grid.png", *SMALL, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "over the input --map" in result.stderr
+    assert (out / "grid.png").read_bytes() == before and not (out / "results.csv").exists()
