@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .clocks import CLOCKS
-from .edit import SAMPLERS, SCHEDULES
+from .edit import DEFAULT_STEPS, OWN_STEPS, SAMPLERS, SCHEDULES
 from .errors import InputError, OneLineParser, command_status
 from .files import same_file
 from .presets import PRESETS
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...")
     parser.add_argument("--model", default="builtin", help="'builtin' or a local diffusers Stable Diffusion 1.x/2.x directory")
     parser.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS, metavar="NAME", help=f"k-diffusion sampler: {', '.join(SAMPLERS)}")
-    parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), default=20, help="sampler steps (default: 20)")
+    parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), help=f"sampler steps (default: {DEFAULT_STEPS}; {', '.join(OWN_STEPS)} chooses its own)")
     parser.add_argument("--schedule", default="karras", choices=SCHEDULES, help="noise schedule (default: karras)")
     parser.add_argument("--seed", type=_number(int, lambda n: True, "a whole number"), default=0, help="random seed (default: 0)")
     parser.add_argument("--strength", type=_number(float, lambda s: 0 <= s <= 1, "a number in [0, 1]"), default=1.0, help="1: binary release; below 1 blends the map into the mask (default: 1)")
@@ -133,6 +133,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     strength = resolve_map(args.map, height, width, args.keep_map, warn=_warn)
     if args.model == "builtin" and (args.prompt or args.negative or args.cfg is not None):
         _warn("the built-in model takes no text: --prompt, --negative and --cfg are ignored")
+    if args.sampler in OWN_STEPS and args.steps is not None:
+        _warn(f"--sampler {args.sampler} chooses its own steps: --steps {args.steps} is ignored")
 
     from .edit import differential_edit
 
@@ -145,7 +147,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         model.latent,
         strength,
         sampler=args.sampler,
-        steps=args.steps,
+        steps=None if args.sampler in OWN_STEPS else args.steps,
         schedule=args.schedule,
         denoise=args.denoise,
         seed=args.seed,

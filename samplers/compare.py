@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from kdiff_differential.clocks import CLOCKS
-from kdiff_differential.edit import SAMPLERS
+from kdiff_differential.edit import OWN_STEPS, SAMPLERS
 from kdiff_differential.errors import InputError, OneLineParser, command_status
 from kdiff_differential.files import same_file
 from kdiff_differential.presets import PRESETS
@@ -115,6 +115,10 @@ def sweep(args: argparse.Namespace) -> Path:
     setup = Setup(model=args.model, image=args.image, map=args.map)
     _, original, strength = prepared(setup)  # bad model, image or map: fail before any run
     runs = plan(args.samplers, args.steps, args.seeds, args.threshold, args.strength)
+    for sampler in OWN_STEPS:
+        if sampler in args.samplers and len(args.steps) > 1:
+            counts = ", ".join(map(str, args.steps))
+            print(f"{PROG}: warning: {sampler} chooses its own steps: its runs at steps {counts} are the same run", file=sys.stderr)
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     csv_path = out / "results.csv"

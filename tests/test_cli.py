@@ -105,6 +105,18 @@ def test_a_map_of_another_aspect_is_stretched_with_a_warning(
     assert pixels(files / "out/narrow.png").shape == (40, 48, 3)
 
 
+def test_dpm_adaptive_says_in_one_line_that_it_ignores_steps(
+    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(files)
+    adaptive = ["--image", "in.png", "--sampler", "dpm_adaptive", "--quiet"]
+    assert main([*adaptive, "--steps", "5", "--out", "out/adaptive-5.png"]) == 0
+    assert capsys.readouterr().err == "kdiff-differential: warning: --sampler dpm_adaptive chooses its own steps: --steps 5 is ignored\n"
+    assert main([*adaptive, "--out", "out/adaptive.png"]) == 0
+    assert capsys.readouterr().err == ""
+    assert (files / "out/adaptive-5.png").read_bytes() == (files / "out/adaptive.png").read_bytes()
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset(files: Path, preset: str) -> None:
     done = kdiff("--image", "in.png", "--map", preset, "--out", f"out/{preset}.png", *FAST, cwd=files)

@@ -32,10 +32,19 @@ def without_timing(table):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "out"
-    compare("--out", out, *SMALL)
-    return out
+    return out, compare("--out", out, *SMALL)
+
+
+@pytest.fixture(scope="module")
+def sweep(sweep_run):
+    return sweep_run[0]
+
+
+def test_dpm_adaptive_is_said_once_to_ignore_the_step_counts(sweep_run):
+    stderr = sweep_run[1].stderr
+    assert stderr == "python -m samplers.compare: warning: dpm_adaptive chooses its own steps: its runs at steps 4, 8 are the same run\n"
 
 
 def test_a_small_sweep_writes_all_four_outputs(sweep):
