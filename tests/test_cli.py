@@ -202,7 +202,7 @@ def test_bad_input_is_one_line_and_no_traceback(files: Path, case: str) -> None:
     assert (files / "in.png").read_bytes() == before
 
 
-def test_readme_quick_start_is_install_then_demo_then_tests_and_ci_installs_the_same() -> None:
+def test_readme_quick_start_is_clone_install_demo_tests_and_ci_installs_the_same() -> None:
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
     ci = (root / ".ci" / "run").read_text().splitlines()
@@ -210,5 +210,14 @@ def test_readme_quick_start_is_install_then_demo_then_tests_and_ci_installs_the_
     install = ci[ci.index("# The README's install command:") + 1]
     test = ci[ci.index("# The README's test command:") + 1]
     quick_start = readme[readme.index("## Quick start") :]
-    positions = [quick_start.index(command) for command in (install, "kdiff-differential --out result.png", test)]
+    steps = (
+        "git clone REPOSITORY_URL kdiff-differential",
+        "cd kdiff-differential",
+        "python3 -m venv .venv",
+        "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu",
+        install,
+        "kdiff-differential --out result.png",
+        test,
+    )
+    positions = [quick_start.index(command) for command in steps]
     assert positions == sorted(positions)
