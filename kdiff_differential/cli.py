@@ -161,12 +161,12 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.save_strip:
         from .figures import strip
 
-        write_image(strip(image, strength, result), str(_sibling(outputs[0], "strip")))
+        write_image(strip(image, strength, result, keep_map=args.keep_map), str(_sibling(outputs[0], "strip")))
     if args.save_masks:
         from .figures import mask_grid
 
         masks = [edit.wrapper.mask(sigma)[0, 0].cpu() for sigma in edit.step_sigmas]
-        write_image(mask_grid(masks, width / height), str(_sibling(outputs[0], "masks")))
+        write_image(mask_grid(masks, width / height, edit.step_sigmas), str(_sibling(outputs[0], "masks")))
     return outputs
 
 

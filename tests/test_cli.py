@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from kdiff_differential.cli import main
+from kdiff_differential.figures import GAP, LABEL
 from kdiff_differential.presets import PRESETS
 
 FAST = ["--steps", "3", "--quiet"]
@@ -62,7 +63,7 @@ def test_demo_writes_the_result_and_figures_and_nothing_else(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # not a TTY: no progress bar
     assert pixels(tmp_path / "result.png").shape == (256, 256, 3)
-    assert pixels(tmp_path / "result-strip.png").shape == (256, 3 * 256 + 8, 3)
+    assert pixels(tmp_path / "result-strip.png").shape == (LABEL + 256, 3 * 256 + 2 * GAP, 3)
     assert pixels(tmp_path / "result-masks.png").ndim == 3
     # Written through temporary files that were renamed: none is left over.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result-masks.png", "result-strip.png", "result.png"]
@@ -93,6 +94,14 @@ def test_keep_map_swaps_the_halves(files: Path, monkeypatch: pytest.MonkeyPatch)
     change = np.abs(pixels(files / "out/kept.png").astype(int) - pixels(files / "in.png").astype(int))
     assert change[:, 28:].max() <= 1
     assert change[:, :20].mean() > 20
+
+
+def test_with_keep_map_the_strip_shows_the_map_file_as_given(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--map", "map.png", "--keep-map", "--save-strip", "--out", "out/kept-strip.png", *FAST]) == 0
+    shown = pixels(files / "out/kept-strip-strip.png")[LABEL:, 48 + GAP : 2 * 48 + GAP, 0]
+    given = np.array(Image.open(files / "map.png").resize((48, 40), Image.BILINEAR))
+    assert np.abs(shown.astype(int) - given).max() <= 1
 
 
 def test_a_map_of_another_aspect_is_stretched_with_a_warning(
