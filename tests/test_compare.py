@@ -61,6 +61,33 @@ def test_a_small_sweep_writes_all_four_outputs(sweep):
             image.verify()
     markdown = (sweep / "results.md").read_text()
     assert "| euler | 4 |" in markdown and "| dpm_adaptive | 8 |" in markdown
+    # One seed and one clock: each row is one run, and the header says so.
+    assert markdown.startswith("Each row is one run (seed 0; threshold timestep; strength 1).")
+
+
+def test_the_results_header_says_what_a_row_aggregates():
+    from samplers.report import summary_header
+
+    def row(sampler, steps, seed, threshold):
+        return {"sampler": sampler, "steps": steps, "seed": seed, "threshold": threshold, "strength": 1.0}
+
+    seeds = [row("euler", 10, seed, "timestep") for seed in (0, 1, 2)]
+    assert summary_header(seeds) == "Each row is the median of its 3 runs, over seed 0, 1, 2 (threshold timestep; strength 1 throughout)."
+    both = [row("euler", 10, seed, clock) for seed in (0, 1) for clock in ("timestep", "step")]
+    assert summary_header(both) == "Each row is the median of its 4 runs, over seed 0, 1; threshold timestep, step (strength 1 throughout)."
+    adaptive = [row("dpm_adaptive", steps, 0, "timestep") for steps in (4, 8)]
+    assert summary_header(adaptive).endswith("dpm_adaptive chooses its own steps: its rows repeat the same runs.")
+
+
+def test_tradeoff_axes_include_zero_and_a_minimum_span():
+    from samplers.report import MIN_SPAN, _y_limits
+
+    low, high = _y_limits([0.2993, 0.3011])  # the noise of issue 12 no longer fills the panel
+    assert low < 0 < 0.3011 < high
+    low, high = _y_limits([0.0, 0.0])
+    assert low < 0 and high >= MIN_SPAN
+    low, high = _y_limits([-0.003, -0.001])
+    assert low <= -MIN_SPAN and high > 0
 
 
 def test_the_metrics_say_the_map_was_followed(sweep):
