@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"With only --out, runs the demo on a bundled image with the gradient-x map. Map presets: {', '.join(PRESETS)}.",
     )
     parser.add_argument("--image", help="input image (default: the bundled example)")
-    parser.add_argument("--map", default="gradient-x", help="change map: an image file (grey levels) or a preset (default: gradient-x)")
+    parser.add_argument("--map", default="gradient-x", help="change map: an image file (grey levels in the file's own range: 8/16-bit, float 0..1; colour as luminance, alpha over black) or a preset (default: gradient-x)")
     parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...")
     parser.add_argument("--model", default="builtin", help="'builtin' or a local diffusers Stable Diffusion 1.x/2.x directory")
     parser.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS, metavar="NAME", help=f"k-diffusion sampler: {', '.join(SAMPLERS)}")

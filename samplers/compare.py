@@ -3,7 +3,7 @@
 Runs every (sampler, steps, seed, threshold) on one image and map, measures each run
 (see samplers/metrics.py and the README) and writes DIR/results.csv (one row a run,
 rewritten as runs finish, so an interrupted sweep keeps what it finished),
-DIR/results.md (medians per sampler and step count), DIR/grid.png (outputs: samplers
+DIR/results.md (per sampler and step count, one run or a median), DIR/grid.png (outputs: samplers
 by step counts) and DIR/tradeoff.png (metrics against model calls). Bad input stops it
 before any run with one line and exit status 2.
 """
