@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 from .clocks import CLOCKS
 from .compositing import COMPOSITES
 from .denoiser import RELEASES
-from .edit import SAMPLERS, SCHEDULES
+from .edit import DEFAULT_STEPS, OWN_STEPS, SAMPLERS, SCHEDULES
 from .errors import InputError, OneLineParser, command_status
+from .files import same_file
 from .presets import PRESETS
 
 if TYPE_CHECKING:
@@ -53,11 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"With only --out, runs the demo on a bundled image with the gradient-x map. Map presets: {', '.join(PRESETS)}.",
     )
     parser.add_argument("--image", help="input image (default: the bundled example)")
-    parser.add_argument("--map", default="gradient-x", help="change map: an image file (grey levels) or a preset (default: gradient-x)")
+    parser.add_argument("--map", default="gradient-x", help="change map: an image file (grey levels in the file's own range: 8/16-bit, float 0..1; colour as luminance, alpha over black) or a preset (default: gradient-x)")
     parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...")
     parser.add_argument("--model", default="builtin", help="'builtin' or a local diffusers Stable Diffusion 1.x/2.x directory")
     parser.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS, metavar="NAME", help=f"k-diffusion sampler: {', '.join(SAMPLERS)}")
-    parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), default=20, help="sampler steps (default: 20)")
+    parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), help=f"sampler steps (default: {DEFAULT_STEPS}; {', '.join(OWN_STEPS)} chooses its own)")
     parser.add_argument("--schedule", default="karras", choices=SCHEDULES, help="noise schedule (default: karras)")
     parser.add_argument("--seed", type=_number(int, lambda n: True, "a whole number"), default=0, help="random seed (default: 0)")
     parser.add_argument("--strength", type=_number(float, lambda s: 0 <= s <= 1, "a number in [0, 1]"), default=1.0, help="1: binary release; below 1 blends the map into the mask (default: 1)")
@@ -96,15 +97,16 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
     if out.is_dir():
         raise InputError(f"--out {args.out} is a folder; give a file name such as result.png")
     output_format(args.out)
-    outputs = [out]
-    outputs += [_sibling(out, "strip")] if args.save_strip else []
-    outputs += [_sibling(out, "masks")] if args.save_masks else []
-    if args.image is not None:
-        image = Path(args.image).resolve()
-        for path in outputs:
-            if path.resolve() == image:
-                raise InputError(f"--out {args.out} would write over the input image {args.image}; give another name")
-    return outputs
+    outputs = {"--out": out}
+    outputs.update({"--save-strip": _sibling(out, "strip")} if args.save_strip else {})
+    outputs.update({"--save-masks": _sibling(out, "masks")} if args.save_masks else {})
+    # No input is ever written over, however its path is spelled.
+    inputs = {"--image": args.image, "--map": None if args.map in PRESETS else args.map}
+    for flag, path in outputs.items():
+        for name, given in inputs.items():
+            if given is not None and same_file(path, given):
+                raise InputError(f"{flag} would write {path}, over the input {name} {given}; give --out another name")
+    return list(outputs.values())
 
 
 def _device(name: str) -> "torch.device":
@@ -135,6 +137,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     strength = resolve_map(args.map, height, width, args.keep_map, warn=_warn)
     if args.model == "builtin" and (args.prompt or args.negative or args.cfg is not None):
         _warn("the built-in model takes no text: --prompt, --negative and --cfg are ignored")
+    if args.sampler in OWN_STEPS and args.steps is not None:
+        _warn(f"--sampler {args.sampler} chooses its own steps: --steps {args.steps} is ignored")
 
     from .edit import differential_edit
 
@@ -147,7 +151,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         model.latent,
         strength,
         sampler=args.sampler,
-        steps=args.steps,
+        steps=None if args.sampler in OWN_STEPS else args.steps,
         schedule=args.schedule,
         denoise=args.denoise,
         seed=args.seed,
@@ -165,12 +169,14 @@ def run(args: argparse.Namespace) -> list[Path]:
     if args.save_strip:
         from .figures import strip
 
-        write_image(strip(image, strength, result), str(_sibling(outputs[0], "strip")))
+        decoded = raw if args.composite != "none" else None
+        figure = strip(image, strength, result, keep_map=args.keep_map, decoded=decoded)
+        write_image(figure, str(_sibling(outputs[0], "strip")))
     if args.save_masks:
         from .figures import mask_grid
 
         masks = [edit.wrapper.mask(sigma)[0, 0].cpu() for sigma in edit.step_sigmas]
-        write_image(mask_grid(masks, width / height), str(_sibling(outputs[0], "masks")))
+        write_image(mask_grid(masks, width / height, edit.step_sigmas), str(_sibling(outputs[0], "masks")))
     return outputs
 
 

@@ -8,6 +8,7 @@ package stays light.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -34,6 +35,9 @@ SAMPLERS = (
 )
 # These two take a sigma range instead of a schedule, and stop at sigma_min, not 0.
 RANGE_SAMPLERS = ("dpm_fast", "dpm_adaptive")
+# This one chooses its own steps: a step count asked of it is ignored.
+OWN_STEPS = ("dpm_adaptive",)
+DEFAULT_STEPS = 20
 SCHEDULES = ("karras", "exponential", "model")
 
 
@@ -76,7 +80,7 @@ def differential_edit(
     change_map: Any,
     *,
     sampler: str = "dpmpp_2m",
-    steps: int = 20,
+    steps: Optional[int] = None,
     schedule: str = "karras",
     denoise: float = 1.0,
     seed: int = 0,
@@ -91,12 +95,17 @@ def differential_edit(
     ``denoiser`` is a k-diffusion discrete-schedule denoiser; ``extra_args`` go to it at
     every call (``cond``, guidance settings). ``change_map`` is anything
     :class:`DifferentialDenoiser` takes. ``seed`` fixes the wrapper's noise and the
-    sampler's own noise, so the same arguments give the same result.
+    sampler's own noise, so the same arguments give the same result. ``steps`` defaults
+    to 20; ``dpm_adaptive`` chooses its own and warns (once) when given a step count.
     """
     import k_diffusion as K
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
+    if sampler in OWN_STEPS and steps is not None:
+        warnings.warn(f"{sampler} chooses its own steps: steps={steps} is ignored", UserWarning, stacklevel=2)
+    if steps is None or sampler in OWN_STEPS:
+        steps = DEFAULT_STEPS  # for dpm_adaptive, only where the schedule starts (denoise < 1)
     # The ancestral and SDE samplers draw from the global generator (Brownian trees seed from it too).
     torch.manual_seed(seed)
     generator = torch.Generator(device=latent.device).manual_seed(seed)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from typing import Callable
 
 
@@ -24,10 +23,12 @@ class OneLineParser(argparse.ArgumentParser):
 def command_status(prog: str, work: Callable[[], None], interrupted: str) -> int:
     """Run a command's ``work`` and return its exit status: 0, 2 after an InputError
     (reported as one line on stderr) or 130 after Ctrl-C (``interrupted`` says what is left)."""
-    # k-diffusion's clip dependency warns about pkg_resources at import: not the user's concern.
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+    from .quiet import quiet_warnings
+
     try:
-        work()
+        # k-diffusion's dependencies' warnings (pkg_resources, torchsde) are not the user's concern.
+        with quiet_warnings():
+            work()
     except InputError as error:
         print(f"{prog}: error: {error}", file=sys.stderr)
         return 2

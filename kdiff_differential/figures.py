@@ -1,10 +1,10 @@
 """Pictures that explain a run: the original | map | result strip, and the grid of
-release masks over the steps."""
+release masks over the steps, each panel with a label above it."""
 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,6 +13,7 @@ from torch import Tensor
 
 GAP = 4  # pixels of white between panels
 TILE = 128  # the longest side of one mask in the grid
+LABEL = 16  # pixels of the white band above a panel that holds its label
 
 
 def _grey_to_rgb(grey: np.ndarray) -> np.ndarray:
@@ -26,32 +27,69 @@ def _resize_grey(values: Tensor, height: int, width: int) -> np.ndarray:
     return (resized * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def strip(original: np.ndarray, change_map: Tensor, result: np.ndarray) -> np.ndarray:
-    """original | map | result side by side, uint8 (H, 3 W + 2 GAP, 3).
+def _labelled(panel: np.ndarray, text: str) -> np.ndarray:
+    """``panel`` (H, W, 3) under a white band of LABEL pixels with ``text`` in it, in the
+    largest font size up to 12 that fits the width: (H + LABEL, W, 3)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    band = Image.new("RGB", (panel.shape[1], LABEL), "white")
+    for size in range(12, 5, -1):
+        font = ImageFont.load_default(size=size)
+        if font.getlength(text) <= panel.shape[1] - 4:
+            break
+    ImageDraw.Draw(band).text((2, LABEL // 2), text, fill="black", font=font, anchor="lm")
+    return np.concatenate([np.asarray(band), panel], axis=0)
+
+
+def strip(
+    original: np.ndarray,
+    change_map: Tensor,
+    result: np.ndarray,
+    keep_map: bool = False,
+    decoded: Optional[np.ndarray] = None,
+) -> np.ndarray:
+    """original | map | [decoded |] result side by side, each under its label:
+    uint8 (LABEL + H, n W + (n - 1) GAP, 3) for n panels.
 
     ``original`` and ``result`` are uint8 (H, W, 3); ``change_map`` is the strength
-    (h, w) in [0, 1] at any size (1 = change, shown white).
+    (h, w) in [0, 1] at any size (1 = change, shown white). With ``keep_map`` the map
+    is shown as the user gave it, white = keep, and labelled so. ``decoded``, the model's
+    output before the pixel-space composite, shows what the composite put back.
     """
     height, width = original.shape[:2]
     grey = F.interpolate(change_map[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)
-    shown = _grey_to_rgb((grey[0, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy())
-    gap = np.full((height, GAP, 3), 255, np.uint8)
-    return np.concatenate([original, gap, shown, gap, result], axis=1)
+    shown = _grey_to_rgb((((1 - grey) if keep_map else grey)[0, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy())
+    panels = [
+        (original, "original"),
+        (shown, "keep-map: white = keep" if keep_map else "map: white = change"),
+        *([(decoded, "decoded (before composite)")] if decoded is not None else []),
+        (result, "result"),
+    ]
+    gap = np.full((LABEL + height, GAP, 3), 255, np.uint8)
+    labelled = [_labelled(panel, text) for panel, text in panels]
+    return np.concatenate([part for panel in labelled for part in (gap, panel)][1:], axis=1)
 
 
-def mask_grid(masks: Sequence[Tensor], aspect: float) -> np.ndarray:
+def mask_grid(masks: Sequence[Tensor], aspect: float, sigmas: Optional[Sequence[float]] = None) -> np.ndarray:
     """The release masks of a run as a grid of tiles, uint8 (rows, columns, 3).
 
     ``masks`` are (h, w) in [0, 1] (1 = released, white), one per step in order;
-    ``aspect`` is the image's width / height, which the tiles keep.
+    ``aspect`` is the image's width / height, which the tiles keep. With ``sigmas`` (the
+    noise level of each step) every tile is labelled with its step number and sigma.
     """
+    if sigmas is not None and len(sigmas) != len(masks):
+        raise ValueError(f"sigmas must give one noise level per mask: {len(sigmas)} for {len(masks)} masks")
     height, width = (TILE, max(1, round(TILE * aspect))) if aspect <= 1 else (max(1, round(TILE / aspect)), TILE)
+    band = 0 if sigmas is None else LABEL
     columns = math.ceil(math.sqrt(len(masks)))
     rows = math.ceil(len(masks) / columns)
     # A colour between tiles, so that the border of an all-white tile shows.
-    grid = np.full((rows * (height + GAP) - GAP, columns * (width + GAP) - GAP, 3), (200, 60, 60), np.uint8)
+    grid = np.full((rows * (band + height + GAP) - GAP, columns * (width + GAP) - GAP, 3), (200, 60, 60), np.uint8)
     for index, mask in enumerate(masks):
         row, column = divmod(index, columns)
-        top, left = row * (height + GAP), column * (width + GAP)
-        grid[top : top + height, left : left + width] = _grey_to_rgb(_resize_grey(mask, height, width))
+        top, left = row * (band + height + GAP), column * (width + GAP)
+        tile = _grey_to_rgb(_resize_grey(mask, height, width))
+        if sigmas is not None:
+            tile = _labelled(tile, f"step {index + 1}, sigma {sigmas[index]:.3g}")
+        grid[top : top + band + height, left : left + width] = tile
     return grid

@@ -1,5 +1,5 @@
 """Atomic file writes: a reader (or an interrupted run) sees the old file or the new one,
-never a truncated one."""
+never a truncated one; and the check that an output is none of the inputs."""
 
 from __future__ import annotations
 
@@ -26,3 +26,16 @@ def write_atomically(path: Union[str, Path], write: Callable[[IO[Any]], None], b
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def same_file(output: Union[str, Path], given: Union[str, Path]) -> bool:
+    """Whether writing ``output`` would replace the file ``given``: the same path once
+    symlinks, ``..`` and spelling are resolved, or the same file on disk (a hard link, a
+    case-insensitive file system)."""
+    output, given = Path(output), Path(given)
+    if output.resolve() == given.resolve():
+        return True
+    try:
+        return os.path.samefile(output, given)
+    except OSError:  # one of them does not exist yet
+        return False

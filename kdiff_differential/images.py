@@ -8,6 +8,7 @@ package stays light.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -17,12 +18,15 @@ from .errors import InputError
 from .files import write_atomically
 
 
-def _open(path: str, mode: str) -> np.ndarray:
+def _open(path: str, read: Callable[[Any], Any]) -> Any:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as image:
-            return np.array(image.convert(mode))
+            image.load()
+            return read(image)
+    except InputError:
+        raise
     except FileNotFoundError:
         raise InputError(f"{path}: no such file; give the path of an existing image") from None
     except UnidentifiedImageError:
@@ -34,12 +38,22 @@ def _open(path: str, mode: str) -> np.ndarray:
 
 def read_image(path: str) -> np.ndarray:
     """The image at ``path`` as RGB, uint8 (H, W, 3); alpha is dropped."""
-    return _open(path, "RGB")
+    return _open(path, lambda image: np.array(image.convert("RGB")))
 
 
-def read_map(path: str) -> np.ndarray:
-    """The grey levels of the image at ``path``, uint8 (H, W)."""
-    return _open(path, "L")
+def read_map(path: str) -> Tensor:
+    """The change strengths of the map image at ``path``, float32 (H, W) in [0, 1], read
+    by the range of its mode (8-bit, 16-bit, float, colour, alpha: see
+    :func:`~kdiff_differential.maps.image_strength`); InputError for a map out of range."""
+    from .maps import image_strength
+
+    def read(image: Any) -> Tensor:
+        try:
+            return image_strength(image, name=path)
+        except ValueError as error:
+            raise InputError(str(error)) from None
+
+    return _open(path, read)
 
 
 def to_tensor(image: np.ndarray) -> Tensor:

@@ -17,13 +17,54 @@ from torch import Tensor
 RESIZES = ("antialias", "bilinear")
 
 
+# The largest value of each integer image mode: a pixel is read as value / FULL_SCALE.
+FULL_SCALE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 2**31 - 1}
+
+
+def image_strength(image: Any, name: str = "change_map") -> Tensor:
+    """The strengths a PIL image stands for, float32 (H, W) in [0, 1], read by its mode's range.
+
+    Grey levels of 1-bit, 8-bit and palette images over 0..255 (white = 1); 16-bit grey
+    (``I;16*``) over 0..65535; 32-bit integers (``I``) over 0..2^31 - 1, refused when all
+    its values fit in 16 bits (its range is then unclear); float (``F``) as is, refused
+    outside [0, 1]. Colour is read as its luminance (ITU-R 601, as Pillow's ``"L"``), and
+    alpha as coverage over black: strength = grey * alpha, so transparent pixels are 0.
+    ValueError (naming ``name``) for NaN, inf or values out of range.
+    """
+    import numpy as np
+
+    mode = image.mode
+    if mode == "F":
+        values = np.array(image, dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise ValueError(f"{name} is a float image with NaN or inf values; give values in 0..1")
+        if values.size and (values.min() < 0 or values.max() > 1):
+            raise ValueError(
+                f"{name} is a float image with values {values.min():g}..{values.max():g}: its range is "
+                f"unclear; scale it to 0..1 (1 = change) or save it as 8- or 16-bit grey"
+            )
+        return torch.from_numpy(values)
+    if mode in FULL_SCALE:
+        values = np.asarray(image).astype(np.int64)
+        low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+        if low < 0 or (mode == "I" and 0 < high <= 65535):
+            raise ValueError(
+                f"{name} is a {'16' if mode != 'I' else '32'}-bit integer image with values {low}..{high}: "
+                f"its range is unclear; save it as 8- or 16-bit grey, or as float in 0..1"
+            )
+        return torch.from_numpy((values / FULL_SCALE[mode]).astype(np.float32))
+    bands = image.getbands()
+    if "A" in bands or "a" in bands or "transparency" in image.info:
+        grey, alpha = np.moveaxis(np.asarray(image.convert("RGBA").convert("LA"), dtype=np.float32), -1, 0)
+        return torch.from_numpy(grey * alpha / 255**2)
+    return torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255)
+
+
 def _to_tensor(change_map: Any) -> Tensor:
     if isinstance(change_map, Tensor):
         return change_map.detach()
-    if hasattr(change_map, "getbands"):  # a PIL image: its grey levels
-        import numpy as np
-
-        return torch.from_numpy(np.array(change_map.convert("L")))
+    if hasattr(change_map, "getbands"):  # a PIL image
+        return image_strength(change_map)
     try:
         return torch.as_tensor(change_map)
     except (TypeError, ValueError, RuntimeError) as error:
@@ -89,7 +130,7 @@ def prepare_change_map(
 
     ``change_map`` is (H', W'), (1|B, H', W') or (1|B, 1, H', W') at any resolution:
     a float tensor in [0, 1], an integer tensor of 8-bit grey levels (0..255), a bool
-    tensor, an array, or a PIL image. ``latent_shape`` is the latent's (B, C, H, W).
+    tensor, an array, or a PIL image of any mode (read as :func:`image_strength` says). ``latent_shape`` is the latent's (B, C, H, W).
     The map is resized to H x W: ``resize="antialias"`` (bilinear, area-weighted when
     shrinking) or ``"bilinear"`` (plain, ``align_corners=False``, as ComfyUI does).
     ``keep_map=True`` reads the map as 1 = keep, 0 = change, and flips it.

@@ -42,8 +42,9 @@ def preset_map(name: str, height: int, width: int) -> Tensor:
 def resolve_map(
     spec: str, height: int, width: int, keep_map: bool = False, warn: Callable[[str], None] = warnings.warn
 ) -> Tensor:
-    """``spec`` (a preset name or an image file of grey levels, white = change) as
-    change strengths (height, width), float32 in [0, 1], 1 = change.
+    """``spec`` (a preset name or a map image file, white = change, read as
+    :func:`~kdiff_differential.images.read_map` says) as change strengths
+    (height, width), float32 in [0, 1], 1 = change.
 
     ``keep_map`` reads the file or preset as white = keep. A file of another aspect ratio
     is stretched to fit, and ``warn`` is told so. InputError for anything else.
@@ -53,11 +54,10 @@ def resolve_map(
     if spec in PRESETS:
         strength = preset_map(spec, height, width)
     elif os.path.exists(spec):
-        grey = read_map(spec)
-        rows, columns = grey.shape
+        strength = read_map(spec)
+        rows, columns = strength.shape
         if abs(columns * height - width * rows) > max(height, width, rows, columns):
             warn(f"the map is {columns}x{rows} but the image {width}x{height}: the map is stretched to fit")
-        strength = torch.from_numpy(grey).float() / 255
     else:
         raise InputError(f"--map {spec}: neither an existing file nor a preset ({', '.join(PRESETS)})")
     return 1 - strength if keep_map else strength

@@ -3,7 +3,7 @@
 Runs every (sampler, steps, release, seed, threshold) on one image and map, measures each run
 (see samplers/metrics.py and the README) and writes DIR/results.csv (one row a run,
 rewritten as runs finish, so an interrupted sweep keeps what it finished),
-DIR/results.md (medians per sampler and step count), DIR/grid.png (outputs: samplers
+DIR/results.md (per sampler and step count, one run or a median), DIR/grid.png (outputs: samplers
 by step counts) and DIR/tradeoff.png (metrics against model calls). Bad input stops it
 before any run with one line and exit status 2.
 """
@@ -17,8 +17,10 @@ from typing import Any, Callable, Optional, Sequence
 
 from kdiff_differential.clocks import CLOCKS
 from kdiff_differential.denoiser import RELEASES
-from kdiff_differential.edit import SAMPLERS
+from kdiff_differential.edit import OWN_STEPS, SAMPLERS
 from kdiff_differential.errors import InputError, OneLineParser, command_status
+from kdiff_differential.files import same_file
+from kdiff_differential.presets import PRESETS
 from samplers.executors import EXECUTORS
 
 PROG = "python -m samplers.compare"
@@ -83,9 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_out(out: Path, resume: bool) -> None:
+OUTPUTS = ("results.csv", "results.md", "grid.png", "tradeoff.png")
+
+
+def _check_out(out: Path, resume: bool, inputs: dict[str, Optional[str]]) -> None:
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is an existing file; give a folder")
+    for name in OUTPUTS:
+        for flag, given in inputs.items():
+            if given is not None and same_file(out / name, given):
+                raise InputError(f"--out {out} would write {out / name}, over the input {flag} {given}; choose another --out")
     if (out / "results.csv").exists() and not resume:
         raise InputError(f"{out / 'results.csv'} exists; pass --resume to continue that sweep, or choose another --out")
     if not out.parent.is_dir():
@@ -99,7 +108,7 @@ def sweep(args: argparse.Namespace) -> Path:
     from samplers.sweep import Setup, plan, prepared
 
     out = Path(args.out)
-    _check_out(out, args.resume)
+    _check_out(out, args.resume, {"--image": args.image, "--map": None if args.map in PRESETS else args.map})
     if args.executor == "ray":
         try:
             import_ray()
@@ -108,6 +117,10 @@ def sweep(args: argparse.Namespace) -> Path:
     setup = Setup(model=args.model, image=args.image, map=args.map)
     _, original, strength = prepared(setup)  # bad model, image or map: fail before any run
     runs = plan(args.samplers, args.steps, args.seeds, args.threshold, args.strength, args.release)
+    for sampler in OWN_STEPS:
+        if sampler in args.samplers and len(args.steps) > 1:
+            counts = ", ".join(map(str, args.steps))
+            print(f"{PROG}: warning: {sampler} chooses its own steps: its runs at steps {counts} are the same run", file=sys.stderr)
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     csv_path = out / "results.csv"

@@ -6,6 +6,7 @@ Every file is written atomically, so an interrupted sweep leaves complete files 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import statistics
@@ -14,12 +15,18 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from kdiff_differential.edit import OWN_STEPS
 from kdiff_differential.files import write_atomically
 from samplers.metrics import METRICS
 from samplers.sweep import Run
 
 COLUMNS = ["sampler", "steps", "seed", "threshold", "strength", "release", "nfe", "seconds", *METRICS]
 SUMMARY = ["nfe", "seconds", *METRICS]
+# tradeoff.png: the smallest y-range a panel shows (metrics are on pixel values in [0, 1]),
+# and the line styles and markers that tell coinciding samplers apart.
+MIN_SPAN = 0.05
+LINES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*", "d"]
 _TYPES: dict[str, Callable[[str], Any]] = {"sampler": str, "threshold": str, "release": str, "steps": int, "seed": int, "nfe": int}
 
 
@@ -52,17 +59,43 @@ def label(sampler: str, release: str, releases: set[str]) -> str:
     return sampler if len(releases) < 2 else f"{sampler} ({release})"
 
 
-def medians(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
-    """Medians of each summary column per (sampler label, steps), in first-seen order,
-    with ``runs``: how many runs (seeds x clocks) each median is over."""
+def _groups(rows: list[dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """The rows per (sampler label, steps), in first-seen order."""
     releases = {row["release"] for row in rows}
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault((label(row["sampler"], row["release"], releases), row["steps"]), []).append(row)
-    return {
-        key: {"runs": len(group), **{column: _median([row[column] for row in group]) for column in SUMMARY}}
-        for key, group in groups.items()
-    }
+    return groups
+
+
+def medians(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
+    """Medians of each summary column per (sampler label, steps), in first-seen order."""
+    return {key: {column: _median([row[column] for row in group]) for column in SUMMARY} for key, group in _groups(rows).items()}
+
+
+def _listed(values: Iterable[Any]) -> str:
+    return ", ".join(f"{value:g}" if isinstance(value, float) else str(value) for value in values)
+
+
+def summary_header(rows: list[dict[str, Any]]) -> str:
+    """What each row of results.md aggregates, in words: one run, or the median of how
+    many, over which of the run's other axes (seed, threshold, ...)."""
+    axes = [field.name for field in dataclasses.fields(Run) if field.name not in ("sampler", "steps")]
+    values = {axis: list(dict.fromkeys(row[axis] for row in rows)) for axis in axes}
+    if len(values["release"]) > 1:  # each release mode has rows of its own
+        axes.remove("release")
+    fixed = "; ".join(f"{axis} {_listed(values[axis])}" for axis in axes if len(values[axis]) == 1)
+    varied = "; ".join(f"{axis} {_listed(values[axis])}" for axis in axes if len(values[axis]) > 1)
+    counts = sorted({len(group) for group in _groups(rows).values()})
+    if counts == [1]:
+        header = f"Each row is one run ({fixed})."
+    else:
+        runs = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
+        header = f"Each row is the median of its {runs} runs, over {varied}" + (f" ({fixed} throughout)." if fixed else ".")
+    repeated = [sampler for sampler in OWN_STEPS if len({steps for name, steps in _groups(rows) if name.split(" ")[0] == sampler}) > 1]
+    if repeated:
+        header += f" {', '.join(repeated)} chooses its own steps: its rows repeat the same runs."
+    return header
 
 
 def write_markdown(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -72,9 +105,8 @@ def write_markdown(path: Path, rows: list[dict[str, Any]]) -> None:
     ]
     for (sampler, steps), values in medians(rows).items():
         cells = [f"{values[column]:.4g}" for column in SUMMARY]
-        lines.append(f"| {sampler} | {steps} | {values['runs']} | " + " | ".join(cells) + " |")
-    text = ("Each row: the median over its `runs` runs (seeds x clocks) of one sampler at one step count; "
-            f"{len(rows)} runs in all.\n\n") + "\n".join(lines) + "\n"
+        lines.append(f"| {sampler} | {steps} | " + " | ".join(cells) + " |")
+    text = summary_header(rows) + "\n\n" + "\n".join(lines) + "\n"
     write_atomically(path, lambda file: file.write(text))
 
 
@@ -118,17 +150,49 @@ def write_grid(path: Path, original: np.ndarray, change_map: np.ndarray, images:
     _save_figure(figure, path)
 
 
+def _y_limits(values: list[float]) -> tuple[float, float]:
+    """Limits that include 0 and span at least MIN_SPAN, so that run-to-run noise in the
+    third decimal does not fill the panel and look like a trend."""
+    finite = [value for value in values if math.isfinite(value)] or [0.0]
+    low, high = min(0.0, *finite), max(0.0, *finite)
+    if high - low < MIN_SPAN:
+        low, high = (high - MIN_SPAN, high) if high <= 0 and low < 0 else (low, low + MIN_SPAN)
+    pad = 0.05 * (high - low)
+    return low - pad, high + pad
+
+
 def write_tradeoff(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Each metric's median against model calls, one line per sampler."""
+    """Each metric's median against model calls, one line per sampler, one legend for all.
+
+    Samplers whose points coincide (every sampler keeps preserve_max_err at 0) stay
+    visible: each has its own hollow marker, of decreasing size, and line style.
+    """
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
     summary = medians(rows)
-    figure = _figure(figsize=(4 * len(METRICS), 3.5))
+    samplers = list(dict.fromkeys(sampler for sampler, _ in summary))
+    calls = [values["nfe"] for values in summary.values()]
+    figure = _figure(figsize=(4 * len(METRICS) + 2, 3.6), layout="constrained")
     axes = figure.subplots(1, len(METRICS), squeeze=False)
     for axis, metric in zip(axes[0], METRICS):
-        for sampler in dict.fromkeys(sampler for sampler, _ in summary):
+        for index, sampler in enumerate(samplers):
             points = sorted((values["nfe"], values[metric]) for (name, _), values in summary.items() if name == sampler)
-            axis.plot(*zip(*points), marker="o", label=sampler)
-        axis.set_xlabel("model calls (nfe)")
+            axis.plot(
+                *zip(*points), label=sampler, linestyle=LINES[index % len(LINES)], marker=MARKERS[index % len(MARKERS)],
+                markersize=11 - 5 * index / max(1, len(samplers) - 1), markerfacecolor="none", markeredgewidth=1.3,
+            )
+        shown = [values[metric] for values in summary.values()]
+        axis.set_ylim(*_y_limits(shown))
+        finite = {value for value in shown if math.isfinite(value)}
+        if len(finite) == 1:
+            axis.text(0.5, 0.92, f"every sampler: {finite.pop():g}", transform=axis.transAxes, ha="center", fontsize=9)
+        if calls and max(calls) >= 10 * max(1, min(calls)):
+            axis.set_xscale("log")
+            axis.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+            axis.xaxis.set_major_formatter(ScalarFormatter())
+            axis.xaxis.set_minor_formatter(NullFormatter())
+        axis.set_xlabel("model calls (nfe" + (", log scale)" if axis.get_xscale() == "log" else ")"))
         axis.set_title(metric)
-    axes[0, -1].legend(fontsize=7, loc="best")
-    figure.tight_layout()
+        axis.grid(alpha=0.3)
+    figure.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize=8, title="sampler")
     _save_figure(figure, path)

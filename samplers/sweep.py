@@ -90,7 +90,7 @@ def prepared(setup: Setup) -> tuple[Any, np.ndarray, Tensor]:
 
 def perform(setup: Setup, run: Run) -> tuple[dict[str, Any], np.ndarray]:
     """Do one run: its row for results.csv, and its output image, uint8 (H, W, 3)."""
-    from kdiff_differential.edit import differential_edit
+    from kdiff_differential.edit import OWN_STEPS, differential_edit
 
     model, image, strength = prepared(setup)
     counter = CountingDenoiser(model.denoiser)
@@ -101,7 +101,7 @@ def perform(setup: Setup, run: Run) -> tuple[dict[str, Any], np.ndarray]:
             model.latent,
             strength,
             sampler=run.sampler,
-            steps=run.steps,
+            steps=None if run.sampler in OWN_STEPS else run.steps,  # compare.sweep warns once
             seed=run.seed,
             strength=run.strength,
             threshold=run.threshold,

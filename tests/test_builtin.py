@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
 from kdiff_differential import composite
-from kdiff_differential.edit import SAMPLERS, differential_edit
+from kdiff_differential.edit import OWN_STEPS, SAMPLERS, differential_edit
 from kdiff_differential.images import to_image
 from kdiff_differential.models.builtin import BuiltinModel, load_example_image, working_size
 from kdiff_differential.presets import PRESETS, preset_map
@@ -34,7 +36,7 @@ def change_of(model: BuiltinModel, change_map: torch.Tensor, **settings) -> np.n
 def test_map_0_is_kept_and_map_1_regenerated_with_every_sampler(model: BuiltinModel, sampler: str) -> None:
     halves = torch.zeros(SIDE, SIDE)
     halves[:, SIDE // 2 :] = 1
-    change = change_of(model, halves, sampler=sampler, steps=6)
+    change = change_of(model, halves, sampler=sampler, steps=None if sampler in OWN_STEPS else 6)
     assert change[:, : SIDE // 2 - 2].max() <= 1  # kept, to 8-bit rounding
     assert change[:, SIDE // 2 + 2 :].mean() > 30  # regenerated
 
@@ -78,3 +80,16 @@ def test_presets_are_change_strengths(name: str) -> None:
     assert strengths.shape == (30, 50) and strengths.min() >= 0 and strengths.max() <= 1
     expected_corner = {"gradient-x": 0.0, "gradient-y": 0.0, "radial": 0.0, "full": 1.0, "none": 0.0}[name]
     assert strengths[0, 0] == expected_corner
+
+
+def test_dpm_adaptive_warns_once_that_it_ignores_steps(model: BuiltinModel) -> None:
+    halves = torch.zeros(SIDE, SIDE)
+    halves[:, SIDE // 2 :] = 1
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chosen = differential_edit(model.denoiser, model.latent, halves, sampler="dpm_adaptive").result
+        asked = differential_edit(model.denoiser, model.latent, halves, sampler="dpm_adaptive", steps=3).result
+        differential_edit(model.denoiser, model.latent, halves, sampler="euler", steps=3)
+    assert [str(warning.message) for warning in caught] == ["dpm_adaptive chooses its own steps: steps=3 is ignored"]
+    assert caught[0].filename == __file__  # it points at the caller's line
+    assert torch.equal(asked, chosen)

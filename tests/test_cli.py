@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from kdiff_differential.cli import main
+from kdiff_differential.figures import GAP, LABEL
 from kdiff_differential.presets import PRESETS
 
 FAST = ["--steps", "3", "--quiet"]
@@ -43,7 +44,14 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     halves[:, 12:] = 255
     Image.fromarray(halves).save(folder / "map.png")
     Image.fromarray(halves[:, 6:]).save(folder / "narrow-map.png")
+    # The same halves as a 16-bit PNG whose left half is 250/65535 (an 8-bit reading makes
+    # it nearly white) and as a float TIFF in 0..1 (an 8-bit reading makes it all black).
+    Image.fromarray(np.where(halves > 0, 65535, 250).astype(np.uint16)).save(folder / "map-16bit.png")
+    Image.fromarray((halves / 255).astype(np.float32)).save(folder / "map-float.tif")
+    Image.fromarray(np.where(halves > 0, np.nan, 0).astype(np.float32)).save(folder / "map-nan.tif")
     (folder / "notes.png").write_text("not an image")
+    (folder / "link-to-in.png").symlink_to("in.png")
+    os.link(folder / "map.png", folder / "hard-link-to-map.png")
     (folder / "folder.png").mkdir()
     (folder / "not-a-model").mkdir()
     (folder / "out").mkdir()
@@ -55,19 +63,25 @@ def test_demo_writes_the_result_and_figures_and_nothing_else(tmp_path: Path) -> 
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""  # not a TTY: no progress bar
     assert pixels(tmp_path / "result.png").shape == (256, 256, 3)
-    assert pixels(tmp_path / "result-strip.png").shape == (256, 3 * 256 + 8, 3)
+    # original | map | decoded | result: the default composite shows the decode it started from.
+    assert pixels(tmp_path / "result-strip.png").shape == (LABEL + 256, 4 * 256 + 3 * GAP, 3)
     assert pixels(tmp_path / "result-masks.png").ndim == 3
     # Written through temporary files that were renamed: none is left over.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result-masks.png", "result-strip.png", "result.png"]
 
 
-def test_image_and_map_files_keep_and_change_the_right_halves(files: Path) -> None:
-    done = kdiff("--image", "in.png", "--map", "map.png", "--out", "out/halves.png", *FAST, cwd=files)
+@pytest.mark.parametrize("map_file", ["map.png", "map-16bit.png", "map-float.tif"])
+def test_image_and_map_files_keep_and_change_the_right_halves(files: Path, map_file: str) -> None:
+    out = f"out/halves-{map_file}.png"
+    done = kdiff("--image", "in.png", "--map", map_file, "--out", out, *FAST, cwd=files)
     assert done.returncode == 0, done.stderr
-    original, result = pixels(files / "in.png"), pixels(files / "out/halves.png")
+    original, result = pixels(files / "in.png"), pixels(files / out)
     assert result.shape == original.shape
     change = np.abs(result.astype(int) - original.astype(int))
-    assert change[:, :20].max() <= 1  # map 0: kept, to 8-bit rounding
+    if map_file == "map-16bit.png":  # strength 250/65535: released only at the last call
+        assert change[:, :20].mean() < 2
+    else:
+        assert change[:, :20].max() <= 1  # map 0: kept, to 8-bit rounding
     assert change[:, 28:].mean() > 20  # map 1: regenerated
 
 
@@ -83,6 +97,14 @@ def test_keep_map_swaps_the_halves(files: Path, monkeypatch: pytest.MonkeyPatch)
     assert change[:, :20].mean() > 20
 
 
+def test_with_keep_map_the_strip_shows_the_map_file_as_given(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--map", "map.png", "--keep-map", "--save-strip", "--out", "out/kept-strip.png", *FAST]) == 0
+    shown = pixels(files / "out/kept-strip-strip.png")[LABEL:, 48 + GAP : 2 * 48 + GAP, 0]
+    given = np.array(Image.open(files / "map.png").resize((48, 40), Image.BILINEAR))
+    assert np.abs(shown.astype(int) - given).max() <= 1
+
+
 def test_a_map_of_another_aspect_is_stretched_with_a_warning(
     files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -91,6 +113,18 @@ def test_a_map_of_another_aspect_is_stretched_with_a_warning(
     stderr = capsys.readouterr().err
     assert stderr.count("\n") == 1 and "warning" in stderr and "stretched" in stderr
     assert pixels(files / "out/narrow.png").shape == (40, 48, 3)
+
+
+def test_dpm_adaptive_says_in_one_line_that_it_ignores_steps(
+    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(files)
+    adaptive = ["--image", "in.png", "--sampler", "dpm_adaptive", "--quiet"]
+    assert main([*adaptive, "--steps", "5", "--out", "out/adaptive-5.png"]) == 0
+    assert capsys.readouterr().err == "kdiff-differential: warning: --sampler dpm_adaptive chooses its own steps: --steps 5 is ignored\n"
+    assert main([*adaptive, "--out", "out/adaptive.png"]) == 0
+    assert capsys.readouterr().err == ""
+    assert (files / "out/adaptive-5.png").read_bytes() == (files / "out/adaptive.png").read_bytes()
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -137,6 +171,7 @@ BAD = {
     "image that is not an image": (["--image", "notes.png"], "not an image"),
     "missing map": (["--image", "in.png", "--map", "absent-map.png"], "absent-map.png"),
     "map that is not an image": (["--image", "in.png", "--map", "notes.png"], "not an image"),
+    "map with NaN": (["--image", "in.png", "--map", "map-nan.tif"], "NaN or inf"),
     "unknown preset": (["--map", "gradient-z"], "gradient-x, gradient-y, radial, full, none"),
     "unknown sampler": (["--sampler", "euler_b"], "dpmpp_2m"),
     "unknown schedule": (["--schedule", "cosine"], "karras"),
@@ -151,6 +186,30 @@ BAD = {
     "out over the image": (["--image", "in.png", "--out", "./in.png"], "over the input"),
     "out in a missing folder": (["--out", "nowhere/result.png"], "does not exist"),
 }
+
+# Every input file is protected, however the output's path reaches it.
+OVER_INPUTS = {
+    "out over the map": ["--image", "in.png", "--map", "map.png", "--out", "map.png"],
+    "out over the image through a symlink": ["--image", "in.png", "--out", "link-to-in.png"],
+    "out over the image spelled otherwise": ["--image", "in.png", "--out", "out/../in.png"],
+    "out over the map through a hard link": ["--image", "in.png", "--map", "map.png", "--out", "hard-link-to-map.png"],
+    "strip over the map": ["--image", "in.png", "--map", "map-strip.png", "--out", "map.png", "--save-strip"],
+    "masks over the image": ["--image", "in-masks.png", "--out", "in.png", "--save-masks", "--map", "full"],
+}
+
+
+@pytest.mark.parametrize("case", OVER_INPUTS)
+def test_no_input_file_is_written_over(files: Path, case: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    # in-masks.png and map-strip.png are inputs only here: copies made for these cases.
+    for name, source in (("in-masks.png", "in.png"), ("map-strip.png", "map.png")):
+        if not (files / name).exists():
+            (files / name).write_bytes((files / source).read_bytes())
+    before = {path: path.read_bytes() for path in files.iterdir() if path.is_file()}
+    monkeypatch.chdir(files)
+    assert main([*OVER_INPUTS[case], *FAST]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "over the input" in error, error
+    assert {path: path.read_bytes() for path in files.iterdir() if path.is_file()} == before
 
 
 @pytest.mark.parametrize("case", BAD)
@@ -168,7 +227,7 @@ def test_bad_input_is_one_line_and_no_traceback(files: Path, case: str) -> None:
     assert (files / "in.png").read_bytes() == before
 
 
-def test_readme_quick_start_is_install_then_demo_then_tests_and_ci_installs_the_same() -> None:
+def test_readme_quick_start_is_clone_install_demo_tests_and_ci_installs_the_same() -> None:
     root = Path(__file__).resolve().parent.parent
     readme = (root / "README.md").read_text()
     ci = (root / ".ci" / "run").read_text().splitlines()
@@ -176,5 +235,14 @@ def test_readme_quick_start_is_install_then_demo_then_tests_and_ci_installs_the_
     install = ci[ci.index("# The README's install command:") + 1]
     test = ci[ci.index("# The README's test command:") + 1]
     quick_start = readme[readme.index("## Quick start") :]
-    positions = [quick_start.index(command) for command in (install, "kdiff-differential --out result.png", test)]
+    steps = (
+        "git clone REPOSITORY_URL kdiff-differential",
+        "cd kdiff-differential",
+        "python3 -m venv .venv",
+        "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu",
+        install,
+        "kdiff-differential --out result.png",
+        test,
+    )
+    positions = [quick_start.index(command) for command in steps]
     assert positions == sorted(positions)

@@ -32,10 +32,19 @@ def without_timing(table):
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "out"
-    compare("--out", out, *SMALL)
-    return out
+    return out, compare("--out", out, *SMALL)
+
+
+@pytest.fixture(scope="module")
+def sweep(sweep_run):
+    return sweep_run[0]
+
+
+def test_dpm_adaptive_is_said_once_to_ignore_the_step_counts(sweep_run):
+    stderr = sweep_run[1].stderr
+    assert stderr == "python -m samplers.compare: warning: dpm_adaptive chooses its own steps: its runs at steps 4, 8 are the same run\n"
 
 
 def test_a_small_sweep_writes_all_four_outputs(sweep):
@@ -51,7 +60,34 @@ def test_a_small_sweep_writes_all_four_outputs(sweep):
         with Image.open(sweep / name) as image:
             image.verify()
     markdown = (sweep / "results.md").read_text()
-    assert "| euler | 4 | 1 |" in markdown and "| dpm_adaptive | 8 | 1 |" in markdown
+    assert "| euler | 4 |" in markdown and "| dpm_adaptive | 8 |" in markdown
+    # One seed and one clock: each row is one run, and the header says so.
+    assert markdown.startswith("Each row is one run (seed 0; threshold timestep; strength 1; release smooth).")
+
+
+def test_the_results_header_says_what_a_row_aggregates():
+    from samplers.report import summary_header
+
+    def row(sampler, steps, seed, threshold):
+        return {"sampler": sampler, "steps": steps, "seed": seed, "threshold": threshold, "strength": 1.0, "release": "smooth"}
+
+    seeds = [row("euler", 10, seed, "timestep") for seed in (0, 1, 2)]
+    assert summary_header(seeds) == "Each row is the median of its 3 runs, over seed 0, 1, 2 (threshold timestep; strength 1; release smooth throughout)."
+    both = [row("euler", 10, seed, clock) for seed in (0, 1) for clock in ("timestep", "step")]
+    assert summary_header(both) == "Each row is the median of its 4 runs, over seed 0, 1; threshold timestep, step (strength 1; release smooth throughout)."
+    adaptive = [row("dpm_adaptive", steps, 0, "timestep") for steps in (4, 8)]
+    assert summary_header(adaptive).endswith("dpm_adaptive chooses its own steps: its rows repeat the same runs.")
+
+
+def test_tradeoff_axes_include_zero_and_a_minimum_span():
+    from samplers.report import MIN_SPAN, _y_limits
+
+    low, high = _y_limits([0.2993, 0.3011])  # the noise of issue 12 no longer fills the panel
+    assert low < 0 < 0.3011 < high
+    low, high = _y_limits([0.0, 0.0])
+    assert low < 0 and high >= MIN_SPAN
+    low, high = _y_limits([-0.003, -0.001])
+    assert low <= -MIN_SPAN and high > 0
 
 
 def test_the_metrics_say_the_map_was_followed(sweep):
@@ -86,7 +122,7 @@ def test_a_release_axis_compares_smooth_and_binary(tmp_path):
     banding = {row["release"]: float(row["banding"]) for row in rows(out)}
     assert banding["smooth"] < banding["binary"]
     markdown = (out / "results.md").read_text()
-    assert "| euler (smooth) | 4 | 1 |" in markdown and "| euler (binary) | 4 | 1 |" in markdown
+    assert "| euler (smooth) | 4 |" in markdown and "| euler (binary) | 4 |" in markdown
 
 
 def test_the_ray_executor_gives_the_same_table(sweep, tmp_path):
@@ -135,3 +171,15 @@ def test_ray_missing_names_the_extra(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "pip install -e '.[ray]'" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_an_input_inside_out_is_never_written_over(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    mask = Image.new("L", (16, 16), 255)
+    mask.save(out / "grid.png")
+    before = (out / "grid.png").read_bytes()
+    result = compare("--out", out, "--map", out / "grid.png", *SMALL, check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "over the input --map" in result.stderr
+    assert (out / "grid.png").read_bytes() == before and not (out / "results.csv").exists()

@@ -94,3 +94,98 @@ def test_bad_maps_are_named(change_map, error, words):
 def test_unknown_resize_lists_the_valid_ones():
     with pytest.raises(ValueError, match="'antialias', 'bilinear'"):
         prepare_change_map(torch.ones(8, 8), SHAPE, resize="nearest")
+
+
+# Map files in every mode Pillow opens, written here and read back as the CLI reads them.
+RAMP = np.linspace(0, 1, 64)[None].repeat(4, axis=0)  # (4, 64): 0 at the left, 1 at the right
+
+
+def saved(tmp_path, image, name):
+    path = tmp_path / name
+    image.save(path)
+    with Image.open(path) as reopened:  # the mode a user's file arrives in
+        mode = reopened.mode
+    return str(path), mode
+
+
+def levels(bits):
+    return np.round(RAMP * (2**bits - 1))
+
+
+@pytest.mark.parametrize(
+    "name, make, mode, expected",
+    [
+        ("8bit.png", lambda: Image.fromarray(levels(8).astype(np.uint8)), "L", levels(8) / 255),
+        ("16bit.png", lambda: Image.fromarray(levels(16).astype(np.uint16)), "I;16", levels(16) / 65535),
+        ("16bit.tif", lambda: Image.fromarray(levels(16).astype(np.uint16)), "I;16", levels(16) / 65535),
+        ("16bit-big-endian.tif", lambda: Image.fromarray(levels(16).astype(">u2")), "I;16B", levels(16) / 65535),
+        ("32bit.tif", lambda: Image.fromarray(levels(31).astype(np.int32)), "I", levels(31) / (2**31 - 1)),
+        ("float.tif", lambda: Image.fromarray(RAMP.astype(np.float32)), "F", RAMP),
+        ("1bit.png", lambda: Image.fromarray(RAMP > 0.5).convert("1"), "1", (RAMP > 0.5) * 1.0),
+        ("palette.png", lambda: Image.fromarray(levels(8).astype(np.uint8)).convert("P"), "P", levels(8) / 255),
+        ("grey.jpg", lambda: Image.fromarray(levels(8).astype(np.uint8)), "L", levels(8) / 255),
+    ],
+)
+def test_map_files_are_read_by_the_range_of_their_mode(tmp_path, name, make, mode, expected):
+    from kdiff_differential.images import read_map
+
+    path, opened = saved(tmp_path, make(), name)
+    assert opened == mode
+    strength = read_map(path)
+    assert strength.dtype == torch.float32 and strength.shape == (4, 64)
+    tolerance = 3 / 255 if name.endswith(".jpg") else 1e-6
+    assert np.abs(strength.numpy() - expected).max() <= tolerance
+    # A PIL image given to the library is read the same way.
+    with Image.open(path) as image:
+        assert torch.equal(prepare_change_map(image, (1, 1, 4, 64))[0, 0], strength)
+
+
+def test_colour_maps_are_read_as_luminance_and_alpha_as_coverage_over_black(tmp_path):
+    from kdiff_differential.images import read_map
+
+    grey = levels(8).astype(np.uint8)
+    rgb = np.stack([grey, grey, grey], axis=-1)
+    path, mode = saved(tmp_path, Image.fromarray(rgb), "rgb.png")
+    assert mode == "RGB" and np.allclose(read_map(path).numpy(), grey / 255, atol=1e-6)
+    # Pure red is Pillow's "L" luminance of red: 299/1000 of white.
+    red = np.zeros((4, 64, 3), np.uint8)
+    red[..., 0] = 255
+    path, _ = saved(tmp_path, Image.fromarray(red), "red.png")
+    assert np.allclose(read_map(path).numpy(), 76 / 255)
+    # White everywhere, alpha ramping: the alpha is the strength; transparent = 0 = keep.
+    white = np.full((4, 64), 255, np.uint8)
+    path, mode = saved(tmp_path, Image.fromarray(np.stack([white, grey], axis=-1), "LA"), "la.png")
+    assert mode == "LA" and np.allclose(read_map(path).numpy(), grey / 255, atol=1e-6)
+    path, mode = saved(tmp_path, Image.fromarray(np.stack([white, white, white, grey], axis=-1), "RGBA"), "rgba.png")
+    assert mode == "RGBA" and np.allclose(read_map(path).numpy(), grey / 255, atol=1e-6)
+    # A palette with a transparent entry: that entry reads as 0 whatever its colour.
+    palette = Image.fromarray(np.where(RAMP > 0.5, 255, 128).astype(np.uint8)).convert("P")
+    index_of_grey = palette.getpixel((0, 0))
+    palette.info["transparency"] = index_of_grey
+    path, mode = saved(tmp_path, palette, "palette-alpha.png")
+    assert mode == "P"
+    assert np.array_equal(read_map(path).numpy(), (RAMP > 0.5) * 1.0)
+
+
+@pytest.mark.parametrize(
+    "name, values, words",
+    [
+        ("nan.tif", np.where(RAMP > 0.5, np.nan, RAMP).astype(np.float32), "NaN or inf"),
+        ("inf.tif", np.where(RAMP > 0.5, np.inf, RAMP).astype(np.float32), "NaN or inf"),
+        ("float-255.tif", (RAMP * 255).astype(np.float32), "0..255: its range is unclear"),
+        ("float-negative.tif", (RAMP - 0.5).astype(np.float32), "-0.5..0.5: its range is unclear"),
+        ("32bit-small.tif", levels(16).astype(np.int32), "32-bit integer image with values 0..65535"),
+        ("32bit-negative.tif", (levels(16) - 5).astype(np.int32), "-5..65530"),
+    ],
+)
+def test_map_files_of_unclear_range_are_refused_in_one_line(tmp_path, name, values, words):
+    from kdiff_differential.errors import InputError
+    from kdiff_differential.images import read_map
+
+    path, _ = saved(tmp_path, Image.fromarray(values), name)
+    with pytest.raises(InputError) as raised:
+        read_map(path)
+    message = str(raised.value)
+    assert words in message and name in message and "\n" not in message
+    with Image.open(path) as image, pytest.raises(ValueError, match="change_map"):
+        prepare_change_map(image, (1, 1, 4, 64))
