@@ -8,6 +8,7 @@ wrapper to any sampler. Importing this package does not import k-diffusion.
 from .clocks import CLOCKS
 from .denoiser import DifferentialDenoiser
 from .maps import prepare_change_map
+from .models import load_pipeline
 
-__all__ = ["CLOCKS", "DifferentialDenoiser", "prepare_change_map"]
+__all__ = ["CLOCKS", "DifferentialDenoiser", "load_pipeline", "prepare_change_map"]
 __version__ = "0.1.0"
