@@ -97,12 +97,12 @@ class StableDiffusionXL(StableDiffusion):
         self.zeros_for_empty = zeros_for_empty
 
     def _encode(self, text: str) -> dict[str, Tensor]:
-        hidden, pooled = [], None
+        hidden = []
         for words, encoder in self.pairs:
             out = encoder(self._tokens(words, text), output_hidden_states=True)
             hidden.append(out.hidden_states[-2])
-            pooled = out.text_embeds
-        return {"crossattn": torch.cat(hidden, dim=-1).float(), "text_embeds": pooled.float()}
+        # The pooled embedding is the second (last) encoder's projection.
+        return {"crossattn": torch.cat(hidden, dim=-1).float(), "text_embeds": out.text_embeds.float()}
 
     def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         with torch.no_grad():
