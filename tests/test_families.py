@@ -217,3 +217,11 @@ def test_without_diffusers_the_command_names_the_extra(tmp_path: Path) -> None:
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert "pip install 'kdiff-differential[diffusers]'" in done.stderr
+
+
+def test_the_sdxl_speed_script_measures_a_tiny_unet_on_cpu() -> None:
+    from samplers.sdxl_speed import measure
+
+    result = measure("cpu", size=32, steps=2, rounds=1, tiny=True)
+    assert result["unet"] == "tiny" and result["s_per_step_bare"] > 0 and result["s_per_step_wrapped"] > 0
+    assert result["ratio"] == result["s_per_step_wrapped"] / result["s_per_step_bare"]
