@@ -2,13 +2,15 @@
 
 Wrap a k-diffusion denoiser in :class:`DifferentialDenoiser` with the original latent
 and a change map (per-pixel strength in [0, 1], 1 = change, 0 = keep), and hand the
-wrapper to any sampler. Importing this package does not import k-diffusion.
+wrapper to any sampler; :func:`composite` puts the original back in pixel space after
+decoding. Importing this package does not import k-diffusion.
 """
 
 from .clocks import CLOCKS
+from .compositing import composite
 from .denoiser import DifferentialDenoiser
 from .maps import prepare_change_map
 from .models import load_pipeline
 
-__all__ = ["CLOCKS", "DifferentialDenoiser", "load_pipeline", "prepare_change_map"]
+__all__ = ["CLOCKS", "DifferentialDenoiser", "composite", "load_pipeline", "prepare_change_map"]
 __version__ = "0.1.0"

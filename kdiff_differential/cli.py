@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .clocks import CLOCKS
+from .compositing import COMPOSITES
+from .denoiser import RELEASES
 from .edit import SAMPLERS, SCHEDULES
 from .errors import InputError, OneLineParser, command_status
 from .presets import PRESETS
@@ -59,12 +61,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--schedule", default="karras", choices=SCHEDULES, help="noise schedule (default: karras)")
     parser.add_argument("--seed", type=_number(int, lambda n: True, "a whole number"), default=0, help="random seed (default: 0)")
     parser.add_argument("--strength", type=_number(float, lambda s: 0 <= s <= 1, "a number in [0, 1]"), default=1.0, help="1: binary release; below 1 blends the map into the mask (default: 1)")
+    parser.add_argument("--release", default="smooth", choices=RELEASES, help="smooth: ease each pixel in over the step before its release, no bands (default); binary: the paper's and ComfyUI's rule")
     parser.add_argument("--threshold", default="timestep", choices=CLOCKS, help="the clock that releases pixels (default: timestep)")
     parser.add_argument("--keep-map", action="store_true", help="read the map as white = keep, black = change")
     parser.add_argument("--denoise", type=_number(float, lambda d: 0 < d <= 1, "a number in (0, 1]"), default=1.0, help="global denoise: the part of the schedule to run (default: 1)")
     parser.add_argument("--prompt", default="", help="text prompt (Stable Diffusion)")
     parser.add_argument("--negative", default="", help="negative prompt (Stable Diffusion)")
     parser.add_argument("--cfg", type=_number(float, math.isfinite, "a finite number"), default=None, help=f"classifier-free guidance scale (Stable Diffusion; default: {DEFAULT_CFG:g})")
+    parser.add_argument("--composite", default="difference", choices=COMPOSITES, help="put the original back in pixel space: difference (where the model barely changed it; default), mask (the map as opacity) or none")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when there is one (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no messages")
     parser.add_argument("--save-strip", action="store_true", help="also write OUT-strip: original | map | result")
@@ -151,10 +155,14 @@ def run(args: argparse.Namespace) -> list[Path]:
         seed=args.seed,
         strength=args.strength,
         threshold=args.threshold,
+        release=args.release,
         extra_args=model.extra_args(args.prompt, args.negative, cfg, change_map=strength),
         progress=not args.quiet and sys.stderr.isatty(),
     )
-    result = model.decode(edit.result)
+    from .compositing import composite
+
+    raw = model.decode(edit.result)
+    result = composite(image, raw, strength, args.composite)
     write_image(result, str(outputs[0]))
     if args.save_strip:
         from .figures import strip

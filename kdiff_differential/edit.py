@@ -82,6 +82,7 @@ def differential_edit(
     seed: int = 0,
     strength: float = 1.0,
     threshold: str = "timestep",
+    release: str = "smooth",
     extra_args: Optional[dict[str, Any]] = None,
     progress: bool = False,
 ) -> Edit:
@@ -100,7 +101,7 @@ def differential_edit(
     torch.manual_seed(seed)
     generator = torch.Generator(device=latent.device).manual_seed(seed)
     sigmas = make_sigmas(denoiser, steps, schedule, denoise).to(device=latent.device, dtype=latent.dtype)
-    settings = dict(generator=generator, strength=strength, threshold=threshold)
+    settings = dict(generator=generator, strength=strength, threshold=threshold, release=release)
     step_sigmas: list[float] = []
 
     def record(info: dict[str, Any]) -> None:
@@ -116,9 +117,7 @@ def differential_edit(
                 x = K.sampling.sample_dpm_fast(dd, x, sigma_min, sigma_max, steps, **run)
             else:
                 x = K.sampling.sample_dpm_adaptive(dd, x, sigma_min, sigma_max, **run)
-            # They stop at sigma_min with that much noise left; one more call takes it out,
-            # as the other samplers' last step to sigma 0 does.
-            x = dd(x, x.new_full((x.shape[0],), sigma_min), **run["extra_args"])
+            x = dd.finish(x, **run["extra_args"])
         else:
             dd = DifferentialDenoiser(denoiser, latent, change_map, sigmas=sigmas, **settings)
             x = getattr(K.sampling, f"sample_{sampler}")(dd, dd.noisy_latent(), dd.sigmas, **run)

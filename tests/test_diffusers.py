@@ -89,6 +89,22 @@ def test_the_command_line_runs_a_diffusers_directory(model_dir: Path, image_file
     assert (tmp_path / "a-strip.png").is_file()
 
 
+def test_kept_pixels_are_the_input_bytes_in_the_written_file(model_dir: Path, image_file: Path, tmp_path: Path) -> None:
+    """The random VAE changes every pixel it decodes; the composite puts strength-0 pixels back."""
+    keep_left = np.zeros((31, 37), np.uint8)
+    keep_left[:, 18:] = 255
+    Image.fromarray(keep_left).save(tmp_path / "map.png")
+    common = ["--model", str(model_dir), "--image", str(image_file), "--map", "map.png", "--steps", "2", "--quiet"]
+    for composite in ("difference", "mask", "none"):
+        done = kdiff(*common, "--composite", composite, "--out", f"{composite}.png", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    original = pixels(image_file)
+    for composite in ("difference", "mask"):
+        assert np.array_equal(pixels(tmp_path / f"{composite}.png")[:, :18], original[:, :18])
+    raw = pixels(tmp_path / "none.png").astype(int)
+    assert np.abs(raw[:, :18] - original[:, :18]).mean() > 5  # what the VAE alone does to kept pixels
+
+
 @pytest.fixture(scope="module")
 def loaded(model_dir: Path, image_file: Path):
     """The tiny model loaded in-process, as the command line loads it, fitted to the image."""

@@ -74,6 +74,15 @@ def test_adaptive_samplers_hold_strength_zero_pixels_at_their_last_noise_level(n
     assert torch.allclose(out[..., 0], expected[..., 0], atol=1e-3, rtol=0)
 
 
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_finish_takes_a_range_samplers_output_to_the_original_where_kept(name, outputs, latent, sigmas):
+    """The README's recipe: sample_dpm_adaptive(dd, x, lo, hi), then dd.finish(x)."""
+    dd, out = outputs[name]
+    done = dd.finish(out, cond=None)
+    assert torch.equal(done[..., 0], latent.expand_as(done)[..., 0])  # exact, not to a tolerance
+    assert (done[..., -1] - out[..., -1]).abs().max() < 0.5  # released pixels only lose the last noise
+
+
 @pytest.mark.parametrize("name", SAMPLERS)
 def test_strength_one_pixels_are_regenerated(name, outputs, latent):
     _, out = outputs[name]

@@ -99,8 +99,10 @@ class BuiltinModel:
 
     ``latent`` is the image itself, (1, 3, h, w) in [-1, 1] at the working size;
     ``decode`` brings a result back to the input's size. When the working size is
-    smaller, only the change is scaled up and added to the input, so that kept pixels
-    stay exactly as they were.
+    smaller, the result itself is scaled up: adding only the scaled-up change to the input
+    would carry the input's fine edges into regenerated areas (ghosts). The original's
+    full-resolution pixels come back where the map keeps them, or where the model barely
+    changed them, in the pixel-space composite (:mod:`kdiff_differential.compositing`).
     """
 
     def __init__(self, image: np.ndarray, device: torch.device = torch.device("cpu")) -> None:
@@ -121,5 +123,7 @@ class BuiltinModel:
 
     def decode(self, latent: Tensor) -> np.ndarray:
         """The result latent (1, 3, h, w) as an image of the input's size, uint8 (H, W, 3)."""
-        change = self._scale(latent.to(self.original.dtype) - self.latent, tuple(self.original.shape[-2:]))
-        return to_image(self.original + change)
+        pixels = latent.to(self.original.dtype)
+        if tuple(pixels.shape[-2:]) != tuple(self.original.shape[-2:]):
+            pixels = F.interpolate(pixels, size=self.original.shape[-2:], mode="bicubic", align_corners=False)
+        return to_image(pixels.clamp(-1, 1))
