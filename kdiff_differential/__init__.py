@@ -12,7 +12,8 @@ from .clocks import CLOCKS
 from .compositing import composite
 from .denoiser import DifferentialDenoiser
 from .maps import prepare_change_map
+from .models import load_pipeline
 from .quiet import quiet_warnings
 
-__all__ = ["CLOCKS", "DifferentialDenoiser", "composite", "prepare_change_map", "quiet_warnings"]
+__all__ = ["CLOCKS", "DifferentialDenoiser", "composite", "load_pipeline", "prepare_change_map", "quiet_warnings"]
 __version__ = "0.1.0"

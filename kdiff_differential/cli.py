@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", help="input image (default: the bundled example)")
     parser.add_argument("--map", default="gradient-x", help="change map: an image file (grey levels in the file's own range: 8/16-bit, float 0..1; colour as luminance, alpha over black) or a preset (default: gradient-x)")
     parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...")
-    parser.add_argument("--model", default="builtin", help="'builtin' or a local diffusers Stable Diffusion 1.x/2.x directory")
+    parser.add_argument("--model", default="builtin", help="'builtin' or a local diffusers folder: SD 1.x/2.x or SDXL, text-to-image or inpainting")
     parser.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS, metavar="NAME", help=f"k-diffusion sampler: {', '.join(SAMPLERS)}")
     parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), help=f"sampler steps (default: {DEFAULT_STEPS}; {', '.join(OWN_STEPS)} chooses its own)")
     parser.add_argument("--schedule", default="karras", choices=SCHEDULES, help="noise schedule (default: karras)")
@@ -145,6 +145,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     from .models import load_model
 
     model = load_model(args.model, image, device)
+    if getattr(model, "description", None) and not args.quiet:
+        print(f"{PROG}: model: {model.description}", file=sys.stderr)
     cfg = DEFAULT_CFG if args.cfg is None else args.cfg
     edit = differential_edit(
         model.denoiser,
@@ -158,7 +160,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         strength=args.strength,
         threshold=args.threshold,
         release=args.release,
-        extra_args=model.extra_args(args.prompt, args.negative, cfg),
+        extra_args=model.extra_args(args.prompt, args.negative, cfg, change_map=strength),
         progress=not args.quiet and sys.stderr.isatty(),
     )
     from .compositing import composite

@@ -106,7 +106,7 @@ def perform(setup: Setup, run: Run) -> tuple[dict[str, Any], np.ndarray]:
             strength=run.strength,
             threshold=run.threshold,
             release=run.release,
-            extra_args=model.extra_args("", "", 1.0),
+            extra_args=model.extra_args("", "", 1.0, change_map=strength),
         )
         out = model.decode(edit.result)
         seconds = time.perf_counter() - start

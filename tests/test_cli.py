@@ -181,7 +181,7 @@ BAD = {
     "negative strength": (["--strength", "-0.1"], "[0, 1]"),
     "strength above 1": (["--strength", "1.1"], "[0, 1]"),
     "missing model": (["--model", "no-such-model"], "no such directory"),
-    "not a model": (["--model", "not-a-model"], "not a diffusers Stable Diffusion directory"),
+    "not a model": (["--model", "not-a-model"], "not a diffusers folder (no model_index.json)"),
     "cuda without cuda": (["--device", "cuda"], "--device cpu"),
     "out over the image": (["--image", "in.png", "--out", "./in.png"], "over the input"),
     "out in a missing folder": (["--out", "nowhere/result.png"], "does not exist"),

@@ -109,9 +109,9 @@ def test_kept_pixels_are_the_input_bytes_in_the_written_file(model_dir: Path, im
 def loaded(model_dir: Path, image_file: Path):
     """The tiny model loaded in-process, as the command line loads it, fitted to the image."""
     from kdiff_differential.images import read_image
-    from kdiff_differential.models.diffusers_sd import StableDiffusionModel
+    from kdiff_differential.models import load_model
 
-    return StableDiffusionModel(str(model_dir), read_image(str(image_file)), torch.device("cpu"))
+    return load_model(str(model_dir), read_image(str(image_file)), torch.device("cpu"))
 
 
 def test_wrapper_is_chosen_by_prediction_type(model_dir: Path, loaded) -> None:

@@ -1,9 +1,11 @@
 """Models to wrap: the built-in closed-form denoiser and, with the ``diffusers`` extra,
-Stable Diffusion. Each, fitted to one input image, is an :class:`ImageModel`."""
+diffusers folders (Stable Diffusion 1.x/2.x, SDXL, their inpainting checkpoints). Each,
+fitted to one input image, is an :class:`ImageModel`."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, Union
 
 import numpy as np
 import torch
@@ -11,34 +13,50 @@ from torch import Tensor, nn
 
 from .ideal import IdealDenoiser, sd_alphas_cumprod
 
+if TYPE_CHECKING:
+    from .diffusers_model import DiffusersPipeline
+
 
 class ImageModel(Protocol):
     """A model fitted to one input image, as the command line uses it.
 
     ``latent`` is the image in the model's space (1, C, h, w); ``denoiser`` a k-diffusion
-    denoiser for such latents; ``extra_args`` what it takes at every call;
-    ``decode`` brings a result latent back to an image of the input's size.
+    denoiser for such latents; ``extra_args`` what it takes at every call (an inpainting
+    model also needs the ``change_map``, 1 = change); ``decode`` brings a result latent
+    back to an image of the input's size.
     """
 
     latent: Tensor
     denoiser: nn.Module
 
-    def extra_args(self, prompt: str, negative: str, cfg: float) -> dict[str, Any]: ...
+    def extra_args(self, prompt: str, negative: str, cfg: float, change_map: Any = None) -> dict[str, Any]: ...
 
     def decode(self, latent: Tensor) -> np.ndarray: ...
 
 
+def load_pipeline(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "DiffusersPipeline":
+    """A local diffusers folder (SD 1.x/2.x, SDXL, or their inpainting checkpoints) as a
+    :class:`~kdiff_differential.models.diffusers_model.DiffusersPipeline`: ``denoiser``,
+    ``encode``, ``decode``, ``extra_args`` and the detected ``family``. Nothing is fetched
+    from a hub. An unsupported folder, or diffusers not installed, is an InputError."""
+    from .diffusers_model import DiffusersPipeline, require_diffusers
+
+    require_diffusers()
+    return DiffusersPipeline(path, device)
+
+
 def load_model(name: str, image: np.ndarray, device: torch.device = torch.device("cpu")) -> ImageModel:
-    """``name`` ('builtin', or a local diffusers Stable Diffusion directory) fitted to
-    ``image``, uint8 (H, W, 3). A bad directory is an InputError that says why."""
+    """``name`` ('builtin', or a local diffusers folder) fitted to ``image``, uint8
+    (H, W, 3). A bad folder is an InputError that says why."""
     if name == "builtin":
         from .builtin import BuiltinModel
 
         return BuiltinModel(image, device)
-    from .diffusers_sd import StableDiffusionModel, quiet_loading
+    from .diffusers_model import FittedModel, quiet_loading, require_diffusers
 
+    require_diffusers()
     quiet_loading()
-    return StableDiffusionModel(name, image, device)
+    return FittedModel(load_pipeline(name, device), image)
 
 
-__all__ = ["IdealDenoiser", "ImageModel", "load_model", "sd_alphas_cumprod"]
+__all__ = ["IdealDenoiser", "ImageModel", "load_model", "load_pipeline", "sd_alphas_cumprod"]

@@ -1,0 +1,226 @@
+"""SDXL and inpainting checkpoints through the one diffusers loader, on tiny random
+pipelines saved to a temp folder (tokenizers written here, nothing from a hub); the CFG
+batch of dict conditions; refused folders; the missing-extra message."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+import transformers
+from PIL import Image
+
+from test_cli import kdiff, pixels
+from test_diffusers import save_tiny_pipeline, write_tokenizer
+
+from kdiff_differential import load_pipeline
+from kdiff_differential.cli import main
+from kdiff_differential.edit import differential_edit
+from kdiff_differential.guidance import CFGDenoiser
+
+HEIGHT, WIDTH = 24, 32  # pixels; the tiny VAEs' factor is 2
+
+
+def clip(projection: bool, hidden: int = 32):
+    config = transformers.CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=100, hidden_size=hidden, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=3, max_position_embeddings=16, projection_dim=16,
+    )
+    return (transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel)(config)
+
+
+def tiny_vae(force_upcast: bool) -> diffusers.AutoencoderKL:
+    return diffusers.AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, force_upcast=force_upcast,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    )
+
+
+def save_tiny_sdxl(folder: Path, prediction: str, in_channels: int = 4) -> Path:
+    """A tiny SDXL pipeline: encoders of width 32 and 24 (crossattn 56), pooled 16, time
+    embedding 8 per id (projection 16 + 6 * 8 = 64)."""
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=56, attention_head_dim=4, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=64, transformer_layers_per_block=1,
+    )
+    scheduler = diffusers.EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction, steps_offset=1,
+    )
+    kind = diffusers.StableDiffusionXLInpaintPipeline if in_channels == 9 else diffusers.StableDiffusionXLPipeline
+    pipeline = kind(
+        vae=tiny_vae(True), text_encoder=clip(False), text_encoder_2=clip(True, hidden=24),
+        tokenizer=write_tokenizer(folder / "words"), tokenizer_2=write_tokenizer(folder / "words2"), unet=unet,
+        scheduler=scheduler,
+    )
+    pipeline.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+def save_tiny_sd_inpainting(folder: Path) -> Path:
+    """The SD 1.x tiny pipeline with a 9-channel UNet, saved as an inpainting pipeline."""
+    model = save_tiny_pipeline(folder, "epsilon")
+    config = json.loads((model / "unet" / "config.json").read_text())
+    torch.manual_seed(1)
+    unet = diffusers.UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")} | {"in_channels": 9})
+    unet.save_pretrained(model / "unet")
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusionInpaintPipeline"}))
+    return model
+
+
+FOLDERS = {
+    "sdxl-eps": lambda folder: save_tiny_sdxl(folder, "epsilon"),
+    "sdxl-v": lambda folder: save_tiny_sdxl(folder, "v_prediction"),
+    "sdxl-inpaint": lambda folder: save_tiny_sdxl(folder, "epsilon", in_channels=9),
+    "sd-inpaint": save_tiny_sd_inpainting,
+}
+
+
+@pytest.fixture(scope="module", params=list(FOLDERS))
+def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return FOLDERS[request.param](tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
+    return np.stack([xs * 7, ys * 9, (xs + ys) * 4], axis=2).clip(0, 255).astype(np.uint8)
+
+
+def halves(height: int, width: int) -> torch.Tensor:
+    """Left half keep (0), right half change (1)."""
+    change = torch.zeros(height, width)
+    change[:, width // 2 :] = 1
+    return change
+
+
+def test_conditioning_has_the_shapes_the_unet_config_demands(folder: Path, image: np.ndarray) -> None:
+    pipe = load_pipeline(folder)
+    config = pipe.denoiser.inner_model.inner_model.unet.config
+    args = pipe.extra_args("a red cat", "", 5.0, image=image, change_map=halves(HEIGHT, WIDTH))
+    cond, uncond = args["cond"], args["uncond"]
+    assert cond.keys() == uncond.keys()
+    assert cond["crossattn"].shape == (1, 16, config.cross_attention_dim)
+    if config.addition_embed_type == "text_time":
+        assert pipe.family.name == "Stable Diffusion XL"
+        assert cond["text_embeds"].shape[-1] + 6 * config.addition_time_embed_dim == config.projection_class_embeddings_input_dim
+        assert cond["time_ids"].tolist() == [[HEIGHT, WIDTH, 0, 0, HEIGHT, WIDTH]]
+        # force_zeros_for_empty_prompt (diffusers' default) and no negative: all zeros.
+        assert not uncond["crossattn"].any() and not uncond["text_embeds"].any()
+    if config.in_channels == 9:
+        assert pipe.inpainting
+        mask, masked = cond["concat"][:, :1], cond["concat"][:, 1:]
+        assert cond["concat"].shape == (1, 5, HEIGHT // 2, WIDTH // 2)
+        torch.testing.assert_close(mask[0, 0], halves(HEIGHT // 2, WIDTH // 2))
+        from kdiff_differential.images import to_tensor
+
+        # The pixels to change set to 0 in [-1, 1]: mid-grey.
+        expected = pipe.encode(to_tensor(image) * (1 - halves(HEIGHT, WIDTH)))
+        torch.testing.assert_close(masked, expected)
+    else:
+        assert "concat" not in cond and not pipe.inpainting
+
+
+@pytest.mark.parametrize("sampler", ["euler_ancestral", "dpmpp_2m", "heun"])
+def test_kept_latent_pixels_are_exact_and_changed_ones_change(folder: Path, image: np.ndarray, sampler: str) -> None:
+    pipe = load_pipeline(folder)
+    latent = pipe.encode(image)
+    change = halves(*latent.shape[-2:])
+    args = pipe.extra_args("a cat", "blurry", 4.0, image=image, change_map=halves(HEIGHT, WIDTH))
+    edit = differential_edit(pipe.denoiser, latent, change, sampler=sampler, steps=3, extra_args=args)
+    half = latent.shape[-1] // 2
+    torch.testing.assert_close(edit.result[..., :half], latent[..., :half], atol=1e-5, rtol=0)
+    assert (edit.result[..., half:] - latent[..., half:]).abs().mean() > 0.05
+    assert pipe.decode(edit.result).shape == (1, 3, HEIGHT, WIDTH)
+
+
+def test_cfg_batches_dict_conditions_key_by_key() -> None:
+    seen = {}
+
+    def inner(x, sigma, cond):
+        seen.update(cond)
+        return x * cond["scale"].view(-1, 1, 1, 1)
+
+    guided = CFGDenoiser(inner)  # type: ignore[arg-type]
+    x = torch.ones(1, 2, 3, 3)
+    cond = {"scale": torch.tensor([3.0]), "extra": torch.zeros(1, 5)}
+    uncond = {"scale": torch.tensor([1.0]), "extra": torch.ones(1, 5)}
+    out = guided(x, torch.ones(1), cond=cond, uncond=uncond, cfg_scale=2.0)
+    assert seen["scale"].tolist() == [1.0, 3.0] and seen["extra"].shape == (2, 5)
+    assert seen["extra"][0].eq(1).all() and seen["extra"][1].eq(0).all()  # uncond first, as the tensor path
+    torch.testing.assert_close(out, x * (1 + 2 * (3 - 1)))
+    with pytest.raises(ValueError, match="same keys"):
+        guided(x, torch.ones(1), cond=cond, uncond={"scale": uncond["scale"]}, cfg_scale=2.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "euler"])
+def test_the_command_line_runs_the_folder(folder: Path, image: np.ndarray, tmp_path: Path, sampler: str) -> None:
+    Image.fromarray(image).save(tmp_path / "in.png")
+    done = kdiff(
+        "--model", str(folder), "--image", "in.png", "--map", "gradient-x", "--prompt", "a red cat",
+        "--cfg", "5", "--sampler", sampler, "--steps", "2", "--out", "out.png", cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert pixels(tmp_path / "out.png").shape == (HEIGHT, WIDTH, 3)
+    family = "Stable Diffusion XL" if "sdxl" in folder.parent.name else "Stable Diffusion 1.x/2.x"
+    kind = "inpainting" if "inpaint" in folder.parent.name else "text-to-image"
+    assert f"model: {family}, {kind}" in done.stderr
+
+
+def refused(folder: Path, capsys: pytest.CaptureFixture, tmp_path: Path) -> str:
+    status = main(["--model", str(folder), "--out", str(tmp_path / "x.png"), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "x.png").exists()
+    return err
+
+
+@pytest.mark.parametrize(
+    "index, says",
+    [
+        (None, "no model_index.json"),
+        ({"_class_name": "FluxPipeline"}, "Flux (a flow-matching transformer) is not supported yet"),
+        ({"_class_name": "StableDiffusion3Pipeline"}, "Stable Diffusion 3"),
+        ({"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}, "the SDXL refiner"),
+        ({"_class_name": "KandinskyPipeline"}, "a KandinskyPipeline folder, which is not supported"),
+        ({"_class_name": "StableDiffusionXLPipeline"}, "a Stable Diffusion XL folder without unet, vae, scheduler"),
+    ],
+)
+def test_bad_folders_are_refused_in_one_line(index, says: str, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    folder = tmp_path / "model"
+    folder.mkdir()
+    if index is not None:
+        (folder / "model_index.json").write_text(json.dumps(index))
+    err = refused(folder, capsys, tmp_path)
+    assert says in err
+    if "folder without" not in says:  # a refused kind of folder: the line says what is supported
+        assert "supported: Stable Diffusion 1.x/2.x and SDXL" in err
+
+
+def test_without_diffusers_the_command_names_the_extra(tmp_path: Path) -> None:
+    (tmp_path / "model").mkdir()
+    block = "import sys; sys.modules['diffusers'] = None; from kdiff_differential.cli import main; sys.exit(main(sys.argv[1:]))"
+    done = subprocess.run(
+        [sys.executable, "-c", block, "--model", "model", "--out", "x.png"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "pip install 'kdiff-differential[diffusers]'" in done.stderr
+
+
+def test_the_sdxl_speed_script_measures_a_tiny_unet_on_cpu() -> None:
+    from samplers.sdxl_speed import measure
+
+    result = measure("cpu", size=32, steps=2, rounds=1, tiny=True)
+    assert result["unet"] == "tiny" and result["s_per_step_bare"] > 0 and result["s_per_step_wrapped"] > 0
+    assert result["ratio"] == result["s_per_step_wrapped"] / result["s_per_step_bare"]
