@@ -101,9 +101,8 @@ def test_a_split_schedule_equals_an_unsplit_one(ideal, latent, gradient_map, sig
 
 
 def comfyui_reference(name, inner, latent, change_map, sigmas, noise, strength):
+    # For dpm_fast/adaptive too, ComfyUI's node sees the full schedule, ending in 0.
     mask = prepare_change_map(change_map, latent.shape, resize="bilinear")
-    if name in ADAPTIVE:
-        sigmas = sigmas[:-1][[0, -1]]  # ComfyUI hands dpm_fast/adaptive its first and last non-zero levels
     return ComfyUIReference(inner, latent, mask, sigmas, noise, strength)
 
 
