@@ -191,7 +191,10 @@ class DifferentialDenoiser(nn.Module):
         if self.compat == "comfyui" and top is not None:
             start = float(level)
             if math.isclose(top, start, rel_tol=1e-5) or start > top:
-                level = math.sqrt(1 + start**2)
+                # In the latent's dtype, as ComfyUI computes it: dpm_adaptive's step control
+                # turns a one-ulp difference in the start into 0.09 at the end.
+                level = torch.as_tensor(start, dtype=self.latent.dtype, device=self.latent.device)
+                level = torch.sqrt(1.0 + level**2.0)
         return self.latent + self.noise * level
 
     def _per_image(self, sigma: Tensor) -> Tensor:
