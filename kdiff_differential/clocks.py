@@ -10,7 +10,8 @@ The clocks (the ``threshold=`` argument of :class:`DifferentialDenoiser`):
 
 ``"timestep"``
     tau is linear in the model's own timestep: ``model.sigma_to_t`` when the model
-    (or a wrapper's ``inner_model``) has one, else log sigma. This is ComfyUI's clock.
+    (or a wrapper's ``inner_model``) has one, else log sigma. ComfyUI's clock is this
+    one on the nearest training timestep (:func:`nearest_timestep`, ``compat="comfyui"``).
 ``"sigma"``
     tau is linear in log sigma.
 ``"step"``
