@@ -10,7 +10,8 @@ The clocks (the ``threshold=`` argument of :class:`DifferentialDenoiser`):
 
 ``"timestep"``
     tau is linear in the model's own timestep: ``model.sigma_to_t`` when the model
-    (or a wrapper's ``inner_model``) has one, else log sigma. This is ComfyUI's clock.
+    (or a wrapper's ``inner_model``) has one, else log sigma. ComfyUI's clock is this
+    one on the nearest training timestep (:func:`nearest_timestep`, ``compat="comfyui"``).
 ``"sigma"``
     tau is linear in log sigma.
 ``"step"``
@@ -109,11 +110,15 @@ def make_span(
     sigma_min: Any = None,
     sigma_max: Any = None,
     model_sigma_min: Any = None,
+    *,
+    comfyui: bool = False,
 ) -> Span:
     """The span of a schedule, or of an adaptive sampler's ``(sigma_min, sigma_max)`` range.
 
     ``sigma_to`` is the larger of the schedule's last level and the model's own
     ``sigma_min`` when the model has one, else the schedule's last non-zero level.
+    ``comfyui=True`` reads a range as ComfyUI does: it converts the full schedule,
+    ending in 0, for dpm_fast/dpm_adaptive, so the ramp ends at the model's sigma_min.
     """
     if sigmas is not None:
         if sigma_min is not None or sigma_max is not None:
@@ -136,10 +141,26 @@ def make_span(
             "for the adaptive samplers (dpm_fast, dpm_adaptive)"
         )
     if model_sigma_min is not None:
-        sigma_to = max(last, _as_float(model_sigma_min, "the model's sigma_min"))
+        floor = _as_float(model_sigma_min, "the model's sigma_min")
+        sigma_to = floor if comfyui and sigmas is None else max(last, floor)
     else:
         sigma_to = last_nonzero
     return Span(sigma_from=sigma_from, sigma_to=sigma_to, sigmas=sigmas, sigma_last=last_nonzero)
+
+
+def nearest_timestep(model: Any) -> Optional[Callable[[Tensor], Tensor]]:
+    """ComfyUI's ``model_sampling.timestep`` for a discrete-schedule model: the index of
+    the training level nearest in log sigma, whatever the model's own ``quantize``.
+    ``None`` when no ``log_sigmas`` is found down ``model``'s :func:`inner_models` chain."""
+    log_sigmas = find_attribute(model, "log_sigmas")
+    if log_sigmas is None:
+        return None
+
+    def timestep(sigma: Tensor) -> Tensor:
+        dists = sigma.log().to(log_sigmas.device) - log_sigmas[:, None]
+        return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.device)
+
+    return timestep
 
 
 def make_clock(

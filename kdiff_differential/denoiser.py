@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Callable, Optional
 
@@ -9,7 +10,9 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .clocks import CLOCKS, Span, find_attribute, inner_models, make_clock, make_floor, make_span, release_map
+from .clocks import (
+    CLOCKS, Span, find_attribute, inner_models, make_clock, make_floor, make_span, nearest_timestep, release_map,
+)
 from .maps import prepare_change_map
 
 COMPATS = (None, "comfyui")
@@ -67,7 +70,8 @@ class DifferentialDenoiser(nn.Module):
         generator: the ``torch.Generator`` that draws ``noise``.
         strength: 1 releases pixels outright; below 1 the mask is
             ``strength * m + (1 - strength) * s``, as ComfyUI's node does, with m the
-            release weight (binary or smooth).
+            release weight (binary or smooth); 0 gives the map itself as a soft mask
+            (under ``compat="comfyui"``, 0 acts as 1, as in ComfyUI's node).
         release: ``"smooth"`` (default) or ``"binary"``. Binary (the paper's and
             ComfyUI's rule) frees a pixel at the first call with ``s >= tau(sigma)``,
             so every pixel released between two schedule levels is released at the same
@@ -82,8 +86,12 @@ class DifferentialDenoiser(nn.Module):
             ``inner`` or its ``inner_model`` chain, else log sigma), ``"sigma"`` (log
             sigma) or ``"step"`` (the paper's step-index ramp).
         compat: ``None``, or ``"comfyui"`` for ComfyUI's node exactly: plain bilinear map
-            resizing, and strength-0 pixels freed at a last call at the model's sigma_min.
-            By default strength-0 pixels are never freed.
+            resizing; the nearest training timestep as the clock (ComfyUI's
+            ``model_sampling.timestep``) whatever the denoiser's ``quantize``; strength 0
+            as 1; strength-0 pixels freed at a last call at the model's sigma_min; a
+            ``sigma_min=``/``sigma_max=`` ramp ending at the model's sigma_min; and
+            ComfyUI's start in :meth:`noisy_latent`. By default strength-0 pixels are
+            never freed.
         keep_map: read ``change_map`` as a keep-map (1 = keep, 0 = change), the
             convention of the official code and the diffusers pipelines.
 
@@ -159,10 +167,14 @@ class DifferentialDenoiser(nn.Module):
             sigmas = sigmas.detach().to(device=device, dtype=dtype)
         self.register_buffer("sigmas", sigmas)
         model_sigma_min = find_attribute(inner, "sigma_min")
-        self.span: Span = make_span(sigmas, sigma_min, sigma_max, model_sigma_min)
+        self.span: Span = make_span(sigmas, sigma_min, sigma_max, model_sigma_min, comfyui=compat == "comfyui")
+        model_sigma_max = find_attribute(inner, "sigma_max")
+        self._model_sigma_max = None if model_sigma_max is None else float(model_sigma_max)
 
         clock_dtype = torch.float64 if dtype == torch.float64 else torch.float32
         sigma_to_t = find_attribute(inner, "sigma_to_t") if threshold == "timestep" else None
+        if compat == "comfyui":
+            sigma_to_t = nearest_timestep(inner) or sigma_to_t
         self.tau = make_clock(threshold, self.span, sigma_to_t, clock_dtype, device)
 
         resize = "bilinear" if compat == "comfyui" else "antialias"
@@ -173,10 +185,12 @@ class DifferentialDenoiser(nn.Module):
         self.register_buffer("release_sigma", release_map(self.tau, self.span, strengths, comfyui=compat == "comfyui"))
         # tau_lo(sigma): the clock at the next schedule level below a call's sigma.
         self.tau_floor = make_floor(self.tau, self.span, clock_dtype, device) if self.release == "smooth" else None
+        # ComfyUI's node blends only `if strength and strength < 1`: there 0 acts as 1.
+        blend = 1.0 if compat == "comfyui" and self.strength == 0 else self.strength
         # Below strength 1 the mask is soft + strength * m; binary at strength 1 keeps the bool itself.
-        soft = ((1 - self.strength) * strengths).to(dtype) if self.strength < 1 else None
+        soft = ((1 - blend) * strengths).to(dtype) if blend < 1 else None
         self.register_buffer("mask_frozen", soft)
-        self.register_buffer("mask_free", None if soft is None else (self.strength + soft).to(dtype))
+        self.register_buffer("mask_free", None if soft is None else (blend + soft).to(dtype))
         self.inner_model = inner
 
     def mask(self, sigma: Any) -> Tensor:
@@ -192,8 +206,20 @@ class DifferentialDenoiser(nn.Module):
 
     def noisy_latent(self, sigma: Optional[float] = None) -> Tensor:
         """The original re-noised with ``self.noise`` to ``sigma`` (default: the ramp's
-        start): the x a sampler starts from, (B, C, H, W)."""
+        start): the x a sampler starts from, (B, C, H, W).
+
+        Under ``compat="comfyui"``, at or above the model's sigma_max (within ComfyUI's
+        relative 1e-5), the noise is scaled by sqrt(1 + sigma^2), as ComfyUI's
+        ``KSAMPLER.sample`` does at full denoise."""
         level = self.span.sigma_from if sigma is None else sigma
+        top = self._model_sigma_max
+        if self.compat == "comfyui" and top is not None:
+            start = float(level)
+            if math.isclose(top, start, rel_tol=1e-5) or start > top:
+                # In the latent's dtype, as ComfyUI computes it: dpm_adaptive's step control
+                # turns a one-ulp difference in the start into 0.09 at the end.
+                level = torch.as_tensor(start, dtype=self.latent.dtype, device=self.latent.device)
+                level = torch.sqrt(1.0 + level**2.0)
         return self.latent + self.noise * level
 
     def finish(self, x: Tensor, **kwargs: Any) -> Tensor:

@@ -1,10 +1,12 @@
 """ComfyUI's Differential Diffusion, written the obvious way: the baseline to compare with.
 
 This restates the behaviour of ComfyUI's ``DifferentialDiffusion`` node together with
-its inpainting wrapper ``KSamplerX0Inpaint`` (see ``shared/reference``): at every call
-it converts three sigmas to timesteps, thresholds the map, and blends before and after
-the model. The parity tests check ``DifferentialDenoiser(compat="comfyui")`` against it,
-and ``samplers/overhead.py`` measures it as the cost to beat.
+its inpainting wrapper ``KSamplerX0Inpaint`` (ComfyUI a125cd84, 2025-10-11): at every
+call it converts three sigmas to timesteps, thresholds the map, and blends before and
+after the model. ``samplers/overhead.py`` measures it as the cost to beat, and CI's
+parity tests check ``DifferentialDenoiser(compat="comfyui")`` against it.
+``tests/test_comfyui_source.py`` checks both against ComfyUI's own code where that
+source is at hand (``KDIFF_COMFYUI_SRC``).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from kdiff_differential.clocks import inner_models
 class ComfyUIReference:
     """``inner``: a k-diffusion denoiser; ``latent`` (B, C, H, W); ``change_map`` already at
     latent size, (1|B, 1, H, W) float, 1 = change; ``sigmas``: the full schedule;
-    ``noise``: latent-shaped. ``x`` may carry k * B images (guidance outside)."""
+    ``noise``: latent-shaped. For dpm_fast/dpm_adaptive too, ``sigmas`` is the full
+    schedule: ComfyUI converts it to their range but hands the node all of it. ``x`` may
+    carry k * B images (guidance outside)."""
 
     def __init__(self, inner: Callable[..., Tensor], latent: Tensor, change_map: Tensor, sigmas: Tensor,
                  noise: Tensor, strength: float = 1.0) -> None:
@@ -30,6 +34,14 @@ class ComfyUIReference:
         # guidance wraps it; a model without one falls back to log sigma.
         self.model = next((model for model in inner_models(inner) if hasattr(model, "sigma_to_t")), None)
         self.timestep = torch.log if self.model is None else self.model.sigma_to_t
+        if hasattr(self.model, "log_sigmas"):
+            self.timestep = self.nearest_timestep
+
+    def nearest_timestep(self, sigma: Tensor) -> Tensor:
+        """ComfyUI's ``ModelSamplingDiscrete.timestep``: the nearest training level in
+        log sigma, an integer, whatever the k-diffusion wrapper's ``quantize``."""
+        dists = sigma.log() - self.model.log_sigmas[:, None]
+        return dists.abs().argmin(dim=0).view(sigma.shape)
 
     def denoise_mask(self, sigma: Tensor) -> Tensor:
         """ComfyUI's node: the release threshold from this call's timestep."""
@@ -43,7 +55,7 @@ class ComfyUIReference:
         current_ts = self.timestep(sigma[0])
         threshold = (current_ts - ts_to) / (ts_from - ts_to)
         binary = (self.change_map >= threshold).to(self.change_map.dtype)
-        if self.strength < 1:
+        if self.strength and self.strength < 1:
             return self.strength * binary + (1 - self.strength) * self.change_map
         return binary
 

@@ -11,6 +11,7 @@ from kdiff_differential.clocks import (
     find_attribute,
     make_clock,
     make_span,
+    nearest_timestep,
     release_map,
     release_sigmas,
 )
@@ -198,3 +199,19 @@ def test_step_clock_needs_a_schedule_and_clocks_need_a_range():
     # One step from sigma to 0 still has a step ramp: tau = 1 at its only call.
     span = make_span(torch.tensor([5.0, 0.0]))
     assert tau_of(make_clock("step", span), 5.0) == 1.0
+
+
+def test_nearest_timestep_is_the_quantized_sigma_to_t_of_an_interpolating_denoiser():
+    sigmas = torch.exp(torch.linspace(-4, 3, 2001))
+    timestep = nearest_timestep(DENOISER)
+    assert torch.equal(timestep(sigmas), QUANTIZED.sigma_to_t(sigmas))
+    assert nearest_timestep(lambda x, sigma: x) is None  # no training levels: no nearest one
+
+
+def test_a_comfyui_range_ends_at_the_models_sigma_min():
+    floor = DENOISER.sigma_min.item()
+    assert make_span(sigma_min=0.5, sigma_max=10.0, model_sigma_min=floor, comfyui=True).sigma_to == floor
+    assert make_span(sigma_min=0.5, sigma_max=10.0, model_sigma_min=floor).sigma_to == 0.5
+    # A schedule reads the same either way: its last level is 0, below the model's floor.
+    comfy, default = make_span(SIGMAS, model_sigma_min=floor, comfyui=True), make_span(SIGMAS, model_sigma_min=floor)
+    assert (comfy.sigma_from, comfy.sigma_to) == (default.sigma_from, default.sigma_to)

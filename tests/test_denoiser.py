@@ -124,6 +124,49 @@ def test_keep_map_is_one_keyword(ideal, latent, sigmas):
     assert torch.equal(change.release_sigma, keep.release_sigma)
 
 
+# compat="comfyui": ComfyUI's rules where the default mode chooses otherwise ---------------
+
+
+def test_comfyui_clock_is_the_nearest_training_timestep_whatever_the_denoisers_quantize(latent, sigmas):
+    levels = (torch.arange(256) / 255).reshape(16, 16)  # every 8-bit level
+    interpolated, quantized = ideal_denoiser(quantize=False), ideal_denoiser(quantize=True)
+    comfy = build(interpolated, latent, levels, sigmas, compat="comfyui")
+    assert torch.equal(comfy.release_sigma, build(quantized, latent, levels, sigmas, compat="comfyui").release_sigma)
+    # The default clock follows the denoiser: interpolated here, so some levels release elsewhere.
+    default = build(interpolated, latent, levels, sigmas)
+    inside = (levels > 0) & (levels < 1)
+    assert not torch.equal(default.release_sigma[..., inside], comfy.release_sigma[..., inside])
+
+
+def test_strength_zero_is_the_map_by_default_and_one_under_comfyui(ideal, latent, gradient_map, sigmas):
+    level = sigmas[4].item()
+    assert torch.equal(build(ideal, latent, gradient_map, sigmas, strength=0).mask(level).squeeze(), gradient_map)
+    comfy = build(ideal, latent, gradient_map, sigmas, compat="comfyui")
+    comfy_zero = build(ideal, latent, gradient_map, sigmas, compat="comfyui", strength=0)
+    assert torch.equal(comfy_zero.mask(level), comfy.mask(level))
+    assert comfy_zero.strength == 0  # what was asked, as given
+
+
+def test_comfyui_range_ends_at_the_models_sigma_min(ideal, latent, gradient_map, sigmas):
+    """ComfyUI converts the full schedule (ending in 0) for dpm_fast/adaptive: its ramp
+    ends at the model's sigma_min, not at the range's lower end."""
+    span = dict(sigma_min=sigmas[-2].item(), sigma_max=sigmas[0].item())
+    comfy = DifferentialDenoiser(ideal, latent, gradient_map, compat="comfyui", **span)
+    default = DifferentialDenoiser(ideal, latent, gradient_map, **span)
+    assert comfy.span.sigma_to == pytest.approx(ideal.sigma_min.item()) and default.span.sigma_to == span["sigma_min"]
+
+
+def test_comfyui_starts_full_denoise_with_noise_times_sqrt_one_plus_sigma_squared(ideal, latent, gradient_map, sigmas):
+    comfy = build(ideal, latent, gradient_map, sigmas, compat="comfyui")
+    assert sigmas[0].item() == pytest.approx(ideal.sigma_max.item(), rel=1e-5)  # ComfyUI: isclose, rel 1e-5
+    start = (1 + sigmas[0] ** 2).sqrt()
+    assert torch.allclose(comfy.noisy_latent(), latent + comfy.noise * start, rtol=0, atol=1e-6)
+    assert torch.equal(build(ideal, latent, gradient_map, sigmas).noisy_latent(), latent + comfy.noise * sigmas[0])
+    # Below the model's sigma_max (denoise < 1), ComfyUI scales the noise by sigma alone.
+    partial = build(ideal, latent, gradient_map, sigmas[2:], compat="comfyui")
+    assert torch.equal(partial.noisy_latent(), latent + partial.noise * sigmas[2])
+
+
 def test_float64_sigmas_warn_and_dd_sigmas_keep_the_sampling_in_float32(latent, gradient_map, sigmas):
     ideal = ideal_denoiser()
     seen = set()

@@ -110,9 +110,8 @@ def test_a_split_schedule_equals_an_unsplit_one(ideal, latent, gradient_map, sig
 
 
 def comfyui_reference(name, inner, latent, change_map, sigmas, noise, strength):
+    # For dpm_fast/adaptive too, ComfyUI's node sees the full schedule, ending in 0.
     mask = prepare_change_map(change_map, latent.shape, resize="bilinear")
-    if name in ADAPTIVE:
-        sigmas = sigmas[:-1][[0, -1]]  # ComfyUI hands dpm_fast/adaptive its first and last non-zero levels
     return ComfyUIReference(inner, latent, mask, sigmas, noise, strength)
 
 
@@ -144,6 +143,16 @@ def test_comfyui_parity_batched_soft_and_quantized(name, latent, sigmas):
     assert_comfyui_parity(name, ideal_denoiser(), latents, maps, sigmas)
     assert_comfyui_parity(name, ideal_denoiser(), latents, maps, sigmas, strength=0.6)
     assert_comfyui_parity(name, ideal_denoiser(quantize=True), latents, maps, sigmas)
+    assert_comfyui_parity(name, ideal_denoiser(), latents, maps, sigmas, strength=0)  # ComfyUI: 0 acts as 1
+    assert_comfyui_parity(name, ideal_denoiser("v"), latents, maps, sigmas, strength=0.35)
+
+
+@pytest.mark.parametrize("name", SAMPLERS)
+def test_comfyui_parity_on_a_schedule_ending_above_the_models_sigma_min(name, ideal, latent, gradient_map, sigmas):
+    """As ComfyUI's `simple` scheduler's: the ramp still ends at the model's sigma_min."""
+    short = torch.cat([sigmas[:-8], sigmas.new_zeros(1)])
+    assert short[-2] > 2 * ideal.sigma_min
+    assert_comfyui_parity(name, ideal, latent, gradient_map, short)
 
 
 # Other models --------------------------------------------------------------------
