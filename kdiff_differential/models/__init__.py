@@ -17,7 +17,8 @@ class ImageModel(Protocol):
 
     ``latent`` is the image in the model's space (1, C, h, w); ``denoiser`` a k-diffusion
     denoiser for such latents; ``extra_args`` what it takes at every call;
-    ``decode`` brings a result latent back to an image of the input's size.
+    ``decode`` brings a result latent back to an image of the input's size. A model
+    may name its default noise ``schedule`` (flow models: 'model', from t = 1).
     """
 
     latent: Tensor
@@ -29,15 +30,19 @@ class ImageModel(Protocol):
 
 
 def load_model(name: str, image: np.ndarray, device: torch.device = torch.device("cpu")) -> ImageModel:
-    """``name`` ('builtin', or a local diffusers Stable Diffusion directory) fitted to
-    ``image``, uint8 (H, W, 3). A bad directory is an InputError that says why."""
+    """``name`` ('builtin', or a local diffusers Stable Diffusion 1.x/2.x, SD3/SD3.5 or
+    Flux.1 directory) fitted to ``image``, uint8 (H, W, 3). A bad directory is an
+    InputError that says why."""
     if name == "builtin":
         from .builtin import BuiltinModel
 
         return BuiltinModel(image, device)
+    from .diffusers_flow import FlowModel, flow_family
     from .diffusers_sd import StableDiffusionModel, quiet_loading
 
     quiet_loading()
+    if flow_family(name) is not None:
+        return FlowModel(name, image, device)
     return StableDiffusionModel(name, image, device)
 
 
