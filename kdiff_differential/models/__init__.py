@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .flow import FlowDenoiser, start_from_noise
 from .ideal import IdealDenoiser, sd_alphas_cumprod
 
 
@@ -46,4 +47,4 @@ def load_model(name: str, image: np.ndarray, device: torch.device = torch.device
     return StableDiffusionModel(name, image, device)
 
 
-__all__ = ["IdealDenoiser", "ImageModel", "load_model", "sd_alphas_cumprod"]
+__all__ = ["FlowDenoiser", "IdealDenoiser", "ImageModel", "load_model", "sd_alphas_cumprod", "start_from_noise"]
