@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from PIL import Image
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from kdiff_differential.edit import SAMPLERS, differential_edit
 from test_cli import kdiff, pixels
-from test_diffusers import WORDS, write_tokenizer
+from test_diffusers import WORDS, image_file, write_tokenizer  # noqa: F401 (image_file: a fixture)
 
 FAMILIES = ("sd3", "flux")
 
@@ -102,16 +101,6 @@ def save_tiny_pipeline(folder: Path, family: str, guidance: bool = True) -> Path
 @pytest.fixture(scope="module", params=FAMILIES)
 def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_pipeline(tmp_path_factory.mktemp(request.param), request.param)
-
-
-@pytest.fixture(scope="module")
-def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A smooth 31x37 image: odd sizes, which neither the VAE's factor nor the 2x2 patches divide."""
-    folder = tmp_path_factory.mktemp("flow-input")
-    ys, xs = np.mgrid[0:31, 0:37]
-    image = np.stack([xs * 7, ys * 8, (xs + ys) * 4], axis=2).clip(0, 255).astype(np.uint8)
-    Image.fromarray(image).save(folder / "in.png")
-    return folder / "in.png"
 
 
 @pytest.fixture(scope="module")
