@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from .clocks import CLOCKS
+from .denoiser import RELEASES
 from .edit import SAMPLERS, SCHEDULES
 from .errors import InputError, OneLineParser, command_status
 from .presets import PRESETS
@@ -59,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--schedule", default=None, choices=SCHEDULES, help="noise schedule (default: karras; for SD3/Flux, model: their own shifted schedule)")
     parser.add_argument("--seed", type=_number(int, lambda n: True, "a whole number"), default=0, help="random seed (default: 0)")
     parser.add_argument("--strength", type=_number(float, lambda s: 0 <= s <= 1, "a number in [0, 1]"), default=1.0, help="1: binary release; below 1 blends the map into the mask (default: 1)")
+    parser.add_argument("--release", default="smooth", choices=RELEASES, help="smooth: ease each pixel in over the step before its release, no bands (default); binary: the paper's and ComfyUI's rule")
     parser.add_argument("--threshold", default="timestep", choices=CLOCKS, help="the clock that releases pixels (default: timestep)")
     parser.add_argument("--keep-map", action="store_true", help="read the map as white = keep, black = change")
     parser.add_argument("--denoise", type=_number(float, lambda d: 0 < d <= 1, "a number in (0, 1]"), default=1.0, help="global denoise: the part of the schedule to run (default: 1)")
@@ -152,6 +154,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         seed=args.seed,
         strength=args.strength,
         threshold=args.threshold,
+        release=args.release,
         extra_args=model.extra_args(args.prompt, args.negative, cfg),
         progress=not args.quiet and sys.stderr.isatty(),
     )

@@ -218,6 +218,38 @@ def _step_clock(sigmas: Tensor) -> Tau:
     return tau
 
 
+# The smooth release's ramp width in tau for the range samplers (dpm_fast, dpm_adaptive),
+# which have no schedule levels: a pixel eases in over the last tenth of the ramp before
+# its binary release, as over one step of a 10-step schedule.
+RANGE_RAMP = 0.1
+
+
+def make_floor(tau: Tau, span: Span, dtype: torch.dtype = torch.float32, device: Any = None) -> Tau:
+    """tau_lo(sigma): tau at the next schedule level strictly below ``sigma``, for the
+    smooth release; 0 where that level is 0 or lies past the ramp's end.
+
+    Without a schedule (the range samplers) it is ``tau(sigma) - RANGE_RAMP``, at least 0.
+    Looked up on the device (one searchsorted and one gather): no host sync at call time.
+    """
+    if span.sigmas is None:
+        def floor(sigma: Tensor) -> Tensor:
+            return (tau(sigma) - RANGE_RAMP).clamp(min=0)
+
+        return floor
+    knots = span.sigmas.detach().to(device=device, dtype=dtype).flip(0)  # ascending
+    taus = torch.zeros_like(knots)
+    positive = knots > 0
+    taus[positive] = tau(knots[positive]).clamp(min=0)
+    # floors[i] is tau at the i-th knot from the bottom; floors[0] = 0 for "no level below".
+    floors = torch.cat([taus.new_zeros(1), taus])
+
+    def floor(sigma: Tensor) -> Tensor:
+        # searchsorted counts the knots strictly below sigma: index i is the i-th from the bottom.
+        return floors[torch.searchsorted(knots, sigma.to(dtype).contiguous())]
+
+    return floor
+
+
 def release_sigmas(tau: Tau, strengths: Tensor, chunk: Optional[int] = None) -> Tensor:
     """For each strength s (1-D), the largest sigma with ``tau(sigma) <= s``.
 

@@ -9,10 +9,11 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .clocks import CLOCKS, Span, find_attribute, inner_models, make_clock, make_span, release_map
+from .clocks import CLOCKS, Span, find_attribute, inner_models, make_clock, make_floor, make_span, release_map
 from .maps import prepare_change_map
 
 COMPATS = (None, "comfyui")
+RELEASES = ("smooth", "binary")
 
 
 def _check_latent(latent: Any) -> Tensor:
@@ -35,6 +36,11 @@ def _check_strength(strength: Any) -> float:
     if not 0 <= strength <= 1:
         raise ValueError(f"strength must lie in [0, 1] (1 = binary release), got {strength}")
     return float(strength)
+
+
+# Two schedule levels closer than this in tau (a quantised clock can map neighbours to
+# one timestep) make the smooth weight a step: no division by zero.
+_MIN_STEP = 1e-6
 
 
 class DifferentialDenoiser(nn.Module):
@@ -60,7 +66,18 @@ class DifferentialDenoiser(nn.Module):
             drawn once from ``generator`` when not given. Exposed as ``self.noise``.
         generator: the ``torch.Generator`` that draws ``noise``.
         strength: 1 releases pixels outright; below 1 the mask is
-            ``strength * released + (1 - strength) * s``, as ComfyUI's node does.
+            ``strength * m + (1 - strength) * s``, as ComfyUI's node does, with m the
+            release weight (binary or smooth).
+        release: ``"smooth"`` (default) or ``"binary"``. Binary (the paper's and
+            ComfyUI's rule) frees a pixel at the first call with ``s >= tau(sigma)``,
+            so every pixel released between two schedule levels is released at the same
+            call and the map shows as bands, one per step. Smooth gives a pixel the weight
+            ``m = clamp((s - tau_lo) / (tau_hi - tau_lo), 0, 1)``, with tau_hi = tau(sigma)
+            and tau_lo = tau of the next schedule level below sigma (0 at a level 0 or past
+            the ramp's end): a pixel is eased in over the one step before the binary rule
+            frees it, in proportion to where its strength falls inside that step, and is
+            fully free exactly where binary frees it. The range samplers have no levels:
+            there tau_lo = tau_hi - ``RANGE_RAMP``. ``compat="comfyui"`` is always binary.
         threshold: the clock, ``"timestep"`` (the model's ``sigma_to_t``, found on
             ``inner`` or its ``inner_model`` chain, else log sigma), ``"sigma"`` (log
             sigma) or ``"step"`` (the paper's step-index ramp).
@@ -90,6 +107,7 @@ class DifferentialDenoiser(nn.Module):
         threshold: str = "timestep",
         compat: Optional[str] = None,
         keep_map: bool = False,
+        release: str = "smooth",
     ) -> None:
         super().__init__()
         if not callable(inner):
@@ -100,6 +118,8 @@ class DifferentialDenoiser(nn.Module):
             raise ValueError(f"compat must be one of {', '.join(map(repr, COMPATS))}, got {compat!r}")
         if compat == "comfyui" and threshold != "timestep":
             raise ValueError(f"compat='comfyui' reproduces ComfyUI's timestep clock; got threshold={threshold!r}")
+        if release not in RELEASES:
+            raise ValueError(f"release must be one of {', '.join(map(repr, RELEASES))}, got {release!r}")
         if not isinstance(keep_map, bool):
             raise TypeError(f"keep_map must be True or False, got {type(keep_map).__name__}")
         if any(isinstance(model, DifferentialDenoiser) for model in inner_models(inner)):
@@ -111,6 +131,8 @@ class DifferentialDenoiser(nn.Module):
         self.strength = _check_strength(strength)
         self.threshold = threshold
         self.compat = compat
+        # ComfyUI's node releases by the binary rule; parity means binary.
+        self.release = "binary" if compat == "comfyui" else release
 
         given = _check_latent(latent)
         latent = given if given.ndim == 4 else rearrange(given, "c h w -> 1 c h w")
@@ -149,7 +171,9 @@ class DifferentialDenoiser(nn.Module):
         )
         self.register_buffer("change_map", strengths.to(dtype))
         self.register_buffer("release_sigma", release_map(self.tau, self.span, strengths, comfyui=compat == "comfyui"))
-        # Below strength 1 the mask takes one of two per-pixel levels; at 1 it is the bool itself.
+        # tau_lo(sigma): the clock at the next schedule level below a call's sigma.
+        self.tau_floor = make_floor(self.tau, self.span, clock_dtype, device) if self.release == "smooth" else None
+        # Below strength 1 the mask is soft + strength * m; binary at strength 1 keeps the bool itself.
         soft = ((1 - self.strength) * strengths).to(dtype) if self.strength < 1 else None
         self.register_buffer("mask_frozen", soft)
         self.register_buffer("mask_free", None if soft is None else (self.strength + soft).to(dtype))
@@ -162,9 +186,9 @@ class DifferentialDenoiser(nn.Module):
         1 = the pixel follows the sampler, 0 = held to the original.
         """
         if not isinstance(sigma, Tensor) or sigma.ndim == 0:
-            level = torch.as_tensor(sigma, dtype=self.release_sigma.dtype, device=self.release_sigma.device)
-            return self._blend_weights(level)
-        return self._blend_weights(self._per_image(sigma))
+            level = torch.full((self.latent.shape[0],), float(sigma), device=self.release_sigma.device)
+            return self._blend_weights(level)[0]
+        return self._blend_weights(sigma)
 
     def noisy_latent(self, sigma: Optional[float] = None) -> Tensor:
         """The original re-noised with ``self.noise`` to ``sigma`` (default: the ramp's
@@ -178,11 +202,24 @@ class DifferentialDenoiser(nn.Module):
         # every call (~3-5 us on CPU, measured) where a reshape costs ~0.6-1 us.
         return sigma.reshape(-1, self.latent.shape[0], 1, 1, 1)
 
-    def _blend_weights(self, level: Tensor) -> Tensor:
-        free = level.to(self.release_sigma.dtype) <= self.release_sigma
-        if self.mask_free is None:
-            return free.to(self.latent.dtype)
-        return torch.where(free, self.mask_free, self.mask_frozen)
+    def _blend_weights(self, sigma: Tensor) -> Tensor:
+        """The blend mask (k, B, 1, H, W) for a call's sigma (k*B,)."""
+        level = self._per_image(sigma.to(self.release_sigma.dtype))
+        free = level <= self.release_sigma
+        if self.tau_floor is None:
+            if self.mask_free is None:
+                return free.to(self.latent.dtype)
+            return torch.where(free, self.mask_free, self.mask_frozen)
+        # Smooth: ease each pixel in over the step before the binary rule frees it,
+        # m = (s - tau_lo) / (tau_hi - tau_lo), in place; 1 wherever binary frees the pixel.
+        tau_lo = self.tau_floor(sigma)
+        scale = (self.tau(sigma) - tau_lo).clamp_(min=_MIN_STEP).reciprocal_()
+        dtype = self.change_map.dtype
+        weight = self.change_map - self._per_image(tau_lo).to(dtype)
+        weight = weight.mul_(self._per_image(scale).to(dtype)).clamp_(0, 1).masked_fill_(free, 1)
+        if self.mask_frozen is None:
+            return weight
+        return self.mask_frozen + self.strength * weight
 
     def _check_call(self, x: Any, sigma: Any) -> Tensor:
         if not isinstance(x, Tensor):
@@ -210,8 +247,9 @@ class DifferentialDenoiser(nn.Module):
         # (k*B, C, H, W) <-> (k, B, C, H, W) by reshape, not rearrange: see _per_image.
         xs = x.reshape(-1, *latent.shape).to(latent.dtype)
 
-        # Release the pixels whose strength reaches this noise level's tau.
-        mask = self._blend_weights(level)
+        # Release the pixels whose strength reaches this noise level's tau (eased in
+        # over the step before, with release="smooth").
+        mask = self._blend_weights(sigma)
 
         # Hold frozen pixels to the original, re-noised to this sigma with the fixed noise.
         frozen = torch.addcmul(latent, self.noise, level.to(latent.dtype))
@@ -226,6 +264,7 @@ class DifferentialDenoiser(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"latent={tuple(self.latent.shape)}, threshold={self.threshold!r}, strength={self.strength}, "
+            f"latent={tuple(self.latent.shape)}, threshold={self.threshold!r}, release={self.release!r}, "
+            f"strength={self.strength}, "
             f"compat={self.compat!r}, sigma_from={self.span.sigma_from:g}, sigma_to={self.span.sigma_to:g}"
         )

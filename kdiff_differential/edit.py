@@ -84,6 +84,7 @@ def differential_edit(
     seed: int = 0,
     strength: float = 1.0,
     threshold: str = "timestep",
+    release: str = "smooth",
     extra_args: Optional[dict[str, Any]] = None,
     progress: bool = False,
 ) -> Edit:
@@ -104,7 +105,7 @@ def differential_edit(
     torch.manual_seed(seed)
     generator = torch.Generator(device=latent.device).manual_seed(seed)
     sigmas = make_sigmas(denoiser, steps, schedule, denoise).to(device=latent.device, dtype=latent.dtype)
-    settings = dict(generator=generator, strength=strength, threshold=threshold)
+    settings = dict(generator=generator, strength=strength, threshold=threshold, release=release)
     step_sigmas: list[float] = []
 
     def record(info: dict[str, Any]) -> None:

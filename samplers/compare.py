@@ -1,6 +1,6 @@
 """Compare k-diffusion samplers under Differential Diffusion: ``python -m samplers.compare``.
 
-Runs every (sampler, steps, seed, threshold) on one image and map, measures each run
+Runs every (sampler, steps, release, seed, threshold) on one image and map, measures each run
 (see samplers/metrics.py and the README) and writes DIR/results.csv (one row a run,
 rewritten as runs finish, so an interrupted sweep keeps what it finished),
 DIR/results.md (medians per sampler and step count), DIR/grid.png (outputs: samplers
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from kdiff_differential.clocks import CLOCKS
+from kdiff_differential.denoiser import RELEASES
 from kdiff_differential.edit import SAMPLERS
 from kdiff_differential.errors import InputError, OneLineParser, command_status
 from samplers.executors import EXECUTORS
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=_list_of(_positive, "whole numbers >= 1"), default=[10, 20, 40], help="step counts (default: 10,20,40)")
     parser.add_argument("--seeds", type=_list_of(int, "whole numbers"), default=[0], help="seeds (default: 0)")
     parser.add_argument("--threshold", type=_list_of(str, "thresholds", CLOCKS), default=["timestep"], help=f"clocks, of: {', '.join(CLOCKS)} (default: timestep)")
+    parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=["smooth"], help="release modes, of: smooth, binary (default: smooth)")
     parser.add_argument("--strength", type=_strength, default=1.0, help="release strength in [0, 1] (default: 1)")
     parser.add_argument("--model", default="builtin", help="'builtin' (default) or a local diffusers Stable Diffusion directory")
     parser.add_argument("--image", help="input image (default: the bundled example)")
@@ -105,7 +107,7 @@ def sweep(args: argparse.Namespace) -> Path:
             raise InputError(str(error)) from None
     setup = Setup(model=args.model, image=args.image, map=args.map)
     _, original, strength = prepared(setup)  # bad model, image or map: fail before any run
-    runs = plan(args.samplers, args.steps, args.seeds, args.threshold, args.strength)
+    runs = plan(args.samplers, args.steps, args.seeds, args.threshold, args.strength, args.release)
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     csv_path = out / "results.csv"
@@ -130,8 +132,10 @@ def sweep(args: argparse.Namespace) -> Path:
     from kdiff_differential.images import read_image
 
     shown = {}
-    for run in runs:  # the first seed and clock of each (sampler, steps)
-        shown.setdefault((run.sampler, run.steps), read_image(str(out / "images" / f"{run.name}.png")))
+    releases = set(args.release)
+    for run in runs:  # the first seed and clock of each (sampler, release, steps)
+        key = (report.label(run.sampler, run.release, releases), run.steps)
+        shown.setdefault(key, read_image(str(out / "images" / f"{run.name}.png")))
     report.write_grid(out / "grid.png", original, strength.numpy(), shown)
     return out
 

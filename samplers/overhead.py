@@ -49,7 +49,11 @@ from samplers.comfyui_reference import ComfyUIReference
 from samplers.threads import one_thread
 
 SAMPLERS = ("euler", "dpmpp_2m")
-WRAPPERS = {"differential": "DifferentialDenoiser", "comfyui": "ComfyUIReference"}
+WRAPPERS = {
+    "differential": "DifferentialDenoiser",  # the default, smooth release
+    "binary": "DifferentialDenoiser(release='binary')",
+    "comfyui": "ComfyUIReference",
+}
 # Per device: A/B rounds and timed calls per per-call round. The CPU defaults keep a
 # run under two minutes on two cores; the CUDA ones under five on an H100.
 DEFAULT_ROUNDS = {"cpu": 40, "cuda": 15}
@@ -123,8 +127,10 @@ class Setup:
 
     def wrap(self, name: str, inner: Callable[..., Tensor]) -> Callable[..., Tensor]:
         """Wrapper ``name`` around ``inner``, both built from the same latent, map and noise."""
-        if name == "differential":
-            return DifferentialDenoiser(inner, self.latent, self.change_map, sigmas=self.sigmas, noise=self.noise)
+        if name in ("differential", "binary"):
+            release = "binary" if name == "binary" else "smooth"
+            return DifferentialDenoiser(inner, self.latent, self.change_map, sigmas=self.sigmas, noise=self.noise,
+                                        release=release)
         return ComfyUIReference(inner, self.latent, self.change_map, self.sigmas, self.noise)
 
 

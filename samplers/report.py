@@ -18,9 +18,9 @@ from kdiff_differential.files import write_atomically
 from samplers.metrics import METRICS
 from samplers.sweep import Run
 
-COLUMNS = ["sampler", "steps", "seed", "threshold", "strength", "nfe", "seconds", *METRICS]
+COLUMNS = ["sampler", "steps", "seed", "threshold", "strength", "release", "nfe", "seconds", *METRICS]
 SUMMARY = ["nfe", "seconds", *METRICS]
-_TYPES: dict[str, Callable[[str], Any]] = {"sampler": str, "threshold": str, "steps": int, "seed": int, "nfe": int}
+_TYPES: dict[str, Callable[[str], Any]] = {"sampler": str, "threshold": str, "release": str, "steps": int, "seed": int, "nfe": int}
 
 
 def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -39,7 +39,7 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
 
 
 def run_of(row: dict[str, Any]) -> Run:
-    return Run(row["sampler"], row["steps"], row["seed"], row["threshold"], row["strength"])
+    return Run(row["sampler"], row["steps"], row["seed"], row["threshold"], row["strength"], row["release"])
 
 
 def _median(values: list[float]) -> float:
@@ -47,23 +47,34 @@ def _median(values: list[float]) -> float:
     return statistics.median(finite) if finite else math.nan
 
 
+def label(sampler: str, release: str, releases: set[str]) -> str:
+    """A sampler's name in tables and plots; with the release mode when a sweep compares modes."""
+    return sampler if len(releases) < 2 else f"{sampler} ({release})"
+
+
 def medians(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, float]]:
-    """Medians of each summary column per (sampler, steps), in first-seen order."""
+    """Medians of each summary column per (sampler label, steps), in first-seen order,
+    with ``runs``: how many runs (seeds x clocks) each median is over."""
+    releases = {row["release"] for row in rows}
     groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["sampler"], row["steps"]), []).append(row)
-    return {key: {column: _median([row[column] for row in group]) for column in SUMMARY} for key, group in groups.items()}
+        groups.setdefault((label(row["sampler"], row["release"], releases), row["steps"]), []).append(row)
+    return {
+        key: {"runs": len(group), **{column: _median([row[column] for row in group]) for column in SUMMARY}}
+        for key, group in groups.items()
+    }
 
 
 def write_markdown(path: Path, rows: list[dict[str, Any]]) -> None:
     lines = [
-        "| sampler | steps | " + " | ".join(SUMMARY) + " |",
-        "|---|---:|" + "---:|" * len(SUMMARY),
+        "| sampler | steps | runs | " + " | ".join(SUMMARY) + " |",
+        "|---|---:|---:|" + "---:|" * len(SUMMARY),
     ]
     for (sampler, steps), values in medians(rows).items():
         cells = [f"{values[column]:.4g}" for column in SUMMARY]
-        lines.append(f"| {sampler} | {steps} | " + " | ".join(cells) + " |")
-    text = f"Medians over seeds and thresholds ({len(rows)} runs).\n\n" + "\n".join(lines) + "\n"
+        lines.append(f"| {sampler} | {steps} | {values['runs']} | " + " | ".join(cells) + " |")
+    text = ("Each row: the median over its `runs` runs (seeds x clocks) of one sampler at one step count; "
+            f"{len(rows)} runs in all.\n\n") + "\n".join(lines) + "\n"
     write_atomically(path, lambda file: file.write(text))
 
 

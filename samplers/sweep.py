@@ -1,6 +1,6 @@
 """One sweep: the list of runs, and how one run is done and measured.
 
-A run is one (sampler, steps, seed, threshold, strength) on the sweep's (image, map,
+A run is one (sampler, steps, seed, threshold, strength, release) on the sweep's (image, map,
 model). Runs are independent: an executor may do them in any order, anywhere, and
 gets the same numbers back, because each run seeds itself and uses one CPU thread.
 """
@@ -41,19 +41,23 @@ class Run:
     seed: int
     threshold: str
     strength: float
+    release: str = "smooth"
 
     @property
-    def key(self) -> tuple[str, int, int, str, float]:
-        return (self.sampler, self.steps, self.seed, self.threshold, self.strength)
+    def key(self) -> tuple[str, int, int, str, float, str]:
+        return (self.sampler, self.steps, self.seed, self.threshold, self.strength, self.release)
 
     @property
     def name(self) -> str:
-        return f"{self.sampler}-{self.steps}steps-seed{self.seed}-{self.threshold}-strength{self.strength:g}"
+        return (f"{self.sampler}-{self.steps}steps-seed{self.seed}-{self.threshold}-strength{self.strength:g}"
+                f"-{self.release}")
 
 
-def plan(samplers: list[str], steps: list[int], seeds: list[int], thresholds: list[str], strength: float) -> list[Run]:
+def plan(samplers: list[str], steps: list[int], seeds: list[int], thresholds: list[str], strength: float,
+         releases: tuple[str, ...] = ("smooth",)) -> list[Run]:
     """Every combination, samplers outermost: the row order of results.csv."""
-    return [Run(*point, strength) for point in itertools.product(samplers, steps, seeds, thresholds)]
+    return [Run(sampler, count, seed, threshold, strength, release)
+            for sampler, count, release, seed, threshold in itertools.product(samplers, steps, releases, seeds, thresholds)]
 
 
 class CountingDenoiser(nn.Module):
@@ -101,6 +105,7 @@ def perform(setup: Setup, run: Run) -> tuple[dict[str, Any], np.ndarray]:
             seed=run.seed,
             strength=run.strength,
             threshold=run.threshold,
+            release=run.release,
             extra_args=model.extra_args("", "", 1.0),
         )
         out = model.decode(edit.result)

@@ -104,6 +104,21 @@ def test_every_preset(files: Path, preset: str) -> None:
         assert change.mean() > 5
 
 
+def test_release_binary_bands_where_smooth_eases_in(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--release picks the wrapper's release rule: on a flat grey image with a left-to-right
+    ramp, binary changes in a few flat bands, smooth in many small steps."""
+    from samplers.metrics import banding
+
+    monkeypatch.chdir(files)
+    Image.fromarray(np.full((24, 96, 3), 128, np.uint8)).save("grey.png")
+    change = {}
+    for release in ("binary", "smooth"):
+        out = f"out/grey-{release}.png"
+        assert main(["--image", "grey.png", "--map", "gradient-x", "--release", release, "--out", out, *FAST]) == 0
+        change[release] = banding(pixels(files / out), pixels(files / "grey.png"), np.tile(np.linspace(0, 1, 96), (24, 1)))
+    assert change["smooth"] < change["binary"] / 2
+
+
 def test_same_seed_same_bytes_other_seed_other_image(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     seeded = ["--image", "in.png", "--map", "radial", "--sampler", "dpmpp_2m_sde", *FAST, "--seed"]
     for name in ("a", "b"):  # two processes

@@ -44,14 +44,14 @@ def test_a_small_sweep_writes_all_four_outputs(sweep):
         (sampler, steps) for sampler in ("euler", "dpmpp_2m", "dpm_adaptive") for steps in ("4", "8")
     ]
     assert list(table[0]) == [
-        "sampler", "steps", "seed", "threshold", "strength", "nfe", "seconds",
-        "preserve_max_err", "regen_mean", "monotonicity", "seam",
+        "sampler", "steps", "seed", "threshold", "strength", "release", "nfe", "seconds",
+        "preserve_max_err", "regen_mean", "monotonicity", "banding",
     ]
     for name in ("grid.png", "tradeoff.png"):
         with Image.open(sweep / name) as image:
             image.verify()
     markdown = (sweep / "results.md").read_text()
-    assert "| euler | 4 |" in markdown and "| dpm_adaptive | 8 |" in markdown
+    assert "| euler | 4 | 1 |" in markdown and "| dpm_adaptive | 8 | 1 |" in markdown
 
 
 def test_the_metrics_say_the_map_was_followed(sweep):
@@ -80,6 +80,15 @@ def test_resume_skips_finished_runs(sweep, tmp_path):
     assert refused.returncode == 2 and "--resume" in refused.stderr
 
 
+def test_a_release_axis_compares_smooth_and_binary(tmp_path):
+    out = tmp_path / "out"
+    compare("--out", out, "--samplers", "euler", "--steps", "4", "--release", "smooth,binary", "--quiet")
+    banding = {row["release"]: float(row["banding"]) for row in rows(out)}
+    assert banding["smooth"] < banding["binary"]
+    markdown = (out / "results.md").read_text()
+    assert "| euler (smooth) | 4 | 1 |" in markdown and "| euler (binary) | 4 | 1 |" in markdown
+
+
 def test_the_ray_executor_gives_the_same_table(sweep, tmp_path):
     pytest.importorskip("ray", reason="the ray extra is part of the test install")
     out = tmp_path / "ray"
@@ -99,6 +108,7 @@ def test_the_ray_executor_gives_the_same_table(sweep, tmp_path):
         (["--steps", "0"], "whole numbers >= 1"),
         (["--seeds", "a"], "'a' is not a comma-separated list of whole numbers"),
         (["--strength", "2"], "give a number in [0, 1]"),
+        (["--release", "soft"], "unknown release 'soft'; valid: smooth, binary"),
     ],
 )
 def test_bad_input_fails_before_any_run_in_one_line(tmp_path, args, words):

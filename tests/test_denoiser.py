@@ -84,9 +84,10 @@ def test_guidance_inside_and_kwargs_go_through_untouched(ideal, latent, gradient
     x, sigma = dd.noisy_latent(), sigmas[3] * torch.ones(1)
     with_cond = dd(x, sigma, uncond=torch.zeros(1), cond=torch.ones(1))
     without = dd(x, sigma, uncond=torch.zeros(1), cond=torch.zeros(1))
-    free = dd.mask(sigma.item()).bool().expand_as(x)
+    mask = dd.mask(sigma.item()).expand_as(x)
+    free, frozen = mask == 1, mask == 0
     assert torch.allclose((with_cond - without)[free], torch.tensor(0.02), atol=1e-5)  # 0.01 * cond * scale 2
-    assert torch.equal(with_cond[~free], without[~free])
+    assert torch.equal(with_cond[frozen], without[frozen])
 
 
 def test_per_image_maps_in_a_batch(ideal, sigmas):
@@ -99,7 +100,7 @@ def test_per_image_maps_in_a_batch(ideal, sigmas):
 
 
 def test_mask_reports_release_at_a_noise_level(ideal, latent, gradient_map, sigmas):
-    dd = build(ideal, latent, gradient_map, sigmas)
+    dd = build(ideal, latent, gradient_map, sigmas, release="binary")
     first, last = dd.mask(sigmas[0].item()), dd.mask(sigmas[-2].item())
     assert first.shape == (1, 1, SIZE, SIZE)
     assert first[..., -1].eq(1).all() and first[..., :-1].eq(0).all()
@@ -107,12 +108,13 @@ def test_mask_reports_release_at_a_noise_level(ideal, latent, gradient_map, sigm
     assert dd.mask(sigmas[3] * torch.ones(2)).shape == (2, 1, 1, SIZE, SIZE)
 
 
-def test_soft_strength_blends_the_binary_mask_with_the_map(ideal, latent, gradient_map, sigmas):
-    dd = build(ideal, latent, gradient_map, sigmas, strength=0.75)
+@pytest.mark.parametrize("release", ["binary", "smooth"])
+def test_soft_strength_blends_the_release_weight_with_the_map(ideal, latent, gradient_map, sigmas, release):
+    dd = build(ideal, latent, gradient_map, sigmas, strength=0.75, release=release)
     s = dd.change_map
     mask = dd.mask(sigmas[4].item())
-    binary = build(ideal, latent, gradient_map, sigmas).mask(sigmas[4].item())
-    assert torch.allclose(mask, 0.75 * binary + 0.25 * s)
+    weight = build(ideal, latent, gradient_map, sigmas, release=release).mask(sigmas[4].item())
+    assert torch.allclose(mask, 0.75 * weight + 0.25 * s)
 
 
 def test_keep_map_is_one_keyword(ideal, latent, sigmas):
@@ -182,6 +184,7 @@ def test_import_does_not_load_k_diffusion():
         (dict(compat="a1111"), ValueError, "None, 'comfyui'"),
         (dict(compat="comfyui", threshold="step"), ValueError, "timestep clock"),
         (dict(keep_map=1), TypeError, "keep_map"),
+        (dict(release="soft"), ValueError, "release must be one of 'smooth', 'binary'"),
     ],
 )
 def test_bad_arguments_fail_when_the_wrapper_is_built(ideal, latent, gradient_map, sigmas, change, error, words):

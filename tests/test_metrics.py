@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from samplers.metrics import image_metrics, monotonicity, preserve_max_err, regen_mean, seam
+from samplers.metrics import banding, image_metrics, monotonicity, preserve_max_err, regen_mean
 
 H, W = 16, 32
 
@@ -38,18 +38,21 @@ def test_monotonicity_is_the_rank_correlation_of_change_with_strength(original, 
     assert math.isnan(monotonicity(original, original, gradient))  # no change at all
 
 
-def test_seam_sees_an_edge_at_a_level_boundary_and_not_a_uniform_shift(gradient):
+def test_banding_is_the_largest_jump_of_mean_change_between_map_levels(original, gradient):
+    ramp = (np.arange(W) * 2)[None, :, None]  # change grows by 2 levels a column: no band
+    smooth = (original.astype(int) + ramp).clip(0, 255).astype(np.uint8)
     flat = np.full((H, W, 3), 100, dtype=np.uint8)
-    assert seam(flat + 20, flat, gradient) == 0
-    stepped = flat.copy()
-    level = np.minimum((gradient * 8).astype(int), 7)
-    stepped[:, level[0] >= 4] += 40  # a brightness step where level 3 meets level 4
-    # One of the 7 boundaries gains 3 channels x (40/255)^2; nothing else changes.
-    assert seam(stepped, flat, gradient) == pytest.approx(3 * (40 / 255) ** 2 / 7)
+    assert banding(flat + ramp.astype(np.uint8), flat, gradient) == pytest.approx(2.0)
+    banded = flat.copy()
+    banded[:, W // 2 :] += 30  # one hard band in the middle of the ramp
+    assert banding(banded, flat, gradient) == pytest.approx(30.0)
+    # A uniform change has no band at all, whatever the image holds.
+    assert banding(original + 5, original, gradient) == 0
+    assert banding(smooth, original, gradient) <= 2
 
 
 def test_metrics_are_nan_where_the_map_gives_them_nothing_to_measure(original):
-    flat = np.full((H, W), 0.5)
+    flat = np.full((H, W), 0.5)  # no kept or changed pixel, one map level
     values = image_metrics(original, original, flat)
     assert all(math.isnan(value) for value in values.values())
 

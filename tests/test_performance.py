@@ -34,21 +34,43 @@ class PlainInner(nn.Module):
         return x - sigma.view(-1, 1, 1, 1) * self.conv(x / (sigma.view(-1, 1, 1, 1) ** 2 + 1).sqrt())
 
 
-def make_wrapper(strength: float = 1.0, device: str = "cpu", size: int = 8) -> DifferentialDenoiser:
+def make_wrapper(strength: float = 1.0, device: str = "cpu", size: int = 8, release: str = "smooth",
+                 inner: nn.Module | None = None) -> DifferentialDenoiser:
     g = torch.Generator().manual_seed(0)
     latent = torch.randn(1, 4, size, size, generator=g)
     ramp = torch.linspace(0, 1, size).expand(size, size)
     sigmas = torch.linspace(10, 0.1, 11)
-    dd = DifferentialDenoiser(PlainInner(), latent, ramp, sigmas=sigmas, generator=g, strength=strength)
+    dd = DifferentialDenoiser(inner or PlainInner(), latent, ramp, sigmas=sigmas, generator=g, strength=strength,
+                              release=release)
     return dd.to(device)
 
 
-@pytest.mark.parametrize("strength", [1.0, 0.5])
-def test_compiled_fullgraph_sampling_matches_eager_without_recompiles(strength):
+class CompVisInner(nn.Module):
+    """PlainInner's convolution behind the CompVis interface: the wrapper then evaluates the
+    discrete model's sigma_to_t at every smooth-release call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from kdiff_differential.models import sd_alphas_cumprod
+
+        self.register_buffer("alphas_cumprod", sd_alphas_cumprod())
+        self.conv = PlainInner().conv
+
+    def apply_model(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
+        return self.conv(x)
+
+
+@pytest.mark.parametrize(
+    "strength, release, compvis",
+    [(1.0, "smooth", False), (0.5, "smooth", False), (1.0, "binary", False), (0.5, "binary", False),
+     (1.0, "smooth", True)],
+)
+def test_compiled_fullgraph_sampling_matches_eager_without_recompiles(strength, release, compvis):
     import k_diffusion.sampling as sampling
+    from k_diffusion.external import CompVisDenoiser
 
     torch._dynamo.reset()
-    dd = make_wrapper(strength)
+    dd = make_wrapper(strength, release=release, inner=CompVisDenoiser(CompVisInner()) if compvis else None)
     # fullgraph=True turns any graph break into an error; error_on_recompile catches a
     # guard on sigma's value, which would recompile at every step.
     compiled = torch.compile(dd, fullgraph=True)
@@ -67,13 +89,14 @@ def test_compiled_around_a_compiled_inner_makes_no_graph_break():
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
+@pytest.mark.parametrize("release", ["smooth", "binary"])
 @pytest.mark.parametrize(
     "strength, k, sigma",
     [(1.0, 1, torch.tensor([3.0])), (0.5, 1, torch.tensor([3.0])), (1.0, 2, torch.tensor([3.0, 3.0])), (1.0, 1, 3.0)],
-    ids=["binary", "soft", "guided-batch", "float-sigma"],
+    ids=["strength-1", "soft", "guided-batch", "float-sigma"],
 )
-def test_a_call_reads_nothing_back_to_the_host(strength, k, sigma):
-    dd = make_wrapper(strength)
+def test_a_call_reads_nothing_back_to_the_host(strength, k, sigma, release):
+    dd = make_wrapper(strength, release=release)
     x = dd.noisy_latent().repeat(k, 1, 1, 1)
     with torch.no_grad(), overhead.count_host_reads() as counts:
         for _ in range(3):
@@ -105,9 +128,10 @@ def test_a_call_makes_no_cuda_synchronisation():
 
 
 @needs_cuda
+@pytest.mark.parametrize("release", ["smooth", "binary"])
 @pytest.mark.parametrize("strength", [1.0, 0.5])
-def test_a_call_captures_into_a_cuda_graph(strength):
-    dd = make_wrapper(strength, device="cuda", size=64)
+def test_a_call_captures_into_a_cuda_graph(strength, release):
+    dd = make_wrapper(strength, device="cuda", size=64, release=release)
     x, sigma = dd.noisy_latent().clone(), torch.tensor([10.0], device="cuda")
     with torch.no_grad():
         side = torch.cuda.Stream()
@@ -134,7 +158,7 @@ def test_benchmark_script_writes_its_report(tmp_path, capsys):
     report = json.loads(path.read_text())
     assert {"date", "device", "device_name", "torch", "dtype", "latent_shape", "steps", "rounds",
             "inner_us_per_call", "sync_method", "primitives_us", "wrappers", "bare_run_s"} <= report.keys()
-    assert report["wrappers"].keys() == {"differential", "comfyui"}
+    assert report["wrappers"].keys() == {"differential", "binary", "comfyui"}
     for values in report["wrappers"].values():
         assert {"class", "per_call_us", "host_syncs_per_call", "ab", "held_bytes", "held_bytes_after_run",
                 "held_latents"} <= values.keys()
@@ -143,6 +167,7 @@ def test_benchmark_script_writes_its_report(tmp_path, capsys):
             assert len(ratios["ratios"]) == 2 and ratios["min"] <= ratios["median"] <= ratios["max"]
         assert values["held_bytes_after_run"] == values["held_bytes"]
     assert report["wrappers"]["differential"]["host_syncs_per_call"] == 0
+    assert report["wrappers"]["binary"]["host_syncs_per_call"] == 0
     assert report["wrappers"]["comfyui"]["host_syncs_per_call"] >= 1
     assert list(tmp_path.iterdir()) == [path]  # the temporary file was renamed, not left
 

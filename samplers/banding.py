@@ -1,0 +1,141 @@
+"""Banding benchmark: ``python -m samplers.banding``.
+
+Edits a smooth synthetic landscape (sky, sun glow, hills; no edges for a band to hide
+behind) with a linear left-to-right change map on the built-in model, for both release
+modes, every sampler that runs a schedule and several step counts, and prints the
+banding metric (samplers/metrics.py, defined in the README) as a Markdown table: the
+largest jump between neighbouring map levels of the mean change, in 8-bit levels.
+``--figure PATH`` also draws the edits side by side: binary above smooth, one column a
+step count.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from kdiff_differential.edit import RANGE_SAMPLERS, SAMPLERS
+from kdiff_differential.errors import InputError, OneLineParser, command_status
+from kdiff_differential.files import write_atomically
+
+PROG = "python -m samplers.banding"
+RELEASES = ("smooth", "binary")
+
+
+def smooth_scene(height: int = 192, width: int = 384) -> np.ndarray:
+    """A smooth landscape, uint8 (height, width, 3): a sky graded from deep blue to a hazy
+    horizon, a soft sun glow and two rolling hills, with no hard edge anywhere."""
+    y = np.linspace(0, 1, height)[:, None]
+    x = np.linspace(0, 1, width)[None, :]
+    sky = np.stack([0.25 + 0.6 * y, 0.45 + 0.45 * y, 0.85 + 0.1 * y], axis=-1) * np.ones((1, width, 1))
+    glow = np.exp(-((x - 0.7) ** 2 + (y - 0.25) ** 2) / 0.02)[..., None] * np.array([0.5, 0.4, 0.1])
+    picture = sky + glow
+    for ridge, colour, softness in ((0.62 + 0.08 * np.sin(5 * x), (0.35, 0.6, 0.3), 0.04),
+                                    (0.78 + 0.06 * np.cos(3 * x + 1), (0.2, 0.45, 0.2), 0.05)):
+        weight = 1 / (1 + np.exp(-(y - ridge) / softness))  # a smooth step at the ridge line
+        picture = picture * (1 - weight[..., None]) + np.array(colour) * weight[..., None]
+    return (np.clip(picture, 0, 1) * 255).round().astype(np.uint8)
+
+
+def measure(samplers: Sequence[str], steps: Sequence[int], releases: Sequence[str] = RELEASES,
+            seed: int = 0, height: int = 192, width: int = 384,
+            images: Optional[dict[tuple[str, str, int], np.ndarray]] = None) -> dict[tuple[str, str, int], float]:
+    """Banding of each (release, sampler, steps) on :func:`smooth_scene` with a linear
+    left-to-right map, on the built-in model. ``images``, when given, receives each edit,
+    uint8 (height, width, 3), under the same key."""
+    import torch
+
+    from kdiff_differential.edit import differential_edit
+    from kdiff_differential.models.builtin import BuiltinModel
+    from kdiff_differential.presets import preset_map
+    from samplers.metrics import banding
+    from samplers.threads import one_thread
+
+    image = smooth_scene(height, width)
+    strength = preset_map("gradient-x", height, width)
+    model = BuiltinModel(image)
+    table = {}
+    with one_thread():
+        for release in releases:
+            for sampler in samplers:
+                for count in steps:
+                    edit = differential_edit(model.denoiser, model.latent, strength, sampler=sampler, steps=count,
+                                             seed=seed, release=release)
+                    out = model.decode(edit.result)
+                    table[release, sampler, count] = banding(out, image, strength.numpy())
+                    if images is not None:
+                        images[release, sampler, count] = out
+    return table
+
+
+def markdown(table: dict[tuple[str, str, int], float]) -> str:
+    """One row per sampler, one column per (release, steps)."""
+    releases = list(dict.fromkeys(release for release, _, _ in table))
+    samplers = list(dict.fromkeys(sampler for _, sampler, _ in table))
+    steps = sorted({count for _, _, count in table})
+    head = [f"{release} {count}" for release in releases for count in steps]
+    lines = ["| sampler | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+    for sampler in samplers:
+        cells = [f"{table[release, sampler, count]:.1f}" for release in releases for count in steps]
+        lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def side_by_side(images: dict[tuple[str, str, int], np.ndarray], table: dict[tuple[str, str, int], float]) -> Any:
+    """A matplotlib Figure of one sampler's edits: a row per release mode, a column per
+    step count, each panel titled with its banding. Not registered with pyplot."""
+    from matplotlib.figure import Figure
+
+    releases = list(dict.fromkeys(release for release, _, _ in images))
+    steps = sorted({count for _, _, count in images})
+    sampler = next(iter(images))[1]
+    height, width = next(iter(images.values())).shape[:2]
+    figure = Figure(figsize=(3.2 * len(steps), 3.2 * height / width * len(releases) + 0.9))
+    axes = figure.subplots(len(releases), len(steps), squeeze=False)
+    for row, release in enumerate(releases):
+        for column, count in enumerate(steps):
+            axis = axes[row, column]
+            axis.imshow(images[release, sampler, count])
+            axis.set_xticks([])
+            axis.set_yticks([])
+            axis.set_title(f"{release}, {count} steps: banding {table[release, sampler, count]:.0f}", fontsize=9)
+    figure.suptitle(f"{sampler}, map: keep (left) to change (right)", fontsize=10)
+    figure.tight_layout()
+    return figure
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Print the banding table; returns the exit status."""
+    from samplers.compare import _list_of, _positive
+
+    listed = [name for name in SAMPLERS if name not in RANGE_SAMPLERS]
+    parser = OneLineParser(prog=PROG, description="Banding of smooth and binary release per sampler and step count.")
+    parser.add_argument("--samplers", type=_list_of(str, "samplers", SAMPLERS), default=listed, help="default: every schedule sampler")
+    parser.add_argument("--steps", type=_list_of(_positive, "whole numbers >= 1"), default=[5, 10, 20], help="default: 5,10,20")
+    parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=list(RELEASES), help="default: smooth,binary")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--figure", metavar="PATH.png", help="also draw the first sampler's edits, release modes side by side")
+
+    def work() -> None:
+        args = parser.parse_args(argv)
+        if args.figure and not Path(args.figure).resolve().parent.is_dir():
+            raise InputError(f"--figure {args.figure}: the folder does not exist")
+        images: dict = {}
+        table = measure(args.samplers, args.steps, args.release, args.seed, images=images)
+        print(markdown(table))
+        if args.figure:
+            first = args.samplers[0]
+            figure = side_by_side({key: image for key, image in images.items() if key[1] == first}, table)
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=80)
+            write_atomically(args.figure, lambda file: file.write(buffer.getvalue()), binary=True)
+
+    return command_status(PROG, work, "interrupted")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+"""Smooth release (the default) against the binary rule: the weight, its guarantees, banding."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from k_diffusion import sampling
+
+from conftest import SCHEDULED, SIZE, smooth_images
+from kdiff_differential import DifferentialDenoiser
+from kdiff_differential.clocks import RANGE_RAMP
+
+
+@pytest.fixture(scope="module")
+def sigmas(ideal):
+    return ideal.get_sigmas(6)
+
+
+def build(ideal, latent, change_map, sigmas, **kwargs):
+    kwargs.setdefault("generator", torch.Generator().manual_seed(0))
+    return DifferentialDenoiser(ideal, latent, change_map, sigmas=sigmas, **kwargs)
+
+
+def test_the_weight_eases_a_pixel_in_over_the_step_before_its_release(ideal, latent, gradient_map, sigmas):
+    """At a call between two levels, m = clamp((s - tau_lo) / (tau_hi - tau_lo), 0, 1),
+    written out by hand from the clock; 1 wherever the binary rule frees the pixel."""
+    dd = build(ideal, latent, gradient_map, sigmas)
+    binary = build(ideal, latent, gradient_map, sigmas, release="binary")
+    sigma = (sigmas[2] * sigmas[3]).sqrt()  # between levels 2 and 3
+    tau_hi, tau_lo = dd.tau(sigma.reshape(1)), dd.tau(sigmas[3:4])
+    s = gradient_map.reshape(1, 1, SIZE, SIZE)
+    expected = ((s - tau_lo) / (tau_hi - tau_lo)).clamp(0, 1)
+    mask = dd.mask(sigma.item())
+    assert torch.allclose(mask, expected, atol=1e-5)
+    assert 0 < mask[(mask > 0) & (mask < 1)].numel()  # some pixels are part-way in
+    assert mask[binary.mask(sigma.item()) == 1].eq(1).all()
+
+
+def test_compat_comfyui_is_always_binary(ideal, latent, gradient_map, sigmas):
+    dd = build(ideal, latent, gradient_map, sigmas, compat="comfyui", release="smooth")
+    assert dd.release == "binary"
+    for sigma in sigmas[:-1]:
+        assert ((dd.mask(sigma.item()) == 0) | (dd.mask(sigma.item()) == 1)).all()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(min_value=0.03, max_value=14.0), st.sampled_from(["timestep", "sigma", "step"]))
+def test_the_weight_is_monotone_in_strength_keeps_zero_and_frees_one(sigma, threshold):
+    from conftest import ideal_denoiser
+
+    ideal = ideal_denoiser()
+    strengths = torch.linspace(0, 1, SIZE * SIZE).reshape(SIZE, SIZE)
+    dd = build(ideal, smooth_images(1, seed=2), strengths, ideal.get_sigmas(5), threshold=threshold)
+    mask = dd.mask(sigma).flatten()
+    assert (mask.diff() >= 0).all()
+    assert mask[0] == 0  # strength 0 is never released
+    assert mask[-1] == 1  # strength 1 is free from the first call
+
+
+def test_range_samplers_ease_in_over_a_fixed_width_of_the_ramp(ideal, latent, gradient_map):
+    dd = DifferentialDenoiser(ideal, latent, gradient_map, sigma_min=0.1, sigma_max=10.0,
+                              generator=torch.Generator().manual_seed(0))
+    sigma = torch.tensor([1.0])
+    tau = dd.tau(sigma)
+    expected = ((gradient_map - (tau - RANGE_RAMP)) / RANGE_RAMP).clamp(0, 1)
+    assert torch.allclose(dd.mask(1.0)[0, 0], expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", ["euler", "heun", "dpmpp_2m", "lms"])
+def test_smooth_equals_binary_when_every_strength_sits_on_a_schedule_level(ideal, latent, sigmas, sampler):
+    """A strength equal to the clock at a level is eased in over no call at all: both
+    rules free it at the same call, so the runs agree."""
+    probe = build(ideal, latent, torch.zeros(SIZE, SIZE), sigmas)
+    levels = probe.tau(sigmas[:-1]).clamp(0, 1)  # tau at each non-zero level
+    index = torch.arange(SIZE * SIZE).reshape(SIZE, SIZE) % len(levels)
+    on_levels = levels[index]
+    runs = {}
+    for release in ("smooth", "binary"):
+        dd = build(ideal, latent, on_levels, sigmas, release=release)
+        runs[release] = getattr(sampling, f"sample_{sampler}")(dd, dd.noisy_latent(), sigmas, disable=True)
+    assert torch.allclose(runs["smooth"], runs["binary"], atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler", SCHEDULED)
+def test_kept_pixels_stay_exact_under_smooth_release(ideal, latent, gradient_map, sigmas, sampler):
+    dd = build(ideal, latent, gradient_map, sigmas)
+    torch.manual_seed(0)
+    out = getattr(sampling, f"sample_{sampler}")(dd, dd.noisy_latent(), sigmas, disable=True)
+    assert torch.allclose(out[..., 0], latent[..., 0], atol=1e-5)
+
+
+def test_smooth_release_bands_less_than_binary_at_5_steps():
+    """The banding benchmark's own measure, on a small smooth scene."""
+    from samplers.banding import measure
+
+    table = measure(["euler", "dpmpp_2m"], [5], height=64, width=160)
+    for sampler in ("euler", "dpmpp_2m"):
+        assert table["smooth", sampler, 5] < table["binary", sampler, 5] / 2
