@@ -210,6 +210,9 @@ def _step_clock(sigmas: Tensor) -> Tau:
         low, high = knots[i], knots[i + 1]
         # log(sigma / low) is exactly 0 at a schedule level, so tau there is exactly 1 - i/N.
         w = torch.log(sigma / low) / torch.log(high / low)
+        # A flow schedule's first level is inf (t = 1): no log-interpolation reaches it,
+        # so tau holds the second level's value up to it and is 1 there.
+        w = torch.where(torch.isinf(high), (sigma >= high).to(w.dtype), w)
         between = values[i] + w * (values[i + 1] - values[i])
         # Below the last non-zero level tau stays at that level's value; above the first
         # it goes on rising along the first step's slope.
