@@ -74,7 +74,6 @@ class FlowDenoiser(nn.Module):
             raise ValueError(f"mu must be a finite number or None, got {mu!r}")
         self.inner_model = model
         self.shift, self.mu = float(shift), mu
-        self.num_train_timesteps = num_train_timesteps
         # Both shifts are one constant factor on sigma: t -> k t / (1 + (k - 1) t) is sigma -> k sigma.
         self.factor = math.exp(mu) if mu is not None else float(shift)
         self.sigma_min = self.factor * (1 / num_train_timesteps) / (1 - 1 / num_train_timesteps)
@@ -118,8 +117,9 @@ class FlowDenoiser(nn.Module):
     def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
         sigma = sigma.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
         t = self.sigma_to_t(sigma)
-        # x = x_t / (1 - t); at t = 1 the caller hands the noise itself (see the module docstring).
-        x_t = torch.where(torch.isinf(sigma), x, x * (1 - t))
+        # x = x_t / (1 - t) = x_t (1 + sigma); at t = 1 the caller hands the noise itself
+        # (see the module docstring). Dividing by 1 + sigma keeps precision that 1 - t loses near t = 1.
+        x_t = torch.where(torch.isinf(sigma), x, x / (1 + sigma))
         v = self.inner_model(x_t, t.flatten(), **kwargs)
         return x_t - t * v.to(x.dtype)
 
