@@ -56,10 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", help="input image (default: the bundled example)")
     parser.add_argument("--map", default="gradient-x", help="change map: an image file (grey levels in the file's own range: 8/16-bit, float 0..1; colour as luminance, alpha over black) or a preset (default: gradient-x)")
     parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...")
-    parser.add_argument("--model", default="builtin", help="'builtin' or a local diffusers folder: SD 1.x/2.x or SDXL, text-to-image or inpainting")
+    parser.add_argument("--model", default="builtin", help="'builtin' or a local diffusers folder: SD 1.x/2.x or SDXL (text-to-image or inpainting), SD3/SD3.5 or Flux.1")
     parser.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS, metavar="NAME", help=f"k-diffusion sampler: {', '.join(SAMPLERS)}")
     parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), help=f"sampler steps (default: {DEFAULT_STEPS}; {', '.join(OWN_STEPS)} chooses its own)")
-    parser.add_argument("--schedule", default="karras", choices=SCHEDULES, help="noise schedule (default: karras)")
+    parser.add_argument("--schedule", default=None, choices=SCHEDULES, help="noise schedule (default: karras; for SD3/Flux, model: their own shifted schedule)")
     parser.add_argument("--seed", type=_number(int, lambda n: True, "a whole number"), default=0, help="random seed (default: 0)")
     parser.add_argument("--strength", type=_number(float, lambda s: 0 <= s <= 1, "a number in [0, 1]"), default=1.0, help="1: binary release; below 1 blends the map into the mask (default: 1)")
     parser.add_argument("--release", default="smooth", choices=RELEASES, help="smooth: ease each pixel in over the step before its release, no bands (default); binary: the paper's and ComfyUI's rule")
@@ -147,6 +147,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     model = load_model(args.model, image, device)
     if getattr(model, "description", None) and not args.quiet:
         print(f"{PROG}: model: {model.description}", file=sys.stderr)
+    schedule = args.schedule or getattr(model, "schedule", "karras")
+    if getattr(model, "schedule", None) == "model" and schedule != "model":
+        raise InputError(f"--schedule {schedule}: this flow model's schedule starts at t = 1 (sigma = inf); use --schedule model")
     cfg = DEFAULT_CFG if args.cfg is None else args.cfg
     edit = differential_edit(
         model.denoiser,
@@ -154,7 +157,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         strength,
         sampler=args.sampler,
         steps=None if args.sampler in OWN_STEPS else args.steps,
-        schedule=args.schedule,
+        schedule=schedule,
         denoise=args.denoise,
         seed=args.seed,
         strength=args.strength,

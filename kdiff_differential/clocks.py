@@ -86,7 +86,10 @@ def _as_float(value: Any, name: str) -> float:
 
 
 def check_sigmas(sigmas: Any) -> Tensor:
-    """Validate a k-diffusion schedule: 1-D, finite, non-negative, strictly descending, 2+ entries."""
+    """Validate a k-diffusion schedule: 1-D, finite, non-negative, strictly descending, 2+ entries.
+
+    The first level alone may be inf: a flow model's schedule from t = 1 (see models/flow.py).
+    """
     if not isinstance(sigmas, Tensor):
         raise TypeError(f"sigmas must be a torch.Tensor (the sampler's schedule), got {type(sigmas).__name__}")
     if sigmas.ndim != 1:
@@ -96,8 +99,8 @@ def check_sigmas(sigmas: Any) -> Tensor:
     if not sigmas.is_floating_point():
         raise TypeError(f"sigmas must be a float tensor, got {sigmas.dtype}")
     values = sigmas.detach().double().cpu()
-    if not torch.isfinite(values).all():
-        raise ValueError("sigmas must be finite, got NaN or inf")
+    if not torch.isfinite(values[1:]).all() or torch.isnan(values[0]) or values[0] == -float("inf"):
+        raise ValueError("sigmas must be finite (only the first may be inf, a flow model's t = 1), got NaN or inf")
     if (values < 0).any():
         raise ValueError(f"sigmas must be non-negative, got a minimum of {values.min().item():g}")
     if not (values[1:] < values[:-1]).all():
@@ -130,9 +133,9 @@ def make_span(
     elif sigma_min is not None and sigma_max is not None:
         sigma_from = _as_float(sigma_max, "sigma_max")
         last = last_nonzero = _as_float(sigma_min, "sigma_min")
-        if not 0 < last < sigma_from < float("inf"):
+        if not 0 < last < sigma_from <= float("inf"):
             raise ValueError(
-                f"sigma_min and sigma_max must satisfy 0 < sigma_min < sigma_max < inf, "
+                f"sigma_min and sigma_max must satisfy 0 < sigma_min < sigma_max <= inf, "
                 f"got sigma_min={last:g}, sigma_max={sigma_from:g}"
             )
     else:
@@ -202,6 +205,11 @@ def make_clock(
 
         return tau
 
+    if span.sigma_from == float("inf"):
+        raise ValueError(
+            "the schedule starts at sigma = inf (a flow model's t = 1), where log sigma has no finite "
+            "range: use threshold='timestep' or 'step'"
+        )
     log_range = torch.log(sigma_from / sigma_to)
 
     def tau(sigma: Tensor) -> Tensor:
@@ -226,6 +234,9 @@ def _step_clock(sigmas: Tensor) -> Tau:
         low, high = knots[i], knots[i + 1]
         # log(sigma / low) is exactly 0 at a schedule level, so tau there is exactly 1 - i/N.
         w = torch.log(sigma / low) / torch.log(high / low)
+        # A flow schedule's first level is inf (t = 1): no log-interpolation reaches it,
+        # so tau holds the second level's value up to it and is 1 there.
+        w = torch.where(torch.isinf(high), (sigma >= high).to(w.dtype), w)
         between = values[i] + w * (values[i + 1] - values[i])
         # Below the last non-zero level tau stays at that level's value; above the first
         # it goes on rising along the first step's slope.

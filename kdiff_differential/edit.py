@@ -46,7 +46,7 @@ def make_sigmas(denoiser: nn.Module, steps: int, schedule: str = "karras", denoi
 
     ``denoiser`` is a k-diffusion discrete-schedule denoiser (``CompVisDenoiser``,
     ...), or a wrapper with one as ``inner_model``; its ``sigma_min``/``sigma_max``
-    bound the schedule. With ``denoise`` < 1 the
+    bound the schedule. A flow model's ``model`` schedule starts at inf (t = 1). With ``denoise`` < 1 the
     schedule is that of ``steps / denoise`` steps, of which the last ``steps`` are kept
     (img2img's partial denoising, as ComfyUI does it).
     """
@@ -56,6 +56,8 @@ def make_sigmas(denoiser: nn.Module, steps: int, schedule: str = "karras", denoi
         raise ValueError(f"unknown schedule {schedule!r}; schedules: {', '.join(SCHEDULES)}")
     total = steps if denoise >= 1 else int(steps / denoise)
     sigma_min, sigma_max = float(find_attribute(denoiser, "sigma_min")), float(find_attribute(denoiser, "sigma_max"))
+    if schedule != "model" and sigma_max == float("inf"):
+        raise ValueError(f"this model's schedule starts at t = 1 (sigma = inf), which a {schedule} schedule cannot; use schedule='model'")
     if schedule == "karras":
         sigmas = K.sampling.get_sigmas_karras(total, sigma_min, sigma_max)
     elif schedule == "exponential":
@@ -100,6 +102,8 @@ def differential_edit(
     """
     import k_diffusion as K
 
+    from .models.flow import start_from_noise
+
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
     if sampler in OWN_STEPS and steps is not None:
@@ -117,11 +121,20 @@ def differential_edit(
         step_sigmas.append(float(info["sigma"]))
 
     run = dict(extra_args=extra_args or {}, callback=record, disable=not progress)
+    # A flow model's schedule from t = 1 starts at sigma = inf: its first step is taken
+    # here (see models/flow.py), the sampler runs from the second level on.
+    from_noise = bool(torch.isinf(sigmas[0]))
+    if from_noise:
+        step_sigmas.append(float(sigmas[0]))
     with torch.no_grad():
         if sampler in RANGE_SAMPLERS:
             sigma_min, sigma_max = float(find_attribute(denoiser, "sigma_min")), float(sigmas[0])
             dd = DifferentialDenoiser(denoiser, latent, change_map, sigma_min=sigma_min, sigma_max=sigma_max, **settings)
-            x = dd.noisy_latent()
+            if from_noise:
+                sigma_max = float(sigmas[1])
+                x = start_from_noise(dd, sigma_max, run["extra_args"])
+            else:
+                x = dd.noisy_latent()
             if sampler == "dpm_fast":
                 x = K.sampling.sample_dpm_fast(dd, x, sigma_min, sigma_max, steps, **run)
             else:
@@ -129,5 +142,9 @@ def differential_edit(
             x = dd.finish(x, **run["extra_args"])
         else:
             dd = DifferentialDenoiser(denoiser, latent, change_map, sigmas=sigmas, **settings)
-            x = getattr(K.sampling, f"sample_{sampler}")(dd, dd.noisy_latent(), dd.sigmas, **run)
+            if from_noise:
+                x, run_sigmas = start_from_noise(dd, dd.sigmas[1], run["extra_args"]), dd.sigmas[1:]
+            else:
+                x, run_sigmas = dd.noisy_latent(), dd.sigmas
+            x = getattr(K.sampling, f"sample_{sampler}")(dd, x, run_sigmas, **run)
     return Edit(result=x, wrapper=dd, step_sigmas=step_sigmas)

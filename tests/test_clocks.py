@@ -172,7 +172,7 @@ def test_span_from_schedule_and_from_range():
         (dict(sigmas=torch.tensor([1.0, 2.0, 0.0])), ValueError, "descending"),
         (dict(sigmas=torch.tensor([1.0, 1.0, 0.0])), ValueError, "descending"),
         (dict(sigmas=torch.tensor([1.0, -1.0])), ValueError, "non-negative"),
-        (dict(sigmas=torch.tensor([math.inf, 1.0])), ValueError, "finite"),
+        (dict(sigmas=torch.tensor([2.0, math.inf, 1.0])), ValueError, "finite"),
         (dict(sigmas=torch.tensor([math.nan, 1.0])), ValueError, "finite"),
         (dict(sigmas=[3.0, 1.0]), TypeError, "torch.Tensor"),
         (dict(sigmas=torch.tensor([3, 1])), TypeError, "float"),

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .flow import FlowDenoiser, start_from_noise
 from .ideal import IdealDenoiser, sd_alphas_cumprod
 
 if TYPE_CHECKING:
@@ -23,7 +24,8 @@ class ImageModel(Protocol):
     ``latent`` is the image in the model's space (1, C, h, w); ``denoiser`` a k-diffusion
     denoiser for such latents; ``extra_args`` what it takes at every call (an inpainting
     model also needs the ``change_map``, 1 = change); ``decode`` brings a result latent
-    back to an image of the input's size.
+    back to an image of the input's size. A model may name its default noise
+    ``schedule`` (flow models: 'model', from t = 1).
     """
 
     latent: Tensor
@@ -46,8 +48,9 @@ def load_pipeline(path: Union[str, Path], device: Union[str, torch.device] = "cp
 
 
 def load_model(name: str, image: np.ndarray, device: torch.device = torch.device("cpu")) -> ImageModel:
-    """``name`` ('builtin', or a local diffusers folder) fitted to ``image``, uint8
-    (H, W, 3). A bad folder is an InputError that says why."""
+    """``name`` ('builtin', or a local diffusers folder: SD 1.x/2.x, SDXL, their inpainting
+    checkpoints, SD3/SD3.5 or Flux.1) fitted to ``image``, uint8 (H, W, 3). A bad folder
+    is an InputError that says why."""
     if name == "builtin":
         from .builtin import BuiltinModel
 
@@ -56,7 +59,11 @@ def load_model(name: str, image: np.ndarray, device: torch.device = torch.device
 
     require_diffusers()
     quiet_loading()
+    from .diffusers_flow import FlowModel, flow_family
+
+    if flow_family(name) is not None:
+        return FlowModel(name, image, device)
     return FittedModel(load_pipeline(name, device), image)
 
 
-__all__ = ["IdealDenoiser", "ImageModel", "load_model", "load_pipeline", "sd_alphas_cumprod"]
+__all__ = ["FlowDenoiser", "IdealDenoiser", "ImageModel", "load_model", "load_pipeline", "sd_alphas_cumprod", "start_from_noise"]

@@ -44,8 +44,9 @@ def read_config(root: Path, component: str, name: str = "config.json") -> dict[s
 # Pipelines we know but do not run (yet), and why: refused in one line.
 UNSUPPORTED = {
     "StableDiffusionXLImg2ImgPipeline:refiner": "the SDXL refiner (one text encoder, aesthetic-score time_ids)",
-    "StableDiffusion3Pipeline": "Stable Diffusion 3 (a flow-matching transformer)",
-    "FluxPipeline": "Flux (a flow-matching transformer)",
+    # Flow models load through load_model / --model (models/diffusers_flow.py), not this loader yet.
+    "StableDiffusion3Pipeline": "Stable Diffusion 3 (a flow-matching transformer; use load_model or --model)",
+    "FluxPipeline": "Flux (a flow-matching transformer; use load_model or --model)",
 }
 
 

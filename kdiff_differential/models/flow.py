@@ -1,0 +1,140 @@
+"""Flow-matching models (SD3/SD3.5, Flux.1) as k-diffusion denoisers, by reparametrisation.
+
+A flow model sees ``x_t = (1 - t) x0 + t eps`` and predicts the velocity ``v``, with
+``x0 = x_t - t v``. Dividing by ``1 - t``::
+
+    sigma = t / (1 - t),    x = x_t / (1 - t)    =>    x = x0 + sigma * eps,
+
+the variance-exploding form every k-diffusion sampler assumes. :class:`FlowDenoiser`
+maps a sampler's ``(x, sigma)`` back to ``(x_t, t)``, calls the velocity model and
+returns ``x0``, so every upstream sampler runs unchanged. Euler steps coincide exactly
+under this change of variables; frozen pixels ``latent + noise * sigma`` are exactly
+ComfyUI's flow re-noising ``(1 - t) x0 + t eps`` after the division.
+
+The start, t = 1. A full-denoise flow schedule starts at t = 1, sigma = inf, where x_t
+is pure noise and says nothing of x0. No sampler can step from an infinite sigma, so
+:func:`start_from_noise` takes that first step itself: one model call on pure noise
+at t = 1 (the wrapper reads x as ``x / sigma``, the noise, when sigma is inf), then the
+prediction re-noised to the next sigma with the wrapper's own noise. That is the limit
+of an Euler (= DDIM) step from sigma -> inf, so an Euler run from t = 1 is exactly
+diffusers' ``FlowMatchEulerDiscreteScheduler``; other samplers take their own steps
+from the second level on. :class:`DifferentialDenoiser` keeps the whole schedule,
+inf included, so that its ramp runs from t = 1 (ComfyUI's); only the ``timestep`` and
+``step`` clocks accept an infinite start (log sigma has no finite range there).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+VelocityModel = Callable[..., Tensor]
+
+
+def flux_mu(image_seq_len: int, config: dict[str, Any]) -> float:
+    """Flux's resolution-dependent shift: mu linear in the image's token count, from
+    ``base_shift`` at ``base_image_seq_len`` to ``max_shift`` at ``max_image_seq_len``."""
+    base, top = config.get("base_image_seq_len", 256), config.get("max_image_seq_len", 4096)
+    low, high = config.get("base_shift", 0.5), config.get("max_shift", 1.15)
+    return low + (high - low) * (image_seq_len - base) / (top - base)
+
+
+class FlowDenoiser(nn.Module):
+    """A velocity model ``(x_t, t, **kwargs) -> v`` as a k-diffusion denoiser ``(x, sigma) -> x0``.
+
+    ``x`` is (N, C, H, W), ``sigma`` (N,); the model gets ``x_t = x / (1 + sigma)`` and
+    ``t = sigma / (1 + sigma)`` in [0, 1], and returns v of x_t's shape. At sigma = inf
+    (t = 1) ``x`` is read as the noise itself (the limit of ``x / sigma``).
+
+    The schedule is the model's own, shifted: a fixed ``shift`` (SD3, the scheduler
+    config's ``shift``), or ``mu`` (Flux, :func:`flux_mu` of the image's token count),
+    ``t -> e^mu / (e^mu + 1/t - 1)``. ``sigma_min`` is the schedule's smallest training
+    level, ``sigma_max`` is inf (t = 1). Either shift multiplies sigma by a constant
+    (``shift`` or ``e^mu``); ``sigma_to_t`` is the flow time t, so the
+    ``timestep`` clock's tau is linear in the shifted flow time, as in ComfyUI.
+    """
+
+    def __init__(
+        self,
+        model: VelocityModel,
+        *,
+        shift: float = 1.0,
+        mu: Optional[float] = None,
+        num_train_timesteps: int = 1000,
+    ) -> None:
+        super().__init__()
+        if not callable(model):
+            raise TypeError(f"model must be a callable velocity model (x_t, t, **kwargs) -> v, got {type(model).__name__}")
+        if not (isinstance(shift, (int, float)) and shift > 0 and math.isfinite(shift)):
+            raise ValueError(f"shift must be a positive number, got {shift!r}")
+        if mu is not None and not (isinstance(mu, (int, float)) and math.isfinite(mu)):
+            raise ValueError(f"mu must be a finite number or None, got {mu!r}")
+        self.inner_model = model
+        self.shift, self.mu = float(shift), mu
+        # Both shifts are one constant factor on sigma: t -> k t / (1 + (k - 1) t) is sigma -> k sigma.
+        self.factor = math.exp(mu) if mu is not None else float(shift)
+        self.sigma_min = self.factor * (1 / num_train_timesteps) / (1 - 1 / num_train_timesteps)
+        self.sigma_max = math.inf
+
+    @classmethod
+    def from_scheduler_config(
+        cls, model: VelocityModel, config: dict[str, Any], image_seq_len: Optional[int] = None
+    ) -> "FlowDenoiser":
+        """The wrapper for a diffusers ``FlowMatchEulerDiscreteScheduler`` config; with
+        ``use_dynamic_shifting`` (Flux), ``image_seq_len`` (packed tokens) sets mu."""
+        steps = config.get("num_train_timesteps", 1000)
+        if config.get("use_dynamic_shifting", False):
+            if image_seq_len is None:
+                raise ValueError("this scheduler shifts with the resolution: give image_seq_len (the packed latent's token count)")
+            return cls(model, mu=flux_mu(image_seq_len, config), num_train_timesteps=steps)
+        return cls(model, shift=config.get("shift", 1.0), num_train_timesteps=steps)
+
+    def get_sigmas(self, n: int) -> Tensor:
+        """The model's schedule of ``n`` steps, as diffusers' pipelines build it, in sigma:
+        (n + 1,) float64, starting at inf (t = 1), ending in 0.
+
+        SD3 (fixed shift) shifts ``linspace(1, t_min, n)``; Flux (mu) ``linspace(1, 1/n, n)``.
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise ValueError(f"n must be a positive whole number of steps, got {n!r}")
+        end = 1 / n if self.mu is not None else self.sigma_to_t(torch.tensor(self.sigma_min, dtype=torch.float64))
+        u = torch.linspace(1, float(end), n, dtype=torch.float64)
+        return torch.cat([self.factor * self.t_to_sigma(u), u.new_zeros(1)])
+
+    @staticmethod
+    def sigma_to_t(sigma: Tensor) -> Tensor:
+        """Flow time ``t = sigma / (1 + sigma)``: 1 at sigma = inf, 0 at 0."""
+        return 1 / (1 + 1 / sigma)
+
+    @staticmethod
+    def t_to_sigma(t: Tensor) -> Tensor:
+        """``sigma = t / (1 - t)``: inf at t = 1."""
+        return t / (1 - t)
+
+    def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
+        sigma = sigma.to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
+        t = self.sigma_to_t(sigma)
+        # x = x_t / (1 - t) = x_t (1 + sigma); at t = 1 the caller hands the noise itself
+        # (see the module docstring). Dividing by 1 + sigma keeps precision that 1 - t loses near t = 1.
+        x_t = torch.where(torch.isinf(sigma), x, x / (1 + sigma))
+        v = self.inner_model(x_t, t.flatten(), **kwargs)
+        return x_t - t * v.to(x.dtype)
+
+
+def start_from_noise(dd: nn.Module, sigma_next: float, extra_args: Optional[dict[str, Any]] = None) -> Tensor:
+    """The first step of a schedule that starts at t = 1 (sigma = inf), for a
+    :class:`~kdiff_differential.DifferentialDenoiser` ``dd`` around a flow denoiser.
+
+    At t = 1 every pixel, frozen or free, is pure noise (``dd.noise``). The model's
+    prediction there is kept where ``dd`` releases pixels at the start, the original
+    elsewhere; the result is re-noised to ``sigma_next`` with the same noise. This is
+    the sampler's x at ``sigma_next``, (B, C, H, W): run the sampler on ``dd.sigmas[1:]``.
+    """
+    noise = dd.noise
+    inf = noise.new_full((noise.shape[0],), math.inf)
+    denoised = dd.inner_model(noise, inf, **(extra_args or {}))
+    x0 = torch.lerp(dd.latent, denoised.to(noise.dtype), dd.mask(math.inf))
+    return x0 + noise * sigma_next

@@ -1,0 +1,184 @@
+"""SD3 and Flux.1 through diffusers, end to end, on tiny randomly initialised pipelines.
+
+Each pipeline (transformer, VAE with a shift factor, CLIP and T5 text encoders, a CLIP
+tokenizer and a T5-style fast tokenizer with vocabularies written here) is saved with
+``save_pretrained`` and loaded back through ``--model PATH`` and ``load_model``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+import transformers
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+from kdiff_differential.edit import SAMPLERS, differential_edit
+from test_cli import kdiff, pixels
+from test_diffusers import WORDS, image_file, write_tokenizer  # noqa: F401 (image_file: a fixture)
+
+FAMILIES = ("sd3", "flux")
+
+
+def t5_tokenizer(length: int = 16) -> transformers.PreTrainedTokenizerFast:
+    """A word-level fast tokenizer shaped like T5's: pad 0, end-of-text 1 appended, unknown 2."""
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{word: 3 + i for i, word in enumerate(WORDS)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=length
+    )
+
+
+def clip(width: int, projection: bool) -> transformers.PreTrainedModel:
+    config = transformers.CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=100, hidden_size=width, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16, projection_dim=width,
+    )
+    return (transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel)(config)
+
+
+def t5(width: int) -> transformers.T5EncoderModel:
+    return transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=16, d_model=width, d_ff=37, d_kv=8, num_layers=1, num_heads=2, decoder_start_token_id=0,
+    ))
+
+
+def vae() -> diffusers.AutoencoderKL:
+    return diffusers.AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        shift_factor=0.1, scaling_factor=1.5,
+    )
+
+
+def randomise_zeros(module: torch.nn.Module) -> None:
+    """Zero-initialised layers (output projections, gates) made random, so that the
+    velocity depends on every input."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if not parameter.abs().sum():
+                parameter.normal_(0, 0.05)
+
+
+def save_tiny_pipeline(folder: Path, family: str, guidance: bool = True) -> Path:
+    torch.manual_seed(0)
+    words = write_tokenizer(folder / "words")
+    if family == "sd3":
+        transformer = diffusers.SD3Transformer2DModel(
+            sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=64,
+            pos_embed_max_size=16,
+        )
+        randomise_zeros(transformer)
+        pipeline = diffusers.StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae(),
+            text_encoder=clip(32, True), tokenizer=words, text_encoder_2=clip(32, True), tokenizer_2=words,
+            text_encoder_3=t5(64), tokenizer_3=t5_tokenizer(),
+        )
+    else:
+        transformer = diffusers.FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance,
+            axes_dims_rope=(4, 6, 6),
+        )
+        randomise_zeros(transformer)
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
+            use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
+        )
+        pipeline = diffusers.FluxPipeline(
+            transformer=transformer, scheduler=scheduler, vae=vae(), text_encoder=clip(32, False), tokenizer=words,
+            text_encoder_2=t5(32), tokenizer_2=t5_tokenizer(),
+        )
+    pipeline.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
+def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_pipeline(tmp_path_factory.mktemp(request.param), request.param)
+
+
+@pytest.fixture(scope="module")
+def loaded(model_dir: Path, image_file: Path):
+    from kdiff_differential.images import read_image
+    from kdiff_differential.models import load_model
+
+    return load_model(str(model_dir), read_image(str(image_file)), torch.device("cpu"))
+
+
+SAMPLERS_CLI = {"sd3": "dpmpp_2m_sde", "flux": "dpm_adaptive"}
+
+
+def test_the_command_line_runs_a_flow_folder(model_dir: Path, image_file: Path, tmp_path: Path) -> None:
+    from kdiff_differential.models.diffusers_flow import flow_family
+
+    family = flow_family(str(model_dir))
+    args = [
+        "--model", str(model_dir), "--image", str(image_file), "--map", "radial", "--prompt", "a red cat",
+        "--negative", "blurry", "--cfg", "4", "--sampler", SAMPLERS_CLI[family], "--quiet",
+    ]
+    if SAMPLERS_CLI[family] != "dpm_adaptive":  # which chooses its own steps, and says so when given them
+        args += ["--steps", "3"]
+    done = kdiff(*args, "--out", "a.png", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert pixels(tmp_path / "a.png").shape == (31, 37, 3)
+    done = kdiff(*args, "--schedule", "karras", "--out", "b.png", cwd=tmp_path)
+    assert done.returncode == 2 and "--schedule model" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_the_latent_is_shifted_scaled_and_unpacked(loaded) -> None:
+    assert loaded.latent.shape == (1, 4, 16, 18)  # 31x37 -> 32x36, over the VAE's factor 2; Flux packs 8x9 tokens
+    assert loaded.vae.config.shift_factor == 0.1 and loaded.vae.config.scaling_factor == 1.5
+    pixels = torch.rand(1, 3, 32, 36, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    with torch.no_grad():
+        z = loaded.vae.encode(pixels).latent_dist.mode()
+        decoded = torch.nn.functional.interpolate(
+            loaded.vae.decode(z).sample, size=(31, 37), mode="bicubic", align_corners=False, antialias=True
+        )
+    torch.testing.assert_close(loaded._encode(pixels), (z - 0.1) * 1.5)
+    expected = ((decoded[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).numpy()
+    assert np.abs(loaded.decode((z - 0.1) * 1.5).astype(float) - expected).max() <= 1
+
+
+def test_sd3_guides_with_the_negative_prompt_and_flux_dev_embeds_the_scale(loaded) -> None:
+    args = loaded.extra_args("a red cat", "blurry", 4.0)
+    if loaded.family.guided:  # SD3: CLIP 32 + 32 padded to T5's 64, then T5's 16 tokens after CLIP's 16
+        assert args["cfg_scale"] == 4.0 and args["cond"]["text"].shape == (1, 32, 64)
+        assert args["cond"]["pooled"].shape == (1, 64)
+        assert not torch.equal(args["cond"]["text"], args["uncond"]["text"])
+    else:
+        assert set(args) == {"cond"} and args["cond"]["guidance"].item() == 4.0
+        assert args["cond"]["text"].shape == (1, 16, 32) and args["cond"]["pooled"].shape == (1, 32)
+    x = loaded.latent + 3 * torch.randn_like(loaded.latent)
+    sigma = torch.tensor([3.0])
+    low, high = (loaded.denoiser(x, sigma, **loaded.extra_args("a red cat", "blurry", cfg)) for cfg in (1.0, 6.0))
+    assert (low - high).abs().mean() > 1e-3  # the scale reaches the model either way
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_every_sampler_keeps_kept_pixels_and_changes_the_rest(loaded, sampler: str) -> None:
+    halves = torch.zeros(16, 18)
+    halves[:, 9:] = 1
+    edit = differential_edit(
+        loaded.denoiser, loaded.latent, halves, sampler=sampler, steps=3, schedule="model",
+        extra_args=loaded.extra_args("a cat", "blurry", 3.0),
+    )
+    assert torch.isfinite(edit.result).all()
+    torch.testing.assert_close(edit.result[..., :8], loaded.latent[..., :8], atol=1e-5, rtol=0)
+    assert (edit.result[..., 10:] - loaded.latent[..., 10:]).abs().mean() > 0.1
+
+
+def test_flux_schnell_takes_no_guidance(tmp_path: Path, image_file: Path) -> None:
+    from kdiff_differential.images import read_image
+    from kdiff_differential.models import load_model
+
+    model = load_model(str(save_tiny_pipeline(tmp_path, "flux", guidance=False)), read_image(str(image_file)))
+    args = model.extra_args("a cat", "", 3.5)
+    assert "guidance" not in args["cond"]
+    edit = differential_edit(model.denoiser, model.latent, torch.ones(16, 18), sampler="euler", steps=2, schedule="model", extra_args=args)
+    assert torch.isfinite(edit.result).all()
