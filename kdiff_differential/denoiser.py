@@ -172,10 +172,8 @@ class DifferentialDenoiser(nn.Module):
         self._model_sigma_max = None if model_sigma_max is None else float(model_sigma_max)
 
         clock_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        sigma_to_t = find_attribute(inner, "sigma_to_t") if threshold == "timestep" else None
-        if compat == "comfyui":
-            sigma_to_t = nearest_timestep(inner) or sigma_to_t
-        self.tau = make_clock(threshold, self.span, sigma_to_t, clock_dtype, device)
+        self._clock_dtype = clock_dtype
+        self._build_clocks(inner, device)
 
         resize = "bilinear" if compat == "comfyui" else "antialias"
         strengths = prepare_change_map(
@@ -183,8 +181,6 @@ class DifferentialDenoiser(nn.Module):
         )
         self.register_buffer("change_map", strengths.to(dtype))
         self.register_buffer("release_sigma", release_map(self.tau, self.span, strengths, comfyui=compat == "comfyui"))
-        # tau_lo(sigma): the clock at the next schedule level below a call's sigma.
-        self.tau_floor = make_floor(self.tau, self.span, clock_dtype, device) if self.release == "smooth" else None
         # ComfyUI's node blends only `if strength and strength < 1`: there 0 acts as 1.
         blend = 1.0 if compat == "comfyui" and self.strength == 0 else self.strength
         # Below strength 1 the mask is soft + strength * m; binary at strength 1 keeps the bool itself.
@@ -192,6 +188,23 @@ class DifferentialDenoiser(nn.Module):
         self.register_buffer("mask_frozen", soft)
         self.register_buffer("mask_free", None if soft is None else (blend + soft).to(dtype))
         self.inner_model = inner
+
+    def _build_clocks(self, inner: Any, device: Any) -> None:
+        """tau (the threshold clock) and, for smooth release, tau_floor (tau at the next
+        schedule level below a call's sigma), with their constants on ``device``."""
+        sigma_to_t = find_attribute(inner, "sigma_to_t") if self.threshold == "timestep" else None
+        if self.compat == "comfyui":
+            sigma_to_t = nearest_timestep(inner) or sigma_to_t
+        self.tau = make_clock(self.threshold, self.span, sigma_to_t, self._clock_dtype, device)
+        smooth = self.release == "smooth"
+        self.tau_floor = make_floor(self.tau, self.span, self._clock_dtype, device) if smooth else None
+
+    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "DifferentialDenoiser":
+        super()._apply(fn, *args, **kwargs)
+        # .to()/.cuda() move buffers and the inner model but not the clocks' constants, which
+        # live in closures; smooth release evaluates the clocks at call time, so rebuild them.
+        self._build_clocks(self.inner_model, self.latent.device)
+        return self
 
     def mask(self, sigma: Any) -> Tensor:
         """The blend mask at noise level ``sigma`` (a number or a [k*B] tensor).
