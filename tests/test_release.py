@@ -9,16 +9,12 @@ from k_diffusion import sampling
 from conftest import SCHEDULED, SIZE, smooth_images
 from kdiff_differential import DifferentialDenoiser
 from kdiff_differential.clocks import RANGE_RAMP
+from test_denoiser import build
 
 
 @pytest.fixture(scope="module")
 def sigmas(ideal):
     return ideal.get_sigmas(6)
-
-
-def build(ideal, latent, change_map, sigmas, **kwargs):
-    kwargs.setdefault("generator", torch.Generator().manual_seed(0))
-    return DifferentialDenoiser(ideal, latent, change_map, sigmas=sigmas, **kwargs)
 
 
 def test_the_weight_eases_a_pixel_in_over_the_step_before_its_release(ideal, latent, gradient_map, sigmas):
