@@ -186,7 +186,9 @@ class DifferentialDenoiser(nn.Module):
         # Below strength 1 the mask is soft + strength * m; binary at strength 1 keeps the bool itself.
         soft = ((1 - blend) * strengths).to(dtype) if blend < 1 else None
         self.register_buffer("mask_frozen", soft)
-        self.register_buffer("mask_free", None if soft is None else (blend + soft).to(dtype))
+        # Binary's free level; smooth computes soft + strength * m at each call instead.
+        binary_soft = soft is not None and self.release == "binary"
+        self.register_buffer("mask_free", (blend + soft).to(dtype) if binary_soft else None)
         self.inner_model = inner
 
     def _build_clocks(self, inner: Any, device: Any) -> None:
