@@ -142,14 +142,16 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     from .edit import differential_edit
 
-    from .models import load_model
+    from .models import default_schedule, load_model
 
+    # Checked before the model loads, which can take minutes.
+    own = default_schedule(args.model)
+    schedule = args.schedule or own
+    if own == "model" and schedule != "model":
+        raise InputError(f"--schedule {schedule}: this flow model's schedule starts at t = 1 (sigma = inf); use --schedule model")
     model = load_model(args.model, image, device)
     if getattr(model, "description", None) and not args.quiet:
         print(f"{PROG}: model: {model.description}", file=sys.stderr)
-    schedule = args.schedule or getattr(model, "schedule", "karras")
-    if getattr(model, "schedule", None) == "model" and schedule != "model":
-        raise InputError(f"--schedule {schedule}: this flow model's schedule starts at t = 1 (sigma = inf); use --schedule model")
     cfg = DEFAULT_CFG if args.cfg is None else args.cfg
     edit = differential_edit(
         model.denoiser,

@@ -15,8 +15,9 @@ import time
 import torch
 
 from kdiff_differential import DifferentialDenoiser
-from kdiff_differential.models.diffusers_flow import FluxText, _Velocity
+from kdiff_differential.models.families import Flux
 from kdiff_differential.models.flow import FlowDenoiser, flux_mu
+from kdiff_differential.models.networks import TransformerVelocity
 
 # black-forest-labs/FLUX.1-dev transformer/config.json
 FLUX_DEV = dict(
@@ -46,7 +47,7 @@ def main() -> None:
         "text": torch.randn(1, 512, 4096, device="cuda"), "pooled": torch.randn(1, 768, device="cuda"),
         "guidance": torch.tensor([3.5], device="cuda"),
     }
-    flow = FlowDenoiser(_Velocity(transformer, FluxText()), mu=flux_mu(64 * 64, SCHEDULER))
+    flow = FlowDenoiser(TransformerVelocity(transformer, Flux.velocity), mu=flux_mu(64 * 64, SCHEDULER))
     dd = DifferentialDenoiser(flow, latent, change, sigmas=flow.get_sigmas(28).float())
     sigma = dd.sigmas[8].reshape(1)
     x = dd.noisy_latent(sigma.item())

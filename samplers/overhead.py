@@ -144,7 +144,7 @@ def build(device: torch.device, size: int, steps: int) -> Setup:
         try:
             from diffusers import UNet2DConditionModel
 
-            from kdiff_differential.models.diffusers_model import DiffusersUNet
+            from kdiff_differential.models.networks import DiffusersUNet
         except ImportError as error:
             raise InputError(f"--device cuda needs diffusers for the SD1.5-size UNet ({error})") from None
         # Only the UNet goes to fp16: the schedule (alphas_cumprod) stays float32.

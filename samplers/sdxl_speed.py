@@ -40,7 +40,7 @@ def measure(device: str, size: int, steps: int, rounds: int, tiny: bool) -> dict
     from kdiff_differential import DifferentialDenoiser
     from kdiff_differential.guidance import CFGDenoiser
     from kdiff_differential.models import sd_alphas_cumprod
-    from kdiff_differential.models.diffusers_model import DiffusersUNet
+    from kdiff_differential.models.networks import DiffusersUNet
 
     torch.manual_seed(0)
     dev = torch.device(device)

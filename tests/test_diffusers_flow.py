@@ -7,6 +7,8 @@ tokenizer and a T5-style fast tokenizer with vocabularies written here) is saved
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import diffusers
@@ -16,7 +18,7 @@ import torch
 import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-from kdiff_differential.edit import SAMPLERS, differential_edit
+from kdiff_differential.edit import OWN_STEPS, SAMPLERS, differential_edit
 from test_cli import kdiff, pixels
 from test_diffusers import WORDS, image_file, write_tokenizer  # noqa: F401 (image_file: a fixture)
 
@@ -115,39 +117,40 @@ SAMPLERS_CLI = {"sd3": "dpmpp_2m_sde", "flux": "dpm_adaptive"}
 
 
 def test_the_command_line_runs_a_flow_folder(model_dir: Path, image_file: Path, tmp_path: Path) -> None:
-    from kdiff_differential.models.diffusers_flow import flow_family
-
-    family = flow_family(str(model_dir))
+    family = "flux" if model_dir.parent.name.startswith("flux") else "sd3"
     args = [
         "--model", str(model_dir), "--image", str(image_file), "--map", "radial", "--prompt", "a red cat",
-        "--negative", "blurry", "--cfg", "4", "--sampler", SAMPLERS_CLI[family], "--quiet",
+        "--negative", "blurry", "--cfg", "4", "--sampler", SAMPLERS_CLI[family],
     ]
     if SAMPLERS_CLI[family] != "dpm_adaptive":  # which chooses its own steps, and says so when given them
         args += ["--steps", "3"]
     done = kdiff(*args, "--out", "a.png", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert pixels(tmp_path / "a.png").shape == (31, 37, 3)
+    name = {"sd3": "Stable Diffusion 3/3.5", "flux": "Flux.1"}[family]
+    assert f"model: {name}, text-to-image, flow matching" in done.stderr, done.stderr
     done = kdiff(*args, "--schedule", "karras", "--out", "b.png", cwd=tmp_path)
     assert done.returncode == 2 and "--schedule model" in done.stderr and done.stderr.count("\n") == 1, done.stderr
 
 
 def test_the_latent_is_shifted_scaled_and_unpacked(loaded) -> None:
     assert loaded.latent.shape == (1, 4, 16, 18)  # 31x37 -> 32x36, over the VAE's factor 2; Flux packs 8x9 tokens
-    assert loaded.vae.config.shift_factor == 0.1 and loaded.vae.config.scaling_factor == 1.5
+    vae = loaded.pipeline.vae
+    assert vae.config.shift_factor == 0.1 and vae.config.scaling_factor == 1.5
     pixels = torch.rand(1, 3, 32, 36, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with torch.no_grad():
-        z = loaded.vae.encode(pixels).latent_dist.mode()
+        z = vae.encode(pixels).latent_dist.mode()
         decoded = torch.nn.functional.interpolate(
-            loaded.vae.decode(z).sample, size=(31, 37), mode="bicubic", align_corners=False, antialias=True
+            vae.decode(z).sample.clamp(-1, 1), size=(31, 37), mode="bicubic", align_corners=False, antialias=True
         )
-    torch.testing.assert_close(loaded._encode(pixels), (z - 0.1) * 1.5)
+    torch.testing.assert_close(loaded.pipeline.encode(pixels), (z - 0.1) * 1.5)
     expected = ((decoded[0].permute(1, 2, 0).clamp(-1, 1) + 1) * 127.5).numpy()
     assert np.abs(loaded.decode((z - 0.1) * 1.5).astype(float) - expected).max() <= 1
 
 
 def test_sd3_guides_with_the_negative_prompt_and_flux_dev_embeds_the_scale(loaded) -> None:
     args = loaded.extra_args("a red cat", "blurry", 4.0)
-    if loaded.family.guided:  # SD3: CLIP 32 + 32 padded to T5's 64, then T5's 16 tokens after CLIP's 16
+    if loaded.pipeline.family.guided:  # SD3: CLIP 32 + 32 padded to T5's 64, then T5's 16 tokens after CLIP's 16
         assert args["cfg_scale"] == 4.0 and args["cond"]["text"].shape == (1, 32, 64)
         assert args["cond"]["pooled"].shape == (1, 64)
         assert not torch.equal(args["cond"]["text"], args["uncond"]["text"])
@@ -165,7 +168,7 @@ def test_every_sampler_keeps_kept_pixels_and_changes_the_rest(loaded, sampler: s
     halves = torch.zeros(16, 18)
     halves[:, 9:] = 1
     edit = differential_edit(
-        loaded.denoiser, loaded.latent, halves, sampler=sampler, steps=3, schedule="model",
+        loaded.denoiser, loaded.latent, halves, sampler=sampler, steps=None if sampler in OWN_STEPS else 3, schedule="model",
         extra_args=loaded.extra_args("a cat", "blurry", 3.0),
     )
     assert torch.isfinite(edit.result).all()
@@ -182,3 +185,61 @@ def test_flux_schnell_takes_no_guidance(tmp_path: Path, image_file: Path) -> Non
     assert "guidance" not in args["cond"]
     edit = differential_edit(model.denoiser, model.latent, torch.ones(16, 18), sampler="euler", steps=2, schedule="model", extra_args=args)
     assert torch.isfinite(edit.result).all()
+
+
+def test_euler_with_everything_released_is_the_diffusers_pipeline(model_dir: Path) -> None:
+    """End to end against diffusers' own StableDiffusion3Pipeline / FluxPipeline (output
+    latents, same initial noise, same steps): the folder's text encoding, guidance, Flux's
+    packing and the model's shifted schedule all agree with ours, to rounding."""
+    from kdiff_differential import load_pipeline
+
+    flux = model_dir.parent.name.startswith("flux")
+    pipe = load_pipeline(model_dir)
+    latent = torch.zeros(1, 4, 16, 18)  # all released: only its shape matters
+    edit = differential_edit(
+        pipe.denoiser_for(latent), latent, torch.ones(16, 18), sampler="euler", steps=4, schedule="model",
+        extra_args=pipe.extra_args("a red cat", "blurry", 3.0), seed=5,
+    )
+    noise = edit.wrapper.noise
+    kind = diffusers.FluxPipeline if flux else diffusers.StableDiffusion3Pipeline
+    reference = kind.from_pretrained(model_dir, local_files_only=True)
+    reference.set_progress_bar_config(disable=True)
+    settings = dict(prompt="a red cat", height=32, width=36, num_inference_steps=4, guidance_scale=3.0, max_sequence_length=16, output_type="latent")
+    if flux:
+        packed = diffusers.FluxPipeline._pack_latents(noise, 1, 4, 16, 18)
+        out = reference(latents=packed, **settings).images
+        expected = diffusers.FluxPipeline._unpack_latents(out, 32, 36, reference.vae_scale_factor)
+    else:
+        expected = reference(latents=noise, negative_prompt="blurry", **settings).images
+    assert (expected - noise).abs().mean() > 0.1  # the model moved the noise: the comparison is not of two copies of it
+    assert (edit.result - expected).abs().max() < 1e-4 * expected.abs().max()
+
+
+def test_sd3_without_t5_pads_with_zeros_as_diffusers(tmp_path: Path) -> None:
+    """An SD3 folder saved without its third encoder (a common way to save memory): the
+    T5 part of the text is zeros of T5's length, as diffusers' pipeline makes it."""
+    from kdiff_differential import load_pipeline
+
+    folder = save_tiny_pipeline(tmp_path, "sd3")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["text_encoder_3"] = index["tokenizer_3"] = [None, None]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    for name in ("text_encoder_3", "tokenizer_3"):
+        shutil.rmtree(folder / name)
+    pipe = load_pipeline(folder)
+    cond = pipe.extra_args("a red cat", "", 2.0)["cond"]
+    assert cond["text"].shape == (1, 16 + 256, 64)
+    assert not cond["text"][:, 16:].any() and cond["text"][:, :16].abs().sum() > 0
+
+
+def test_a_class_outside_diffusers_and_transformers_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from kdiff_differential.cli import main
+
+    folder = save_tiny_pipeline(tmp_path, "flux")
+    index = json.loads((folder / "model_index.json").read_text())
+    index["transformer"] = ["os", "system"]
+    (folder / "model_index.json").write_text(json.dumps(index))
+    capsys.readouterr()  # saving's own progress bars
+    assert main(["--model", str(folder), "--out", str(tmp_path / "x.png"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected a diffusers or transformers class" in err and "transformer" in err, err

@@ -189,9 +189,8 @@ def refused(folder: Path, capsys: pytest.CaptureFixture, tmp_path: Path) -> str:
     "index, says",
     [
         (None, "no model_index.json"),
-        # Flow folders go to the flow loader (tests/test_diffusers_flow.py), which wants their parts.
-        ({"_class_name": "FluxPipeline"}, "model_index.json names no transformer"),
-        ({"_class_name": "StableDiffusion3Pipeline"}, "model_index.json names no transformer"),
+        ({"_class_name": "FluxPipeline"}, "a Flux.1 folder without transformer, vae, scheduler, tokenizer, text_encoder, tokenizer_2, text_encoder_2/"),
+        ({"_class_name": "StableDiffusion3Pipeline"}, "a Stable Diffusion 3/3.5 folder without transformer, vae, scheduler, tokenizer, text_encoder, tokenizer_2, text_encoder_2/"),
         ({"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}, "the SDXL refiner"),
         ({"_class_name": "KandinskyPipeline"}, "a KandinskyPipeline folder, which is not supported"),
         ({"_class_name": "StableDiffusionXLPipeline"}, "a Stable Diffusion XL folder without unet, vae, scheduler"),
@@ -204,8 +203,8 @@ def test_bad_folders_are_refused_in_one_line(index, says: str, capsys: pytest.Ca
         (folder / "model_index.json").write_text(json.dumps(index))
     err = refused(folder, capsys, tmp_path)
     assert says in err
-    if "folder without" not in says and "no transformer" not in says:  # a refused kind: says what is supported
-        assert "supported: Stable Diffusion 1.x/2.x and SDXL" in err
+    if "folder without" not in says:  # a refused kind: says what is supported
+        assert "supported: Stable Diffusion 1.x/2.x and SDXL" in err and "SD3/SD3.5 and Flux.1" in err
 
 
 def test_without_diffusers_the_command_names_the_extra(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ def test_the_notebook_is_committed_without_outputs():
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert code and all(cell.outputs == [] and cell.execution_count is None for cell in code)
     assert "colab-badge" in notebook.cells[0].source
-    assert "USE_STABLE_DIFFUSION = False" in notebook.cells[-1].source
+    assert "USE_REAL_MODEL = False" in notebook.cells[-1].source
 
 
 def test_the_notebook_runs_top_to_bottom(tmp_path):
@@ -61,3 +61,36 @@ def test_setting_another_address_rewrites_exactly_the_badge_and_the_install_cell
     assert "colab.research.google.com/github/someone/a-fork/blob/main/" in changed[0][1]
     assert 'REPO = \\"https://github.com/someone/a-fork\\"' in changed[1][1]
     assert script.pointed(moved, script.repository()) == text
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_the_real_model_cell_runs_a_flow_folder_and_shows_the_composite(family, tmp_path):
+    """The last cell, switched on, with a tiny random SD3 or Flux folder as MODEL: it runs
+    on the family's own schedule and shows original | map | decoded | composite."""
+    import numpy as np
+    import torch
+
+    from kdiff_differential import composite
+    from kdiff_differential.edit import differential_edit
+    from kdiff_differential.figures import strip
+    from kdiff_differential.models import load_model
+    from kdiff_differential.presets import preset_map
+    from test_diffusers_flow import save_tiny_pipeline
+
+    folder = save_tiny_pipeline(tmp_path, family)
+    source = nbformat.read(NOTEBOOK, as_version=4).cells[-1].source
+    source = source.replace("USE_REAL_MODEL = False", "USE_REAL_MODEL = True")
+    source = source.replace('MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"', f"MODEL = {str(folder)!r}")
+    source = source.replace("steps=25", "steps=2")
+    image = np.random.default_rng(0).integers(0, 256, (24, 28, 3), dtype=np.uint8)
+    shown = []
+    namespace = {
+        "Path": Path, "torch": torch, "image": image, "gradient": preset_map("gradient-x", 24, 28),
+        "load_model": load_model, "differential_edit": differential_edit, "strip": strip, "composite": composite,
+        "show": lambda picture, title=None, size=8: shown.append((picture, title)),
+    }
+    exec(compile(source, "quickstart.ipynb:last cell", "exec"), namespace)
+    (picture, title), = shown
+    assert title.startswith({"sd3": "Stable Diffusion 3/3.5", "flux": "Flux.1"}[family]) and "composite" in title
+    assert picture.shape[1] > 4 * image.shape[1]  # four panels side by side
+    assert np.array_equal(composite(image, namespace["real_decoded"], namespace["gradient"])[:, 0], image[:, 0])  # kept column exact

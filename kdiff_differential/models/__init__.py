@@ -1,6 +1,6 @@
 """Models to wrap: the built-in closed-form denoiser and, with the ``diffusers`` extra,
-diffusers folders (Stable Diffusion 1.x/2.x, SDXL, their inpainting checkpoints). Each,
-fitted to one input image, is an :class:`ImageModel`."""
+diffusers folders (Stable Diffusion 1.x/2.x, SDXL, their inpainting checkpoints,
+SD3/SD3.5, Flux.1). Each, fitted to one input image, is an :class:`ImageModel`."""
 
 from __future__ import annotations
 
@@ -37,14 +37,28 @@ class ImageModel(Protocol):
 
 
 def load_pipeline(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "DiffusersPipeline":
-    """A local diffusers folder (SD 1.x/2.x, SDXL, or their inpainting checkpoints) as a
-    :class:`~kdiff_differential.models.diffusers_model.DiffusersPipeline`: ``denoiser``,
-    ``encode``, ``decode``, ``extra_args`` and the detected ``family``. Nothing is fetched
-    from a hub. An unsupported folder, or diffusers not installed, is an InputError."""
+    """A local diffusers folder (SD 1.x/2.x, SDXL, their inpainting checkpoints, SD3/SD3.5
+    or Flux.1) as a :class:`~kdiff_differential.models.diffusers_model.DiffusersPipeline`:
+    ``denoiser_for(latent)``, ``encode``, ``decode``, ``extra_args``, the default
+    ``schedule`` and the detected ``family``. Nothing is fetched from a hub. An
+    unsupported folder, or diffusers not installed, is an InputError."""
     from .diffusers_model import DiffusersPipeline, require_diffusers
 
     require_diffusers()
     return DiffusersPipeline(path, device)
+
+
+def default_schedule(name: str) -> str:
+    """The noise schedule model ``name`` runs by default: 'karras', or 'model' for a flow
+    model (its own shifted schedule from t = 1). Reads ``model_index.json`` only; a bad
+    folder is an InputError."""
+    if name == "builtin":
+        return "karras"
+    from .diffusers_model import require_diffusers
+    from .families import detect
+
+    require_diffusers()
+    return detect(Path(name)).schedule
 
 
 def load_model(name: str, image: np.ndarray, device: torch.device = torch.device("cpu")) -> ImageModel:
@@ -59,11 +73,7 @@ def load_model(name: str, image: np.ndarray, device: torch.device = torch.device
 
     require_diffusers()
     quiet_loading()
-    from .diffusers_flow import FlowModel, flow_family
-
-    if flow_family(name) is not None:
-        return FlowModel(name, image, device)
     return FittedModel(load_pipeline(name, device), image)
 
 
-__all__ = ["FlowDenoiser", "IdealDenoiser", "ImageModel", "load_model", "load_pipeline", "sd_alphas_cumprod", "start_from_noise"]
+__all__ = ["FlowDenoiser", "IdealDenoiser", "ImageModel", "default_schedule", "load_model", "load_pipeline", "sd_alphas_cumprod", "start_from_noise"]

@@ -1,16 +1,12 @@
-"""Any diffusers UNet pipeline folder, run through k-diffusion: ONE code path.
+"""Any supported diffusers pipeline folder, run through k-diffusion: ONE code path.
 
 "Load a folder, encode, denoise, decode" lives here once; what differs between model
-families (text encoders, the conditioning the UNet takes) lives in a small
-:class:`~kdiff_differential.models.families.Family` adapter, picked from
-``model_index.json``. Inpainting checkpoints (UNet ``in_channels`` = 2 x latent + 1) are
-a variant of any UNet family: see :meth:`DiffusersPipeline.extra_args`.
-
-:class:`DiffusersUNet` puts a diffusers UNet behind the CompVis model interface
-(``alphas_cumprod``, ``apply_model(x, t, cond)``), so that k-diffusion's
-``CompVisDenoiser`` (epsilon) or ``CompVisVDenoiser`` (v-prediction) wrap it like a
-CompVis ``LatentDiffusion``. Needs the ``diffusers`` extra; diffusers and transformers
-are imported inside the functions, after :func:`require_diffusers`.
+families (text encoders, the conditioning the network takes, how it becomes a
+k-diffusion denoiser) lives in a small :class:`~kdiff_differential.models.families.Family`
+adapter, picked from ``model_index.json``: Stable Diffusion 1.x/2.x and SDXL (UNets,
+and their inpainting checkpoints: see :meth:`DiffusersPipeline.extra_args`), SD3/SD3.5
+and Flux.1 (flow-matching transformers). Needs the ``diffusers`` extra; diffusers and
+transformers are imported inside the functions, after :func:`require_diffusers`.
 """
 
 from __future__ import annotations
@@ -27,65 +23,9 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..images import to_image, to_tensor
-from .families import detect, load_part, read_config
+from .families import detect, load_component, read_config
 
-# The scheduler config's prediction_type -> the k-diffusion wrapper's name.
-PREDICTIONS = {"epsilon": "CompVisDenoiser", "v_prediction": "CompVisVDenoiser"}
 INSTALL = "pip install 'kdiff-differential[diffusers]'"
-# Condition keys that go to the UNet's added_cond_kwargs (SDXL's micro-conditioning).
-ADDED_CONDITIONS = ("text_embeds", "time_ids")
-Condition = Union[Tensor, dict[str, Tensor]]
-
-
-class DiffusersUNet(nn.Module):
-    """A diffusers ``UNet2DConditionModel`` with the CompVis model interface.
-
-    ``alphas_cumprod`` (T,) is the training schedule (the scheduler's). ``apply_model``
-    takes the VP-scaled latent x (N, C, h, w), the timestep t (N,) (k-diffusion gives
-    fractional ones) and ``cond``: the text embedding (N, T, D), or a dict of tensors
-    with batch N: ``crossattn`` (N, T, D), optionally ``text_embeds`` and ``time_ids``
-    (SDXL's added conditions) and ``concat`` (N, C', h, w), channels appended to x
-    (inpainting UNets). It returns the UNet's prediction (eps or v) in x's dtype. The
-    UNet may run in another dtype (fp16 on CUDA); the sampler's arithmetic stays in x's.
-    """
-
-    def __init__(self, unet: nn.Module, alphas_cumprod: Tensor) -> None:
-        super().__init__()
-        self.unet = unet
-        self.register_buffer("alphas_cumprod", alphas_cumprod.detach().float())
-
-    def apply_model(self, x: Tensor, t: Tensor, cond: Condition, **kwargs: Any) -> Tensor:
-        dtype = self.unet.dtype
-        parts = cond if isinstance(cond, dict) else {"crossattn": cond}
-        sample = x if "concat" not in parts else torch.cat([x, parts["concat"].to(x.dtype)], dim=1)
-        added = {key: parts[key].to(dtype) for key in ADDED_CONDITIONS if key in parts}
-        out = self.unet(
-            sample.to(dtype), t, encoder_hidden_states=parts["crossattn"].to(dtype),
-            added_cond_kwargs=added or None, **kwargs,
-        ).sample
-        return out.to(x.dtype)
-
-
-def compvis_denoiser(unet: nn.Module, scheduler_config: dict[str, Any]) -> nn.Module:
-    """A k-diffusion denoiser (x, sigma, cond=...) -> x0 for a diffusers UNet.
-
-    ``scheduler_config`` is the scheduler's config (``scheduler/scheduler_config.json``):
-    its betas give ``alphas_cumprod`` and its ``prediction_type`` picks
-    ``CompVisDenoiser`` ("epsilon") or ``CompVisVDenoiser`` ("v_prediction").
-    """
-    import k_diffusion as K
-    from diffusers import DDPMScheduler
-
-    prediction = scheduler_config.get("prediction_type", "epsilon")
-    if prediction not in PREDICTIONS:
-        raise InputError(
-            f"the scheduler's prediction_type is {prediction!r}; supported: {', '.join(PREDICTIONS)}"
-        )
-    # DDPMScheduler reads every beta schedule diffusers knows (and trained_betas) the same way.
-    betas = {key: scheduler_config[key] for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas") if key in scheduler_config}
-    alphas_cumprod = DDPMScheduler(**betas).alphas_cumprod
-    wrap = getattr(K.external, PREDICTIONS[prediction])
-    return wrap(DiffusersUNet(unet, alphas_cumprod))
 
 
 def require_diffusers() -> None:
@@ -125,44 +65,53 @@ def change_mask(change_map: Any, size: tuple[int, int], device: torch.device) ->
 class DiffusersPipeline:
     """A local diffusers folder as what a k-diffusion user needs.
 
-    ``family`` is the detected :class:`Family` adapter, ``inpainting`` whether the UNet
-    takes the inpainting channels, ``denoiser`` the UNet with classifier-free guidance as
-    a k-diffusion denoiser, called as ``denoiser(x, sigma, **extra_args(...))``.
-    :meth:`encode` and :meth:`decode` are the latent codec (latents times the VAE's
-    scaling factor, float32). Weights are fp16 on CUDA and fp32 on CPU; the VAE stays
-    fp32 where its config asks (``force_upcast``); latents and the sampler stay fp32.
+    ``family`` is the detected :class:`~kdiff_differential.models.families.Family`
+    adapter, ``inpainting`` whether the UNet takes the inpainting channels, ``schedule``
+    the family's default noise schedule (``karras``; SD3/Flux: ``model``, their own from
+    t = 1). :meth:`denoiser_for` gives the network (with classifier-free guidance where
+    the family uses it) as a k-diffusion denoiser for a latent, called as
+    ``denoiser(x, sigma, **extra_args(...))``; ``denoiser`` is the one for the native
+    size (only Flux's schedule depends on the size). :meth:`encode` and :meth:`decode`
+    are the latent codec (``(z - shift_factor) * scaling_factor`` of the VAE's config,
+    float32). Weights are fp16 on CUDA (bf16 for flow transformers) and fp32 on CPU;
+    the VAE stays fp32 where its config asks (``force_upcast``); latents and the sampler
+    stay fp32.
     """
 
     def __init__(self, path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> None:
         require_diffusers()
-        from diffusers import AutoencoderKL
-
-        from ..guidance import CFGDenoiser
-
         root = Path(path)
         self.device = torch.device(device)
         self.family = detect(root)
-        dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        dtype = self.family.cuda_dtype if self.device.type == "cuda" else torch.float32
         vae_dtype = torch.float32 if read_config(root, "vae").get("force_upcast", False) else dtype
-        self.vae = load_part(root, "vae", lambda: AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=True, torch_dtype=vae_dtype))
+        self.vae = load_component(root, self.family.index, "vae", vae_dtype).to(self.device).eval().requires_grad_(False)
         self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        unet = self.family.load(root, dtype, self.device)
-        channels, latent = unet.config.in_channels, self.vae.config.latent_channels
-        self.inpainting = channels == 2 * latent + 1
-        if channels not in (latent, 2 * latent + 1):
-            raise InputError(
-                f"--model {root}: the UNet takes {channels} channels and the VAE gives {latent}; "
-                f"supported: {latent} (text-to-image) or {2 * latent + 1} (inpainting)"
-            )
-        self.vae.to(self.device).eval().requires_grad_(False)
-        scheduler = read_config(root, "scheduler", "scheduler_config.json")
-        self.denoiser = CFGDenoiser(compvis_denoiser(unet, scheduler)).to(self.device)
-        kind = "inpainting" if self.inpainting else "text-to-image"
-        self.description = f"{self.family.name}, {kind}, {scheduler.get('prediction_type', 'epsilon')} prediction"
+        self.network = self.family.load(dtype, self.device)
+        kind = self.family.kind(self.vae.config.latent_channels)
+        self.inpainting = kind == "inpainting"
+        self.schedule = self.family.schedule
+        self.scheduler = read_config(root, "scheduler", "scheduler_config.json")
+        self._denoisers: dict[tuple[int, int], nn.Module] = {}
+        native = self.family.native_size // self.factor
+        self.denoiser = self.denoiser_for((native, native))
+        self.description = f"{self.family.name}, {kind}, {self.family.prediction(self.scheduler)}"
+
+    def denoiser_for(self, latent: Union[Tensor, tuple[int, int]]) -> nn.Module:
+        """The k-diffusion denoiser for ``latent`` (1, C, h, w), or its size (h, w)."""
+        from ..guidance import CFGDenoiser
+
+        size = tuple(latent.shape[-2:]) if isinstance(latent, Tensor) else tuple(latent)
+        if size not in self._denoisers:
+            inner = self.family.denoiser(self.network, self.scheduler, size)
+            self._denoisers[size] = (CFGDenoiser(inner) if self.family.guided else inner).to(self.device)
+        return self._denoisers[size]
 
     def size(self, height: int, width: int) -> tuple[int, int]:
-        """The nearest size (h, w) in pixels that the VAE's factor divides."""
-        return tuple(max(self.factor, round(side / self.factor) * self.factor) for side in (height, width))  # type: ignore[return-value]
+        """The nearest size (h, w) in pixels whose latent the network takes (the VAE's
+        factor times the transformer's patch divides it)."""
+        step = self.factor * self.family.patch
+        return tuple(max(step, round(side / step) * step) for side in (height, width))  # type: ignore[return-value]
 
     def encode(self, image: Union[np.ndarray, Tensor]) -> Tensor:
         """uint8 (H, W, 3) or pixels (1, 3, H, W) in [-1, 1] -> the scaled latent
@@ -173,13 +122,16 @@ class DiffusersPipeline:
         if target != tuple(pixels.shape[-2:]):
             pixels = F.interpolate(pixels, size=target, mode="bicubic", align_corners=False, antialias=True)
         with torch.no_grad():
-            latent = self.vae.encode(pixels.clamp(-1, 1).to(self.vae.dtype)).latent_dist.mode()
-        return latent.float() * self.vae.config.scaling_factor
+            latent = self.vae.encode(pixels.clamp(-1, 1).to(self.vae.dtype)).latent_dist.mode().float()
+        config = self.vae.config
+        return (latent - (config.get("shift_factor") or 0)) * config.scaling_factor
 
     def decode(self, latent: Tensor) -> Tensor:
         """A latent (1, C, h, w) -> pixels (1, 3, h*f, w*f) in [-1, 1], float32."""
+        config = self.vae.config
+        z = latent / config.scaling_factor + (config.get("shift_factor") or 0)
         with torch.no_grad():
-            pixels = self.vae.decode((latent / self.vae.config.scaling_factor).to(self.vae.dtype)).sample.float()
+            pixels = self.vae.decode(z.to(self.vae.dtype)).sample.float()
         return pixels.clamp(-1, 1)
 
     def extra_args(
@@ -187,11 +139,12 @@ class DiffusersPipeline:
         image: Optional[Union[np.ndarray, Tensor]] = None, change_map: Any = None,
         size: Optional[tuple[int, int]] = None,
     ) -> dict[str, Any]:
-        """What the denoiser takes at every call: ``cond``, ``uncond`` (dicts of tensors,
-        batch 1) and ``cfg_scale``.
+        """What the denoiser takes at every call: ``cond`` (a dict of tensors, batch 1)
+        and, for guided families, ``uncond`` and ``cfg_scale``. Flux.1 dev takes ``cfg``
+        as its guidance input instead (one pass, ``negative`` unused; schnell ignores it).
 
         ``size`` (H, W) in pixels is the output size SDXL is told (default: ``image``'s,
-        else the UNet's native size). An inpainting UNet also needs ``image`` (uint8
+        else the native size). An inpainting UNet also needs ``image`` (uint8
         (H, W, 3) or (1, 3, H, W) in [-1, 1]) and ``change_map`` (1 = change): its extra
         channels are the map binarised at 0.5 at latent size and the latent of the image
         with the pixels to change set to mid-grey, fixed for the whole run (ComfyUI's
@@ -208,14 +161,15 @@ class DiffusersPipeline:
             masked = self.encode(pixels * (1 - mask))  # 0 in [-1, 1] is mid-grey
             concat = torch.cat([F.interpolate(mask, size=masked.shape[-2:], mode="bilinear", align_corners=False).round(), masked], dim=1)
             cond, uncond = {**cond, "concat": concat}, {**uncond, "concat": concat}
-        return {"cond": cond, "uncond": uncond, "cfg_scale": cfg}
+        return self.family.extra_args(cond, uncond, cfg)
 
 
 class FittedModel:
     """A :class:`DiffusersPipeline` fitted to one input image: the command line's
     :class:`~kdiff_differential.models.ImageModel`.
 
-    ``latent`` is the image's latent (1, C, H/f, W/f); ``decode`` brings a result latent
+    ``latent`` is the image's latent (1, C, H/f, W/f), ``denoiser`` the pipeline's
+    denoiser for it, ``schedule`` the family's default; ``decode`` brings a result latent
     back to a uint8 image (H, W, 3) of the input's size.
     """
 
@@ -223,8 +177,9 @@ class FittedModel:
         self.pipeline = pipeline
         self.image = image
         self.description = pipeline.description
-        self.denoiser = pipeline.denoiser
+        self.schedule = pipeline.schedule
         self.latent = pipeline.encode(image)
+        self.denoiser = pipeline.denoiser_for(self.latent)
 
     def extra_args(self, prompt: str, negative: str, cfg: float, change_map: Any = None) -> dict[str, Any]:
         return self.pipeline.extra_args(prompt, negative, cfg, image=self.image, change_map=change_map)

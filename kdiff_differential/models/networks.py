@@ -1,0 +1,99 @@
+"""diffusers' denoising networks behind the interfaces k-diffusion wraps.
+
+- :class:`DiffusersUNet`: a ``UNet2DConditionModel`` with the CompVis model interface
+  (``alphas_cumprod``, ``apply_model(x, t, cond)``), so that k-diffusion's
+  ``CompVisDenoiser`` (epsilon) or ``CompVisVDenoiser`` (v-prediction) wrap it like a
+  CompVis ``LatentDiffusion``: :func:`compvis_denoiser`.
+- :class:`TransformerVelocity`: a flow-matching transformer (SD3, Flux) as a velocity
+  model ``(x_t, t, cond=...) -> v``, which
+  :class:`~kdiff_differential.models.flow.FlowDenoiser` turns into a k-diffusion denoiser.
+
+Both run the network in its own dtype (fp16/bf16 on CUDA) and give results in the
+sampler's. diffusers is imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Union
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import InputError
+
+# The scheduler config's prediction_type -> the k-diffusion wrapper's name.
+PREDICTIONS = {"epsilon": "CompVisDenoiser", "v_prediction": "CompVisVDenoiser"}
+# Condition keys that go to the UNet's added_cond_kwargs (SDXL's micro-conditioning).
+ADDED_CONDITIONS = ("text_embeds", "time_ids")
+Condition = Union[Tensor, dict[str, Tensor]]
+# (transformer, x_t (N, C, H, W) in its dtype, t (N,) in [0, 1], cond) -> v like x_t.
+VelocityCall = Callable[[nn.Module, Tensor, Tensor, dict[str, Tensor]], Tensor]
+
+
+class DiffusersUNet(nn.Module):
+    """A diffusers ``UNet2DConditionModel`` with the CompVis model interface.
+
+    ``alphas_cumprod`` (T,) is the training schedule (the scheduler's). ``apply_model``
+    takes the VP-scaled latent x (N, C, h, w), the timestep t (N,) (k-diffusion gives
+    fractional ones) and ``cond``: the text embedding (N, T, D), or a dict of tensors
+    with batch N: ``crossattn`` (N, T, D), optionally ``text_embeds`` and ``time_ids``
+    (SDXL's added conditions) and ``concat`` (N, C', h, w), channels appended to x
+    (inpainting UNets). It returns the UNet's prediction (eps or v) in x's dtype.
+    """
+
+    def __init__(self, unet: nn.Module, alphas_cumprod: Tensor) -> None:
+        super().__init__()
+        self.unet = unet
+        self.register_buffer("alphas_cumprod", alphas_cumprod.detach().float())
+
+    def apply_model(self, x: Tensor, t: Tensor, cond: Condition, **kwargs: Any) -> Tensor:
+        dtype = self.unet.dtype
+        parts = cond if isinstance(cond, dict) else {"crossattn": cond}
+        sample = x if "concat" not in parts else torch.cat([x, parts["concat"].to(x.dtype)], dim=1)
+        added = {key: parts[key].to(dtype) for key in ADDED_CONDITIONS if key in parts}
+        out = self.unet(
+            sample.to(dtype), t, encoder_hidden_states=parts["crossattn"].to(dtype),
+            added_cond_kwargs=added or None, **kwargs,
+        ).sample
+        return out.to(x.dtype)
+
+
+def compvis_denoiser(unet: nn.Module, scheduler_config: dict[str, Any]) -> nn.Module:
+    """A k-diffusion denoiser (x, sigma, cond=...) -> x0 for a diffusers UNet.
+
+    ``scheduler_config`` is the scheduler's config (``scheduler/scheduler_config.json``):
+    its betas give ``alphas_cumprod`` and its ``prediction_type`` picks
+    ``CompVisDenoiser`` ("epsilon") or ``CompVisVDenoiser`` ("v_prediction").
+    """
+    import k_diffusion as K
+    from diffusers import DDPMScheduler
+
+    prediction = scheduler_config.get("prediction_type", "epsilon")
+    if prediction not in PREDICTIONS:
+        raise InputError(
+            f"the scheduler's prediction_type is {prediction!r}; supported: {', '.join(PREDICTIONS)}"
+        )
+    # DDPMScheduler reads every beta schedule diffusers knows (and trained_betas) the same way.
+    betas = {key: scheduler_config[key] for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas") if key in scheduler_config}
+    alphas_cumprod = DDPMScheduler(**betas).alphas_cumprod
+    wrap = getattr(K.external, PREDICTIONS[prediction])
+    return wrap(DiffusersUNet(unet, alphas_cumprod))
+
+
+class TransformerVelocity(nn.Module):
+    """A flow transformer as a velocity model ``(x_t, t, cond=...) -> v``.
+
+    ``call`` is the family's way of calling it (see :data:`VelocityCall`; Flux packs the
+    latent into tokens there). ``x_t`` (N, C, H, W) and ``t`` (N,) come in the
+    sampler's dtype, ``cond`` is a dict of tensors with batch 1 or N; the transformer
+    runs in its own dtype and v is returned in x_t's.
+    """
+
+    def __init__(self, transformer: nn.Module, call: VelocityCall) -> None:
+        super().__init__()
+        self.transformer, self.call = transformer, call
+
+    def forward(self, x_t: Tensor, t: Tensor, *, cond: dict[str, Tensor]) -> Tensor:
+        dtype = self.transformer.dtype
+        cond = {key: value.to(dtype) for key, value in cond.items()}
+        return self.call(self.transformer, x_t.to(dtype), t.to(dtype), cond).to(x_t.dtype)
