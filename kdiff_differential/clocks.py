@@ -245,6 +245,13 @@ def _step_clock(sigmas: Tensor) -> Tau:
     return tau
 
 
+# DPM2-ancestral and DPM++ 2S-ancestral make their second call at sqrt(sigma_i *
+# sigma_down), which is sigma_{i+1} in exact arithmetic and an ulp or two either side of
+# it in floats. A call within this relative distance above a schedule level counts as at
+# that level: one ulp above, "the next level below" would be that level itself and the
+# smooth ramp would collapse into a hard edge (measured: a band of 21.7 at 20 steps).
+_LEVEL_SLACK = 1e-5
+
 # The smooth release's ramp width in tau for the range samplers (dpm_fast, dpm_adaptive),
 # which have no schedule levels: a pixel eases in over the last tenth of the ramp before
 # its binary release, as over one step of a 10-step schedule.
@@ -253,7 +260,8 @@ RANGE_RAMP = 0.1
 
 def make_floor(tau: Tau, span: Span, dtype: torch.dtype = torch.float32, device: Any = None) -> Tau:
     """tau_lo(sigma): tau at the next schedule level strictly below ``sigma``, for the
-    smooth release; 0 where that level is 0 or lies past the ramp's end.
+    smooth release; 0 where that level is 0 or lies past the ramp's end. A call within
+    a relative 1e-5 above a level counts as at it (see ``_LEVEL_SLACK``).
 
     Without a schedule (the range samplers) it is ``tau(sigma) - RANGE_RAMP``, at least 0.
     Looked up on the device (one searchsorted and one gather): no host sync at call time.
@@ -269,10 +277,12 @@ def make_floor(tau: Tau, span: Span, dtype: torch.dtype = torch.float32, device:
     taus[positive] = tau(knots[positive]).clamp(min=0)
     # floors[i] is tau at the i-th knot from the bottom; floors[0] = 0 for "no level below".
     floors = torch.cat([taus.new_zeros(1), taus])
+    below = knots * (1 + _LEVEL_SLACK)
 
     def floor(sigma: Tensor) -> Tensor:
-        # searchsorted counts the knots strictly below sigma: index i is the i-th from the bottom.
-        return floors[torch.searchsorted(knots, sigma.to(dtype).contiguous())]
+        # searchsorted counts the knots strictly below sigma (by more than the slack):
+        # index i is the i-th from the bottom.
+        return floors[torch.searchsorted(below, sigma.to(dtype).contiguous())]
 
     return floor
 

@@ -32,6 +32,33 @@ def test_the_weight_eases_a_pixel_in_over_the_step_before_its_release(ideal, lat
     assert mask[binary.mask(sigma.item()) == 1].eq(1).all()
 
 
+@pytest.mark.parametrize("ulps", [-2, 1, 2, 8])
+def test_a_call_an_ulp_off_a_level_weighs_as_at_the_level(ideal, latent, gradient_map, sigmas, ulps):
+    """DPM2-ancestral and DPM++ 2S-ancestral call at sqrt(sigma_i * sigma_down), which is
+    sigma_{i+1} up to rounding: a few ulps either side of the level, the weights are the
+    level's (one ulp above, the ramp once collapsed into a hard edge)."""
+    dd = build(ideal, latent, gradient_map, sigmas)
+    level = sigmas[3:4].float()
+    nudged = level.clone()
+    for _ in range(abs(ulps)):
+        nudged = torch.nextafter(nudged, torch.tensor([float("inf") if ulps > 0 else 0.0]))
+    at, off = dd.mask(level), dd.mask(nudged)
+    assert 0 < at[(at > 0) & (at < 1)].numel()  # a ramp to keep, not all 0 or 1
+    assert (at - off).abs().max() < 1e-3
+
+
+def test_the_ancestral_midpoint_call_lands_on_the_next_level():
+    """The fact the slack is for, on a karras schedule of 20 steps."""
+    sigmas = sampling.get_sigmas_karras(20, 0.01, 10.0)
+    mids = []
+    for i in range(len(sigmas) - 2):
+        down, _ = sampling.get_ancestral_step(sigmas[i], sigmas[i + 1])
+        mids.append(sigmas[i].log().lerp(down.log(), 0.5).exp())  # as sample_dpm_2_ancestral computes it
+    mids = torch.stack(mids)
+    assert torch.allclose(mids, sigmas[1:-1], rtol=1e-6, atol=0)
+    assert (mids > sigmas[1:-1]).any()  # and some fall just above it
+
+
 def test_compat_comfyui_is_always_binary(ideal, latent, gradient_map, sigmas):
     dd = build(ideal, latent, gradient_map, sigmas, compat="comfyui", release="smooth")
     assert dd.release == "binary"
