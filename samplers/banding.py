@@ -47,7 +47,6 @@ def measure(samplers: Sequence[str], steps: Sequence[int], releases: Sequence[st
     """Banding of each (release, sampler, steps) on :func:`smooth_scene` with a linear
     left-to-right map, on the built-in model. ``images``, when given, receives each edit,
     uint8 (height, width, 3), under the same key."""
-    import torch
 
     from kdiff_differential.edit import differential_edit
     from kdiff_differential.models.builtin import BuiltinModel

@@ -7,17 +7,21 @@ interleaved, medians), and the peak memory of each call.
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
 import time
+from typing import Optional, Sequence
 
 import torch
 
 from kdiff_differential import DifferentialDenoiser
+from kdiff_differential.errors import OneLineParser, command_status
+from kdiff_differential.models.diffusers_model import require_diffusers
 from kdiff_differential.models.families import Flux
 from kdiff_differential.models.flow import FlowDenoiser, flux_mu
 from kdiff_differential.models.networks import TransformerVelocity
+from samplers.arguments import check_json, positive, require_cuda, write_json
 
 # black-forest-labs/FLUX.1-dev transformer/config.json
 FLUX_DEV = dict(
@@ -26,13 +30,30 @@ FLUX_DEV = dict(
     axes_dims_rope=(16, 56, 56),
 )
 SCHEDULER = {"base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
+PROG = "python -m samplers.flux_gpu"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--json", default=None)
-    parser.add_argument("--rounds", type=int, default=10)
-    args = parser.parse_args()
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Print the measurement as JSON (and write it to ``--json``); 2 on bad input."""
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--json", metavar="OUT.json", help="also write the result here (atomically)")
+    parser.add_argument("--rounds", type=positive, default=10)
+
+    def work() -> None:
+        args = parser.parse_args(argv)
+        require_cuda("the Flux.1 benchmark (bf16, 1024²)")
+        check_json(args.json)
+        require_diffusers()
+        result = measure(args.rounds)
+        print(json.dumps(result, indent=1))
+        if args.json:
+            write_json(args.json, result)
+
+    return command_status(PROG, work, "interrupted; nothing was written")
+
+
+def measure(rounds: int) -> dict:
+    """Per-call medians of FlowDenoiser alone and wrapped, and each call's peak memory."""
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
@@ -64,14 +85,14 @@ def main() -> None:
             call()
             torch.cuda.synchronize()
             peaks[name] = torch.cuda.max_memory_allocated() - base
-        for _ in range(args.rounds):
+        for _ in range(rounds):
             for name, call in calls.items():
                 torch.cuda.synchronize()
                 start = time.perf_counter()
                 call()
                 torch.cuda.synchronize()
                 times[name].append(time.perf_counter() - start)
-    result = {
+    return {
         "device": torch.cuda.get_device_name(), "torch": torch.__version__,
         "weights_GiB": sum(p.numel() * p.element_size() for p in transformer.parameters()) / 2**30,
         "median_s": {name: statistics.median(t) for name, t in times.items()},
@@ -81,11 +102,7 @@ def main() -> None:
         "peak_above_resident_MiB": {name: peak / 2**20 for name, peak in peaks.items()},
         "max_allocated_GiB": torch.cuda.max_memory_allocated() / 2**30,
     }
-    print(json.dumps(result, indent=1))
-    if args.json:
-        with open(args.json, "w") as file:
-            json.dump(result, file, indent=1)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
-import os
 import platform
 import statistics
 import sys
@@ -42,9 +40,9 @@ from torch import Tensor, nn
 
 from kdiff_differential import DifferentialDenoiser
 from kdiff_differential.errors import InputError, OneLineParser, command_status
-from kdiff_differential.files import write_atomically
 from kdiff_differential.guidance import CFGDenoiser
 from kdiff_differential.models import sd_alphas_cumprod
+from samplers.arguments import check_json, positive, require_cuda, write_json
 from samplers.comfyui_reference import ComfyUIReference
 from samplers.threads import one_thread
 
@@ -469,32 +467,17 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(path: str, report: dict) -> None:
-    """Write ``report`` to ``path`` atomically: a reader sees the old file or the new one."""
-    write_atomically(path, lambda file: file.write(json.dumps(report, indent=2) + "\n"))
-
-
 # --- command line -------------------------------------------------------------------
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = OneLineParser(prog="python -m samplers.overhead", description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--json", metavar="OUT.json", help="also write the report here (atomically)")
-    parser.add_argument("--rounds", type=_positive, help=f"interleaved A/B rounds per sampler (default: {DEFAULT_ROUNDS})")
-    parser.add_argument("--calls", type=_positive, help=f"timed calls per per-call round (default: {DEFAULT_CALLS})")
-    parser.add_argument("--steps", type=_positive, default=20, help="sampling steps (default 20)")
-    parser.add_argument("--size", type=_positive, default=64, help="latent height and width (default 64)")
+    parser.add_argument("--rounds", type=positive, help=f"interleaved A/B rounds per sampler (default: {DEFAULT_ROUNDS})")
+    parser.add_argument("--calls", type=positive, help=f"timed calls per per-call round (default: {DEFAULT_CALLS})")
+    parser.add_argument("--steps", type=positive, default=20, help="sampling steps (default 20)")
+    parser.add_argument("--size", type=positive, default=64, help="latent height and width (default 64)")
     args = parser.parse_args(argv)
     args.rounds = args.rounds or DEFAULT_ROUNDS[args.device]
     args.calls = args.calls or DEFAULT_CALLS[args.device]
@@ -505,14 +488,9 @@ def check_args(args: argparse.Namespace) -> None:
     """What argparse cannot check; InputError names the flag."""
     if args.steps < 2:
         raise InputError(f"--steps must be at least 2, got {args.steps}")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is available")
-    if args.json is not None:
-        folder = os.path.dirname(os.path.abspath(args.json))
-        if not os.path.isdir(folder):
-            raise InputError(f"--json: folder {folder} does not exist")
-        if os.path.isdir(args.json):
-            raise InputError(f"--json: {args.json} is a folder")
+    if args.device == "cuda":
+        require_cuda("--device cuda")
+    check_json(args.json)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

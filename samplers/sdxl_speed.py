@@ -11,12 +11,17 @@ without :class:`DifferentialDenoiser` in interleaved rounds (medians), and the p
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
+import sys
 import time
+from typing import Optional, Sequence
 
 import torch
+
+from kdiff_differential.errors import InputError, OneLineParser, command_status
+from kdiff_differential.models.diffusers_model import require_diffusers
+from samplers.arguments import check_json, positive, require_cuda, write_json
 
 SDXL_UNET = dict(
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -86,16 +91,34 @@ def measure(device: str, size: int, steps: int, rounds: int, tiny: bool) -> dict
             "s_per_step_wrapped": wrapped, "ratio": wrapped / bare, "peak_gib": peak}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="sdxl_speed", description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--size", type=int, default=1024, help="image side in pixels (latent = size / 8)")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=5)
+PROG = "python -m samplers.sdxl_speed"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Print the measurement as JSON (and write it to ``--json``); 2 on bad input."""
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
+    parser.add_argument("--size", type=positive, default=1024, help="image side in pixels (latent = size / 8)")
+    parser.add_argument("--steps", type=positive, default=10)
+    parser.add_argument("--rounds", type=positive, default=5)
     parser.add_argument("--tiny", action="store_true", help="a small UNet of the same kind (CPU check)")
-    args = parser.parse_args()
-    print(json.dumps(measure(args.device, args.size, args.steps, args.rounds, args.tiny), indent=2))
+    parser.add_argument("--json", metavar="OUT.json", help="also write the result here (atomically)")
+
+    def work() -> None:
+        args = parser.parse_args(argv)
+        if args.device == "cuda":
+            require_cuda("--device cuda")
+        if args.size < 16 or args.size % 8:
+            raise InputError(f"--size must be a multiple of 8, at least 16, got {args.size}")
+        check_json(args.json)
+        require_diffusers()
+        result = measure(args.device, args.size, args.steps, args.rounds, args.tiny)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            write_json(args.json, result)
+
+    return command_status(PROG, work, "interrupted; nothing was written")
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

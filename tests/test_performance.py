@@ -190,3 +190,35 @@ def test_benchmark_script_fails_without_a_traceback_from_the_shell():
     )
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and done.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.parametrize(
+    "module, argv, says",
+    [
+        ("flux_gpu", [], "the Flux.1 benchmark (bf16, 1024²) needs a CUDA device"),
+        ("flux_gpu", ["--rounds", "0"], "--rounds: expected a positive integer"),
+        ("sdxl_speed", [], "--device cuda needs a CUDA device"),
+        ("sdxl_speed", ["--device", "cpu", "--size", "20"], "--size must be a multiple of 8"),
+        ("sdxl_speed", ["--device", "cpu", "--json", "/no/such/folder/out.json"], "--json: folder /no/such/folder does not exist"),
+        ("overhead", ["--device", "cuda"], "--device cuda needs a CUDA device"),
+    ],
+)
+def test_the_gpu_benchmarks_refuse_in_one_line_where_there_is_no_gpu(module, argv, says, capsys, monkeypatch):
+    import importlib
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert importlib.import_module(f"samplers.{module}").main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and says in err, err
+
+
+def test_the_sdxl_benchmark_writes_its_json_atomically_on_cpu(tmp_path, capsys):
+    from samplers import sdxl_speed
+
+    path = tmp_path / "sdxl.json"
+    argv = ["--device", "cpu", "--tiny", "--size", "32", "--steps", "2", "--rounds", "1", "--json", str(path)]
+    assert sdxl_speed.main(argv) == 0
+    report = json.loads(path.read_text())
+    assert report == json.loads(capsys.readouterr().out)
+    assert report["unet"] == "tiny" and report["ratio"] > 0
+    assert list(tmp_path.iterdir()) == [path]

@@ -1,0 +1,46 @@
+"""Command-line pieces the benchmark commands share: argument types and checks that
+fail as one InputError line, and the atomic JSON report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from kdiff_differential.errors import InputError
+from kdiff_differential.files import write_atomically
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def check_json(path: str | None) -> None:
+    """``--json PATH`` can be written: its folder exists and it is not a folder itself."""
+    if path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise InputError(f"--json: folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise InputError(f"--json: {path} is a folder")
+
+
+def require_cuda(what: str) -> None:
+    """InputError saying that ``what`` (a flag, a benchmark) needs CUDA, when no device is available."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise InputError(f"{what} needs a CUDA device, and none is available")
+
+
+def write_json(path: str, report: dict) -> None:
+    """Write ``report`` to ``path`` atomically: a reader sees the old file or the new one."""
+    write_atomically(path, lambda file: file.write(json.dumps(report, indent=2) + "\n"))
