@@ -135,16 +135,37 @@ def differential_edit(
                 x = start_from_noise(dd, sigma_max, run["extra_args"])
             else:
                 x = dd.noisy_latent()
-            if sampler == "dpm_fast":
-                x = K.sampling.sample_dpm_fast(dd, x, sigma_min, sigma_max, steps, **run)
-            else:
-                x = K.sampling.sample_dpm_adaptive(dd, x, sigma_min, sigma_max, **run)
-            x = dd.finish(x, **run["extra_args"])
+            if sigma_max > 0:  # else a one-step flow schedule ended with its start step
+                if sampler == "dpm_fast":
+                    x = K.sampling.sample_dpm_fast(dd, x, sigma_min, sigma_max, steps, **run)
+                else:
+                    x = K.sampling.sample_dpm_adaptive(dd, x, sigma_min, sigma_max, **run)
+                x = dd.finish(x, **run["extra_args"])
         else:
             dd = DifferentialDenoiser(denoiser, latent, change_map, sigmas=sigmas, **settings)
             if from_noise:
                 x, run_sigmas = start_from_noise(dd, dd.sigmas[1], run["extra_args"]), dd.sigmas[1:]
             else:
                 x, run_sigmas = dd.noisy_latent(), dd.sigmas
-            x = getattr(K.sampling, f"sample_{sampler}")(dd, x, run_sigmas, **run)
+            x = _sample(sampler, dd, x, run_sigmas, run)
     return Edit(result=x, wrapper=dd, step_sigmas=step_sigmas)
+
+
+# k-diffusion 0.1.1.post1's DPM++ 2M SDE and 3M SDE read their step size before they set
+# it when their first step already goes to 0 (UnboundLocalError): a one-step schedule.
+FIRST_STEP_TO_ZERO_FAILS = ("dpmpp_2m_sde", "dpmpp_3m_sde")
+
+
+def _sample(sampler: str, dd: nn.Module, x: Tensor, sigmas: Tensor, run: dict[str, Any]) -> Tensor:
+    """k-diffusion's ``sample_<sampler>`` over ``sigmas``, and the two schedules it cannot
+    take: none left (a one-step flow schedule ends with its start step), and one step to
+    0 for :data:`FIRST_STEP_TO_ZERO_FAILS`, which is x = denoised there as in every sampler."""
+    import k_diffusion as K
+
+    if len(sigmas) < 2:
+        return x
+    if sampler in FIRST_STEP_TO_ZERO_FAILS and len(sigmas) == 2 and sigmas[-1] == 0:
+        denoised = dd(x, sigmas[0] * x.new_ones([x.shape[0]]), **run["extra_args"])
+        run["callback"]({"x": x, "i": 0, "sigma": sigmas[0], "sigma_hat": sigmas[0], "denoised": denoised})
+        return denoised
+    return getattr(K.sampling, f"sample_{sampler}")(dd, x, sigmas, **run)

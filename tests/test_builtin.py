@@ -41,6 +41,21 @@ def test_map_0_is_kept_and_map_1_regenerated_with_every_sampler(model: BuiltinMo
     assert change[:, SIDE // 2 + 2 :].mean() > 30  # regenerated
 
 
+@pytest.mark.parametrize("sampler", [name for name in SAMPLERS if name not in OWN_STEPS])
+def test_one_step_runs_on_every_sampler_and_is_the_denoised_start(model: BuiltinModel, sampler: str) -> None:
+    """A one-step schedule goes straight to 0, where every sampler's step is x = denoised:
+    each gives Euler's result (k-diffusion's DPM++ 2M/3M SDE cannot take that step
+    themselves; differential_edit takes it for them). dpm_fast runs its range in one step."""
+    halves = torch.zeros(SIDE, SIDE)
+    halves[:, SIDE // 2 :] = 1
+    edit = differential_edit(model.denoiser, model.latent, halves, sampler=sampler, steps=1, seed=3)
+    euler = differential_edit(model.denoiser, model.latent, halves, sampler="euler", steps=1, seed=3)
+    assert len(edit.step_sigmas) >= 1 and torch.isfinite(edit.result).all()
+    torch.testing.assert_close(edit.result[..., : SIDE // 2 - 2], model.latent[..., : SIDE // 2 - 2], atol=1e-5, rtol=0)
+    if sampler != "dpm_fast":
+        torch.testing.assert_close(edit.result, euler.result, atol=1e-4, rtol=1e-4)
+
+
 def test_change_grows_with_the_map_value(model: BuiltinModel) -> None:
     # One strength over the whole image at a time, so that every level is measured on
     # the same pixels.

@@ -127,6 +127,16 @@ def test_dpm_adaptive_says_in_one_line_that_it_ignores_steps(
     assert (files / "out/adaptive-5.png").read_bytes() == (files / "out/adaptive.png").read_bytes()
 
 
+@pytest.mark.parametrize("sampler", ["dpmpp_2m_sde", "dpmpp_3m_sde"])
+def test_one_step_runs_with_the_sde_samplers_k_diffusion_cannot_start_at_zero(
+    files: Path, sampler: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--sampler", sampler, "--steps", "1", "--quiet", "--out", f"out/one-{sampler}.png"]) == 0
+    assert capsys.readouterr().err == ""
+    assert pixels(files / f"out/one-{sampler}.png").shape == pixels(files / "in.png").shape
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset(files: Path, preset: str) -> None:
     done = kdiff("--image", "in.png", "--map", preset, "--out", f"out/{preset}.png", *FAST, cwd=files)

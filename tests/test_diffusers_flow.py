@@ -133,6 +133,23 @@ def test_the_command_line_runs_a_flow_folder(model_dir: Path, image_file: Path, 
     assert done.returncode == 2 and "--schedule model" in done.stderr and done.stderr.count("\n") == 1, done.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_the_command_line_runs_every_sampler(model_dir: Path, image_file: Path, tmp_path: Path, sampler: str, capsys) -> None:
+    """Every sampler from the command line (in-process: the subprocess path is above),
+    with the family's default schedule; kept pixels (the map's dark corners) exact."""
+    from kdiff_differential.cli import main
+
+    out = tmp_path / "out.png"
+    steps = [] if sampler in OWN_STEPS else ["--steps", "2"]
+    argv = ["--model", str(model_dir), "--image", str(image_file), "--map", "radial", "--prompt", "a red cat",
+            "--sampler", sampler, *steps, "--out", str(out), "--quiet"]
+    assert main(argv) == 0, capsys.readouterr().err
+    written, original = pixels(out), pixels(image_file)
+    assert written.shape == original.shape == (31, 37, 3)
+    assert np.array_equal(written[0, 0], original[0, 0])  # radial: the corners are kept
+
+
 def test_the_latent_is_shifted_scaled_and_unpacked(loaded) -> None:
     assert loaded.latent.shape == (1, 4, 16, 18)  # 31x37 -> 32x36, over the VAE's factor 2; Flux packs 8x9 tokens
     vae = loaded.pipeline.vae

@@ -180,6 +180,20 @@ def test_every_sampler_keeps_kept_pixels_and_changes_the_rest(velocity, sampler:
     assert (edit.result[..., 9:] - latent[..., 9:]).abs().mean() > 0.3
 
 
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_one_and_two_step_flow_schedules_run_on_every_sampler(velocity, sampler: str) -> None:
+    """From t = 1 the first step is taken before the sampler: one step leaves the
+    sampler nothing to do, two leave it one step to 0 (which k-diffusion's DPM++ 2M/3M
+    SDE cannot take themselves)."""
+    latent, _ = latent_and_noise()
+    denoiser = FlowDenoiser(velocity, shift=3.0)
+    for steps in (1, 2):
+        edit = differential_edit(denoiser, latent, halves(), sampler=sampler, steps=None if sampler in OWN_STEPS else steps, schedule="model")
+        assert torch.isfinite(edit.result).all()
+        torch.testing.assert_close(edit.result[..., :7], latent[..., :7], atol=1e-5, rtol=0)
+        assert (edit.result[..., 9:] - latent[..., 9:]).abs().mean() > 0.1
+
+
 def test_partial_denoise_starts_finite_and_karras_needs_a_finite_start(velocity) -> None:
     latent, _ = latent_and_noise()
     denoiser = FlowDenoiser(velocity, shift=3.0)
