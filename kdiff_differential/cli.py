@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 from .clocks import CLOCKS
 from .compositing import COMPOSITES
 from .denoiser import RELEASES
-from .edit import DEFAULT_STEPS, OWN_STEPS, SAMPLERS, SCHEDULES
+from .edit import DEFAULT_STEPS, OWN_STEPS, RANGE_SAMPLERS, SAMPLERS, SCHEDULES
 from .errors import InputError, OneLineParser, command_status
 from .files import same_file
 from .presets import PRESETS
@@ -137,6 +137,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     strength = resolve_map(args.map, height, width, args.keep_map, warn=_warn)
     if args.model == "builtin" and (args.prompt or args.negative or args.cfg is not None):
         _warn("the built-in model takes no text: --prompt, --negative and --cfg are ignored")
+    if args.sampler in RANGE_SAMPLERS and args.threshold == "step":
+        raise InputError(f"--threshold step counts schedule steps, and --sampler {args.sampler} runs a sigma range without them; use --threshold timestep or sigma")
     if args.sampler in OWN_STEPS and args.steps is not None:
         _warn(f"--sampler {args.sampler} chooses its own steps: --steps {args.steps} is ignored")
 
@@ -149,6 +151,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     schedule = args.schedule or own
     if own == "model" and schedule != "model":
         raise InputError(f"--schedule {schedule}: this flow model's schedule starts at t = 1 (sigma = inf); use --schedule model")
+    if own == "model" and args.threshold == "sigma" and args.denoise >= 1:
+        raise InputError("--threshold sigma: a flow model's schedule from t = 1 starts at sigma = inf, where log sigma has no range; use --threshold timestep or step")
     model = load_model(args.model, image, device)
     if getattr(model, "description", None) and not args.quiet:
         print(f"{PROG}: model: {model.description}", file=sys.stderr)

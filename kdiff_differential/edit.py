@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from .clocks import find_attribute
 from .denoiser import DifferentialDenoiser
+from .errors import InputError
 
 SAMPLERS = (
     "euler",
@@ -114,6 +115,15 @@ def differential_edit(
     torch.manual_seed(seed)
     generator = torch.Generator(device=latent.device).manual_seed(seed)
     sigmas = make_sigmas(denoiser, steps, schedule, denoise).to(device=latent.device, dtype=latent.dtype)
+    floor = find_attribute(denoiser, "sigma_min")
+    if threshold != "step" and floor is not None and float(sigmas[0]) <= float(floor) * (1 + 1e-4):
+        # Partial denoising keeps the schedule's last steps; few enough, and only the step
+        # from the model's sigma_min (karras: to rounding) to 0 is left: no noise range
+        # for a clock to ramp over.
+        raise InputError(
+            f"steps={steps} at denoise={denoise:g} leaves only the step from the model's sigma_min "
+            f"({float(floor):g}) to 0, which changes nothing; give more steps or a larger denoise"
+        )
     settings = dict(generator=generator, strength=strength, threshold=threshold, release=release)
     step_sigmas: list[float] = []
 

@@ -137,6 +137,18 @@ def test_one_step_runs_with_the_sde_samplers_k_diffusion_cannot_start_at_zero(
     assert pixels(files / f"out/one-{sampler}.png").shape == pixels(files / "in.png").shape
 
 
+def test_a_partial_denoise_that_leaves_only_the_last_step_is_refused_in_one_line(
+    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """--steps 1 --denoise 0.3 keeps the last step of 3: from the model's sigma_min to 0."""
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--steps", "1", "--denoise", "0.3", "--quiet", "--out", "out/partial.png"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "give more steps or a larger denoise" in error, error
+    assert not (files / "out/partial.png").exists()
+    assert main(["--image", "in.png", "--steps", "1", "--denoise", "0.3", "--threshold", "step", "--quiet", "--out", "out/partial.png"]) == 0
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset(files: Path, preset: str) -> None:
     done = kdiff("--image", "in.png", "--map", preset, "--out", f"out/{preset}.png", *FAST, cwd=files)
@@ -193,6 +205,7 @@ BAD = {
     "missing model": (["--model", "no-such-model"], "no such directory"),
     "not a model": (["--model", "not-a-model"], "not a diffusers folder (no model_index.json)"),
     "cuda without cuda": (["--device", "cuda"], "--device cpu"),
+    "step clock on a range sampler": (["--sampler", "dpm_fast", "--threshold", "step"], "use --threshold timestep or sigma"),
     "out over the image": (["--image", "in.png", "--out", "./in.png"], "over the input"),
     "out in a missing folder": (["--out", "nowhere/result.png"], "does not exist"),
 }
