@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from kdiff_differential.clocks import CLOCKS
 from kdiff_differential.denoiser import RELEASES
-from kdiff_differential.edit import OWN_STEPS, SAMPLERS
+from kdiff_differential.edit import OWN_STEPS, RANGE_SAMPLERS, SAMPLERS
 from kdiff_differential.errors import InputError, OneLineParser, command_status
 from kdiff_differential.files import same_file
 from kdiff_differential.presets import PRESETS
@@ -117,6 +117,11 @@ def sweep(args: argparse.Namespace) -> Path:
     setup = Setup(model=args.model, image=args.image, map=args.map)
     _, original, strength = prepared(setup)  # bad model, image or map: fail before any run
     runs = plan(args.samplers, args.steps, args.seeds, args.threshold, args.strength, args.release)
+    if not runs:
+        raise InputError(f"--threshold step needs a schedule, and --samplers {','.join(args.samplers)} run sigma ranges; add a clock (timestep, sigma) or a sampler")
+    stepless = [name for name in args.samplers if name in RANGE_SAMPLERS]
+    if "step" in args.threshold and stepless:
+        print(f"{PROG}: warning: {', '.join(stepless)} run without steps: their runs with the step clock are left out", file=sys.stderr)
     for sampler in OWN_STEPS:
         if sampler in args.samplers and len(args.steps) > 1:
             counts = ", ".join(map(str, args.steps))

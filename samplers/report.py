@@ -103,8 +103,9 @@ def write_markdown(path: Path, rows: list[dict[str, Any]]) -> None:
         "| sampler | steps | runs | " + " | ".join(SUMMARY) + " |",
         "|---|---:|---:|" + "---:|" * len(SUMMARY),
     ]
+    counts = {key: len(group) for key, group in _groups(rows).items()}
     for (sampler, steps), values in medians(rows).items():
-        cells = [f"{values[column]:.4g}" for column in SUMMARY]
+        cells = [str(counts[sampler, steps]), *(f"{values[column]:.4g}" for column in SUMMARY)]
         lines.append(f"| {sampler} | {steps} | " + " | ".join(cells) + " |")
     text = summary_header(rows) + "\n\n" + "\n".join(lines) + "\n"
     write_atomically(path, lambda file: file.write(text))

@@ -55,9 +55,14 @@ class Run:
 
 def plan(samplers: list[str], steps: list[int], seeds: list[int], thresholds: list[str], strength: float,
          releases: tuple[str, ...] = ("smooth",)) -> list[Run]:
-    """Every combination, samplers outermost: the row order of results.csv."""
+    """Every combination, samplers outermost: the row order of results.csv. The step
+    clock counts schedule steps, which the range samplers (dpm_fast, dpm_adaptive) do not
+    have: those pairs are left out."""
+    from kdiff_differential.edit import RANGE_SAMPLERS
+
     return [Run(sampler, count, seed, threshold, strength, release)
-            for sampler, count, release, seed, threshold in itertools.product(samplers, steps, releases, seeds, thresholds)]
+            for sampler, count, release, seed, threshold in itertools.product(samplers, steps, releases, seeds, thresholds)
+            if not (threshold == "step" and sampler in RANGE_SAMPLERS)]
 
 
 class CountingDenoiser(nn.Module):

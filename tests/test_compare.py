@@ -60,7 +60,9 @@ def test_a_small_sweep_writes_all_four_outputs(sweep):
         with Image.open(sweep / name) as image:
             image.verify()
     markdown = (sweep / "results.md").read_text()
-    assert "| euler | 4 |" in markdown and "| dpm_adaptive | 8 |" in markdown
+    assert "| euler | 4 | 1 |" in markdown and "| dpm_adaptive | 8 | 1 |" in markdown  # sampler, steps, runs
+    table_lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    assert len({line.count("|") for line in table_lines}) == 1  # every row has the header's columns
     # One seed and one clock: each row is one run, and the header says so.
     assert markdown.startswith("Each row is one run (seed 0; threshold timestep; strength 1; release smooth).")
 
@@ -145,6 +147,7 @@ def test_the_ray_executor_gives_the_same_table(sweep, tmp_path):
         (["--seeds", "a"], "'a' is not a comma-separated list of whole numbers"),
         (["--strength", "2"], "give a number in [0, 1]"),
         (["--release", "soft"], "unknown release 'soft'; valid: smooth, binary"),
+        (["--samplers", "dpm_fast,dpm_adaptive", "--threshold", "step"], "--threshold step needs a schedule"),
     ],
 )
 def test_bad_input_fails_before_any_run_in_one_line(tmp_path, args, words):
@@ -153,6 +156,16 @@ def test_bad_input_fails_before_any_run_in_one_line(tmp_path, args, words):
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and words in result.stderr
     assert not (out / "results.csv").exists()
+
+
+def test_the_step_clock_leaves_out_the_range_samplers_and_says_so(tmp_path):
+    out = tmp_path / "out"
+    result = compare("--out", out, "--samplers", "euler,dpm_fast", "--steps", "3", "--threshold", "step,timestep", "--quiet")
+    assert result.stderr == "python -m samplers.compare: warning: dpm_fast run without steps: their runs with the step clock are left out\n"
+    assert sorted((row["sampler"], row["threshold"]) for row in rows(out)) == [
+        ("dpm_fast", "timestep"), ("euler", "step"), ("euler", "timestep"),
+    ]
+    assert "| dpm_fast | 3 | 1 |" in (out / "results.md").read_text() and "| euler | 3 | 2 |" in (out / "results.md").read_text()
 
 
 def test_an_out_that_is_a_file_is_refused(tmp_path):
