@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", type=_list_of(str, "thresholds", CLOCKS), default=["timestep"], help=f"clocks, of: {', '.join(CLOCKS)} (default: timestep)")
     parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=["smooth"], help="release modes, of: smooth, binary (default: smooth)")
     parser.add_argument("--strength", type=_strength, default=1.0, help="release strength in [0, 1] (default: 1)")
-    parser.add_argument("--model", default="builtin", help="'builtin' (default) or a local diffusers Stable Diffusion directory")
+    parser.add_argument("--model", default="builtin", help="'builtin' (default) or a local diffusers folder (SD 1.x/2.x, SDXL, SD3/SD3.5, Flux.1)")
     parser.add_argument("--image", help="input image (default: the bundled example)")
     parser.add_argument("--map", default="gradient-x", help="change map: an image file or a preset (default: gradient-x)")
     parser.add_argument("--executor", default="local", choices=EXECUTORS, help="where runs are done (default: local)")

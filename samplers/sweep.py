@@ -111,6 +111,7 @@ def perform(setup: Setup, run: Run) -> tuple[dict[str, Any], np.ndarray]:
             strength=run.strength,
             threshold=run.threshold,
             release=run.release,
+            schedule=getattr(model, "schedule", "karras"),  # flow models: their own, from t = 1
             extra_args=model.extra_args("", "", 1.0, change_map=strength),
         )
         out = model.decode(edit.result)

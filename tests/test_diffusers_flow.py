@@ -263,3 +263,13 @@ def test_a_class_outside_diffusers_and_transformers_is_refused(tmp_path: Path, c
     assert main(["--model", str(folder), "--out", str(tmp_path / "x.png"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "expected a diffusers or transformers class" in err and "transformer" in err, err
+
+
+def test_the_sampler_comparison_runs_a_flow_folder_on_its_own_schedule(model_dir: Path, image_file: Path, tmp_path: Path) -> None:
+    from samplers.compare import main
+
+    out = tmp_path / "compare"
+    argv = ["--out", str(out), "--model", str(model_dir), "--image", str(image_file), "--samplers", "euler,dpmpp_2m", "--steps", "2", "--quiet"]
+    assert main(argv) == 0
+    rows = (out / "results.csv").read_text().splitlines()
+    assert len(rows) == 3 and all(",nan," not in row for row in rows[1:])
