@@ -291,7 +291,8 @@ class Flux(FlowFamily):
         # (N, C, H, W) -> (N, H/2 * W/2, 4C): one token per 2x2 patch, as the transformer was trained.
         tokens = x_t.reshape(n, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
         tokens = tokens.reshape(n, (height // 2) * (width // 2), channels * 4)
-        rows, cols = torch.meshgrid(torch.arange(height // 2), torch.arange(width // 2), indexing="ij")
+        # Built on x_t's device: a host-made table would be copied over at every call.
+        rows, cols = torch.meshgrid(torch.arange(height // 2, device=x_t.device), torch.arange(width // 2, device=x_t.device), indexing="ij")
         image_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(x_t)
         guidance = cond.get("guidance")
         v = transformer(
