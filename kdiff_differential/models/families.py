@@ -104,20 +104,20 @@ class Family:
     def __init__(self, root: Path, index: dict[str, Any]) -> None:
         self.root, self.index = root, index
 
+    def left_out(self, name: str) -> bool:
+        """Whether the folder leaves out the optional part ``name`` (model_index.json names no class for it)."""
+        return name in self.optional and not (self.index.get(name) or [None])[0]
+
     def missing(self) -> list[str]:
         """The folders this family needs that ``root`` lacks."""
         needed = [self.network, "vae", "scheduler", *(name for pair in self.encoders for name in pair)]
-        present = [name for name in needed if name not in self.optional or (self.index.get(name) or [None])[0]]
-        return [name for name in present if not (self.root / name).is_dir()]
+        return [name for name in needed if not self.left_out(name) and not (self.root / name).is_dir()]
 
     def load(self, dtype: torch.dtype, device: torch.device) -> nn.Module:
         self.device = device
         self.text: dict[str, Any] = {}
         for name in (name for pair in self.encoders for name in pair):
-            if name in self.optional and not (self.index.get(name) or [None])[0]:
-                self.text[name] = None
-                continue
-            part = load_component(self.root, self.index, name, dtype)
+            part = None if self.left_out(name) else load_component(self.root, self.index, name, dtype)
             self.text[name] = part.to(device).eval().requires_grad_(False) if isinstance(part, nn.Module) else part
         network = load_component(self.root, self.index, self.network, dtype)
         self.config = network.config
