@@ -62,6 +62,28 @@ def save_tiny_pipeline(folder: Path, prediction: str) -> Path:
     return folder / "model"
 
 
+def diffusers_euler(kind: type, folder: Path, edit, **settings) -> torch.Tensor:
+    """diffusers' own pipeline ``kind`` on ``folder`` with its EulerDiscreteScheduler on
+    Karras sigmas, over the steps of ``edit`` and from its noise: the output latent.
+
+    Karras over the model's whole range is our default schedule. "linspace" spacing gives
+    diffusers that whole range (the tiny SD folder's DDIM config says "leading", whose
+    Karras range would start at t = 751 for 4 steps) and makes init_noise_sigma sigma_max,
+    our start's level ("leading" multiplies the noise by sqrt(1 + sigma_max^2) instead).
+    """
+    reference = kind.from_pretrained(folder, local_files_only=True)
+    reference.scheduler = diffusers.EulerDiscreteScheduler.from_config(
+        reference.scheduler.config, use_karras_sigmas=True, timestep_spacing="linspace",
+    )
+    reference.set_progress_bar_config(disable=True)
+    steps = len(edit.wrapper.sigmas) - 1
+    out = reference(latents=edit.wrapper.noise, num_inference_steps=steps, output_type="latent", **settings).images
+    # k-diffusion computes the Karras levels in float32, diffusers in float64 rounded once:
+    # they differ by ~3e-7 relative, which moves the UNet's timesteps by up to ~2e-4 (of 999).
+    torch.testing.assert_close(edit.wrapper.sigmas, reference.scheduler.sigmas, rtol=1e-6, atol=0)
+    return out
+
+
 @pytest.fixture(scope="module", params=PREDICTIONS)
 def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny pipeline saved to a folder, once per prediction type."""
@@ -148,3 +170,28 @@ def test_a_missing_weights_file_is_one_clear_line(model_dir: Path, image_file: P
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert "cannot load unet/" in done.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_euler_with_everything_released_is_the_diffusers_pipeline(model_dir: Path) -> None:
+    """End to end against diffusers' own StableDiffusionPipeline with Euler on Karras sigmas
+    (output latents, same initial noise, same steps): the text encoding, guidance, the
+    epsilon or v parametrisation and our default schedule agree with diffusers', to float32
+    rounding."""
+    from kdiff_differential import load_pipeline
+    from kdiff_differential.edit import differential_edit
+
+    pipe = load_pipeline(model_dir)
+    latent = torch.zeros(1, 4, 16, 20)  # all released: only its shape matters; diffusers wants multiples of 8 pixels
+    edit = differential_edit(
+        pipe.denoiser_for(latent), latent, torch.ones(16, 20), sampler="euler", steps=4,
+        extra_args=pipe.extra_args("a red cat", "blurry", 3.0), seed=5,
+    )
+    expected = diffusers_euler(
+        diffusers.StableDiffusionPipeline, model_dir, edit, prompt="a red cat", negative_prompt="blurry", height=32,
+        width=40, guidance_scale=3.0,
+    )
+    noise = edit.wrapper.noise
+    # The model moved the start (noise * sigma_max) and did not land on the unit noise:
+    # the comparison is not of two copies of either.
+    assert (expected - noise * edit.wrapper.sigmas[0]).abs().mean() > 0.1 and (expected - noise).abs().mean() > 0.1
+    assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max()

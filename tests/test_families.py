@@ -17,7 +17,7 @@ import transformers
 from PIL import Image
 
 from test_cli import kdiff, pixels
-from test_diffusers import save_tiny_pipeline, write_tokenizer
+from test_diffusers import diffusers_euler, save_tiny_pipeline, write_tokenizer
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.cli import main
@@ -141,6 +141,34 @@ def test_kept_latent_pixels_are_exact_and_changed_ones_change(folder: Path, imag
     torch.testing.assert_close(edit.result[..., :half], latent[..., :half], atol=1e-5, rtol=0)
     assert (edit.result[..., half:] - latent[..., half:]).abs().mean() > 0.05
     assert pipe.decode(edit.result).shape == (1, 3, HEIGHT, WIDTH)
+
+
+@pytest.mark.parametrize("folder", ["sdxl-eps", "sdxl-v"], indirect=True)
+@pytest.mark.parametrize("negative", ["", "blurry"], ids=["no-negative", "negative"])
+def test_euler_with_everything_released_is_the_diffusers_pipeline(folder: Path, negative: str) -> None:
+    """End to end against diffusers' own StableDiffusionXLPipeline with Euler on Karras
+    sigmas (output latents, same initial noise, same steps): both encoders' penultimate
+    states, the pooled projection, the time ids of a non-square size, the negative prompt
+    (or, without one, the zeros of force_zeros_for_empty_prompt) and the prediction type
+    agree with diffusers', to float32 rounding."""
+    pipe = load_pipeline(folder)
+    h, w = HEIGHT // 2, WIDTH // 2
+    latent = torch.zeros(1, 4, h, w)  # all released: only its shape matters
+    edit = differential_edit(
+        pipe.denoiser_for(latent), latent, torch.ones(h, w), sampler="euler", steps=4,
+        extra_args=pipe.extra_args("a red cat", negative, 3.0, size=(HEIGHT, WIDTH)), seed=5,
+    )
+    # diffusers zeroes the negative only when none is given (an explicit "" it encodes);
+    # ours takes "" for none.
+    expected = diffusers_euler(
+        diffusers.StableDiffusionXLPipeline, folder, edit, prompt="a red cat", negative_prompt=negative or None,
+        height=HEIGHT, width=WIDTH, guidance_scale=3.0,
+    )
+    noise = edit.wrapper.noise
+    # The model moved the start (noise * sigma_max) and did not land on the unit noise:
+    # the comparison is not of two copies of either.
+    assert (expected - noise * edit.wrapper.sigmas[0]).abs().mean() > 0.1 and (expected - noise).abs().mean() > 0.1
+    assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
 def test_cfg_batches_dict_conditions_key_by_key() -> None:
