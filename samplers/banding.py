@@ -71,6 +71,26 @@ def measure(samplers: Sequence[str], steps: Sequence[int], releases: Sequence[st
     return table
 
 
+# The converged edit that calibration is measured against.
+REFERENCE = ("euler", 100)
+
+
+def calibrations(images: dict[tuple[str, str, int], np.ndarray], seed: int = 0, height: int = 192,
+                 width: int = 384) -> dict[tuple[str, str, int], float]:
+    """The calibration (samplers/metrics.py) of each edit :func:`measure` put in
+    ``images``, against the same edit converged: Euler, 100 steps, smooth release (at 100
+    steps binary is within a level of it)."""
+    from kdiff_differential.presets import preset_map
+    from samplers.metrics import calibration
+
+    sampler, steps = REFERENCE
+    converged: dict[tuple[str, str, int], np.ndarray] = {}
+    measure([sampler], [steps], ["smooth"], seed, height, width, images=converged)
+    reference = converged["smooth", sampler, steps]
+    image, strength = smooth_scene(height, width), preset_map("gradient-x", height, width).numpy()
+    return {key: calibration(out, reference, image, strength) for key, out in images.items()}
+
+
 def markdown(table: dict[tuple[str, str, int], float]) -> str:
     """One row per sampler, one column per (release, steps)."""
     releases = list(dict.fromkeys(release for release, _, _ in table))
@@ -118,6 +138,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=list(RELEASES), help="default: smooth,binary")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--figure", metavar="PATH.png", help="also draw the first sampler's edits, release modes side by side")
+    parser.add_argument("--calibration", action="store_true", help="also print how far each edit's change per strength is from the converged edit's (Euler, 100 steps)")
 
     def work() -> None:
         args = parser.parse_args(argv)
@@ -126,6 +147,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         images: dict = {}
         table = measure(args.samplers, args.steps, args.release, args.seed, images=images)
         print(markdown(table))
+        if args.calibration:
+            print(f"\nCalibration: mean |change per strength - the converged edit's| ({REFERENCE[0]}, {REFERENCE[1]} steps), 8-bit levels\n")
+            print(markdown(calibrations(images, args.seed)))
         if args.figure:
             first = args.samplers[0]
             figure = side_by_side({key: image for key, image in images.items() if key[1] == first}, table)

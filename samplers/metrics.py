@@ -52,25 +52,41 @@ def monotonicity(out: np.ndarray, original: np.ndarray, strength: np.ndarray) ->
     return float(spearmanr(strength[between], change[between]).statistic)
 
 
-def banding(out: np.ndarray, original: np.ndarray, strength: np.ndarray) -> float:
-    """The largest jump in mean change between neighbouring map levels, in 8-bit levels.
-
-    Pixels are grouped by their strength as an 8-bit level, round(255 * s); each group's
-    mean |out - original| (over its pixels and channels, 0..255) is one point of the
-    change-against-strength curve, and the banding is the largest absolute difference
-    between consecutive occupied levels. On a smooth image with a linear ramp map, a
-    smooth release gives a curve with small steps (a fraction of a level); a release in
-    bands gives one jump per band. NaN when the map has fewer than two levels.
-    """
+def change_curve(out: np.ndarray, original: np.ndarray, strength: np.ndarray) -> np.ndarray:
+    """The change-against-strength curve, (256,): for each 8-bit map level round(255 * s),
+    the mean |out - original| over its pixels and channels, in 8-bit levels (0..255);
+    NaN at levels the map does not use."""
     _check(out, original, strength)
     levels = np.rint(np.clip(strength, 0, 1) * 255).astype(np.int64).ravel()
     change = (np.abs(out.astype(np.int64) - original.astype(np.int64))).mean(axis=-1).ravel()
     counts = np.bincount(levels, minlength=256)
-    occupied = counts > 0
-    if occupied.sum() < 2:
+    sums = np.bincount(levels, weights=change, minlength=256)
+    return np.divide(sums, counts, out=np.full(256, np.nan), where=counts > 0)
+
+
+def banding(out: np.ndarray, original: np.ndarray, strength: np.ndarray) -> float:
+    """The largest jump in mean change between neighbouring map levels, in 8-bit levels:
+    the largest absolute difference between consecutive occupied levels of
+    :func:`change_curve`. On a smooth image with a linear ramp map, a smooth release gives
+    a curve with small steps (a fraction of a level); a release in bands gives one jump
+    per band. NaN when the map has fewer than two levels.
+    """
+    curve = change_curve(out, original, strength)
+    means = curve[~np.isnan(curve)]
+    if len(means) < 2:
         return math.nan
-    means = np.bincount(levels, weights=change, minlength=256)[occupied] / counts[occupied]
     return float(np.abs(np.diff(means)).max())
+
+
+def calibration(out: np.ndarray, reference: np.ndarray, original: np.ndarray, strength: np.ndarray) -> float:
+    """How far the change follows the map otherwise than ``reference`` does, in 8-bit
+    levels: the mean over the map's levels of |change_curve(out) - change_curve(reference)|.
+    With ``reference`` the same edit converged (many steps), it is the error in how much
+    each strength changes: under-change and over-change alike, bands or no bands."""
+    _check(reference, original, strength)
+    gap = change_curve(out, original, strength) - change_curve(reference, original, strength)
+    used = ~np.isnan(gap)
+    return float(np.abs(gap[used]).mean()) if used.any() else math.nan
 
 
 METRICS = {

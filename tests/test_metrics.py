@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from samplers.metrics import banding, image_metrics, monotonicity, preserve_max_err, regen_mean
+from samplers.metrics import banding, calibration, change_curve, image_metrics, monotonicity, preserve_max_err, regen_mean
 
 H, W = 16, 32
 
@@ -49,6 +49,19 @@ def test_banding_is_the_largest_jump_of_mean_change_between_map_levels(original,
     # A uniform change has no band at all, whatever the image holds.
     assert banding(original + 5, original, gradient) == 0
     assert banding(smooth, original, gradient) <= 2
+
+
+def test_calibration_is_the_mean_gap_between_change_curves(original, gradient):
+    flat = np.full((H, W, 3), 100, dtype=np.uint8)
+    ramp = (np.arange(W) * 3)[None, :, None].astype(np.uint8)  # the reference changes 3 levels a column
+    reference = flat + ramp
+    assert calibration(reference, reference, flat, gradient) == 0
+    assert calibration(reference + 4, reference, flat, gradient) == pytest.approx(4.0)  # 4 levels more everywhere
+    late = flat + np.where((np.arange(W) < W // 2)[None, :, None], 0, ramp).astype(np.uint8)  # the left half left unchanged
+    expected = np.mean(np.where(np.arange(W) < W // 2, np.arange(W) * 3, 0))
+    assert calibration(late, reference, flat, gradient) == pytest.approx(expected)
+    curve = change_curve(reference, flat, gradient)
+    assert np.isnan(curve).sum() == 256 - W and np.nanmax(curve) == 3 * (W - 1)
 
 
 def test_metrics_are_nan_where_the_map_gives_them_nothing_to_measure(original):

@@ -119,3 +119,33 @@ def test_smooth_release_bands_less_than_binary_at_5_steps():
     table = measure(["euler", "dpmpp_2m"], [5], height=64, width=160)
     for sampler in ("euler", "dpmpp_2m"):
         assert table["smooth", sampler, 5] < table["binary", sampler, 5] / 2
+
+
+def test_the_benchmark_measures_calibration_against_the_converged_edit():
+    """Euler converges to the reference: the gap shrinks with the steps, and binary
+    release changes too little where smooth changes too much (both measured, not assumed
+    small)."""
+    import numpy as np
+
+    from kdiff_differential.presets import preset_map
+    from samplers.banding import calibrations, measure, smooth_scene
+    from samplers.metrics import change_curve
+
+    images: dict = {}
+    measure(["euler"], [5, 20], height=64, width=160, images=images)
+    gaps = calibrations(images, height=64, width=160)
+    assert gaps["smooth", "euler", 20] < gaps["smooth", "euler", 5] and gaps["binary", "euler", 20] < gaps["binary", "euler", 5]
+    reference: dict = {}
+    measure(["euler"], [100], ["smooth"], height=64, width=160, images=reference)
+    scene, strength = smooth_scene(64, 160), preset_map("gradient-x", 64, 160).numpy()
+    converged = change_curve(reference["smooth", "euler", 100], scene, strength)
+    signed = {release: np.nanmean(change_curve(images[release, "euler", 5], scene, strength) - converged) for release in ("smooth", "binary")}
+    assert signed["smooth"] > 0 > signed["binary"]
+
+
+def test_the_banding_command_prints_both_tables(capsys):
+    from samplers.banding import main
+
+    assert main(["--samplers", "euler", "--steps", "3", "--release", "smooth", "--calibration"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("| sampler | smooth 3 |") == 2 and "Calibration:" in out
