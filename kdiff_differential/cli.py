@@ -24,10 +24,7 @@ from .files import same_file
 from .presets import PRESETS
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
-
-    from .models import ImageModel
 
 PROG = "kdiff-differential"
 DEVICES = ("auto", "cpu", "cuda")
