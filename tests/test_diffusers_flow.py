@@ -273,3 +273,31 @@ def test_the_sampler_comparison_runs_a_flow_folder_on_its_own_schedule(model_dir
     assert main(argv) == 0
     rows = (out / "results.csv").read_text().splitlines()
     assert len(rows) == 3 and all(",nan," not in row for row in rows[1:])
+
+
+@pytest.mark.parametrize(
+    "call, error, says",
+    [
+        (lambda pipe: pipe.denoiser_for("abc"), TypeError, "latent must be a tensor (B, C, h, w) or a size (h, w), got 'abc'"),
+        (lambda pipe: pipe.denoiser_for((15, 17)), ValueError, "positive multiples of 2 for this model, got (15, 17)"),
+        (lambda pipe: pipe.extra_args(None), TypeError, "prompt must be a str, got NoneType"),
+        (lambda pipe: pipe.extra_args("a cat", cfg="x"), TypeError, "cfg must be a finite number, got 'x'"),
+        (lambda pipe: pipe.encode(np.zeros((8, 8, 3))), ValueError, "image must be uint8 (H, W, 3), got float64 (8, 8, 3)"),
+        (lambda pipe: pipe.encode(torch.zeros(3, 8, 8)), ValueError, "image must be pixels (1, 3, H, W) in [-1, 1], got shape (3, 8, 8)"),
+    ],
+    ids=["latent-type", "latent-size", "prompt", "cfg", "image-dtype", "image-shape"],
+)
+def test_the_python_loader_names_the_bad_argument(model_dir: Path, call, error, says) -> None:
+    from kdiff_differential import load_pipeline
+
+    pipe = load_pipeline(model_dir)
+    with pytest.raises(error) as raised:
+        call(pipe)
+    assert says in str(raised.value)
+
+
+def test_a_bad_device_is_named() -> None:
+    from kdiff_differential.models.diffusers_model import _device
+
+    with pytest.raises(ValueError, match="device must be 'cpu', 'cuda', 'cuda:N' or a torch.device, got 'gpu'"):
+        _device("gpu")

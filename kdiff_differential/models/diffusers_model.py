@@ -12,6 +12,7 @@ transformers are imported inside the functions, after :func:`require_diffusers`.
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -81,7 +82,7 @@ class DiffusersPipeline:
     def __init__(self, path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> None:
         require_diffusers()
         root = Path(path)
-        self.device = torch.device(device)
+        self.device = _device(device)
         self.family = detect(root)
         dtype = self.family.cuda_dtype if self.device.type == "cuda" else torch.float32
         vae_dtype = torch.float32 if read_config(root, "vae").get("force_upcast", False) else dtype
@@ -101,7 +102,7 @@ class DiffusersPipeline:
         """The k-diffusion denoiser for ``latent`` (1, C, h, w), or its size (h, w)."""
         from ..guidance import CFGDenoiser
 
-        size = tuple(latent.shape[-2:]) if isinstance(latent, Tensor) else tuple(latent)
+        size = _latent_size(latent, self.family.patch)
         if size not in self._denoisers:
             inner = self.family.denoiser(self.network, self.scheduler, size)
             self._denoisers[size] = (CFGDenoiser(inner) if self.family.guided else inner).to(self.device)
@@ -116,8 +117,7 @@ class DiffusersPipeline:
     def encode(self, image: Union[np.ndarray, Tensor]) -> Tensor:
         """uint8 (H, W, 3) or pixels (1, 3, H, W) in [-1, 1] -> the scaled latent
         (1, C, h/f, w/f), float32; the image is resized to :meth:`size` first."""
-        pixels = to_tensor(image) if isinstance(image, np.ndarray) else image
-        pixels = pixels.to(self.device)
+        pixels = _pixels(image).to(self.device)
         target = self.size(*pixels.shape[-2:])
         if target != tuple(pixels.shape[-2:]):
             pixels = F.interpolate(pixels, size=target, mode="bicubic", align_corners=False, antialias=True)
@@ -150,7 +150,12 @@ class DiffusersPipeline:
         with the pixels to change set to mid-grey, fixed for the whole run (ComfyUI's
         InpaintModelConditioning); the wrapper still releases pixels by the full map.
         """
-        pixels = None if image is None else (to_tensor(image) if isinstance(image, np.ndarray) else image).to(self.device)
+        for name, text in (("prompt", prompt), ("negative", negative)):
+            if not isinstance(text, str):
+                raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+        if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg):
+            raise TypeError(f"cfg must be a finite number, got {cfg!r}")
+        pixels = None if image is None else _pixels(image).to(self.device)
         if size is None:
             size = self.size(*pixels.shape[-2:]) if pixels is not None else (self.family.native_size,) * 2
         cond, uncond = self.family.embed(prompt, negative, size)
@@ -162,6 +167,41 @@ class DiffusersPipeline:
             concat = torch.cat([F.interpolate(mask, size=masked.shape[-2:], mode="bilinear", align_corners=False).round(), masked], dim=1)
             cond, uncond = {**cond, "concat": concat}, {**uncond, "concat": concat}
         return self.family.extra_args(cond, uncond, cfg)
+
+
+def _device(device: Union[str, torch.device]) -> torch.device:
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'cpu', 'cuda', 'cuda:N' or a torch.device, got {device!r}") from None
+
+
+def _pixels(image: Union[np.ndarray, Tensor]) -> Tensor:
+    """An image as pixels (1, 3, H, W) in [-1, 1]: from uint8 (H, W, 3), or as given."""
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        return to_tensor(image)
+    if isinstance(image, Tensor):
+        if image.ndim != 4 or image.shape[:2] != (1, 3):
+            raise ValueError(f"image must be pixels (1, 3, H, W) in [-1, 1], got shape {tuple(image.shape)}")
+        return image
+    raise TypeError(f"image must be a uint8 numpy array (H, W, 3) or a tensor (1, 3, H, W), got {type(image).__name__}")
+
+
+def _latent_size(latent: Union[Tensor, tuple[int, int]], patch: int) -> tuple[int, int]:
+    """(h, w) of a latent (B, C, h, w) or of a size; both multiples of the network's ``patch``."""
+    if isinstance(latent, Tensor):
+        if latent.ndim != 4:
+            raise ValueError(f"latent must be (B, C, h, w), got shape {tuple(latent.shape)}")
+        size = tuple(latent.shape[-2:])
+    elif isinstance(latent, (tuple, list)) and len(latent) == 2 and all(isinstance(side, int) for side in latent):
+        size = tuple(latent)
+    else:
+        raise TypeError(f"latent must be a tensor (B, C, h, w) or a size (h, w), got {latent!r}")
+    if any(side < patch or side % patch for side in size):
+        raise ValueError(f"the latent's sides must be positive multiples of {patch} for this model, got {size}")
+    return size  # type: ignore[return-value]
 
 
 class FittedModel:
