@@ -55,6 +55,10 @@ def make_sigmas(denoiser: nn.Module, steps: int, schedule: str = "karras", denoi
 
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; schedules: {', '.join(SCHEDULES)}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
+    if isinstance(denoise, bool) or not isinstance(denoise, (int, float)) or not 0 < denoise <= 1:
+        raise ValueError(f"denoise must be a number in (0, 1], got {denoise!r}")
     total = steps if denoise >= 1 else int(steps / denoise)
     sigma_min, sigma_max = float(find_attribute(denoiser, "sigma_min")), float(find_attribute(denoiser, "sigma_max"))
     if schedule != "model" and sigma_max == float("inf"):
@@ -107,6 +111,10 @@ def differential_edit(
 
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if extra_args is not None and not isinstance(extra_args, dict):
+        raise TypeError(f"extra_args must be a dict of the denoiser's keyword arguments, got {type(extra_args).__name__}")
     if sampler in OWN_STEPS and steps is not None:
         warnings.warn(f"{sampler} chooses its own steps: steps={steps} is ignored", UserWarning, stacklevel=2)
     if steps is None or sampler in OWN_STEPS:

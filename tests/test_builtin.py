@@ -108,3 +108,22 @@ def test_dpm_adaptive_warns_once_that_it_ignores_steps(model: BuiltinModel) -> N
     assert [str(warning.message) for warning in caught] == ["dpm_adaptive chooses its own steps: steps=3 is ignored"]
     assert caught[0].filename == __file__  # it points at the caller's line
     assert torch.equal(asked, chosen)
+
+
+@pytest.mark.parametrize(
+    "settings, error, says",
+    [
+        ({"steps": 0}, ValueError, "steps must be a whole number >= 1, got 0"),
+        ({"steps": 2.5}, ValueError, "steps must be a whole number >= 1, got 2.5"),
+        ({"denoise": 0}, ValueError, "denoise must be a number in (0, 1], got 0"),
+        ({"denoise": 2.0}, ValueError, "denoise must be a number in (0, 1], got 2.0"),
+        ({"seed": "a"}, TypeError, "seed must be an int, got 'a'"),
+        ({"extra_args": [1]}, TypeError, "extra_args must be a dict"),
+        ({"sampler": "euler_b"}, ValueError, "unknown sampler 'euler_b'"),
+    ],
+    ids=["steps-0", "steps-float", "denoise-0", "denoise-2", "seed", "extra-args", "sampler"],
+)
+def test_bad_arguments_are_named(model: BuiltinModel, settings: dict, error: type, says: str) -> None:
+    with pytest.raises(error) as raised:
+        differential_edit(model.denoiser, model.latent, torch.ones(SIDE, SIDE), **settings)
+    assert says in str(raised.value)
