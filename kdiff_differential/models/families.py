@@ -21,7 +21,8 @@ loader, loads the VAE and the scheduler config itself and asks the family for th
 - ``embed(prompt, negative, size)``: the conditions (cond, uncond), each a dict of
   tensors with batch 1; uncond is None for an unguided family. ``size`` is (H, W) in pixels;
 - ``extra_args(cond, uncond, cfg)``: what the denoiser takes at every call;
-- ``prediction(scheduler)``: what the network predicts, for the user ("v_prediction").
+- ``prediction(scheduler)``: what the network predicts, for the user ("epsilon prediction",
+  "flow matching").
 
 Families are detected by :func:`detect` from ``model_index.json``; a new one is a class
 here and an entry in :data:`FAMILIES`. The UNet families wrap their network as a
