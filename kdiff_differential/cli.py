@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 PROG = "kdiff-differential"
 DEVICES = ("auto", "cpu", "cuda")
-DEFAULT_CFG = 7.0
 
 
 def _number(kind: Callable[[str], float], check: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
@@ -65,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--denoise", type=_number(float, lambda d: 0 < d <= 1, "a number in (0, 1]"), default=1.0, help="global denoise: the part of the schedule to run (default: 1)")
     parser.add_argument("--prompt", default="", help="text prompt (Stable Diffusion)")
     parser.add_argument("--negative", default="", help="negative prompt (Stable Diffusion)")
-    parser.add_argument("--cfg", type=_number(float, math.isfinite, "a finite number"), default=None, help=f"classifier-free guidance scale (Stable Diffusion; default: {DEFAULT_CFG:g})")
+    parser.add_argument("--cfg", type=_number(float, math.isfinite, "a finite number"), default=None, help="classifier-free guidance scale (default: the model's, 7; Flux.1 dev: its guidance input, 3.5)")
     parser.add_argument("--composite", default="difference", choices=COMPOSITES, help="put the original back in pixel space: difference (where the model barely changed it; default), mask (the map as opacity) or none")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when there is one (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no messages")
@@ -153,7 +152,6 @@ def run(args: argparse.Namespace) -> list[Path]:
     model = load_model(args.model, image, device)
     if getattr(model, "description", None) and not args.quiet:
         print(f"{PROG}: model: {model.description}", file=sys.stderr)
-    cfg = DEFAULT_CFG if args.cfg is None else args.cfg
     edit = differential_edit(
         model.denoiser,
         model.latent,
@@ -166,7 +164,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         strength=args.strength,
         threshold=args.threshold,
         release=args.release,
-        extra_args=model.extra_args(args.prompt, args.negative, cfg, change_map=strength),
+        extra_args=model.extra_args(args.prompt, args.negative, args.cfg, change_map=strength),
         progress=not args.quiet and sys.stderr.isatty(),
     )
     from .compositing import composite

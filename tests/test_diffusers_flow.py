@@ -301,3 +301,15 @@ def test_a_bad_device_is_named() -> None:
 
     with pytest.raises(ValueError, match="device must be 'cpu', 'cuda', 'cuda:N' or a torch.device, got 'gpu'"):
         _device("gpu")
+
+
+def test_flux_dev_guides_at_3_5_and_sd3_at_7_unless_told(model_dir: Path) -> None:
+    from kdiff_differential import load_pipeline
+
+    pipe = load_pipeline(model_dir)
+    args = pipe.extra_args("a red cat", "blurry")
+    if pipe.family.guided:
+        assert args["cfg_scale"] == 7.0
+    else:
+        assert args["cond"]["guidance"].item() == 3.5
+    assert pipe.extra_args("a red cat", "blurry", 2.0).get("cfg_scale", 2.0) == 2.0

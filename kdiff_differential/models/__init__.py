@@ -5,7 +5,7 @@ SD3/SD3.5, Flux.1). Each, fitted to one input image, is an :class:`ImageModel`."
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Union
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 
 import numpy as np
 import torch
@@ -22,8 +22,8 @@ class ImageModel(Protocol):
     """A model fitted to one input image, as the command line uses it.
 
     ``latent`` is the image in the model's space (1, C, h, w); ``denoiser`` a k-diffusion
-    denoiser for such latents; ``extra_args`` what it takes at every call (an inpainting
-    model also needs the ``change_map``, 1 = change); ``decode`` brings a result latent
+    denoiser for such latents; ``extra_args`` what it takes at every call (``cfg`` None:
+    the model's default; an inpainting model also needs the ``change_map``, 1 = change); ``decode`` brings a result latent
     back to an image of the input's size. A model may name its default noise
     ``schedule`` (flow models: 'model', from t = 1).
     """
@@ -31,7 +31,7 @@ class ImageModel(Protocol):
     latent: Tensor
     denoiser: nn.Module
 
-    def extra_args(self, prompt: str, negative: str, cfg: float, change_map: Any = None) -> dict[str, Any]: ...
+    def extra_args(self, prompt: str, negative: str, cfg: Optional[float] = None, change_map: Any = None) -> dict[str, Any]: ...
 
     def decode(self, latent: Tensor) -> np.ndarray: ...
 

@@ -13,7 +13,7 @@ regenerated pixels visibly differ from the input.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -117,7 +117,7 @@ class BuiltinModel:
             return pixels
         return F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
 
-    def extra_args(self, prompt: str, negative: str, cfg: float, change_map: Any = None) -> dict:
+    def extra_args(self, prompt: str, negative: str, cfg: Optional[float] = None, change_map: Any = None) -> dict:
         """No conditioning: the model has none."""
         return {}
 

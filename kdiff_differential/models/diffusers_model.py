@@ -135,13 +135,14 @@ class DiffusersPipeline:
         return pixels.clamp(-1, 1)
 
     def extra_args(
-        self, prompt: str, negative: str = "", cfg: float = 7.0, *,
+        self, prompt: str, negative: str = "", cfg: Optional[float] = None, *,
         image: Optional[Union[np.ndarray, Tensor]] = None, change_map: Any = None,
         size: Optional[tuple[int, int]] = None,
     ) -> dict[str, Any]:
         """What the denoiser takes at every call: ``cond`` (a dict of tensors, batch 1)
         and, for guided families, ``uncond`` and ``cfg_scale``. Flux.1 dev takes ``cfg``
         as its guidance input instead (one pass, ``negative`` unused; schnell ignores it).
+        ``cfg`` defaults to the family's ``default_cfg`` (7; Flux.1: 3.5).
 
         ``size`` (H, W) in pixels is the output size SDXL is told (default: ``image``'s,
         else the native size). An inpainting UNet also needs ``image`` (uint8
@@ -153,6 +154,7 @@ class DiffusersPipeline:
         for name, text in (("prompt", prompt), ("negative", negative)):
             if not isinstance(text, str):
                 raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+        cfg = self.family.default_cfg if cfg is None else cfg
         if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg):
             raise TypeError(f"cfg must be a finite number, got {cfg!r}")
         pixels = None if image is None else _pixels(image).to(self.device)
@@ -221,7 +223,7 @@ class FittedModel:
         self.latent = pipeline.encode(image)
         self.denoiser = pipeline.denoiser_for(self.latent)
 
-    def extra_args(self, prompt: str, negative: str, cfg: float, change_map: Any = None) -> dict[str, Any]:
+    def extra_args(self, prompt: str, negative: str, cfg: Optional[float] = None, change_map: Any = None) -> dict[str, Any]:
         return self.pipeline.extra_args(prompt, negative, cfg, image=self.image, change_map=change_map)
 
     def decode(self, latent: Tensor) -> np.ndarray:

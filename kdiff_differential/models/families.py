@@ -11,6 +11,7 @@ loader, loads the VAE and the scheduler config itself and asks the family for th
 - ``schedule``: the default noise schedule (``karras``; flow models: ``model``);
 - ``patch``: latent sides must be multiples of it (transformers take 2x2 patches);
 - ``guided``: whether the denoiser runs classifier-free guidance (``cond``/``uncond``);
+- ``default_cfg``: the guidance scale when none is given;
 - ``cuda_dtype``: the weights' dtype on CUDA (fp32 on CPU);
 - ``load(dtype, device)``: load the text encoders (kept on the adapter) and return the
   denoising network, on ``device``, in eval mode;
@@ -100,6 +101,7 @@ class Family:
     schedule = "karras"
     patch = 1
     guided = True
+    default_cfg = 7.0
     cuda_dtype = torch.float16
 
     def __init__(self, root: Path, index: dict[str, Any]) -> None:
@@ -272,6 +274,8 @@ class Flux(FlowFamily):
     native_size = 1024
     encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
     guided = False
+    # The distilled guidance input is trained around 3.5 (diffusers' FluxPipeline default).
+    default_cfg = 3.5
     pack = 2
     t5_length = 512
 
