@@ -65,6 +65,27 @@ def save_tiny_sdxl(folder: Path, prediction: str, in_channels: int = 4) -> Path:
     return folder / "model"
 
 
+def save_tiny_refiner(folder: Path) -> Path:
+    """A tiny SDXL refiner: the second encoder alone (width 24 = crossattn, pooled 16),
+    time ids (H, W, top, left, aesthetic score): projection 16 + 5 * 8 = 56; the negative
+    prompt is encoded, not zeroed, as in the published refiner's folder."""
+    torch.manual_seed(2)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=24, attention_head_dim=4, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=56, transformer_layers_per_block=1,
+    )
+    scheduler = diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    pipeline = diffusers.StableDiffusionXLImg2ImgPipeline(
+        vae=tiny_vae(True), text_encoder=None, text_encoder_2=clip(True, hidden=24), tokenizer=None,
+        tokenizer_2=write_tokenizer(folder / "words2"), unet=unet, scheduler=scheduler,
+        requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
+    )
+    pipeline.save_pretrained(folder / "model")
+    return folder / "model"
+
+
 def save_tiny_sd_inpainting(folder: Path) -> Path:
     """The SD 1.x tiny pipeline with a 9-channel UNet, saved as an inpainting pipeline."""
     model = save_tiny_pipeline(folder, "epsilon")
@@ -82,6 +103,7 @@ FOLDERS = {
     "sdxl-v": lambda folder: save_tiny_sdxl(folder, "v_prediction"),
     "sdxl-inpaint": lambda folder: save_tiny_sdxl(folder, "epsilon", in_channels=9),
     "sd-inpaint": save_tiny_sd_inpainting,
+    "sdxl-refiner": save_tiny_refiner,
 }
 
 
@@ -110,7 +132,13 @@ def test_conditioning_has_the_shapes_the_unet_config_demands(folder: Path, image
     cond, uncond = args["cond"], args["uncond"]
     assert cond.keys() == uncond.keys()
     assert cond["crossattn"].shape == (1, 16, config.cross_attention_dim)
-    if config.addition_embed_type == "text_time":
+    if config.addition_embed_type == "text_time" and "refiner" in folder.parent.name:
+        assert pipe.family.name == "Stable Diffusion XL refiner"
+        assert cond["text_embeds"].shape[-1] + 5 * config.addition_time_embed_dim == config.projection_class_embeddings_input_dim
+        # The aesthetic score of the prompt and of the negative, as diffusers' defaults.
+        assert cond["time_ids"].tolist() == [[HEIGHT, WIDTH, 0, 0, 6.0]] and uncond["time_ids"].tolist() == [[HEIGHT, WIDTH, 0, 0, 2.5]]
+        assert uncond["crossattn"].any()  # force_zeros_for_empty_prompt is off: "" is encoded
+    elif config.addition_embed_type == "text_time":
         assert pipe.family.name == "Stable Diffusion XL"
         assert cond["text_embeds"].shape[-1] + 6 * config.addition_time_embed_dim == config.projection_class_embeddings_input_dim
         assert cond["time_ids"].tolist() == [[HEIGHT, WIDTH, 0, 0, HEIGHT, WIDTH]]
@@ -171,6 +199,64 @@ def test_euler_with_everything_released_is_the_diffusers_pipeline(folder: Path, 
     assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
+@pytest.mark.parametrize("folder", ["sdxl-refiner"], indirect=True)
+def test_the_refiner_with_everything_released_is_the_diffusers_img2img_pipeline(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """End to end against diffusers' StableDiffusionXLImg2ImgPipeline at strength 1 on our
+    latent, with our noise (its own draw replaced), Euler on Karras sigmas: the second
+    encoder alone, the aesthetic-score time ids of prompt and negative, to float32 rounding."""
+    from diffusers.pipelines.stable_diffusion_xl import pipeline_stable_diffusion_xl_img2img as img2img
+
+    pipe = load_pipeline(folder)
+    h, w = HEIGHT // 2, WIDTH // 2
+    latent = torch.randn(1, 4, h, w, generator=torch.Generator().manual_seed(1))
+    edit = differential_edit(
+        pipe.denoiser_for(latent), latent, torch.ones(h, w), sampler="euler", steps=4,
+        extra_args=pipe.extra_args("a red cat", "blurry", 3.0, size=(HEIGHT, WIDTH)), seed=5,
+    )
+    monkeypatch.setattr(img2img, "randn_tensor", lambda shape, **_: edit.wrapper.noise.reshape(shape).clone())
+    reference = diffusers.StableDiffusionXLImg2ImgPipeline.from_pretrained(folder, local_files_only=True)
+    reference.scheduler = diffusers.EulerDiscreteScheduler.from_config(
+        reference.scheduler.config, use_karras_sigmas=True, timestep_spacing="linspace",
+    )
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(
+        prompt="a red cat", negative_prompt="blurry", image=latent, strength=1.0, num_inference_steps=4,
+        guidance_scale=3.0, output_type="latent",
+    ).images
+    torch.testing.assert_close(edit.wrapper.sigmas, reference.scheduler.sigmas, rtol=1e-6, atol=0)
+    assert (expected - latent).abs().mean() > 0.1  # the model moved the picture
+    assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+def test_the_readme_base_then_refiner_recipe_keeps_kept_pixels(tmp_path: Path, image: np.ndarray) -> None:
+    """The README's split: SDXL base for the first steps, the refiner for the rest, one
+    schedule, map and noise. Kept pixels end exact; the refiner's steps change the rest."""
+    import k_diffusion as K
+
+    from kdiff_differential import DifferentialDenoiser
+    from kdiff_differential.edit import make_sigmas
+
+    base = load_pipeline(save_tiny_sdxl(tmp_path / "base", "epsilon"))
+    refiner = load_pipeline(save_tiny_refiner(tmp_path / "refiner"))
+    latent = base.encode(image)
+    change = halves(*latent.shape[-2:])
+    sigmas = make_sigmas(base.denoiser_for(latent), 5)
+    split = 3
+    first = DifferentialDenoiser(base.denoiser_for(latent), latent, change, sigmas=sigmas,
+                                 generator=torch.Generator().manual_seed(0))
+    x = K.sampling.sample_dpmpp_2m(first, first.noisy_latent(), first.sigmas[: split + 1],
+                                   extra_args=base.extra_args("a red cat", "blurry", image=image), disable=True)
+    second = DifferentialDenoiser(refiner.denoiser_for(latent), latent, change, sigmas=sigmas, noise=first.noise)
+    refined = K.sampling.sample_dpmpp_2m(second, x, second.sigmas[split:],
+                                         extra_args=refiner.extra_args("a red cat", "blurry", image=image), disable=True)
+    base_only = K.sampling.sample_dpmpp_2m(first, x, first.sigmas[split:],
+                                           extra_args=base.extra_args("a red cat", "blurry", image=image), disable=True)
+    half = latent.shape[-1] // 2
+    torch.testing.assert_close(refined[..., :half], latent[..., :half], atol=1e-5, rtol=0)
+    assert (refined[..., half:] - base_only[..., half:]).abs().mean() > 1e-3
+    assert refiner.decode(refined).shape == (1, 3, HEIGHT, WIDTH)
+
+
 def test_cfg_batches_dict_conditions_key_by_key() -> None:
     seen = {}
 
@@ -201,6 +287,7 @@ def test_the_command_line_runs_the_folder(folder: Path, image: np.ndarray, tmp_p
     assert done.returncode == 0, done.stderr
     assert pixels(tmp_path / "out.png").shape == (HEIGHT, WIDTH, 3)
     family = "Stable Diffusion XL" if "sdxl" in folder.parent.name else "Stable Diffusion 1.x/2.x"
+    family += " refiner" if "refiner" in folder.parent.name else ""
     kind = "inpainting" if "inpaint" in folder.parent.name else "text-to-image"
     assert f"model: {family}, {kind}" in done.stderr
 
@@ -219,7 +306,8 @@ def refused(folder: Path, capsys: pytest.CaptureFixture, tmp_path: Path) -> str:
         (None, "no model_index.json"),
         ({"_class_name": "FluxPipeline"}, "a Flux.1 folder without transformer, vae, scheduler, tokenizer, text_encoder, tokenizer_2, text_encoder_2/"),
         ({"_class_name": "StableDiffusion3Pipeline"}, "a Stable Diffusion 3/3.5 folder without transformer, vae, scheduler, tokenizer, text_encoder, tokenizer_2, text_encoder_2/"),
-        ({"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]}, "the SDXL refiner"),
+        ({"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None], "text_encoder_2": ["transformers", "CLIPTextModelWithProjection"]},
+         "a Stable Diffusion XL refiner folder without unet, vae, scheduler, tokenizer_2, text_encoder_2/"),
         ({"_class_name": "KandinskyPipeline"}, "a KandinskyPipeline folder, which is not supported"),
         ({"_class_name": "StableDiffusionXLPipeline"}, "a Stable Diffusion XL folder without unet, vae, scheduler"),
     ],

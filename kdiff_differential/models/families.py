@@ -188,8 +188,26 @@ class StableDiffusionXL(StableDiffusion):
             cond = self._encode(prompt)
             zeros = self.index.get("force_zeros_for_empty_prompt", True) and not negative
             uncond = {k: torch.zeros_like(v) for k, v in cond.items()} if zeros else self._encode(negative)
-        time_ids = torch.tensor([[*size, 0, 0, *size]], dtype=torch.float32, device=self.device)
-        return {**cond, "time_ids": time_ids}, {**uncond, "time_ids": time_ids}
+        return {**cond, "time_ids": self.time_ids(size, True)}, {**uncond, "time_ids": self.time_ids(size, False)}
+
+    def time_ids(self, size: tuple[int, int], positive: bool) -> Tensor:
+        """(1, 6): the original size, the crop's top-left corner (0, 0), the target size."""
+        return torch.tensor([[*size, 0, 0, *size]], dtype=torch.float32, device=self.device)
+
+
+class StableDiffusionXLRefiner(StableDiffusionXL):
+    """The SDXL refiner: the second CLIP encoder alone, and ``time_ids`` = (original H, W,
+    crop 0, 0, aesthetic score), the score 6 for the prompt and 2.5 for the negative (as
+    diffusers' StableDiffusionXLImg2ImgPipeline). Its folder has no ``text_encoder``."""
+
+    name = "Stable Diffusion XL refiner"
+    pipelines = ("StableDiffusionXLImg2ImgPipeline:refiner", "StableDiffusionXLPipeline:refiner")
+    encoders = (("tokenizer_2", "text_encoder_2"),)
+    aesthetic_scores = (6.0, 2.5)
+
+    def time_ids(self, size: tuple[int, int], positive: bool) -> Tensor:
+        score = self.aesthetic_scores[0 if positive else 1]
+        return torch.tensor([[*size, 0, 0, score]], dtype=torch.float32, device=self.device)
 
 
 class FlowFamily(Family):
@@ -309,12 +327,8 @@ class Flux(FlowFamily):
         return v.reshape(n, channels, height, width)
 
 
-FAMILIES = (StableDiffusion, StableDiffusionXL, StableDiffusion3, Flux)
-SUPPORTED = "supported: Stable Diffusion 1.x/2.x and SDXL (text-to-image or inpainting), SD3/SD3.5 and Flux.1 diffusers folders"
-# Pipelines we know but do not run (yet), and why: refused in one line.
-UNSUPPORTED = {
-    "StableDiffusionXLImg2ImgPipeline:refiner": "the SDXL refiner (one text encoder, aesthetic-score time_ids)",
-}
+FAMILIES = (StableDiffusion, StableDiffusionXL, StableDiffusionXLRefiner, StableDiffusion3, Flux)
+SUPPORTED = "supported: Stable Diffusion 1.x/2.x and SDXL (text-to-image or inpainting), the SDXL refiner, SD3/SD3.5 and Flux.1 diffusers folders"
 
 
 def detect(root: Path) -> Family:
@@ -330,9 +344,7 @@ def detect(root: Path) -> Family:
         raise InputError(f"--model {root}: cannot read model_index.json ({error})") from None
     pipeline = str(index.get("_class_name", "?"))
     if "text_encoder_2" in index and not (index.get("text_encoder") or [None])[-1]:
-        pipeline += ":refiner"
-    if pipeline in UNSUPPORTED:
-        raise InputError(f"--model {root}: {UNSUPPORTED[pipeline]} is not supported yet; {SUPPORTED}")
+        pipeline += ":refiner"  # the refiner's folder is an SDXL one without the first encoder
     for kind in FAMILIES:
         if pipeline in kind.pipelines:
             family = kind(root, index)
