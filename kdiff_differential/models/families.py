@@ -212,9 +212,10 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
 
 class FlowFamily(Family):
     """A flow-matching transformer: the denoiser is :class:`FlowDenoiser` around the
-    family's ``velocity(transformer, x_t, t, cond) -> v`` call (see :mod:`.networks`), on the model's own shifted schedule from t = 1.
-    ``pack`` is the side of the patches the adapter packs into tokens itself (the
-    transformer's ``in_channels`` is the latent's times pack²)."""
+    family's ``velocity(transformer, x_t, t, cond) -> v`` call (see :mod:`.networks`), on
+    the model's own shifted schedule from t = 1. ``pack`` is the side of the patches the
+    adapter packs into tokens itself (the transformer's ``in_channels`` is the latent's
+    times pack²)."""
 
     network = "transformer"
     schedule = "model"
