@@ -9,9 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from kdiff_differential.cli import main
+from kdiff_differential.clocks import CLOCKS
+from kdiff_differential.denoiser import RELEASES
+from kdiff_differential.edit import SAMPLERS
 from kdiff_differential.figures import GAP, LABEL
 from kdiff_differential.presets import PRESETS
 
@@ -269,3 +274,30 @@ def test_readme_quick_start_is_clone_install_demo_tests_and_ci_installs_the_same
     )
     positions = [quick_start.index(command) for command in steps]
     assert positions == sorted(positions)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    sampler=st.sampled_from(SAMPLERS), steps=st.integers(1, 3), denoise=st.sampled_from(["1", "0.6", "0.2"]),
+    threshold=st.sampled_from(CLOCKS), release=st.sampled_from(RELEASES), strength=st.sampled_from(["0", "0.5", "1"]),
+    schedule=st.sampled_from(["karras", "exponential"]),
+)
+def test_any_combination_of_settings_runs_or_is_refused_in_one_line(
+    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    sampler: str, steps: int, denoise: str, threshold: str, release: str, strength: str, schedule: str,
+) -> None:
+    """No setting the parser accepts ends in a traceback: a run writes its file, or one
+    line says why not."""
+    monkeypatch.chdir(files)
+    out = files / "out" / "any.png"
+    out.unlink(missing_ok=True)
+    status = main([
+        "--image", "in.png", "--map", "map.png", "--sampler", sampler, "--steps", str(steps), "--denoise", denoise,
+        "--threshold", threshold, "--release", release, "--strength", strength, "--schedule", schedule,
+        "--save-masks", "--quiet", "--out", "out/any.png",
+    ])
+    err = capsys.readouterr().err
+    if status == 0:
+        assert out.exists()
+    else:
+        assert status == 2 and err.count("\n") == 1 and not out.exists(), err
