@@ -23,9 +23,9 @@ class ImageModel(Protocol):
 
     ``latent`` is the image in the model's space (1, C, h, w); ``denoiser`` a k-diffusion
     denoiser for such latents; ``extra_args`` what it takes at every call (``cfg`` None:
-    the model's default; an inpainting model also needs the ``change_map``, 1 = change); ``decode`` brings a result latent
-    back to an image of the input's size. A model may name its default noise
-    ``schedule`` (flow models: 'model', from t = 1).
+    the model's default; an inpainting model also needs the ``change_map``, 1 = change);
+    ``decode`` brings a result latent back to an image of the input's size. A model may
+    name its default noise ``schedule`` (flow models: 'model', from t = 1).
     """
 
     latent: Tensor

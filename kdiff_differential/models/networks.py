@@ -14,18 +14,18 @@ sampler's. diffusers is imported inside the functions.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
+from ..guidance import Condition
 
 # The scheduler config's prediction_type -> the k-diffusion wrapper's name.
 PREDICTIONS = {"epsilon": "CompVisDenoiser", "v_prediction": "CompVisVDenoiser"}
 # Condition keys that go to the UNet's added_cond_kwargs (SDXL's micro-conditioning).
 ADDED_CONDITIONS = ("text_embeds", "time_ids")
-Condition = Union[Tensor, dict[str, Tensor]]
 # (transformer, x_t (N, C, H, W) in its dtype, t (N,) in [0, 1], cond) -> v like x_t.
 VelocityCall = Callable[[nn.Module, Tensor, Tensor, dict[str, Tensor]], Tensor]
 
