@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         denoise=args.denoise,
         seed=args.seed,
         strength=args.strength,
-        threshold=args.threshold,
+        clock=args.threshold,
         release=args.release,
         extra_args=model.extra_args(args.prompt, args.negative, args.cfg, change_map=strength),
         progress=not args.quiet and sys.stderr.isatty(),

@@ -1,17 +1,16 @@
-"""Threshold clocks: at which noise level a pixel of a given strength is released.
+"""Clocks: the normalised time tau of a model call's noise level.
 
-A clock turns the sigma of a model call into normalised time tau: 1 at the start of
-the schedule, 0 at its end, growing with sigma. A pixel of strength s is free at a
-call when ``s >= tau(sigma)``. Because tau never falls as sigma grows, that is the
-same as ``sigma <= release_sigma(s)``. :func:`release_sigmas` finds that sigma once,
-when the wrapper is built, so that a model call costs a single comparison.
+A clock turns the sigma of a model call into tau: 1 at the start of the schedule, 0
+at its end, growing with sigma. A pixel of strength s is free at a call when
+``s >= tau(sigma)`` (see :mod:`.release`). Each clock is a small module whose
+constants are buffers, so that it moves with the wrapper that holds it.
 
-The clocks (the ``threshold=`` argument of :class:`DifferentialDenoiser`):
+The clocks (the ``clock=`` argument of :class:`DifferentialDenoiser`):
 
 ``"timestep"``
     tau is linear in the model's own timestep: ``model.sigma_to_t`` when the model
     (or a wrapper's ``inner_model``) has one, else log sigma. ComfyUI's clock is this
-    one on the nearest training timestep (:func:`nearest_timestep`, ``compat="comfyui"``).
+    one on the nearest training timestep (:func:`model_timestep`, ``compat="comfyui"``).
 ``"sigma"``
     tau is linear in log sigma.
 ``"step"``
@@ -25,16 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Optional
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 CLOCKS = ("timestep", "step", "sigma")
-
-Tau = Callable[[Tensor], Tensor]
-
-# Samplers that work in t = -log(sigma) (dpm_fast, dpm_adaptive) call the model at
-# exp(-(-log sigma_max)), a few ulps away from sigma_max. Calls within this relative
-# distance above sigma_from count as the first call, not as a call above the schedule.
-_START_SLACK = 1e-4
 
 
 def inner_models(model: Any) -> Iterator[Any]:
@@ -114,14 +106,15 @@ def make_span(
     sigma_max: Any = None,
     model_sigma_min: Any = None,
     *,
-    comfyui: bool = False,
+    range_ends_at_model_floor: bool = False,
 ) -> Span:
     """The span of a schedule, or of an adaptive sampler's ``(sigma_min, sigma_max)`` range.
 
     ``sigma_to`` is the larger of the schedule's last level and the model's own
     ``sigma_min`` when the model has one, else the schedule's last non-zero level.
-    ``comfyui=True`` reads a range as ComfyUI does: it converts the full schedule,
-    ending in 0, for dpm_fast/dpm_adaptive, so the ramp ends at the model's sigma_min.
+    ``range_ends_at_model_floor`` reads a range as ComfyUI does: it converts the full
+    schedule, ending in 0, for dpm_fast/dpm_adaptive, so the ramp ends at the model's
+    sigma_min.
     """
     if sigmas is not None:
         if sigma_min is not None or sigma_max is not None:
@@ -145,90 +138,131 @@ def make_span(
         )
     if model_sigma_min is not None:
         floor = _as_float(model_sigma_min, "the model's sigma_min")
-        sigma_to = floor if comfyui and sigmas is None else max(last, floor)
+        sigma_to = floor if range_ends_at_model_floor and sigmas is None else max(last, floor)
     else:
         sigma_to = last_nonzero
     return Span(sigma_from=sigma_from, sigma_to=sigma_to, sigmas=sigmas, sigma_last=last_nonzero)
 
 
-def nearest_timestep(model: Any) -> Optional[Callable[[Tensor], Tensor]]:
-    """ComfyUI's ``model_sampling.timestep`` for a discrete-schedule model: the index of
-    the training level nearest in log sigma, whatever the model's own ``quantize``.
-    ``None`` when no ``log_sigmas`` is found down ``model``'s :func:`inner_models` chain."""
-    log_sigmas = find_attribute(model, "log_sigmas")
-    if log_sigmas is None:
-        return None
-
-    def timestep(sigma: Tensor) -> Tensor:
-        dists = sigma.log().to(log_sigmas.device) - log_sigmas[:, None]
-        return dists.abs().argmin(dim=0).view(sigma.shape).to(sigma.device)
-
-    return timestep
+def _discrete_schedule(model: Any) -> Optional[Any]:
+    """The k-diffusion ``DiscreteSchedule`` (``CompVisDenoiser``, ...) down ``model``'s
+    chain whose ``sigma_to_t`` is k-diffusion's own, else ``None``. Recognised by that
+    method's name, so that finding it imports nothing."""
+    for inner in inner_models(model):
+        method = getattr(type(inner), "sigma_to_t", None)
+        if getattr(method, "__qualname__", "") == "DiscreteSchedule.sigma_to_t" and hasattr(inner, "log_sigmas"):
+            return inner
+    return None
 
 
-def make_clock(
-    name: str,
-    span: Span,
-    sigma_to_t: Optional[Callable[[Tensor], Tensor]] = None,
-    dtype: torch.dtype = torch.float32,
-    device: Any = None,
-) -> Tau:
-    """tau(sigma) for clock ``name`` over ``span``; see the module docstring.
+class DiscreteTimestep(nn.Module):
+    """k-diffusion's ``DiscreteSchedule.sigma_to_t`` (interpolated, or the nearest
+    training level when ``quantize``), value for value, by a binary search.
 
-    tau is evaluated in ``dtype``, which should be the dtype the model calls' sigmas
-    are compared in.
+    k-diffusion compares every sigma with all 1000 training levels (a (1000, n) table
+    per call); one ``searchsorted`` finds the same neighbours, and the arithmetic after
+    it is k-diffusion's, so the result is bit-identical (tested). It keeps its own copy
+    of the levels, which moves with the wrapper.
     """
-    if name not in CLOCKS:
-        raise ValueError(f"threshold must be one of {', '.join(map(repr, CLOCKS))}, got {name!r}")
-    if name == "step":
-        if span.sigmas is None:
+
+    def __init__(self, log_sigmas: Tensor, quantize: bool) -> None:
+        super().__init__()
+        self.register_buffer("log_sigmas", log_sigmas.detach().clone())
+        self.quantize = bool(quantize)
+
+    def forward(self, sigma: Tensor) -> Tensor:
+        log_sigma = sigma.log()
+        levels = self.log_sigmas.to(torch.promote_types(self.log_sigmas.dtype, log_sigma.dtype))
+        last = len(levels) - 1
+        if self.quantize:
+            # The nearest level; on a tie the lower one, as argmin's first index.
+            above = torch.searchsorted(levels, log_sigma.contiguous()).clamp(max=last)
+            below = (above - 1).clamp(min=0)
+            pick = (log_sigma - levels[below]).abs() <= (log_sigma - levels[above]).abs()
+            index = torch.where(pick, below, above)
+            # argmin over all-inf distances (sigma = inf) is the first level.
+            return torch.where(log_sigma == float("inf"), 0, index).view(sigma.shape)
+        low_idx = (torch.searchsorted(levels, log_sigma.contiguous(), right=True) - 1).clamp(0, last - 1)
+        high_idx = low_idx + 1
+        low, high = self.log_sigmas[low_idx], self.log_sigmas[high_idx]
+        w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+        return ((1 - w) * low_idx + w * high_idx).view(sigma.shape)
+
+
+def model_timestep(model: Any, nearest: bool = False) -> Optional[Callable[[Tensor], Tensor]]:
+    """The model's timestep ``t(sigma)``, found down its :func:`inner_models` chain.
+
+    A k-diffusion ``DiscreteSchedule`` gives a :class:`DiscreteTimestep` (its own
+    ``quantize``; with ``nearest``, the nearest training level whatever that is:
+    ComfyUI's ``model_sampling.timestep``); another model its own ``sigma_to_t``;
+    ``None`` when there is none.
+    """
+    schedule = _discrete_schedule(model)
+    if schedule is not None:
+        return DiscreteTimestep(schedule.log_sigmas, quantize=nearest or schedule.quantize)
+    return find_attribute(model, "sigma_to_t")
+
+
+class Clock(nn.Module):
+    """tau(sigma), (n,) -> (n,): 1 at the span's start, 0 at its end, never falling as
+    sigma grows. Its constants are buffers, so it moves (device and dtype) with the
+    wrapper that holds it; tau is computed in the buffers' dtype."""
+
+    def forward(self, sigma: Tensor) -> Tensor:  # pragma: no cover - each clock has its own
+        raise NotImplementedError
+
+
+class TimestepClock(Clock):
+    """tau linear in the model's timestep ``t(sigma)``."""
+
+    def __init__(self, span: Span, timestep: Callable[[Tensor], Tensor], dtype: torch.dtype, device: Any = None) -> None:
+        super().__init__()
+        self.timestep = timestep
+        ends = torch.tensor([span.sigma_from, span.sigma_to], dtype=dtype, device=device)
+        self.register_buffer("t_ends", timestep(ends).to(dtype))
+
+    def forward(self, sigma: Tensor) -> Tensor:
+        t_from, t_to = self.t_ends[0], self.t_ends[1]
+        return (self.timestep(sigma.to(self.t_ends.dtype)).to(self.t_ends.dtype) - t_to) / (t_from - t_to)
+
+
+class LogSigmaClock(Clock):
+    """tau linear in log sigma."""
+
+    def __init__(self, span: Span, dtype: torch.dtype, device: Any = None) -> None:
+        super().__init__()
+        if span.sigma_from == float("inf"):
             raise ValueError(
-                "threshold='step' needs the schedule as sigmas=; the adaptive samplers have no "
-                "steps, use threshold='timestep' or 'sigma' with sigma_min=/sigma_max="
+                "the schedule starts at sigma = inf (a flow model's t = 1), where log sigma has no finite "
+                "range: use clock='timestep' or 'step'"
             )
-        return _step_clock(span.sigmas.detach().to(device=device, dtype=dtype))
-    if not span.sigma_to < span.sigma_from:
-        raise ValueError(
-            f"the schedule spans no noise range (first level {span.sigma_from:g}, last counted level "
-            f"{span.sigma_to:g}); give at least two non-zero sigmas, or use threshold='step'"
-        )
-    sigma_from = torch.tensor(span.sigma_from, dtype=dtype, device=device)
-    sigma_to = torch.tensor(span.sigma_to, dtype=dtype, device=device)
-    if name == "timestep" and sigma_to_t is not None:
-        def t(sigma: Tensor) -> Tensor:
-            return sigma_to_t(sigma).to(dtype)
+        sigma_from = torch.tensor(span.sigma_from, dtype=dtype, device=device)
+        self.register_buffer("sigma_to", torch.tensor(span.sigma_to, dtype=dtype, device=device))
+        self.register_buffer("log_range", torch.log(sigma_from / self.sigma_to))
 
-        t_from, t_to = t(sigma_from), t(sigma_to)
-
-        def tau(sigma: Tensor) -> Tensor:
-            return (t(sigma.to(dtype)) - t_to) / (t_from - t_to)
-
-        return tau
-
-    if span.sigma_from == float("inf"):
-        raise ValueError(
-            "the schedule starts at sigma = inf (a flow model's t = 1), where log sigma has no finite "
-            "range: use threshold='timestep' or 'step'"
-        )
-    log_range = torch.log(sigma_from / sigma_to)
-
-    def tau(sigma: Tensor) -> Tensor:
-        return torch.log(sigma.to(dtype) / sigma_to) / log_range
-
-    return tau
+    def forward(self, sigma: Tensor) -> Tensor:
+        return torch.log(sigma.to(self.sigma_to.dtype) / self.sigma_to) / self.log_range
 
 
-def _step_clock(sigmas: Tensor) -> Tau:
-    n = len(sigmas) - 1
-    levels = 1 - torch.arange(n + 1, dtype=sigmas.dtype, device=sigmas.device) / n
-    nonzero = sigmas > 0
-    knots, values = sigmas[nonzero].flip(0), levels[nonzero].flip(0)  # ascending
-    if len(knots) == 1:
-        # A single step from sigma to 0: add a level one e-fold below, at the next step's tau.
-        knots = torch.cat([knots / torch.e, knots])
-        values = torch.cat([values - 1 / n, values])
+class StepClock(Clock):
+    """The paper's step-index ramp: step i of N has tau = 1 - i/N, interpolated in log
+    sigma between schedule levels."""
 
-    def tau(sigma: Tensor) -> Tensor:
+    def __init__(self, sigmas: Tensor) -> None:
+        super().__init__()
+        n = len(sigmas) - 1
+        levels = 1 - torch.arange(n + 1, dtype=sigmas.dtype, device=sigmas.device) / n
+        nonzero = sigmas > 0
+        knots, values = sigmas[nonzero].flip(0), levels[nonzero].flip(0)  # ascending
+        if len(knots) == 1:
+            # A single step from sigma to 0: add a level one e-fold below, at the next step's tau.
+            knots = torch.cat([knots / torch.e, knots])
+            values = torch.cat([values - 1 / n, values])
+        self.register_buffer("knots", knots)
+        self.register_buffer("values", values)
+
+    def forward(self, sigma: Tensor) -> Tensor:
+        knots, values = self.knots, self.values
         sigma = sigma.to(knots.dtype)
         i = (torch.searchsorted(knots, sigma, right=True) - 1).clamp(0, len(knots) - 2)
         low, high = knots[i], knots[i + 1]
@@ -242,95 +276,32 @@ def _step_clock(sigmas: Tensor) -> Tau:
         # it goes on rising along the first step's slope.
         return torch.where(sigma < knots[0], values[0], between)
 
-    return tau
 
-
-# DPM2-ancestral and DPM++ 2S-ancestral make their second call at sqrt(sigma_i *
-# sigma_down), which is sigma_{i+1} in exact arithmetic and an ulp or two either side of
-# it in floats. A call within this relative distance above a schedule level counts as at
-# that level: one ulp above, "the next level below" would be that level itself and the
-# smooth ramp would collapse into a hard edge (measured: a band of 21.7 at 20 steps).
-_LEVEL_SLACK = 1e-5
-
-# The smooth release's ramp width in tau for the range samplers (dpm_fast, dpm_adaptive),
-# which have no schedule levels: a pixel eases in over the last tenth of the ramp before
-# its binary release, as over one step of a 10-step schedule.
-RANGE_RAMP = 0.1
-
-
-def make_floor(tau: Tau, span: Span, dtype: torch.dtype = torch.float32, device: Any = None) -> Tau:
-    """tau_lo(sigma): tau at the next schedule level strictly below ``sigma``, for the
-    smooth release; 0 where that level is 0 or lies past the ramp's end. A call within
-    a relative 1e-5 above a level counts as at it (see ``_LEVEL_SLACK``).
-
-    Without a schedule (the range samplers) it is ``tau(sigma) - RANGE_RAMP``, at least 0.
-    Looked up on the device (one searchsorted and one gather): no host sync at call time.
-    """
-    if span.sigmas is None:
-        def floor(sigma: Tensor) -> Tensor:
-            return (tau(sigma) - RANGE_RAMP).clamp(min=0)
-
-        return floor
-    knots = span.sigmas.detach().to(device=device, dtype=dtype).flip(0)  # ascending
-    taus = torch.zeros_like(knots)
-    positive = knots > 0
-    taus[positive] = tau(knots[positive]).clamp(min=0)
-    # floors[i] is tau at the i-th knot from the bottom; floors[0] = 0 for "no level below".
-    floors = torch.cat([taus.new_zeros(1), taus])
-    below = knots * (1 + _LEVEL_SLACK)
-
-    def floor(sigma: Tensor) -> Tensor:
-        # searchsorted counts the knots strictly below sigma (by more than the slack):
-        # index i is the i-th from the bottom.
-        return floors[torch.searchsorted(below, sigma.to(dtype).contiguous())]
-
-    return floor
-
-
-def release_sigmas(tau: Tau, strengths: Tensor, chunk: Optional[int] = None) -> Tensor:
-    """For each strength s (1-D), the largest sigma with ``tau(sigma) <= s``.
-
-    A bisection on the bit patterns of ``strengths.dtype``: positive floats sort as
-    their bits do, so ~31 rounds (float32) find the exact boundary for any tau that
-    never falls as sigma grows, whatever the model's ``sigma_to_t`` does (interpolated,
-    quantised, ...). tau is taken to hold at sigma = 0, where no sampler calls the model.
-    Returns the largest finite float where every finite sigma qualifies.
-    """
-    if chunk is None:
-        # A discrete model's sigma_to_t builds a (1000, n) table per call: on a CPU small
-        # chunks stay in cache (128 measured 3x faster than 4096); on a GPU, launches dominate.
-        chunk = 128 if strengths.device.type == "cpu" else 1 << 16
-    dtype = strengths.dtype
-    bits = {torch.float32: torch.int32, torch.float64: torch.int64}[dtype]
-    infinity = torch.tensor(float("inf"), dtype=dtype).view(bits).item()
-    out = []
-    for s in strengths.split(chunk):
-        low = torch.zeros(s.shape, dtype=bits, device=s.device)
-        high = torch.full(s.shape, infinity, dtype=bits, device=s.device)
-        for _ in range(infinity.bit_length()):
-            mid = low + (high - low) // 2
-            ok = tau(mid.view(dtype)) <= s
-            low, high = torch.where(ok, mid, low), torch.where(ok, high, mid)
-        out.append(low.view(dtype))
-    return torch.cat(out) if out else strengths.clone()
-
-
-def release_map(tau: Tau, span: Span, strength: Tensor, *, comfyui: bool = False) -> Tensor:
-    """Per pixel, the largest call sigma at which it is free; same shape as ``strength``.
-
-    Default: strength 0 is never released, and a call above ``sigma_from`` frees
-    nothing. ``comfyui=True`` keeps ComfyUI's rule ``s >= tau`` everywhere, so strength
-    0 is freed wherever tau(sigma) <= 0, i.e. at a last call at ``sigma_to``.
-    """
-    values, index = torch.unique(strength, return_inverse=True)
-    release = release_sigmas(tau, values)
-    # A call evaluates tau on one sigma, and a vectorised evaluation may round a log
-    # differently. At the two ends of the ramp, go by the one-sigma value.
-    for level in (span.sigma_from, span.sigma_to):
-        end = torch.tensor([level], dtype=release.dtype, device=release.device)
-        release = torch.where(values >= tau(end), torch.maximum(release, end), release)
-    if not comfyui:
-        top = span.sigma_from * (1 + _START_SLACK)
-        release = torch.where(values >= 1, top, release.clamp(max=span.sigma_from))
-        release = torch.where(values <= 0, float("-inf"), release)
-    return release[index]
+def make_clock(
+    name: str,
+    span: Span,
+    timestep: Optional[Callable[[Tensor], Tensor]] = None,
+    dtype: torch.dtype = torch.float32,
+    device: Any = None,
+) -> Clock:
+    """The clock ``name`` over ``span``; see the module docstring. ``timestep`` is the
+    model's ``t(sigma)`` (:func:`model_timestep`), for the timestep clock; without one
+    it falls back to log sigma. tau is evaluated in ``dtype``, which should be the
+    dtype the model calls' sigmas are compared in."""
+    if name not in CLOCKS:
+        raise ValueError(f"clock must be one of {', '.join(map(repr, CLOCKS))}, got {name!r}")
+    if name == "step":
+        if span.sigmas is None:
+            raise ValueError(
+                "clock='step' needs the schedule as sigmas=; the adaptive samplers have no "
+                "steps, use clock='timestep' or 'sigma' with sigma_min=/sigma_max="
+            )
+        return StepClock(span.sigmas.detach().to(device=device, dtype=dtype))
+    if not span.sigma_to < span.sigma_from:
+        raise ValueError(
+            f"the schedule spans no noise range (first level {span.sigma_from:g}, last counted level "
+            f"{span.sigma_to:g}); give at least two non-zero sigmas, or use clock='step'"
+        )
+    if name == "timestep" and timestep is not None:
+        return TimestepClock(span, timestep, dtype, device)
+    return LogSigmaClock(span, dtype, device)

@@ -10,13 +10,12 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .clocks import (
-    CLOCKS, Span, find_attribute, inner_models, make_clock, make_floor, make_span, nearest_timestep, release_map,
-)
+from .clocks import CLOCKS, Span, find_attribute, inner_models, make_clock, make_span, model_timestep
+from .compat import COMPATS, compat_named
 from .maps import prepare_change_map
+from .release import RELEASES, make_release, release_map
 
-COMPATS = (None, "comfyui")
-RELEASES = ("smooth", "binary")
+__all__ = ["COMPATS", "RELEASES", "DifferentialDenoiser"]
 
 
 def _check_latent(latent: Any) -> Tensor:
@@ -37,13 +36,16 @@ def _check_strength(strength: Any) -> float:
     if isinstance(strength, bool) or not isinstance(strength, (int, float)):
         raise TypeError(f"strength must be a number in [0, 1], got {type(strength).__name__}")
     if not 0 <= strength <= 1:
-        raise ValueError(f"strength must lie in [0, 1] (1 = binary release), got {strength}")
+        raise ValueError(f"strength must lie in [0, 1] (1 = release pixels fully; below, the map is blended into the mask), got {strength}")
     return float(strength)
 
 
-# Two schedule levels closer than this in tau (a quantised clock can map neighbours to
-# one timestep) make the smooth weight a step: no division by zero.
-_MIN_STEP = 1e-6
+def renamed_clock(clock: str, threshold: Optional[str]) -> str:
+    """``clock``, or the deprecated ``threshold=`` that named it before (warns)."""
+    if threshold is None:
+        return clock
+    warnings.warn("threshold= is deprecated and will be removed: it is now clock=", FutureWarning, stacklevel=3)
+    return threshold
 
 
 class DifferentialDenoiser(nn.Module):
@@ -82,9 +84,9 @@ class DifferentialDenoiser(nn.Module):
             frees it, in proportion to where its strength falls inside that step, and is
             fully free exactly where binary frees it. The range samplers have no levels:
             there tau_lo = tau_hi - ``RANGE_RAMP``. ``compat="comfyui"`` is always binary.
-        threshold: the clock, ``"timestep"`` (the model's ``sigma_to_t``, found on
-            ``inner`` or its ``inner_model`` chain, else log sigma), ``"sigma"`` (log
-            sigma) or ``"step"`` (the paper's step-index ramp).
+        clock: ``"timestep"`` (the model's ``sigma_to_t``, found on ``inner`` or its
+            ``inner_model`` chain, else log sigma), ``"sigma"`` (log sigma) or ``"step"``
+            (the paper's step-index ramp). ``threshold=`` is its deprecated old name.
         compat: ``None``, or ``"comfyui"`` for ComfyUI's node exactly: plain bilinear map
             resizing; the nearest training timestep as the clock (ComfyUI's
             ``model_sampling.timestep``) whatever the denoiser's ``quantize``; strength 0
@@ -112,20 +114,21 @@ class DifferentialDenoiser(nn.Module):
         noise: Optional[Tensor] = None,
         generator: Optional[torch.Generator] = None,
         strength: float = 1.0,
-        threshold: str = "timestep",
+        clock: str = "timestep",
         compat: Optional[str] = None,
         keep_map: bool = False,
         release: str = "smooth",
+        threshold: Optional[str] = None,
     ) -> None:
         super().__init__()
         if not callable(inner):
             raise TypeError(f"inner must be a callable denoiser (x, sigma, **kwargs) -> x0, got {type(inner).__name__}")
-        if threshold not in CLOCKS:
-            raise ValueError(f"threshold must be one of {', '.join(map(repr, CLOCKS))}, got {threshold!r}")
-        if compat not in COMPATS:
-            raise ValueError(f"compat must be one of {', '.join(map(repr, COMPATS))}, got {compat!r}")
-        if compat == "comfyui" and threshold != "timestep":
-            raise ValueError(f"compat='comfyui' reproduces ComfyUI's timestep clock; got threshold={threshold!r}")
+        clock = renamed_clock(clock, threshold)
+        if clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {', '.join(map(repr, CLOCKS))}, got {clock!r}")
+        self.policy = policy = compat_named(compat)
+        if policy.clocks is not None and clock not in policy.clocks:
+            raise ValueError(f"compat={compat!r} reproduces the {' and '.join(policy.clocks)} clock only; got clock={clock!r}")
         if release not in RELEASES:
             raise ValueError(f"release must be one of {', '.join(map(repr, RELEASES))}, got {release!r}")
         if not isinstance(keep_map, bool):
@@ -137,10 +140,7 @@ class DifferentialDenoiser(nn.Module):
                 stacklevel=2,
             )
         self.strength = _check_strength(strength)
-        self.threshold = threshold
-        self.compat = compat
-        # ComfyUI's node releases by the binary rule; parity means binary.
-        self.release = "binary" if compat == "comfyui" else release
+        self.clock_name = clock
 
         given = _check_latent(latent)
         latent = given if given.ndim == 4 else rearrange(given, "c h w -> 1 c h w")
@@ -156,7 +156,11 @@ class DifferentialDenoiser(nn.Module):
         self.register_buffer("latent", latent)
         self.register_buffer("noise", noise.detach().reshape(latent.shape).to(device=device, dtype=dtype))
 
-        if sigmas is not None and isinstance(sigmas, Tensor) and sigmas.is_floating_point():
+        if sigmas is not None and not isinstance(sigmas, Tensor):
+            raise TypeError(
+                f"sigmas must be a torch.Tensor (the sampler's schedule, e.g. torch.tensor(...)), got {type(sigmas).__name__}"
+            )
+        if sigmas is not None and sigmas.is_floating_point():
             if sigmas.dtype != dtype:
                 warnings.warn(
                     f"sigmas are {sigmas.dtype} but the latent is {dtype}: k-diffusion's samplers would "
@@ -166,47 +170,46 @@ class DifferentialDenoiser(nn.Module):
             # The sampler's calls see the schedule in x's dtype; measure the ramp there.
             sigmas = sigmas.detach().to(device=device, dtype=dtype)
         self.register_buffer("sigmas", sigmas)
-        model_sigma_min = find_attribute(inner, "sigma_min")
-        self.span: Span = make_span(sigmas, sigma_min, sigma_max, model_sigma_min, comfyui=compat == "comfyui")
+        self.span: Span = make_span(
+            sigmas, sigma_min, sigma_max, find_attribute(inner, "sigma_min"),
+            range_ends_at_model_floor=policy.range_ends_at_model_floor,
+        )
         model_sigma_max = find_attribute(inner, "sigma_max")
         self._model_sigma_max = None if model_sigma_max is None else float(model_sigma_max)
 
+        # The clock: tau(sigma), 1 at the ramp's start, 0 at its end.
         clock_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        self._clock_dtype = clock_dtype
-        self._build_clocks(inner, device)
+        timestep = model_timestep(inner, nearest=policy.nearest_timestep) if clock == "timestep" else None
+        self.clock = make_clock(clock, self.span, timestep, clock_dtype, device)
 
-        resize = "bilinear" if compat == "comfyui" else "antialias"
+        # Per pixel, the largest call sigma at which it is free.
         strengths = prepare_change_map(
-            change_map, latent.shape, keep_map=keep_map, resize=resize, dtype=clock_dtype, device=device
+            change_map, latent.shape, keep_map=keep_map, resize=policy.map_resize, dtype=clock_dtype, device=device
         )
         self.register_buffer("change_map", strengths.to(dtype))
-        self.register_buffer("release_sigma", release_map(self.tau, self.span, strengths, comfyui=compat == "comfyui"))
-        # ComfyUI's node blends only `if strength and strength < 1`: there 0 acts as 1.
-        blend = 1.0 if compat == "comfyui" and self.strength == 0 else self.strength
-        # Below strength 1 the mask is soft + strength * m; binary at strength 1 keeps the bool itself.
-        soft = ((1 - blend) * strengths).to(dtype) if blend < 1 else None
-        self.register_buffer("mask_frozen", soft)
-        # Binary's free level; smooth computes soft + strength * m at each call instead.
-        binary_soft = soft is not None and self.release == "binary"
-        self.register_buffer("mask_free", (blend + soft).to(dtype) if binary_soft else None)
+        self.register_buffer(
+            "release_sigma", release_map(self.clock, self.span, strengths, frees_strength_zero=policy.frees_strength_zero)
+        )
+
+        # The rule that turns "free" into a call's blend mask.
+        blend = 1.0 if policy.zero_strength_is_one and self.strength == 0 else self.strength
+        self.rule = make_release(policy.release or release, strengths, blend, dtype, self.clock, self.span)
         self.inner_model = inner
 
-    def _build_clocks(self, inner: Any, device: Any) -> None:
-        """tau (the threshold clock) and, for smooth release, tau_floor (tau at the next
-        schedule level below a call's sigma), with their constants on ``device``."""
-        sigma_to_t = find_attribute(inner, "sigma_to_t") if self.threshold == "timestep" else None
-        if self.compat == "comfyui":
-            sigma_to_t = nearest_timestep(inner) or sigma_to_t
-        self.tau = make_clock(self.threshold, self.span, sigma_to_t, self._clock_dtype, device)
-        smooth = self.release == "smooth"
-        self.tau_floor = make_floor(self.tau, self.span, self._clock_dtype, device) if smooth else None
+    @property
+    def release(self) -> str:
+        """The release rule's name, ``"smooth"`` or ``"binary"``."""
+        return self.rule.name
 
-    def _apply(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> "DifferentialDenoiser":
-        super()._apply(fn, *args, **kwargs)
-        # .to()/.cuda() move buffers and the inner model but not the clocks' constants, which
-        # live in closures; smooth release evaluates the clocks at call time, so rebuild them.
-        self._build_clocks(self.inner_model, self.latent.device)
-        return self
+    @property
+    def compat(self) -> Optional[str]:
+        """The compatibility policy's name: ``None`` or ``"comfyui"``."""
+        return self.policy.name
+
+    @property
+    def threshold(self) -> str:
+        """Deprecated name of :attr:`clock_name`."""
+        return self.clock_name
 
     def mask(self, sigma: Any) -> Tensor:
         """The blend mask at noise level ``sigma`` (a number or a [k*B] tensor).
@@ -227,15 +230,22 @@ class DifferentialDenoiser(nn.Module):
         relative 1e-5), the noise is scaled by sqrt(1 + sigma^2), as ComfyUI's
         ``KSAMPLER.sample`` does at full denoise."""
         level = self.span.sigma_from if sigma is None else sigma
-        top = self._model_sigma_max
-        if self.compat == "comfyui" and top is not None:
-            start = float(level)
-            if math.isclose(top, start, rel_tol=1e-5) or start > top:
-                # In the latent's dtype, as ComfyUI computes it: dpm_adaptive's step control
-                # turns a one-ulp difference in the start into 0.09 at the end.
-                level = torch.as_tensor(start, dtype=self.latent.dtype, device=self.latent.device)
-                level = torch.sqrt(1.0 + level**2.0)
-        return self.latent + self.noise * level
+        return self.latent + self.noise * self.policy.start_level(level, self._model_sigma_max, self.latent)
+
+    def start_from_noise(self, sigma_next: float, **kwargs: Any) -> Tensor:
+        """The first step of a schedule that starts at t = 1 (sigma = inf), around a flow
+        denoiser (see :mod:`~kdiff_differential.models.flow`): (B, C, H, W).
+
+        At t = 1 every pixel, frozen or free, is pure noise (``self.noise``). The model's
+        prediction there (``kwargs``: the sampler's ``extra_args``) is kept where the
+        wrapper releases pixels at the start, the original elsewhere; the result is
+        re-noised to ``sigma_next`` with the same noise. This is the sampler's x at
+        ``sigma_next``: run the sampler on ``self.sigmas[1:]``.
+        """
+        noise = self.noise
+        denoised = self.inner_model(noise, noise.new_full((noise.shape[0],), math.inf), **kwargs)
+        x0 = torch.lerp(self.latent, denoised.to(noise.dtype), self.mask(math.inf))
+        return x0 + noise * sigma_next
 
     def finish(self, x: Tensor, **kwargs: Any) -> Tensor:
         """Take a sampler's output from the lowest level it reached to sigma 0, (k*B, C, H, W).
@@ -257,22 +267,8 @@ class DifferentialDenoiser(nn.Module):
 
     def _blend_weights(self, sigma: Tensor) -> Tensor:
         """The blend mask (k, B, 1, H, W) for a call's sigma (k*B,)."""
-        level = self._per_image(sigma.to(self.release_sigma.dtype))
-        free = level <= self.release_sigma
-        if self.tau_floor is None:
-            if self.mask_free is None:
-                return free.to(self.latent.dtype)
-            return torch.where(free, self.mask_free, self.mask_frozen)
-        # Smooth: ease each pixel in over the step before the binary rule frees it,
-        # m = (s - tau_lo) / (tau_hi - tau_lo), in place; 1 wherever binary frees the pixel.
-        tau_lo = self.tau_floor(sigma)
-        scale = (self.tau(sigma) - tau_lo).clamp_(min=_MIN_STEP).reciprocal_()
-        dtype = self.change_map.dtype
-        weight = self.change_map - self._per_image(tau_lo).to(dtype)
-        weight = weight.mul_(self._per_image(scale).to(dtype)).clamp_(0, 1).masked_fill_(free, 1)
-        if self.mask_frozen is None:
-            return weight
-        return self.mask_frozen + self.strength * weight
+        free = self._per_image(sigma.to(self.release_sigma.dtype)) <= self.release_sigma
+        return self.rule(self.change_map, free, sigma)
 
     def _check_call(self, x: Any, sigma: Any) -> Tensor:
         if not isinstance(x, Tensor):
@@ -317,7 +313,7 @@ class DifferentialDenoiser(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"latent={tuple(self.latent.shape)}, threshold={self.threshold!r}, release={self.release!r}, "
+            f"latent={tuple(self.latent.shape)}, clock={self.clock_name!r}, release={self.release!r}, "
             f"strength={self.strength}, "
             f"compat={self.compat!r}, sigma_from={self.span.sigma_from:g}, sigma_to={self.span.sigma_to:g}"
         )

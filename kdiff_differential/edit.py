@@ -16,29 +16,14 @@ import torch
 from torch import Tensor, nn
 
 from .clocks import find_attribute
-from .denoiser import DifferentialDenoiser
+from .denoiser import DifferentialDenoiser, renamed_clock
 from .errors import InputError
+from .sampler_table import DEFAULT_STEPS, OWN_STEPS, RANGE_SAMPLERS, SAMPLERS, Sampler, clock_problem, sampler_named
 
-SAMPLERS = (
-    "euler",
-    "euler_ancestral",
-    "heun",
-    "dpm_2",
-    "dpm_2_ancestral",
-    "lms",
-    "dpmpp_2s_ancestral",
-    "dpmpp_sde",
-    "dpmpp_2m",
-    "dpmpp_2m_sde",
-    "dpmpp_3m_sde",
-    "dpm_fast",
-    "dpm_adaptive",
-)
-# These two take a sigma range instead of a schedule, and stop at sigma_min, not 0.
-RANGE_SAMPLERS = ("dpm_fast", "dpm_adaptive")
-# This one chooses its own steps: a step count asked of it is ignored.
-OWN_STEPS = ("dpm_adaptive",)
-DEFAULT_STEPS = 20
+__all__ = [
+    "DEFAULT_STEPS", "OWN_STEPS", "RANGE_SAMPLERS", "SAMPLERS", "SCHEDULES", "Edit", "differential_edit", "make_sigmas",
+]
+
 SCHEDULES = ("karras", "exponential", "model")
 
 
@@ -92,39 +77,65 @@ def differential_edit(
     denoise: float = 1.0,
     seed: int = 0,
     strength: float = 1.0,
-    threshold: str = "timestep",
+    clock: str = "timestep",
     release: str = "smooth",
     extra_args: Optional[dict[str, Any]] = None,
     progress: bool = False,
+    threshold: Optional[str] = None,
 ) -> Edit:
     """Edit ``latent`` (B, C, H, W) with per-pixel strength ``change_map`` (1 = change).
 
     ``denoiser`` is a k-diffusion discrete-schedule denoiser; ``extra_args`` go to it at
     every call (``cond``, guidance settings). ``change_map`` is anything
-    :class:`DifferentialDenoiser` takes. ``seed`` fixes the wrapper's noise and the
+    :class:`DifferentialDenoiser` takes. ``sampler`` is a k-diffusion short name or an
+    A1111-style one (``"DPM++ 2M"``). ``seed`` fixes the wrapper's noise and the
     sampler's own noise, so the same arguments give the same result. ``steps`` defaults
     to 20; ``dpm_adaptive`` chooses its own and warns (once) when given a step count.
+    ``threshold=`` is the deprecated name of ``clock=``.
     """
-    import k_diffusion as K
-
-    from .models.flow import start_from_noise
-
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; samplers: {', '.join(SAMPLERS)}")
+    chosen, _ = sampler_named(sampler)
+    clock = renamed_clock(clock, threshold)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
     if extra_args is not None and not isinstance(extra_args, dict):
         raise TypeError(f"extra_args must be a dict of the denoiser's keyword arguments, got {type(extra_args).__name__}")
-    if sampler in OWN_STEPS and steps is not None:
-        warnings.warn(f"{sampler} chooses its own steps: steps={steps} is ignored", UserWarning, stacklevel=2)
-    if steps is None or sampler in OWN_STEPS:
+    if chosen.own_steps and steps is not None:
+        warnings.warn(f"{chosen.name} chooses its own steps: steps={steps} is ignored", UserWarning, stacklevel=2)
+    if steps is None or chosen.own_steps:
         steps = DEFAULT_STEPS  # for dpm_adaptive, only where the schedule starts (denoise < 1)
+    problem = clock_problem(chosen, clock)
+    if problem:
+        raise ValueError(problem)
     # The ancestral and SDE samplers draw from the global generator (Brownian trees seed from it too).
     torch.manual_seed(seed)
-    generator = torch.Generator(device=latent.device).manual_seed(seed)
     sigmas = make_sigmas(denoiser, steps, schedule, denoise).to(device=latent.device, dtype=latent.dtype)
+    _check_range_left(denoiser, sigmas, clock, steps, denoise)
+    step_sigmas: list[float] = []
+
+    def record(info: dict[str, Any]) -> None:
+        step_sigmas.append(float(info["sigma"]))
+
+    run = dict(extra_args=extra_args or {}, callback=record, disable=not progress)
+    with torch.no_grad():
+        dd = build_wrapper(
+            denoiser, latent, change_map, chosen, sigmas,
+            generator=torch.Generator(device=latent.device).manual_seed(seed), strength=strength, clock=clock, release=release,
+        )
+        # A flow model's schedule from t = 1 starts at sigma = inf: its first step is taken
+        # by the wrapper (see models/flow.py), the sampler runs from the second level on.
+        if torch.isinf(sigmas[0]):
+            step_sigmas.append(float(sigmas[0]))
+            x = dd.start_from_noise(float(sigmas[1]), **run["extra_args"])
+            sigmas = sigmas[1:]
+        else:
+            x = dd.noisy_latent()
+        x = run_sampler(chosen, dd, x, sigmas, run)
+    return Edit(result=x, wrapper=dd, step_sigmas=step_sigmas)
+
+
+def _check_range_left(denoiser: nn.Module, sigmas: Tensor, clock: str, steps: int, denoise: float) -> None:
     floor = find_attribute(denoiser, "sigma_min")
-    if threshold != "step" and floor is not None and float(sigmas[0]) <= float(floor) * (1 + 1e-4):
+    if clock != "step" and floor is not None and float(sigmas[0]) <= float(floor) * (1 + 1e-4):
         # Partial denoising keeps the schedule's last steps; few enough, and only the step
         # from the model's sigma_min (karras: to rounding) to 0 is left: no noise range
         # for a clock to ramp over.
@@ -132,58 +143,42 @@ def differential_edit(
             f"steps={steps} at denoise={denoise:g} leaves only the step from the model's sigma_min "
             f"({float(floor):g}) to 0, which changes nothing; give more steps or a larger denoise"
         )
-    settings = dict(generator=generator, strength=strength, threshold=threshold, release=release)
-    step_sigmas: list[float] = []
-
-    def record(info: dict[str, Any]) -> None:
-        step_sigmas.append(float(info["sigma"]))
-
-    run = dict(extra_args=extra_args or {}, callback=record, disable=not progress)
-    # A flow model's schedule from t = 1 starts at sigma = inf: its first step is taken
-    # here (see models/flow.py), the sampler runs from the second level on.
-    from_noise = bool(torch.isinf(sigmas[0]))
-    if from_noise:
-        step_sigmas.append(float(sigmas[0]))
-    with torch.no_grad():
-        if sampler in RANGE_SAMPLERS:
-            sigma_min, sigma_max = float(find_attribute(denoiser, "sigma_min")), float(sigmas[0])
-            dd = DifferentialDenoiser(denoiser, latent, change_map, sigma_min=sigma_min, sigma_max=sigma_max, **settings)
-            if from_noise:
-                sigma_max = float(sigmas[1])
-                x = start_from_noise(dd, sigma_max, run["extra_args"])
-            else:
-                x = dd.noisy_latent()
-            if sigma_max > 0:  # else a one-step flow schedule ended with its start step
-                if sampler == "dpm_fast":
-                    x = K.sampling.sample_dpm_fast(dd, x, sigma_min, sigma_max, steps, **run)
-                else:
-                    x = K.sampling.sample_dpm_adaptive(dd, x, sigma_min, sigma_max, **run)
-                x = dd.finish(x, **run["extra_args"])
-        else:
-            dd = DifferentialDenoiser(denoiser, latent, change_map, sigmas=sigmas, **settings)
-            if from_noise:
-                x, run_sigmas = start_from_noise(dd, dd.sigmas[1], run["extra_args"]), dd.sigmas[1:]
-            else:
-                x, run_sigmas = dd.noisy_latent(), dd.sigmas
-            x = _sample(sampler, dd, x, run_sigmas, run)
-    return Edit(result=x, wrapper=dd, step_sigmas=step_sigmas)
 
 
-# k-diffusion 0.1.1.post1's DPM++ 2M SDE and 3M SDE read their step size before they set
-# it when their first step already goes to 0 (UnboundLocalError): a one-step schedule.
-FIRST_STEP_TO_ZERO_FAILS = ("dpmpp_2m_sde", "dpmpp_3m_sde")
+def build_wrapper(
+    denoiser: nn.Module, latent: Tensor, change_map: Any, sampler: Sampler, sigmas: Tensor, **settings: Any
+) -> DifferentialDenoiser:
+    """The :class:`DifferentialDenoiser` for ``sampler`` over the schedule ``sigmas``: the
+    schedule itself, or for a range sampler the range from its first level to the
+    model's sigma_min. ``settings`` are the wrapper's keyword arguments."""
+    if sampler.takes_range:
+        sigma_min = float(find_attribute(denoiser, "sigma_min"))
+        return DifferentialDenoiser(denoiser, latent, change_map, sigma_min=sigma_min, sigma_max=float(sigmas[0]), **settings)
+    return DifferentialDenoiser(denoiser, latent, change_map, sigmas=sigmas, **settings)
 
 
-def _sample(sampler: str, dd: nn.Module, x: Tensor, sigmas: Tensor, run: dict[str, Any]) -> Tensor:
-    """k-diffusion's ``sample_<sampler>`` over ``sigmas``, and the two schedules it cannot
-    take: none left (a one-step flow schedule ends with its start step), and one step to
-    0 for :data:`FIRST_STEP_TO_ZERO_FAILS`, which is x = denoised there as in every sampler."""
+def run_sampler(sampler: Sampler, dd: DifferentialDenoiser, x: Tensor, sigmas: Tensor, run: dict[str, Any]) -> Tensor:
+    """k-diffusion's ``sample_<name>`` from ``x`` over ``sigmas`` (a range sampler: from
+    ``sigmas[0]`` down to the wrapper's ``sigma_min``, then :meth:`~DifferentialDenoiser.finish`),
+    and the schedules k-diffusion cannot take: none left (a one-step flow schedule ends
+    with its start step), and one step to 0 for a sampler whose first step to 0 fails,
+    which is x = denoised there as in every sampler. ``run``: the sampler's keyword
+    arguments (``extra_args``, ``callback``, ``disable``)."""
     import k_diffusion as K
 
-    if len(sigmas) < 2:
+    if len(sigmas) < 2 and not sampler.takes_range:
         return x
-    if sampler in FIRST_STEP_TO_ZERO_FAILS and len(sigmas) == 2 and sigmas[-1] == 0:
+    if sampler.takes_range:
+        sigma_min, sigma_max = dd.span.sigma_last, float(sigmas[0])
+        if sigma_max <= 0:  # a one-step flow schedule ended with its start step
+            return x
+        if sampler.own_steps:
+            x = K.sampling.sample_dpm_adaptive(dd, x, sigma_min, sigma_max, **run)
+        else:
+            x = K.sampling.sample_dpm_fast(dd, x, sigma_min, sigma_max, len(sigmas) - 1, **run)
+        return dd.finish(x, **run["extra_args"])
+    if sampler.first_step_to_zero_fails and len(sigmas) == 2 and sigmas[-1] == 0:
         denoised = dd(x, sigmas[0] * x.new_ones([x.shape[0]]), **run["extra_args"])
         run["callback"]({"x": x, "i": 0, "sigma": sigmas[0], "sigma_hat": sigmas[0], "denoised": denoised})
         return denoised
-    return getattr(K.sampling, f"sample_{sampler}")(dd, x, sigmas, **run)
+    return getattr(K.sampling, f"sample_{sampler.name}")(dd, x, sigmas, **run)

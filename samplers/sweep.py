@@ -109,7 +109,7 @@ def perform(setup: Setup, run: Run) -> tuple[dict[str, Any], np.ndarray]:
             steps=None if run.sampler in OWN_STEPS else run.steps,  # compare.sweep warns once
             seed=run.seed,
             strength=run.strength,
-            threshold=run.threshold,
+            clock=run.threshold,
             release=run.release,
             schedule=getattr(model, "schedule", "karras"),  # flow models: their own, from t = 1
             extra_args=model.extra_args("", "", 1.0, change_map=strength),

@@ -7,14 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdiff_differential.clocks import (
-    find_attribute,
-    make_clock,
-    make_span,
-    nearest_timestep,
-    release_map,
-    release_sigmas,
-)
+from kdiff_differential.clocks import DiscreteTimestep, find_attribute, make_clock, make_span, model_timestep
+from kdiff_differential.release import release_map, release_sigmas
 
 from k_diffusion.sampling import get_sigmas_karras
 
@@ -29,7 +23,7 @@ SIGMAS = get_sigmas_karras(10, DENOISER.sigma_min.item(), 10.0)
 
 def clock(name, sigmas=SIGMAS, model=DENOISER):
     span = make_span(sigmas, model_sigma_min=model.sigma_min)
-    return span, make_clock(name, span, model.sigma_to_t if name == "timestep" else None)
+    return span, make_clock(name, span, model_timestep(model) if name == "timestep" else None)
 
 
 CLOCKS = {
@@ -92,7 +86,7 @@ def test_release_sigma_agrees_with_the_tau_rule(name, sigma, s):
     span, tau = CLOCKS[name]
     sigma = torch.tensor(sigma, dtype=torch.float32).item()
     strength = torch.tensor([[[[s]]]], dtype=torch.float32)
-    release = release_map(tau, span, strength, comfyui=True).item()
+    release = release_map(tau, span, strength, frees_strength_zero=True).item()
     assert (sigma <= release) == (strength.item() >= tau_of(tau, sigma))
 
 
@@ -131,7 +125,7 @@ def test_default_rule_at_the_boundaries(name):
 def test_comfyui_rule_frees_strength_zero_at_a_last_call_at_the_models_sigma_min():
     span, tau = CLOCKS["timestep"]
     assert span.sigma_to == pytest.approx(DENOISER.sigma_min.item())
-    release = release_map(tau, span, torch.tensor([0.0]), comfyui=True).item()
+    release = release_map(tau, span, torch.tensor([0.0]), frees_strength_zero=True).item()
     assert release >= SIGMAS[-2].item()  # the last call is at the model's sigma_min
 
 
@@ -190,7 +184,7 @@ def test_bad_schedules_are_named(kwargs, error, words):
 
 
 def test_step_clock_needs_a_schedule_and_clocks_need_a_range():
-    with pytest.raises(ValueError, match="threshold='step' needs the schedule"):
+    with pytest.raises(ValueError, match="clock='step' needs the schedule"):
         make_clock("step", make_span(sigma_min=0.1, sigma_max=10.0))
     with pytest.raises(ValueError, match="spans no noise range"):
         make_clock("sigma", make_span(torch.tensor([5.0, 0.0])))
@@ -203,15 +197,33 @@ def test_step_clock_needs_a_schedule_and_clocks_need_a_range():
 
 def test_nearest_timestep_is_the_quantized_sigma_to_t_of_an_interpolating_denoiser():
     sigmas = torch.exp(torch.linspace(-4, 3, 2001))
-    timestep = nearest_timestep(DENOISER)
+    timestep = model_timestep(DENOISER, nearest=True)
     assert torch.equal(timestep(sigmas), QUANTIZED.sigma_to_t(sigmas))
-    assert nearest_timestep(lambda x, sigma: x) is None  # no training levels: no nearest one
+    assert model_timestep(lambda x, sigma: x) is None  # no sigma_to_t: no timestep
 
 
 def test_a_comfyui_range_ends_at_the_models_sigma_min():
     floor = DENOISER.sigma_min.item()
-    assert make_span(sigma_min=0.5, sigma_max=10.0, model_sigma_min=floor, comfyui=True).sigma_to == floor
+    assert make_span(sigma_min=0.5, sigma_max=10.0, model_sigma_min=floor, range_ends_at_model_floor=True).sigma_to == floor
     assert make_span(sigma_min=0.5, sigma_max=10.0, model_sigma_min=floor).sigma_to == 0.5
     # A schedule reads the same either way: its last level is 0, below the model's floor.
-    comfy, default = make_span(SIGMAS, model_sigma_min=floor, comfyui=True), make_span(SIGMAS, model_sigma_min=floor)
+    comfy, default = make_span(SIGMAS, model_sigma_min=floor, range_ends_at_model_floor=True), make_span(SIGMAS, model_sigma_min=floor)
     assert (comfy.sigma_from, comfy.sigma_to) == (default.sigma_from, default.sigma_to)
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_discrete_timestep_is_k_diffusions_sigma_to_t_bit_for_bit(quantize, dtype):
+    """The binary search finds the neighbours k-diffusion's (1000, n) table does."""
+    model = QUANTIZED if quantize else DENOISER
+    g = torch.Generator().manual_seed(0)
+    sigmas = torch.cat([
+        torch.exp(torch.empty(20000, dtype=dtype).uniform_(-8, 6, generator=g)),  # inside and beyond the levels
+        model.sigmas.to(dtype),  # the levels themselves, and an ulp either side
+        torch.nextafter(model.sigmas.to(dtype), torch.tensor(0.0, dtype=dtype)),
+        torch.nextafter(model.sigmas.to(dtype), torch.tensor(math.inf, dtype=dtype)),
+        torch.tensor([0.0, 1e-30, 1e30], dtype=dtype),
+    ])
+    fast = DiscreteTimestep(model.log_sigmas, quantize)(sigmas)
+    assert fast.dtype == model.sigma_to_t(sigmas).dtype
+    assert torch.equal(fast, model.sigma_to_t(sigmas))

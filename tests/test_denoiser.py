@@ -223,9 +223,9 @@ def test_import_does_not_load_k_diffusion():
         (dict(sigmas=None), ValueError, "sigma_min"),
         (dict(strength=1.5), ValueError, "strength must lie in [0, 1]"),
         (dict(strength="high"), TypeError, "strength must be a number"),
-        (dict(threshold="karras"), ValueError, "'timestep', 'step', 'sigma'"),
+        (dict(clock="karras"), ValueError, "'timestep', 'step', 'sigma'"),
         (dict(compat="a1111"), ValueError, "None, 'comfyui'"),
-        (dict(compat="comfyui", threshold="step"), ValueError, "timestep clock"),
+        (dict(compat="comfyui", clock="step"), ValueError, "timestep clock"),
         (dict(keep_map=1), TypeError, "keep_map"),
         (dict(release="soft"), ValueError, "release must be one of 'smooth', 'binary'"),
     ],
@@ -241,8 +241,8 @@ def test_bad_arguments_fail_when_the_wrapper_is_built(ideal, latent, gradient_ma
 
 
 def test_step_clock_without_a_schedule_fails_when_built(ideal, latent, gradient_map):
-    with pytest.raises(ValueError, match="threshold='step' needs the schedule"):
-        DifferentialDenoiser(ideal, latent, gradient_map, sigma_min=0.1, sigma_max=10.0, threshold="step")
+    with pytest.raises(ValueError, match="clock='step' needs the schedule"):
+        DifferentialDenoiser(ideal, latent, gradient_map, sigma_min=0.1, sigma_max=10.0, clock="step")
 
 
 @pytest.mark.parametrize(

@@ -127,8 +127,8 @@ def test_the_ramp_is_linear_in_shifted_flow_time() -> None:
     t = denoiser.sigma_to_t(sigmas[:-1])
     # The schedule ends in 0; the ramp ends at the model's t_min, as ComfyUI's does.
     t_to = denoiser.sigma_to_t(torch.tensor(denoiser.sigma_min))
-    torch.testing.assert_close(dd.tau(sigmas[:-1].float()), ((t - t_to) / (1 - t_to)).float(), atol=1e-6, rtol=0)
-    assert dd.tau(torch.tensor([math.inf])).item() == 1
+    torch.testing.assert_close(dd.clock(sigmas[:-1].float()), ((t - t_to) / (1 - t_to)).float(), atol=1e-6, rtol=0)
+    assert dd.clock(torch.tensor([math.inf])).item() == 1
 
 
 def test_the_start_releases_only_full_strength_and_step_clock_counts_it_as_a_step() -> None:
@@ -137,18 +137,18 @@ def test_the_start_releases_only_full_strength_and_step_clock_counts_it_as_a_ste
     strengths = torch.tensor([1.0, 0.76, 0.74, 0.0]).repeat(16, 4)  # 4 steps: step 1 has tau 0.75
     for clock in ("timestep", "step"):
         dd = DifferentialDenoiser(
-            denoiser, latent, strengths, sigmas=denoiser.get_sigmas(4).float(), noise=noise, threshold=clock, release="binary"
+            denoiser, latent, strengths, sigmas=denoiser.get_sigmas(4).float(), noise=noise, clock=clock, release="binary"
         )
         assert dd.mask(math.inf)[0, 0, 0, :4].tolist() == [1, 0, 0, 0], clock
         # Smooth release eases pixels in over the first step, from t = 1 down to the second level.
-        smooth = DifferentialDenoiser(denoiser, latent, strengths, sigmas=dd.sigmas, noise=noise, threshold=clock)
-        tau_1 = dd.tau(dd.sigmas[1:2])
+        smooth = DifferentialDenoiser(denoiser, latent, strengths, sigmas=dd.sigmas, noise=noise, clock=clock)
+        tau_1 = dd.clock(dd.sigmas[1:2])
         expected = ((strengths[0, :4] - tau_1) / (1 - tau_1)).clamp(0, 1)
         torch.testing.assert_close(smooth.mask(math.inf)[0, 0, 0, :4], expected, atol=1e-5, rtol=0)
     assert tau_1.item() == pytest.approx(0.75)  # the step clock: step 1 of 4
     assert dd.mask(dd.sigmas[1].item())[0, 0, 0, :4].tolist() == [1, 1, 0, 0]
-    with pytest.raises(ValueError, match="threshold='timestep' or 'step'"):
-        DifferentialDenoiser(denoiser, latent, strengths, sigmas=denoiser.get_sigmas(4).float(), threshold="sigma")
+    with pytest.raises(ValueError, match="clock='timestep' or 'step'"):
+        DifferentialDenoiser(denoiser, latent, strengths, sigmas=denoiser.get_sigmas(4).float(), clock="sigma")
 
 
 def halves() -> torch.Tensor:

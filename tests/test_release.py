@@ -8,7 +8,7 @@ from k_diffusion import sampling
 
 from conftest import SCHEDULED, SIZE, smooth_images
 from kdiff_differential import DifferentialDenoiser
-from kdiff_differential.clocks import RANGE_RAMP
+from kdiff_differential.release import RANGE_RAMP
 from test_denoiser import build
 
 
@@ -23,7 +23,7 @@ def test_the_weight_eases_a_pixel_in_over_the_step_before_its_release(ideal, lat
     dd = build(ideal, latent, gradient_map, sigmas)
     binary = build(ideal, latent, gradient_map, sigmas, release="binary")
     sigma = (sigmas[2] * sigmas[3]).sqrt()  # between levels 2 and 3
-    tau_hi, tau_lo = dd.tau(sigma.reshape(1)), dd.tau(sigmas[3:4])
+    tau_hi, tau_lo = dd.clock(sigma.reshape(1)), dd.clock(sigmas[3:4])
     s = gradient_map.reshape(1, 1, SIZE, SIZE)
     expected = ((s - tau_lo) / (tau_hi - tau_lo)).clamp(0, 1)
     mask = dd.mask(sigma.item())
@@ -73,7 +73,7 @@ def test_the_weight_is_monotone_in_strength_keeps_zero_and_frees_one(sigma, thre
 
     ideal = ideal_denoiser()
     strengths = torch.linspace(0, 1, SIZE * SIZE).reshape(SIZE, SIZE)
-    dd = build(ideal, smooth_images(1, seed=2), strengths, ideal.get_sigmas(5), threshold=threshold)
+    dd = build(ideal, smooth_images(1, seed=2), strengths, ideal.get_sigmas(5), clock=threshold)
     mask = dd.mask(sigma).flatten()
     assert (mask.diff() >= 0).all()
     assert mask[0] == 0  # strength 0 is never released
@@ -84,7 +84,7 @@ def test_range_samplers_ease_in_over_a_fixed_width_of_the_ramp(ideal, latent, gr
     dd = DifferentialDenoiser(ideal, latent, gradient_map, sigma_min=0.1, sigma_max=10.0,
                               generator=torch.Generator().manual_seed(0))
     sigma = torch.tensor([1.0])
-    tau = dd.tau(sigma)
+    tau = dd.clock(sigma)
     expected = ((gradient_map - (tau - RANGE_RAMP)) / RANGE_RAMP).clamp(0, 1)
     assert torch.allclose(dd.mask(1.0)[0, 0], expected, atol=1e-5)
 
@@ -94,7 +94,7 @@ def test_smooth_equals_binary_when_every_strength_sits_on_a_schedule_level(ideal
     """A strength equal to the clock at a level is eased in over no call at all: both
     rules free it at the same call, so the runs agree."""
     probe = build(ideal, latent, torch.zeros(SIZE, SIZE), sigmas)
-    levels = probe.tau(sigmas[:-1]).clamp(0, 1)  # tau at each non-zero level
+    levels = probe.clock(sigmas[:-1]).clamp(0, 1)  # tau at each non-zero level
     index = torch.arange(SIZE * SIZE).reshape(SIZE, SIZE) % len(levels)
     on_levels = levels[index]
     runs = {}

@@ -13,7 +13,7 @@ ComfyUI's flow re-noising ``(1 - t) x0 + t eps`` after the division.
 
 The start, t = 1. A full-denoise flow schedule starts at t = 1, sigma = inf, where x_t
 is pure noise and says nothing of x0. No sampler can step from an infinite sigma, so
-:func:`start_from_noise` takes that first step itself: one model call on pure noise
+:meth:`DifferentialDenoiser.start_from_noise` takes that first step itself: one model call on pure noise
 at t = 1 (the wrapper reads x as ``x / sigma``, the noise, when sigma is inf), then the
 prediction re-noised to the next sigma with the wrapper's own noise. That is the limit
 of an Euler (= DDIM) step from sigma -> inf, so an Euler run from t = 1 is exactly
@@ -125,16 +125,6 @@ class FlowDenoiser(nn.Module):
 
 
 def start_from_noise(dd: nn.Module, sigma_next: float, extra_args: Optional[dict[str, Any]] = None) -> Tensor:
-    """The first step of a schedule that starts at t = 1 (sigma = inf), for a
-    :class:`~kdiff_differential.DifferentialDenoiser` ``dd`` around a flow denoiser.
-
-    At t = 1 every pixel, frozen or free, is pure noise (``dd.noise``). The model's
-    prediction there is kept where ``dd`` releases pixels at the start, the original
-    elsewhere; the result is re-noised to ``sigma_next`` with the same noise. This is
-    the sampler's x at ``sigma_next``, (B, C, H, W): run the sampler on ``dd.sigmas[1:]``.
-    """
-    noise = dd.noise
-    inf = noise.new_full((noise.shape[0],), math.inf)
-    denoised = dd.inner_model(noise, inf, **(extra_args or {}))
-    x0 = torch.lerp(dd.latent, denoised.to(noise.dtype), dd.mask(math.inf))
-    return x0 + noise * sigma_next
+    """:meth:`DifferentialDenoiser.start_from_noise <kdiff_differential.DifferentialDenoiser.start_from_noise>`,
+    by its earlier name: the first step from t = 1 for the wrapper ``dd``."""
+    return dd.start_from_noise(sigma_next, **(extra_args or {}))
