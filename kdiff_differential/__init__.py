@@ -2,18 +2,64 @@
 
 Wrap a k-diffusion denoiser in :class:`DifferentialDenoiser` with the original latent
 and a change map (per-pixel strength in [0, 1], 1 = change, 0 = keep), and hand the
-wrapper to any sampler; :func:`composite` puts the original back in pixel space after
-decoding. Importing this package does not import k-diffusion, and changes no warning
-filter; ``with quiet_warnings():`` hides the noise of k-diffusion's dependencies where
-you ask for it.
+wrapper to any sampler; :func:`differential_edit` does that whole run by the sampler's
+name; :func:`composite` puts the original back in pixel space after decoding.
+
+Every name below is loaded on first use, so ``import kdiff_differential`` imports
+neither torch nor k-diffusion (the command line answers ``--help`` at once), and it
+changes no warning filter; ``with quiet_warnings():`` hides the noise of k-diffusion's
+dependencies where you ask for it.
 """
 
-from .clocks import CLOCKS
-from .compositing import composite
-from .denoiser import DifferentialDenoiser
-from .maps import prepare_change_map
-from .models import load_pipeline
-from .quiet import quiet_warnings
+from __future__ import annotations
 
-__all__ = ["CLOCKS", "DifferentialDenoiser", "composite", "load_pipeline", "prepare_change_map", "quiet_warnings"]
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .choices import CLOCKS, RELEASES, SCHEDULES
+    from .compositing import composite
+    from .denoiser import DifferentialDenoiser
+    from .edit import Edit, differential_edit
+    from .guidance import CFGDenoiser
+    from .maps import prepare_change_map
+    from .models import ImageModel, load_model, load_pipeline
+    from .models.flow import FlowDenoiser
+    from .quiet import quiet_warnings
+    from .sampler_table import SAMPLERS
+    from .schedules import make_sigmas
+
+# Each public name and the module that defines it.
+_EXPORTS = {
+    "CLOCKS": ".choices",
+    "RELEASES": ".choices",
+    "SCHEDULES": ".choices",
+    "SAMPLERS": ".sampler_table",
+    "CFGDenoiser": ".guidance",
+    "DifferentialDenoiser": ".denoiser",
+    "Edit": ".edit",
+    "FlowDenoiser": ".models.flow",
+    "ImageModel": ".models",
+    "composite": ".compositing",
+    "differential_edit": ".edit",
+    "load_model": ".models",
+    "load_pipeline": ".models",
+    "make_sigmas": ".schedules",
+    "prepare_change_map": ".maps",
+    "quiet_warnings": ".quiet",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'kdiff_differential' has no attribute {name!r}")
+    value = getattr(import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

@@ -15,19 +15,19 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
-from .clocks import CLOCKS
-from .compositing import COMPOSITES
-from .denoiser import RELEASES
-from .edit import DEFAULT_STEPS, OWN_STEPS, RANGE_SAMPLERS, SAMPLERS, SCHEDULES
+# Only torch-free modules here: --help and argument errors must not wait for torch.
+from .choices import CLOCKS, COMPOSITES, PRESETS, RELEASES, SCHEDULES
 from .errors import InputError, OneLineParser, command_status
 from .files import same_file
-from .presets import PRESETS
+from .sampler_table import DEFAULT_STEPS, OWN_STEPS, SAMPLERS, clock_problem, sampler_named
 
 if TYPE_CHECKING:
     import torch
 
 PROG = "kdiff-differential"
 DEVICES = ("auto", "cpu", "cuda")
+# Above this many steps a run is warned of its cost: an easy typo (--steps 100000) runs for hours.
+MANY_STEPS = 1000
 
 
 def _number(kind: Callable[[str], float], check: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
@@ -43,6 +43,24 @@ def _number(kind: Callable[[str], float], check: Callable[[float], bool], requir
     return parse
 
 
+def _sampler(text: str) -> str:
+    try:
+        sampler_named(text)  # checked here, read in _check_arguments (an A1111 name may imply the schedule)
+        return text
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of whole numbers, such as 0,1,2") from None
+    if len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r} names a seed twice")
+    return seeds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=PROG,
@@ -53,13 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--map", default="gradient-x", help="change map: an image file (grey levels in the file's own range: 8/16-bit, float 0..1; colour as luminance, alpha over black) or a preset (default: gradient-x)")
     parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...")
     parser.add_argument("--model", default="builtin", help="'builtin' or a local diffusers folder: SD 1.x/2.x or SDXL (text-to-image or inpainting), SD3/SD3.5 or Flux.1")
-    parser.add_argument("--sampler", default="dpmpp_2m", choices=SAMPLERS, metavar="NAME", help=f"k-diffusion sampler: {', '.join(SAMPLERS)}")
+    parser.add_argument("--sampler", default="dpmpp_2m", type=_sampler, metavar="NAME", help=f"k-diffusion sampler: {', '.join(SAMPLERS)}; A1111's names work too ('DPM++ 2M Karras', 'Euler a'), a trailing Karras or Exponential choosing the schedule (default: dpmpp_2m)")
     parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), help=f"sampler steps (default: {DEFAULT_STEPS}; {', '.join(OWN_STEPS)} chooses its own)")
-    parser.add_argument("--schedule", default=None, choices=SCHEDULES, help="noise schedule (default: karras; for SD3/Flux, model: their own shifted schedule)")
-    parser.add_argument("--seed", type=_number(int, lambda n: True, "a whole number"), default=0, help="random seed (default: 0)")
-    parser.add_argument("--strength", type=_number(float, lambda s: 0 <= s <= 1, "a number in [0, 1]"), default=1.0, help="1: binary release; below 1 blends the map into the mask (default: 1)")
+    parser.add_argument("--schedule", default=None, choices=SCHEDULES, metavar="NAME", help=f"noise schedule: {', '.join(SCHEDULES)} (default: karras; for SD3/Flux, model: their own shifted schedule). The last seven are ComfyUI's, for models with discrete training levels")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seed", type=_number(int, lambda n: True, "a whole number"), default=0, help="random seed (default: 0)")
+    seeds.add_argument("--seeds", type=_seeds, metavar="N,N,...", help="several seeds in one run: one output per seed, OUT-seedN")
+    parser.add_argument("--strength", type=_number(float, lambda s: 0 <= s <= 1, "a number in [0, 1]"), default=1.0, help="1: release pixels fully; below 1 blends the map itself into the release mask, a gentler edit (default: 1)")
     parser.add_argument("--release", default="smooth", choices=RELEASES, help="smooth: ease each pixel in over the step before its release, no bands (default); binary: the paper's and ComfyUI's rule")
-    parser.add_argument("--threshold", default="timestep", choices=CLOCKS, help="the clock that releases pixels (default: timestep)")
+    parser.add_argument("--clock", default=None, choices=CLOCKS, help="the clock that releases pixels (default: timestep)")
+    parser.add_argument("--threshold", choices=CLOCKS, help=argparse.SUPPRESS)  # the old name of --clock
     parser.add_argument("--keep-map", action="store_true", help="read the map as white = keep, black = change")
     parser.add_argument("--denoise", type=_number(float, lambda d: 0 < d <= 1, "a number in (0, 1]"), default=1.0, help="global denoise: the part of the schedule to run (default: 1)")
     parser.add_argument("--prompt", default="", help="text prompt (Stable Diffusion)")
@@ -68,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--composite", default="difference", choices=COMPOSITES, help="put the original back in pixel space: difference (where the model barely changed it; default), mask (the map as opacity) or none")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when there is one (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no messages")
-    parser.add_argument("--save-strip", action="store_true", help="also write OUT-strip: original | map | result")
+    parser.add_argument("--save-strip", action="store_true", help="also write OUT-strip: original | map | decoded (the model's output before the composite) | result")
     parser.add_argument("--save-masks", action="store_true", help="also write OUT-masks: the release mask at each step")
     return parser
 
@@ -82,6 +103,14 @@ def _sibling(out: Path, tag: str) -> Path:
     return out.with_name(f"{out.stem}-{tag}{out.suffix}")
 
 
+def _outputs(args: argparse.Namespace) -> dict[int, Path]:
+    """Per seed, the result file: OUT, or OUT-seedN for each of --seeds."""
+    out = Path(args.out)
+    if args.seeds is None:
+        return {args.seed: out}
+    return {seed: _sibling(out, f"seed{seed}") for seed in args.seeds}
+
+
 def _check_outputs(args: argparse.Namespace) -> list[Path]:
     """The files this run will write, checked before any work is done."""
     from .images import output_format
@@ -93,16 +122,47 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
     if out.is_dir():
         raise InputError(f"--out {args.out} is a folder; give a file name such as result.png")
     output_format(args.out)
-    outputs = {"--out": out}
-    outputs.update({"--save-strip": _sibling(out, "strip")} if args.save_strip else {})
-    outputs.update({"--save-masks": _sibling(out, "masks")} if args.save_masks else {})
+    outputs: dict[str, Path] = {}
+    for result in _outputs(args).values():
+        outputs[f"--out ({result.name})"] = result
+        outputs.update({"--save-strip": _sibling(result, "strip")} if args.save_strip else {})
+        outputs.update({"--save-masks": _sibling(result, "masks")} if args.save_masks else {})
     # No input is ever written over, however its path is spelled.
     inputs = {"--image": args.image, "--map": None if args.map in PRESETS else args.map}
     for flag, path in outputs.items():
         for name, given in inputs.items():
             if given is not None and same_file(path, given):
-                raise InputError(f"{flag} would write {path}, over the input {name} {given}; give --out another name")
+                raise InputError(f"{flag.split()[0]} would write {path}, over the input {name} {given}; give --out another name")
     return list(outputs.values())
+
+
+def _check_arguments(args: argparse.Namespace) -> None:
+    """What argparse cannot check alone: the clock's old name, the clock against the
+    sampler, a sampler that chooses its own steps, a step count that would run for hours."""
+    if args.threshold is not None:
+        _warn("--threshold is deprecated and will be removed: it is now --clock")
+        if args.clock is not None and args.clock != args.threshold:
+            raise InputError(f"--clock {args.clock} and --threshold {args.threshold} disagree; give --clock alone")
+        args.clock = args.threshold
+    args.clock = args.clock or "timestep"
+    sampler, implied = sampler_named(args.sampler)
+    args.sampler = sampler.name
+    problem = clock_problem(sampler, args.clock)
+    if problem:
+        raise InputError(f"--clock {args.clock}: {problem}")
+    if implied is not None:
+        if args.schedule is not None and args.schedule != implied:
+            raise InputError(f"--sampler names the {implied} schedule and --schedule says {args.schedule}; give one")
+        args.schedule = implied
+    if sampler.own_steps and args.steps is not None:
+        _warn(f"--sampler {sampler.name} chooses its own steps: --steps {args.steps} is ignored")
+        args.steps = None
+    if args.steps is not None and args.steps > MANY_STEPS:
+        calls = args.steps * max(sampler.calls_per_step, 1)
+        _warn(
+            f"--steps {args.steps} makes {calls} model calls ({calls // (DEFAULT_STEPS * max(sampler.calls_per_step, 1))}x "
+            f"the default {DEFAULT_STEPS} steps' time); results stop improving long before {MANY_STEPS}"
+        )
 
 
 def _device(name: str) -> "torch.device":
@@ -117,7 +177,8 @@ def _device(name: str) -> "torch.device":
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Do the edit ``args`` describes; returns the files written."""
-    outputs = _check_outputs(args)
+    _check_arguments(args)
+    written = _check_outputs(args)
     device = _device(args.device)
     from .images import read_image, write_image
 
@@ -133,13 +194,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     strength = resolve_map(args.map, height, width, args.keep_map, warn=_warn)
     if args.model == "builtin" and (args.prompt or args.negative or args.cfg is not None):
         _warn("the built-in model takes no text: --prompt, --negative and --cfg are ignored")
-    if args.sampler in RANGE_SAMPLERS and args.threshold == "step":
-        raise InputError(f"--threshold step counts schedule steps, and --sampler {args.sampler} runs a sigma range without them; use --threshold timestep or sigma")
-    if args.sampler in OWN_STEPS and args.steps is not None:
-        _warn(f"--sampler {args.sampler} chooses its own steps: --steps {args.steps} is ignored")
 
     from .edit import differential_edit
-
     from .models import default_schedule, load_model
 
     # Checked before the model loads, which can take minutes.
@@ -147,43 +203,45 @@ def run(args: argparse.Namespace) -> list[Path]:
     schedule = args.schedule or own
     if own == "model" and schedule != "model":
         raise InputError(f"--schedule {schedule}: this flow model's schedule starts at t = 1 (sigma = inf); use --schedule model")
-    if own == "model" and args.threshold == "sigma" and args.denoise >= 1:
-        raise InputError("--threshold sigma: a flow model's schedule from t = 1 starts at sigma = inf, where log sigma has no range; use --threshold timestep or step")
+    if own == "model" and args.clock == "sigma" and args.denoise >= 1:
+        raise InputError("--clock sigma: a flow model's schedule from t = 1 starts at sigma = inf, where log sigma has no range; use --clock timestep or step")
     model = load_model(args.model, image, device)
-    if getattr(model, "description", None) and not args.quiet:
+    if model.description and not args.quiet:
         print(f"{PROG}: model: {model.description}", file=sys.stderr)
-    edit = differential_edit(
-        model.denoiser,
-        model.latent,
-        strength,
-        sampler=args.sampler,
-        steps=None if args.sampler in OWN_STEPS else args.steps,
-        schedule=schedule,
-        denoise=args.denoise,
-        seed=args.seed,
-        strength=args.strength,
-        clock=args.threshold,
-        release=args.release,
-        extra_args=model.extra_args(args.prompt, args.negative, args.cfg, change_map=strength),
-        progress=not args.quiet and sys.stderr.isatty(),
-    )
+    extra_args = model.extra_args(args.prompt, args.negative, args.cfg, change_map=strength)
     from .compositing import composite
 
-    raw = model.decode(edit.result)
-    result = composite(image, raw, strength, args.composite)
-    write_image(result, str(outputs[0]))
-    if args.save_strip:
-        from .figures import strip
+    for seed, out in _outputs(args).items():
+        edit = differential_edit(
+            model.denoiser,
+            model.latent,
+            strength,
+            sampler=args.sampler,
+            steps=args.steps,
+            schedule=schedule,
+            denoise=args.denoise,
+            seed=seed,
+            strength=args.strength,
+            clock=args.clock,
+            release=args.release,
+            extra_args=extra_args,
+            progress=not args.quiet and sys.stderr.isatty(),
+        )
+        raw = model.decode(edit.result)
+        result = composite(image, raw, strength, args.composite)
+        write_image(result, str(out))
+        if args.save_strip:
+            from .figures import strip
 
-        decoded = raw if args.composite != "none" else None
-        figure = strip(image, strength, result, keep_map=args.keep_map, decoded=decoded)
-        write_image(figure, str(_sibling(outputs[0], "strip")))
-    if args.save_masks:
-        from .figures import mask_grid
+            decoded = raw if args.composite != "none" else None
+            figure = strip(image, strength, result, keep_map=args.keep_map, decoded=decoded)
+            write_image(figure, str(_sibling(out, "strip")))
+        if args.save_masks:
+            from .figures import mask_grid
 
-        masks = [edit.wrapper.mask(sigma)[0, 0].cpu() for sigma in edit.step_sigmas]
-        write_image(mask_grid(masks, width / height, edit.step_sigmas), str(_sibling(outputs[0], "masks")))
-    return outputs
+            masks = [edit.wrapper.mask(sigma)[0, 0].cpu() for sigma in edit.step_sigmas]
+            write_image(mask_grid(masks, width / height, edit.step_sigmas), str(_sibling(out, "masks")))
+    return written
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -26,7 +26,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-CLOCKS = ("timestep", "step", "sigma")
+from .choices import CLOCKS
+
 
 
 def inner_models(model: Any) -> Iterator[Any]:

@@ -42,7 +42,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-COMPOSITES = ("difference", "mask", "none")
+from .choices import COMPOSITES
+
 # 0.05 of the pixel range, about 13 8-bit levels: above a Stable Diffusion VAE's typical
 # reconstruction error and a 2x upscale's blur (5 levels on average, measured on the
 # built-in model at 1024 px), below what a release changes from s = 0.2 up (20 and more).

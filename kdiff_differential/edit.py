@@ -19,43 +19,11 @@ from .clocks import find_attribute
 from .denoiser import DifferentialDenoiser, renamed_clock
 from .errors import InputError
 from .sampler_table import DEFAULT_STEPS, OWN_STEPS, RANGE_SAMPLERS, SAMPLERS, Sampler, clock_problem, sampler_named
+from .schedules import SCHEDULES, make_sigmas
 
 __all__ = [
     "DEFAULT_STEPS", "OWN_STEPS", "RANGE_SAMPLERS", "SAMPLERS", "SCHEDULES", "Edit", "differential_edit", "make_sigmas",
 ]
-
-SCHEDULES = ("karras", "exponential", "model")
-
-
-def make_sigmas(denoiser: nn.Module, steps: int, schedule: str = "karras", denoise: float = 1.0) -> Tensor:
-    """The schedule for ``steps`` steps, descending, ending in 0: (steps + 1,) float32.
-
-    ``denoiser`` is a k-diffusion discrete-schedule denoiser (``CompVisDenoiser``,
-    ...), or a wrapper with one as ``inner_model``; its ``sigma_min``/``sigma_max``
-    bound the schedule. A flow model's ``model`` schedule starts at inf (t = 1). With ``denoise`` < 1 the
-    schedule is that of ``steps / denoise`` steps, of which the last ``steps`` are kept
-    (img2img's partial denoising, as ComfyUI does it).
-    """
-    import k_diffusion as K
-
-    if schedule not in SCHEDULES:
-        raise ValueError(f"unknown schedule {schedule!r}; schedules: {', '.join(SCHEDULES)}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be a whole number >= 1, got {steps!r}")
-    if isinstance(denoise, bool) or not isinstance(denoise, (int, float)) or not 0 < denoise <= 1:
-        raise ValueError(f"denoise must be a number in (0, 1], got {denoise!r}")
-    total = steps if denoise >= 1 else int(steps / denoise)
-    sigma_min, sigma_max = float(find_attribute(denoiser, "sigma_min")), float(find_attribute(denoiser, "sigma_max"))
-    if schedule != "model" and sigma_max == float("inf"):
-        raise ValueError(f"this model's schedule starts at t = 1 (sigma = inf), which a {schedule} schedule cannot; use schedule='model'")
-    if schedule == "karras":
-        sigmas = K.sampling.get_sigmas_karras(total, sigma_min, sigma_max)
-    elif schedule == "exponential":
-        sigmas = K.sampling.get_sigmas_exponential(total, sigma_min, sigma_max)
-    else:
-        sigmas = find_attribute(denoiser, "get_sigmas")(total)
-    return sigmas[-(steps + 1) :].float().cpu()
-
 
 @dataclass
 class Edit:

@@ -12,9 +12,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .choices import PRESETS
 from .errors import InputError
 
-PRESETS = ("gradient-x", "gradient-y", "radial", "full", "none")
 
 
 def preset_map(name: str, height: int, width: int) -> Tensor:

@@ -14,9 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from kdiff_differential.cli import main
-from kdiff_differential.clocks import CLOCKS
-from kdiff_differential.denoiser import RELEASES
-from kdiff_differential.edit import SAMPLERS
+from kdiff_differential import CLOCKS, RELEASES, SAMPLERS
 from kdiff_differential.figures import GAP, LABEL
 from kdiff_differential.presets import PRESETS
 
@@ -151,7 +149,7 @@ def test_a_partial_denoise_that_leaves_only_the_last_step_is_refused_in_one_line
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "give more steps or a larger denoise" in error, error
     assert not (files / "out/partial.png").exists()
-    assert main(["--image", "in.png", "--steps", "1", "--denoise", "0.3", "--threshold", "step", "--quiet", "--out", "out/partial.png"]) == 0
+    assert main(["--image", "in.png", "--steps", "1", "--denoise", "0.3", "--clock", "step", "--quiet", "--out", "out/partial.png"]) == 0
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -210,7 +208,11 @@ BAD = {
     "missing model": (["--model", "no-such-model"], "no such directory"),
     "not a model": (["--model", "not-a-model"], "not a diffusers folder (no model_index.json)"),
     "cuda without cuda": (["--device", "cuda"], "--device cpu"),
-    "step clock on a range sampler": (["--sampler", "dpm_fast", "--threshold", "step"], "use --threshold timestep or sigma"),
+    "step clock on a range sampler": (["--sampler", "dpm_fast", "--clock", "step"], "use the timestep or sigma clock"),
+    "A1111 sampler name with another schedule": (["--sampler", "DPM++ 2M Karras", "--schedule", "exponential"], "give one"),
+    "a seed twice": (["--seeds", "1,1"], "names a seed twice"),
+    "seeds that are not numbers": (["--seeds", "1,b"], "comma-separated list of whole numbers"),
+    "both --seed and --seeds": (["--seed", "1", "--seeds", "1,2"], "not allowed with argument"),
     "out over the image": (["--image", "in.png", "--out", "./in.png"], "over the input"),
     "out in a missing folder": (["--out", "nowhere/result.png"], "does not exist"),
 }
@@ -279,12 +281,12 @@ def test_readme_quick_start_is_clone_install_demo_tests_and_ci_installs_the_same
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     sampler=st.sampled_from(SAMPLERS), steps=st.integers(1, 3), denoise=st.sampled_from(["1", "0.6", "0.2"]),
-    threshold=st.sampled_from(CLOCKS), release=st.sampled_from(RELEASES), strength=st.sampled_from(["0", "0.5", "1"]),
+    clock=st.sampled_from(CLOCKS), release=st.sampled_from(RELEASES), strength=st.sampled_from(["0", "0.5", "1"]),
     schedule=st.sampled_from(["karras", "exponential"]),
 )
 def test_any_combination_of_settings_runs_or_is_refused_in_one_line(
     files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
-    sampler: str, steps: int, denoise: str, threshold: str, release: str, strength: str, schedule: str,
+    sampler: str, steps: int, denoise: str, clock: str, release: str, strength: str, schedule: str,
 ) -> None:
     """No setting the parser accepts ends in a traceback: a run writes its file, or one
     line says why not."""
@@ -293,7 +295,7 @@ def test_any_combination_of_settings_runs_or_is_refused_in_one_line(
     out.unlink(missing_ok=True)
     status = main([
         "--image", "in.png", "--map", "map.png", "--sampler", sampler, "--steps", str(steps), "--denoise", denoise,
-        "--threshold", threshold, "--release", release, "--strength", strength, "--schedule", schedule,
+        "--clock", clock, "--release", release, "--strength", strength, "--schedule", schedule,
         "--save-masks", "--quiet", "--out", "out/any.png",
     ])
     err = capsys.readouterr().err
@@ -301,3 +303,65 @@ def test_any_combination_of_settings_runs_or_is_refused_in_one_line(
         assert out.exists()
     else:
         assert status == 2 and err.count("\n") == 1 and not out.exists(), err
+
+
+def test_help_and_argument_errors_do_not_import_torch() -> None:
+    """The parser answers before any heavy import: torch, k-diffusion, diffusers."""
+    code = (
+        "import sys\n"
+        "from kdiff_differential.cli import main\n"
+        "try:\n"
+        "    status = main(sys.argv[1:])\n"
+        "except SystemExit as done:\n"
+        "    status = done.code\n"
+        "heavy = [name for name in ('torch', 'k_diffusion', 'diffusers') if name in sys.modules]\n"
+        "print(status, heavy)\n"
+    )
+    for argv in (["--help"], ["--out", "x.png", "--steps", "zero"], ["--out", "x.png", "--sampler", "euler_b"]):
+        done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True)
+        assert done.stdout.strip().splitlines()[-1] in ("0 []", "2 []"), (argv, done.stdout, done.stderr)
+
+
+def test_a1111_sampler_names_choose_the_sampler_and_schedule(
+    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """'DPM++ 2M Karras' is dpmpp_2m on the karras schedule: the same bytes as the short names."""
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--sampler", "DPM++ 2M Exponential", "--quiet", "--out", "out/a1111.png", *FAST]) == 0
+    assert main(["--image", "in.png", "--sampler", "dpmpp_2m", "--schedule", "exponential", "--quiet", "--out", "out/short.png", *FAST]) == 0
+    assert (files / "out/a1111.png").read_bytes() == (files / "out/short.png").read_bytes()
+
+
+def test_several_seeds_write_one_output_each_as_single_runs_do(
+    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--seeds", "3,4", "--quiet", "--out", "out/many.png", *FAST]) == 0
+    for seed in (3, 4):
+        assert main(["--image", "in.png", "--seed", str(seed), "--quiet", "--out", f"out/one-{seed}.png", *FAST]) == 0
+        assert (files / f"out/many-seed{seed}.png").read_bytes() == (files / f"out/one-{seed}.png").read_bytes()
+    assert not (files / "out/many.png").exists()
+    assert (files / "out/many-seed3.png").read_bytes() != (files / "out/many-seed4.png").read_bytes()
+
+
+def test_the_old_threshold_flag_still_works_and_warns_once(
+    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--threshold", "sigma", "--quiet", "--out", "out/old.png", *FAST]) == 0
+    assert capsys.readouterr().err.count("--threshold is deprecated") == 1
+    assert main(["--image", "in.png", "--clock", "sigma", "--quiet", "--out", "out/new.png", *FAST]) == 0
+    assert (files / "out/old.png").read_bytes() == (files / "out/new.png").read_bytes()
+
+
+def test_a_huge_step_count_is_warned_of_in_one_line_before_it_runs(
+    files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.chdir(files)
+    import kdiff_differential.cli as cli
+
+    # Stop right after the argument checks: the warning must come before any sampling.
+    monkeypatch.setattr(cli, "_check_outputs", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    main(["--image", "in.png", "--steps", "100000", "--sampler", "heun", "--out", "out/long.png"])
+    warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warning == ["kdiff-differential: warning: --steps 100000 makes 200000 model calls (5000x the default 20 steps' time); results stop improving long before 1000"]

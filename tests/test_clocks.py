@@ -227,3 +227,32 @@ def test_the_discrete_timestep_is_k_diffusions_sigma_to_t_bit_for_bit(quantize, 
     fast = DiscreteTimestep(model.log_sigmas, quantize)(sigmas)
     assert fast.dtype == model.sigma_to_t(sigmas).dtype
     assert torch.equal(fast, model.sigma_to_t(sigmas))
+
+
+def bisection_over_all_floats(tau, strengths):
+    """The boundary search release_sigmas replaced: 31 rounds over every float32's bits."""
+    infinity = torch.tensor(math.inf).view(torch.int32).item()
+    low = torch.zeros(strengths.shape, dtype=torch.int32)
+    high = torch.full(strengths.shape, infinity, dtype=torch.int32)
+    for _ in range(infinity.bit_length()):
+        mid = low + (high - low) // 2
+        ok = tau(mid.view(torch.float32)) <= strengths
+        low, high = torch.where(ok, mid, low), torch.where(ok, high, mid)
+    return low.view(torch.float32)
+
+
+def flow_clock():
+    from kdiff_differential.models.flow import FlowDenoiser
+
+    flow = FlowDenoiser(lambda x, t: x, shift=3.0)
+    span = make_span(flow.get_sigmas(8).float(), model_sigma_min=flow.sigma_min)
+    return make_clock("timestep", span, model_timestep(flow))
+
+
+@pytest.mark.parametrize("name", ["timestep", "timestep-quantized", "sigma", "step", "flow"])
+def test_bracketed_boundaries_equal_the_bisection_over_all_floats(name):
+    """Exact: the same float for every strength, many distinct ones, the ends included."""
+    tau = flow_clock() if name == "flow" else CLOCKS[name][1]
+    g = torch.Generator().manual_seed(1)
+    strengths = torch.cat([torch.rand(5000, generator=g), torch.linspace(0, 1, 257), torch.tensor([0.0, 1.0, 1e-7, 1 - 1e-7])])
+    assert torch.equal(release_sigmas(tau, strengths), bisection_over_all_floats(tau, strengths))

@@ -24,12 +24,16 @@ class ImageModel(Protocol):
     ``latent`` is the image in the model's space (1, C, h, w); ``denoiser`` a k-diffusion
     denoiser for such latents; ``extra_args`` what it takes at every call (``cfg`` None:
     the model's default; an inpainting model also needs the ``change_map``, 1 = change);
-    ``decode`` brings a result latent back to an image of the input's size. A model may
-    name its default noise ``schedule`` (flow models: 'model', from t = 1).
+    ``decode`` brings a result latent back to an image of the input's size.
+    ``schedule`` is the model's default noise schedule ('karras'; flow models: 'model',
+    from t = 1) and ``description`` what was detected, for the user ('' when there is
+    nothing to say).
     """
 
     latent: Tensor
     denoiser: nn.Module
+    schedule: str
+    description: str
 
     def extra_args(self, prompt: str, negative: str, cfg: Optional[float] = None, change_map: Any = None) -> dict[str, Any]: ...
 

@@ -105,6 +105,9 @@ class BuiltinModel:
     changed them, in the pixel-space composite (:mod:`kdiff_differential.compositing`).
     """
 
+    schedule = "karras"
+    description = ""  # chosen by name, nothing detected
+
     def __init__(self, image: np.ndarray, device: torch.device = torch.device("cpu")) -> None:
         self.original = to_tensor(image).to(device)
         self.size = working_size(*image.shape[:2])
