@@ -65,12 +65,28 @@ def _to_tensor(change_map: Any) -> Tensor:
         return change_map.detach()
     if hasattr(change_map, "getbands"):  # a PIL image
         return image_strength(change_map)
+    if type(change_map).__module__ == "numpy" and getattr(change_map, "ndim", 0) == 3 and change_map.shape[-1] in (3, 4):
+        return _colour_array_strength(change_map)
     try:
         return torch.as_tensor(change_map)
     except (TypeError, ValueError, RuntimeError) as error:
         raise TypeError(
             f"change_map must be a tensor, an array or a PIL image, got {type(change_map).__name__}"
         ) from error
+
+
+def _colour_array_strength(array: Any) -> Tensor:
+    """An (H, W, 3|4) array, as images are held in numpy: the strength its picture
+    stands for, read as a map file is (luminance; alpha as coverage over black)."""
+    from PIL import Image
+
+    import numpy as np
+
+    if array.dtype == np.uint8:
+        return image_strength(Image.fromarray(array, "RGBA" if array.shape[-1] == 4 else "RGB"))
+    values = _as_strength(torch.as_tensor(np.ascontiguousarray(array)), torch.float32)
+    grey = values[..., 0] * 0.299 + values[..., 1] * 0.587 + values[..., 2] * 0.114
+    return grey * values[..., 3] if array.shape[-1] == 4 else grey
 
 
 def _as_strength(change_map: Tensor, dtype: torch.dtype) -> Tensor:
@@ -102,6 +118,11 @@ def _as_4d(change_map: Tensor, batch: int) -> Tensor:
     if change_map.ndim == 2:
         change_map = rearrange(change_map, "h w -> 1 1 h w")
     elif change_map.ndim == 3:
+        if change_map.shape[-1] in (3, 4) and change_map.shape[0] not in (1, batch):
+            raise ValueError(
+                f"change_map of shape {shape} looks like a colour image (H, W, {shape[-1]}); give it as a "
+                f"numpy array or PIL image (read as its luminance), or as grey strengths (H, W)"
+            )
         change_map = rearrange(change_map, "b h w -> b 1 h w")
     elif change_map.ndim != 4 or change_map.shape[1] != 1:
         raise ValueError(

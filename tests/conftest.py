@@ -66,19 +66,6 @@ class TinyEDMNet(nn.Module):
         return self.body(torch.cat([x, level], dim=1))
 
 
-class CFG(nn.Module):
-    """Classifier-free guidance the k-diffusion way: one call on the concatenated batch."""
-
-    def __init__(self, inner_model, scale: float = 3.0) -> None:
-        super().__init__()
-        self.inner_model, self.scale = inner_model, scale
-
-    def forward(self, x, sigma, uncond, cond):
-        x_in, sigma_in = torch.cat([x] * 2), torch.cat([sigma] * 2)
-        uncond_out, cond_out = self.inner_model(x_in, sigma_in, cond=torch.cat([uncond, cond])).chunk(2)
-        return uncond_out + (cond_out - uncond_out) * self.scale
-
-
 class CondIdeal(nn.Module):
     """A denoiser that uses a per-image ``cond``: the ideal denoiser's output shifted by it."""
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from k_diffusion import sampling
 
-from kdiff_differential import DifferentialDenoiser
+from kdiff_differential import CFGDenoiser, DifferentialDenoiser
 
-from conftest import CFG, SIZE, CondIdeal, ideal_denoiser, smooth_images
+from conftest import SIZE, CondIdeal, ideal_denoiser, smooth_images
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +63,15 @@ def test_a_3d_latent_is_batch_one(ideal, latent, gradient_map, sigmas):
 
 
 def test_guidance_outside_repeats_latent_noise_and_map(ideal, latent, gradient_map, sigmas):
-    """CFG(DifferentialDenoiser(...)): x carries twice the latent's batch."""
+    """CFGDenoiser(DifferentialDenoiser(...)): x carries twice the latent's batch."""
     dd = build(ideal, latent, gradient_map, sigmas)
-    cfg = CFG(dd, scale=1.0)  # scale 1: the conditional branch alone
+    seen = []
+    dd.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
     x = dd.noisy_latent()
-    cond = torch.ones(1)
-    guided = sampling.sample_euler(cfg, x, sigmas, extra_args={"uncond": cond, "cond": cond}, disable=True)
+    cond = torch.ones(1)  # the same for both halves: the guided result is the plain one
+    run = {"uncond": cond, "cond": cond, "cfg_scale": 3.0}
+    guided = sampling.sample_euler(CFGDenoiser(dd), x, sigmas, extra_args=run, disable=True)
+    assert set(seen) == {2}
     plain = sampling.sample_euler(dd, x, sigmas, disable=True)
     assert torch.allclose(guided, plain, atol=1e-5)
 
@@ -76,14 +79,14 @@ def test_guidance_outside_repeats_latent_noise_and_map(ideal, latent, gradient_m
 def test_guidance_inside_and_kwargs_go_through_untouched(ideal, latent, gradient_map, sigmas):
     """DifferentialDenoiser(CFG(...)) finds the model's clock through inner_model and
     passes uncond/cond on; a conditioned model shows the cond reached it."""
-    inner = CFG(CondIdeal(ideal), scale=2.0)
+    inner = CFGDenoiser(CondIdeal(ideal))
     dd = build(inner, latent, gradient_map, sigmas)
     assert dd.span.sigma_to == pytest.approx(ideal.sigma_min.item())  # found through two wrappers
     direct = build(ideal, latent, gradient_map, sigmas)
     assert torch.equal(dd.release_sigma, direct.release_sigma)
     x, sigma = dd.noisy_latent(), sigmas[3] * torch.ones(1)
-    with_cond = dd(x, sigma, uncond=torch.zeros(1), cond=torch.ones(1))
-    without = dd(x, sigma, uncond=torch.zeros(1), cond=torch.zeros(1))
+    with_cond = dd(x, sigma, uncond=torch.zeros(1), cond=torch.ones(1), cfg_scale=2.0)
+    without = dd(x, sigma, uncond=torch.zeros(1), cond=torch.zeros(1), cfg_scale=2.0)
     mask = dd.mask(sigma.item()).expand_as(x)
     free, frozen = mask == 1, mask == 0
     assert torch.allclose((with_cond - without)[free], torch.tensor(0.02), atol=1e-5)  # 0.01 * cond * scale 2
@@ -193,10 +196,28 @@ def test_the_wrapper_moves_with_to(latent, gradient_map, sigmas):
     assert dd.latent.dtype == dd.noise.dtype == dd.release_sigma.dtype == torch.float64
 
 
+@pytest.mark.parametrize("release", ["smooth", "binary"])
+def test_a_wrapper_moved_to_float64_gives_what_one_built_there_gives(latent, gradient_map, sigmas, release):
+    """Clocks, floors and release rules are buffers: .to() moves them with the rest."""
+    moved = build(ideal_denoiser(), latent, gradient_map, sigmas, release=release).to(torch.float64)
+    built = build(ideal_denoiser().to(torch.float64), latent.double(), gradient_map, sigmas.double(),
+                  noise=moved.noise, generator=None, release=release)
+    assert {buffer.dtype for buffer in moved.buffers()} == {torch.float64}
+    # Between the schedule's levels, where no release boundary of this map falls.
+    between = (sigmas[:-2] * sigmas[1:-1]).sqrt()
+    for sigma in between:
+        torch.testing.assert_close(moved.mask(sigma.item()), built.mask(sigma.item()), atol=1e-5, rtol=0)
+    run = dict(disable=True)
+    torch.testing.assert_close(
+        sampling.sample_euler(moved, moved.noisy_latent(), sigmas.double(), **run),
+        sampling.sample_euler(built, built.noisy_latent(), built.sigmas, **run), atol=1e-5, rtol=0,
+    )
+
+
 def test_wrapping_a_wrapper_twice_warns(ideal, latent, gradient_map, sigmas):
     once = build(ideal, latent, gradient_map, sigmas)
     with pytest.warns(UserWarning, match="already contains a DifferentialDenoiser"):
-        build(CFG(once), latent, gradient_map, sigmas)
+        build(CFGDenoiser(once), latent, gradient_map, sigmas)
 
 
 def test_import_does_not_load_k_diffusion():
@@ -209,6 +230,7 @@ def test_import_does_not_load_k_diffusion():
     "change, error, words",
     [
         (dict(inner=42), TypeError, "inner must be a callable"),
+        (dict(sigmas=[14.6, 1.0, 0.0]), TypeError, "sigmas must be a torch.Tensor (the sampler's schedule, e.g. torch.tensor(...)), got list"),
         (dict(latent=torch.ones(SIZE, SIZE)), ValueError, "latent must be (C, H, W) or (B, C, H, W)"),
         (dict(latent=torch.ones(1, 1, 3, SIZE, SIZE)), ValueError, "latent must be"),
         (dict(latent=torch.ones(1, 3, SIZE, SIZE, dtype=torch.long)), TypeError, "float"),

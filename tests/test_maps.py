@@ -189,3 +189,21 @@ def test_map_files_of_unclear_range_are_refused_in_one_line(tmp_path, name, valu
     assert words in message and name in message and "\n" not in message
     with Image.open(path) as image, pytest.raises(ValueError, match="change_map"):
         prepare_change_map(image, (1, 1, 4, 64))
+
+
+def test_a_colour_array_is_read_as_its_luminance_as_a_map_file_is():
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    colour = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
+    expected = np.asarray(Image.fromarray(colour).convert("L"), dtype=np.float32) / 255
+    got = prepare_change_map(colour, (1, 4, 12, 10))
+    assert torch.allclose(got[0, 0], torch.from_numpy(expected))
+    # Alpha is coverage over black, as in a map file.
+    rgba = np.concatenate([colour, np.zeros((12, 10, 1), np.uint8)], axis=-1)
+    assert prepare_change_map(rgba, (1, 4, 12, 10)).max() == 0
+
+
+def test_a_colour_tensor_is_named_not_read_as_a_batch():
+    with pytest.raises(ValueError, match=r"looks like a colour image \(H, W, 3\)"):
+        prepare_change_map(torch.rand(32, 32, 3), (1, 4, 8, 8))
