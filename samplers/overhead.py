@@ -394,6 +394,39 @@ def primitives_us(setup: Setup, calls: int) -> dict:
     return out
 
 
+def build_ratio(setup: Setup, rounds: int, size: int = 128) -> dict:
+    """Building the wrapper for a (1, 4, size, size) latent whose map has size^2 distinct
+    strengths, over building it for a size-level gradient: interleaved rounds, each
+    round's ratio of medians of 3 builds. The release boundaries' cost should hardly
+    depend on how many distinct strengths there are."""
+    import k_diffusion as K
+
+    denoiser = K.external.CompVisDenoiser(Identity()).to(setup.device)  # interpolated: k-diffusion's default
+    latent = torch.zeros(1, 4, size, size, device=setup.device)
+    sigmas = denoiser.get_sigmas(20).to(setup.device, torch.float32)
+    generator = torch.Generator().manual_seed(0)
+    maps = {
+        "gradient": torch.linspace(0, 1, size).expand(size, size),
+        "distinct": torch.randperm(size * size, generator=generator).float().reshape(size, size) / (size * size - 1),
+    }
+    sync = _synchronizer(setup.device)
+
+    def build_with(name: str) -> Callable[[], None]:
+        return lambda: DifferentialDenoiser(denoiser, latent, maps[name], sigmas=sigmas, generator=torch.Generator(setup.device))
+
+    seconds: dict = {name: [] for name in maps}
+    for order in _rotations(list(maps), rounds):
+        for name in order:
+            seconds[name].append(statistics.median(_seconds(build_with(name), sync) for _ in range(3)))
+    ratios = [d / g for d, g in zip(seconds["distinct"], seconds["gradient"])]
+    return {
+        "latent": [1, 4, size, size],
+        "gradient_ms": statistics.median(seconds["gradient"]) * 1e3,
+        "distinct_ms": statistics.median(seconds["distinct"]) * 1e3,
+        "ratio": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+    }
+
+
 # --- report -------------------------------------------------------------------------
 
 
@@ -415,6 +448,7 @@ def run(device: torch.device, *, size: int, steps: int, rounds: int, calls: int)
         ab = ab_ratios(setup, rounds)
         held = memory(setup)
         primitives = primitives_us(setup, calls)
+        build_cost = build_ratio(setup, max(3, rounds // 4))
     sync_method = "torch.cuda.set_sync_debug_mode" if device.type == "cuda" else "host reads: Tensor.item, bool(tensor), Tensor.cpu"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -429,6 +463,7 @@ def run(device: torch.device, *, size: int, steps: int, rounds: int, calls: int)
         "inner_us_per_call": per_call["inner"],
         "sync_method": sync_method,
         "primitives_us": primitives,
+        "build": build_cost,
         "wrappers": {
             name: {
                 "class": WRAPPERS[name],
@@ -464,6 +499,12 @@ def table(report: dict) -> str:
     lines = [head, "  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
     lines.append("primitives, us/op: " + ", ".join(f"{k} {v:.1f}" for k, v in report["primitives_us"].items()))
+    build = report["build"]
+    lines.append(
+        f"building the wrapper, latent {tuple(build['latent'])}: {build['latent'][-1] ** 2} distinct strengths "
+        f"{build['distinct_ms']:.1f} ms, a {build['latent'][-1]}-level gradient {build['gradient_ms']:.1f} ms; "
+        f"ratio median {build['ratio']['median']:.2f} [{build['ratio']['min']:.2f}, {build['ratio']['max']:.2f}] (target <= 3)"
+    )
     return "\n".join(lines)
 
 
