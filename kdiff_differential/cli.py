@@ -1,10 +1,10 @@
 """The command line: ``kdiff-differential`` (also ``python -m kdiff_differential``).
 
 Edits an image with a per-pixel change map (white = change) on the built-in model or a
-local diffusers Stable Diffusion directory. With only ``--out`` it runs the demo: the
-bundled example image and a left-to-right gradient. Bad input ends the run with one
-line on stderr and exit status 2; library imports happen inside ``main``, so that
-``--help`` and argument errors answer at once.
+diffusers model (a folder, a Hub id or a single .safetensors file, with LoRAs). With only
+``--out`` it runs the demo: the bundled example image and a left-to-right gradient. Bad
+input ends the run with one line on stderr and exit status 2; library imports happen
+inside ``main``, so that ``--help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import argparse
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 # Only torch-free modules here: --help and argument errors must not wait for torch.
 from .choices import CLOCKS, COMPOSITES, PRESETS, RELEASES, SCHEDULES
@@ -70,9 +70,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image", help="input image (default: the bundled example)")
     parser.add_argument("--map", default="gradient-x", help="change map: an image file (grey levels in the file's own range: 8/16-bit, float 0..1; colour as luminance, alpha over black) or a preset (default: gradient-x)")
     parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...")
-    parser.add_argument("--model", default="builtin", help="'builtin' or a local diffusers folder: SD 1.x/2.x or SDXL (text-to-image or inpainting), SD3/SD3.5 or Flux.1")
+    # The model: where it comes from and what is added to it (see models/sources.py, models/loras.py).
+    from .models.families import supported
+
+    parser.add_argument("--model", default="builtin", metavar="SOURCE", help=f"'builtin' (default); a diffusers folder; a Hugging Face Hub id org/name[@revision] (cached; HF_HUB_OFFLINE=1 uses the cache only); or a single .safetensors checkpoint. Families: {supported()}")
+    parser.add_argument("--config", metavar="SOURCE", help="for a single-file --model: a diffusers folder or Hub id with its configuration (and, for a transformer-only file, the other parts; default: diffusers' own for the file's family, from the Hub cache)")
+    parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="a LoRA (diffusers/peft or kohya layout) fused in at SCALE (default 1; 0: none); repeatable")
+    parser.add_argument("--allow-pickle", action="store_true", help="load .ckpt/.pt/.bin files, which are pickles: loading one can run any code inside it; only for files you trust (default: refused)")
     parser.add_argument("--sampler", default="dpmpp_2m", type=_sampler, metavar="NAME", help=f"k-diffusion sampler: {', '.join(SAMPLERS)}; A1111's names work too ('DPM++ 2M Karras', 'Euler a'), a trailing Karras or Exponential choosing the schedule (default: dpmpp_2m)")
-    parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), help=f"sampler steps (default: {DEFAULT_STEPS}; {', '.join(OWN_STEPS)} chooses its own)")
+    parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), help=f"sampler steps (default: the model family's, {DEFAULT_STEPS}; {', '.join(OWN_STEPS)} chooses its own)")
     parser.add_argument("--schedule", default=None, choices=SCHEDULES, metavar="NAME", help=f"noise schedule: {', '.join(SCHEDULES)} (default: karras; for SD3/Flux, model: their own shifted schedule). The last seven are ComfyUI's, for models with discrete training levels")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=_number(int, lambda n: True, "a whole number"), default=0, help="random seed (default: 0)")
@@ -165,6 +171,16 @@ def _check_arguments(args: argparse.Namespace) -> None:
         )
 
 
+def _model_options(args: argparse.Namespace) -> dict[str, Any]:
+    """--config, --lora and --allow-pickle as load_model's keywords, checked before any work."""
+    from .models.loras import check_loras, parse_lora
+
+    if args.model == "builtin" and (args.lora or args.config):
+        raise InputError("--lora and --config need --model (a diffusers folder, Hub id or .safetensors file): the built-in model takes neither")
+    loras = check_loras([parse_lora(text) for text in args.lora], args.allow_pickle)
+    return {"config": args.config, "loras": loras, "allow_pickle": args.allow_pickle}
+
+
 def _device(name: str) -> "torch.device":
     import torch
 
@@ -179,6 +195,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     """Do the edit ``args`` describes; returns the files written."""
     _check_arguments(args)
     written = _check_outputs(args)
+    options = _model_options(args)
     device = _device(args.device)
     from .images import read_image, write_image
 
@@ -199,16 +216,18 @@ def run(args: argparse.Namespace) -> list[Path]:
     from .models import default_schedule, load_model
 
     # Checked before the model loads, which can take minutes.
-    own = default_schedule(args.model)
+    own = default_schedule(args.model, config=options["config"], allow_pickle=options["allow_pickle"])
     schedule = args.schedule or own
     if own == "model" and schedule != "model":
         raise InputError(f"--schedule {schedule}: this flow model's schedule starts at t = 1 (sigma = inf); use --schedule model")
     if own == "model" and args.clock == "sigma" and args.denoise >= 1:
         raise InputError("--clock sigma: a flow model's schedule from t = 1 starts at sigma = inf, where log sigma has no range; use --clock timestep or step")
-    model = load_model(args.model, image, device)
+    model = load_model(args.model, image, device, **options)
     if model.description and not args.quiet:
         print(f"{PROG}: model: {model.description}", file=sys.stderr)
     extra_args = model.extra_args(args.prompt, args.negative, args.cfg, change_map=strength)
+    # The model family's own step count where none is given (a sampler choosing its own takes None).
+    steps = args.steps if args.steps is not None or args.sampler in OWN_STEPS else getattr(model, "steps", None)
     from .compositing import composite
 
     for seed, out in _outputs(args).items():
@@ -217,7 +236,7 @@ def run(args: argparse.Namespace) -> list[Path]:
             model.latent,
             strength,
             sampler=args.sampler,
-            steps=args.steps,
+            steps=steps,
             schedule=schedule,
             denoise=args.denoise,
             seed=seed,

@@ -205,7 +205,7 @@ BAD = {
     "denoise above 1": (["--denoise", "1.5"], "(0, 1]"),
     "negative strength": (["--strength", "-0.1"], "[0, 1]"),
     "strength above 1": (["--strength", "1.1"], "[0, 1]"),
-    "missing model": (["--model", "no-such-model"], "no such directory"),
+    "missing model": (["--model", "no-such-model"], "no such file or folder, and not a Hub id"),
     "not a model": (["--model", "not-a-model"], "not a diffusers folder (no model_index.json)"),
     "cuda without cuda": (["--device", "cuda"], "--device cpu"),
     "step clock on a range sampler": (["--sampler", "dpm_fast", "--clock", "step"], "use the timestep or sigma clock"),

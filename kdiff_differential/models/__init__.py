@@ -1,21 +1,36 @@
 """Models to wrap: the built-in closed-form denoiser and, with the ``diffusers`` extra,
-diffusers folders (Stable Diffusion 1.x/2.x, SDXL, their inpainting checkpoints,
-SD3/SD3.5, Flux.1). Each, fitted to one input image, is an :class:`ImageModel`."""
+diffusers models of the families in :data:`.families.FAMILIES` (Stable Diffusion
+1.x/2.x, SDXL, their inpainting checkpoints, the SDXL refiner, SD3/SD3.5, Flux.1), from a
+folder, a Hub id or a single checkpoint file, with LoRAs. Each, fitted to one input
+image, is an :class:`ImageModel`. Importing this package imports neither torch nor
+diffusers (so that ``--help`` can list the families): they load when used.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
-
-import numpy as np
-import torch
-from torch import Tensor, nn
-
-from .flow import FlowDenoiser, start_from_noise
-from .ideal import IdealDenoiser, sd_alphas_cumprod
+from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence, Union
 
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    from torch import Tensor, nn
+
     from .diffusers_model import DiffusersPipeline
+    from .flow import FlowDenoiser, start_from_noise
+    from .ideal import IdealDenoiser, sd_alphas_cumprod
+
+# Torch-heavy names this package re-exports, loaded on first use.
+_LAZY = {"FlowDenoiser": ".flow", "start_from_noise": ".flow", "IdealDenoiser": ".ideal", "sd_alphas_cumprod": ".ideal"}
+Loras = Sequence[tuple[Union[str, Path], float]]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class ImageModel(Protocol):
@@ -30,54 +45,76 @@ class ImageModel(Protocol):
     nothing to say).
     """
 
-    latent: Tensor
-    denoiser: nn.Module
+    latent: "Tensor"
+    denoiser: "nn.Module"
     schedule: str
     description: str
 
     def extra_args(self, prompt: str, negative: str, cfg: Optional[float] = None, change_map: Any = None) -> dict[str, Any]: ...
 
-    def decode(self, latent: Tensor) -> np.ndarray: ...
+    def decode(self, latent: "Tensor") -> "np.ndarray": ...
 
 
-def load_pipeline(path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> "DiffusersPipeline":
-    """A local diffusers folder (SD 1.x/2.x, SDXL, their inpainting checkpoints, SD3/SD3.5
-    or Flux.1) as a :class:`~kdiff_differential.models.diffusers_model.DiffusersPipeline`:
+def load_pipeline(
+    path: Union[str, Path], device: Union[str, "torch.device"] = "cpu", *,
+    config: Optional[Union[str, Path]] = None, loras: Loras = (), allow_pickle: bool = False,
+) -> "DiffusersPipeline":
+    """A diffusers model as a
+    :class:`~kdiff_differential.models.diffusers_model.DiffusersPipeline`:
     ``denoiser_for(latent)``, ``encode``, ``decode``, ``extra_args``, the default
-    ``schedule`` and the detected ``family``. Nothing is fetched from a hub. An
-    unsupported folder, or diffusers not installed, is an InputError."""
+    ``schedule`` and the detected ``family``.
+
+    ``path`` is a diffusers folder; a Hub id ``org/name[@revision]`` (from
+    huggingface_hub's cache, which is all that is used with ``HF_HUB_OFFLINE=1``, else
+    downloaded into it); or a single ``.safetensors`` checkpoint, whose family is read
+    from its tensor names and whose configuration comes from ``config`` (a diffusers
+    folder or Hub id; default: diffusers' own for that family, through the cache).
+    ``loras`` are (file, scale) pairs, fused in at their scales (diffusers/peft or kohya
+    layout). Pickle files (``.ckpt``, ``.pt``, ``.bin``) run code when loaded: refused
+    unless ``allow_pickle``. Bad input, or diffusers not installed, is an InputError.
+    """
     from .diffusers_model import DiffusersPipeline, require_diffusers
 
     require_diffusers()
-    return DiffusersPipeline(path, device)
+    return DiffusersPipeline(path, device, config=config, loras=loras, allow_pickle=allow_pickle)
 
 
-def default_schedule(name: str) -> str:
-    """The noise schedule model ``name`` runs by default: 'karras', or 'model' for a flow
-    model (its own shifted schedule from t = 1). Reads ``model_index.json`` only; a bad
-    folder is an InputError."""
+def default_schedule(name: str, *, config: Optional[Union[str, Path]] = None, allow_pickle: bool = False) -> str:
+    """The noise schedule model ``name`` runs by default (its family's): 'karras', or
+    'model' for a flow model (its own shifted schedule from t = 1). Reads
+    ``model_index.json`` (of a Hub id: that file alone) or a single file's tensor names
+    only; bad input is an InputError."""
     if name == "builtin":
         return "karras"
     from .diffusers_model import require_diffusers
-    from .families import detect
+    from .sources import resolve_source
 
     require_diffusers()
-    return detect(Path(name)).schedule
+    return resolve_source(name, config, allow_pickle).family().default_schedule
 
 
-def load_model(name: str, image: np.ndarray, device: torch.device = torch.device("cpu")) -> ImageModel:
-    """``name`` ('builtin', or a local diffusers folder: SD 1.x/2.x, SDXL, their inpainting
-    checkpoints, SD3/SD3.5 or Flux.1) fitted to ``image``, uint8 (H, W, 3). A bad folder
-    is an InputError that says why."""
+def load_model(
+    name: str, image: "np.ndarray", device: Optional["torch.device"] = None, *,
+    config: Optional[Union[str, Path]] = None, loras: Loras = (), allow_pickle: bool = False,
+) -> ImageModel:
+    """``name`` ('builtin', or a diffusers model as :func:`load_pipeline` takes it, with
+    ``config``, ``loras`` and ``allow_pickle``) fitted to ``image``, uint8 (H, W, 3), on
+    ``device`` (default: the CPU). Bad input is an InputError that says why."""
+    import torch
+
+    device = torch.device("cpu") if device is None else device
     if name == "builtin":
+        from ..errors import InputError
         from .builtin import BuiltinModel
 
+        if config is not None or loras:
+            raise InputError("--config and --lora need --model: the built-in model takes neither")
         return BuiltinModel(image, device)
     from .diffusers_model import FittedModel, quiet_loading, require_diffusers
 
     require_diffusers()
     quiet_loading()
-    return FittedModel(load_pipeline(name, device), image)
+    return FittedModel(load_pipeline(name, device, config=config, loras=loras, allow_pickle=allow_pickle), image)
 
 
 __all__ = ["FlowDenoiser", "IdealDenoiser", "ImageModel", "default_schedule", "load_model", "load_pipeline", "sd_alphas_cumprod", "start_from_noise"]

@@ -1,21 +1,25 @@
-"""Any supported diffusers pipeline folder, run through k-diffusion: ONE code path.
+"""Any supported diffusers model, run through k-diffusion: ONE code path.
 
-"Load a folder, encode, denoise, decode" lives here once; what differs between model
+"Load, encode, denoise, decode" lives here once, with the loading helpers (the parts of
+a folder, or of a single file with its configuration; :mod:`.sources` says where a
+model comes from, :mod:`.loras` applies LoRAs); what differs between model
 families (text encoders, the conditioning the network takes, how it becomes a
 k-diffusion denoiser) lives in a small :class:`~kdiff_differential.models.families.Family`
-adapter, picked from ``model_index.json``: Stable Diffusion 1.x/2.x and SDXL (UNets,
-and their inpainting checkpoints: see :meth:`DiffusersPipeline.extra_args`), SD3/SD3.5
-and Flux.1 (flow-matching transformers). Needs the ``diffusers`` extra; diffusers and
+adapter, picked from ``model_index.json`` or a single file's tensor names (the
+registry, :data:`~kdiff_differential.models.families.FAMILIES`, says which are
+supported; inpainting checkpoints: see :meth:`DiffusersPipeline.extra_args`). Needs the ``diffusers`` extra; diffusers and
 transformers are imported inside the functions, after :func:`require_diffusers`.
 """
 
 from __future__ import annotations
 
+import importlib
+import json
 import logging
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -24,9 +28,125 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..images import to_image, to_tensor
-from .families import detect, load_component, read_config
+from .families import Family
+from .loras import apply_loras, check_loras
+from .sources import PICKLE_RISK, Source, is_pickle, read_checkpoint, resolve_source
 
 INSTALL = "pip install 'kdiff-differential[diffusers]'"
+# Libraries a model_index.json may name classes from; nothing else is imported.
+LIBRARIES = ("diffusers", "transformers")
+
+
+def load_part(source: str, component: str, load: Callable[[], Any]) -> Any:
+    """Run ``load``; a missing or broken file becomes one InputError line."""
+    try:
+        return load()
+    except (OSError, ValueError, KeyError, AttributeError, ImportError, RuntimeError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"--model {source}: cannot load {component} ({reason})") from None
+
+
+def read_config(root: Path, component: str, name: str = "config.json") -> dict[str, Any]:
+    """``component/name`` as a dict; InputError when it is missing or not JSON."""
+    return json.loads(load_part(str(root), f"{component}/", lambda: (root / component / name).read_text()))
+
+
+def component_class(root: Path, index: dict[str, Any], name: str) -> type:
+    """The class ``model_index.json`` names for the part ``name`` (a diffusers or
+    transformers class only: nothing else is imported)."""
+    entry = index.get(name) or [None, None]
+    library, class_name = entry if len(entry) == 2 else (None, None)
+    if library not in LIBRARIES or not isinstance(class_name, str):
+        raise InputError(f"--model {root}: model_index.json names {entry!r} for {name}; expected a diffusers or transformers class")
+    cls = getattr(importlib.import_module(library), class_name, None)
+    if cls is None:
+        raise InputError(f"--model {root}: {library} has no {class_name} (for {name}/); a newer {library} may")
+    return cls
+
+
+def load_component(root: Path, index: dict[str, Any], name: str, dtype: torch.dtype, allow_pickle: bool = False) -> Any:
+    """The component in folder ``name``, built from the class ``model_index.json`` names
+    for it; torch modules in ``dtype``. Weights only in pickle files (``.bin``) are
+    refused unless ``allow_pickle``."""
+    cls = component_class(root, index, name)
+    options: dict[str, Any] = {"subfolder": name, "local_files_only": True}
+    if isinstance(cls, type) and issubclass(cls, nn.Module):
+        options["torch_dtype"] = dtype
+        files = list((root / name).glob("*")) if (root / name).is_dir() else []
+        if not allow_pickle and any(is_pickle(f) for f in files) and not any(f.suffix == ".safetensors" for f in files):
+            raise InputError(f"--model {root}: {name}/ has its weights in a pickle file only; refused, {PICKLE_RISK}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # loading advice (unused weights, legacy configs) is not the user's concern
+        return load_part(str(root), f"{name}/", lambda: cls.from_pretrained(root, **options))
+
+
+def load_parts(source: Source, family: type[Family], dtype: torch.dtype) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """The parts of ``source`` by folder name (the network, ``vae``, ``scheduler``, the
+    tokenizers and text encoders), with the folder that holds its configuration and
+    that folder's ``model_index.json``. A single file holding the whole pipeline is
+    loaded by diffusers' ``from_single_file``; one holding the network alone (SD3 and
+    Flux files often do) gives the network, and the configuration folder the rest."""
+    if source.kind != "file":
+        index = source.index()
+        root = source.folder()
+        missing = [name for name in family.parts(index) if not (root / name).is_dir()]
+        if missing:
+            raise InputError(f"--model {source.given}: a {family.name} folder without {', '.join(missing)}/")
+        parts = {name: load_component(root, index, name, _part_dtype(root, name, dtype), source.allow_pickle) for name in family.parts(index)}
+        return root, index, parts
+    import diffusers
+
+    whole = family.whole(source.keys())
+    root, index = _configuration(source, family, whole)
+    file = str(source.path)
+    if whole:
+        pipeline = getattr(diffusers, family.pipelines[0])
+        loaded = _from_single_file(source, pipeline, file, config=str(root), local_files_only=True, torch_dtype=dtype)
+        parts = {name: part for name, part in loaded.components.items() if part is not None}
+        if read_config(root, "vae").get("force_upcast", False):
+            parts["vae"] = parts["vae"].float()
+        return root, index, parts
+    parts = {name: load_component(root, index, name, _part_dtype(root, name, dtype), source.allow_pickle) for name in family.parts(index) if name != family.network}
+    network = component_class(root, index, family.network)
+    parts[family.network] = _from_single_file(source, network, file, config=str(root), subfolder=family.network, local_files_only=True, torch_dtype=dtype)
+    return root, index, parts
+
+
+def _part_dtype(root: Path, name: str, dtype: torch.dtype) -> torch.dtype:
+    """fp32 for a VAE whose config asks for it (``force_upcast``: SDXL's overflows in fp16)."""
+    return torch.float32 if name == "vae" and read_config(root, "vae").get("force_upcast", False) else dtype
+
+
+def _configuration(source: Source, family: type[Family], whole: bool) -> tuple[Path, dict[str, Any]]:
+    """The local folder with a single file's configuration (``--config``, or diffusers'
+    default for its family from the Hub cache), and its ``model_index.json``; for a
+    network-only file, with the other parts' weights."""
+    settings = source.config
+    if settings is None:
+        from diffusers.loaders.single_file_utils import fetch_diffusers_config
+
+        repo = fetch_diffusers_config(read_checkpoint(source, meta=True))["pretrained_model_name_or_path"]
+        settings = Source(repo, "hub", repo=repo, allow_pickle=source.allow_pickle)
+    try:
+        index = settings.index()
+        weights = [] if whole else [f"{name}/*.safetensors" for name in family.parts(index) if name != family.network]
+        root = settings.folder(weights)
+    except InputError as error:
+        if source.config is not None:
+            raise
+        raise InputError(
+            f"--model {source.given}: its configuration ({settings.repo}, diffusers' default for a {family.name} file) "
+            f"is not available ({str(error).split(': ', 1)[-1]}); pass --config with a diffusers folder or Hub id of this model"
+        ) from None
+    if not family.owns(index):
+        raise InputError(f"--config {settings.given}: not a {family.name} pipeline, which --model {source.given} is")
+    return root, index
+
+
+def _from_single_file(source: Source, cls: type, file: str, **options: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_part(source.given, "the checkpoint", lambda: cls.from_single_file(file, **options))
 
 
 def require_diffusers() -> None:
@@ -64,7 +184,8 @@ def change_mask(change_map: Any, size: tuple[int, int], device: torch.device) ->
 
 
 class DiffusersPipeline:
-    """A local diffusers folder as what a k-diffusion user needs.
+    """A diffusers model, from a folder, a Hub id or a single file, as what a
+    k-diffusion user needs.
 
     ``family`` is the detected :class:`~kdiff_differential.models.families.Family`
     adapter, ``inpainting`` whether the UNet takes the inpainting channels, ``schedule``
@@ -76,27 +197,38 @@ class DiffusersPipeline:
     are the latent codec (``(z - shift_factor) * scaling_factor`` of the VAE's config,
     float32). Weights are fp16 on CUDA (bf16 for flow transformers) and fp32 on CPU;
     the VAE stays fp32 where its config asks (``force_upcast``); latents and the sampler
-    stay fp32.
+    stay fp32. ``source``, ``config``, ``loras`` and ``allow_pickle`` are as in
+    :func:`~kdiff_differential.models.load_pipeline`.
     """
 
-    def __init__(self, path: Union[str, Path], device: Union[str, torch.device] = "cpu") -> None:
+    def __init__(
+        self, path: Union[str, Path, Source], device: Union[str, torch.device] = "cpu", *,
+        config: Optional[Union[str, Path]] = None, loras: Sequence[tuple[Union[str, Path], float]] = (), allow_pickle: bool = False,
+    ) -> None:
         require_diffusers()
-        root = Path(path)
         self.device = _device(device)
-        self.family = detect(root)
-        dtype = self.family.cuda_dtype if self.device.type == "cuda" else torch.float32
-        vae_dtype = torch.float32 if read_config(root, "vae").get("force_upcast", False) else dtype
-        self.vae = load_component(root, self.family.index, "vae", vae_dtype).to(self.device).eval().requires_grad_(False)
+        source = path if isinstance(path, Source) else resolve_source(path, config, allow_pickle)
+        checked = check_loras(loras, allow_pickle)
+        kind = source.family()
+        dtype = getattr(torch, kind.cuda_dtype) if self.device.type == "cuda" else torch.float32
+        root, index, parts = load_parts(source, kind, dtype)
+        for name, part in parts.items():
+            if isinstance(part, nn.Module):
+                part.to(self.device).eval().requires_grad_(False)
+        if checked:
+            apply_loras(kind, parts, checked)
+        self.vae, self.network = parts["vae"], parts[kind.network]
         self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
-        self.network = self.family.load(dtype, self.device)
-        kind = self.family.kind(self.vae.config.latent_channels)
-        self.inpainting = kind == "inpainting"
-        self.schedule = self.family.schedule
+        text = {name: parts.get(name) for pair in kind.encoders for name in pair}
+        self.family = kind(source.given, index, self.network.config, text, self.device)
+        kind_of_model = self.family.kind(self.vae.config.latent_channels)
+        self.inpainting = kind_of_model == "inpainting"
+        self.schedule = kind.default_schedule
         self.scheduler = read_config(root, "scheduler", "scheduler_config.json")
         self._denoisers: dict[tuple[int, int], nn.Module] = {}
-        native = self.family.native_size // self.factor
+        native = kind.native_size // self.factor
         self.denoiser = self.denoiser_for((native, native))
-        self.description = f"{self.family.name}, {kind}, {self.family.prediction(self.scheduler)}"
+        self.description = f"{kind.name}, {kind_of_model}, {kind.prediction(self.scheduler)}"
 
     def denoiser_for(self, latent: Union[Tensor, tuple[int, int]]) -> nn.Module:
         """The k-diffusion denoiser for ``latent`` (1, C, h, w), or its size (h, w)."""
@@ -211,7 +343,7 @@ class FittedModel:
     :class:`~kdiff_differential.models.ImageModel`.
 
     ``latent`` is the image's latent (1, C, H/f, W/f), ``denoiser`` the pipeline's
-    denoiser for it, ``schedule`` the family's default; ``decode`` brings a result latent
+    denoiser for it, ``schedule`` and ``steps`` the family's defaults; ``decode`` brings a result latent
     back to a uint8 image (H, W, 3) of the input's size.
     """
 
@@ -220,6 +352,7 @@ class FittedModel:
         self.image = image
         self.description = pipeline.description
         self.schedule = pipeline.schedule
+        self.steps = pipeline.family.default_steps
         self.latent = pipeline.encode(image)
         self.denoiser = pipeline.denoiser_for(self.latent)
 

@@ -1,20 +1,28 @@
 """Model families: what differs between diffusers pipelines, one small adapter each.
 
-:class:`~kdiff_differential.models.diffusers_model.DiffusersPipeline`, the one shared
-loader, loads the VAE and the scheduler config itself and asks the family for the rest:
+This is the one place a family is described. :data:`FAMILIES` is the registry: the
+loader (:mod:`.diffusers_model`) asks it which family a source is, the messages and
+``--help`` list its names. Importing this module imports neither torch nor diffusers.
+
+A family class says:
 
 - ``name``: shown to the user ("Stable Diffusion XL");
-- ``pipelines``: the ``_class_name`` values of ``model_index.json`` it takes;
+- :meth:`Family.owns` (a ``model_index.json``) and :meth:`Family.owns_keys` (a single
+  file's tensor names): whether a model is its own; ``pipelines`` are the diffusers
+  ``_class_name`` values it takes, the first being the pipeline class that loads its
+  single files and LoRAs;
 - ``native_size``: the pixel size it was trained at;
 - ``network``, ``encoders``: the folders of the denoising network and of the
   (tokenizer, text encoder) pairs; ``optional``: those a folder may leave out;
-- ``schedule``: the default noise schedule (``karras``; flow models: ``model``);
+- defaults: ``default_schedule`` (``karras``; flow models: ``model``),
+  ``default_steps``, ``default_cfg``; ``cuda_dtype``: the weights' dtype on CUDA;
 - ``patch``: latent sides must be multiples of it (transformers take 2x2 patches);
-- ``guided``: whether the denoiser runs classifier-free guidance (``cond``/``uncond``);
-- ``default_cfg``: the guidance scale when none is given;
-- ``cuda_dtype``: the weights' dtype on CUDA (fp32 on CPU);
-- ``load(dtype, device)``: load the text encoders (kept on the adapter) and return the
-  denoising network, on ``device``, in eval mode;
+- ``guided``: whether the denoiser runs classifier-free guidance (``cond``/``uncond``).
+
+An adapter is built complete, by the loader, from the loaded parts:
+``Family(source, index, config, text, device)`` (``config``: the network's, ``text``:
+the tokenizers and text encoders by folder name). It then gives:
+
 - ``kind(latent_channels)``: "text-to-image" or "inpainting", from the network's input
   channels; InputError for a network the VAE does not fit;
 - ``denoiser(network, scheduler, latent_size)``: the network as a k-diffusion denoiser
@@ -25,71 +33,45 @@ loader, loads the VAE and the scheduler config itself and asks the family for th
 - ``prediction(scheduler)``: what the network predicts, for the user ("epsilon prediction",
   "flow matching").
 
-Families are detected by :func:`detect` from ``model_index.json``; a new one is a class
-here and an entry in :data:`FAMILIES`. The UNet families wrap their network as a
-CompVis model (:mod:`.networks`); the flow families (SD3, Flux) as a velocity model
-reparametrised by :class:`~kdiff_differential.models.flow.FlowDenoiser`.
+A new family is a class here and an entry in :data:`FAMILIES`. The UNet families wrap
+their network as a CompVis model (:mod:`.networks`); the flow families (SD3, Flux) as a
+velocity model reparametrised by :class:`~kdiff_differential.models.flow.FlowDenoiser`.
 """
 
 from __future__ import annotations
 
-import importlib
-import json
-import warnings
-from pathlib import Path
-from typing import Any, Callable, Optional
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from collections.abc import Collection
+from typing import TYPE_CHECKING, Any, Optional
 
 from ..errors import InputError
-from .flow import FlowDenoiser
-from .networks import TransformerVelocity, compvis_denoiser
 
-Conditions = tuple[dict[str, Tensor], Optional[dict[str, Tensor]]]
-# Libraries a model_index.json may name classes from; nothing else is imported.
-LIBRARIES = ("diffusers", "transformers")
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
 
+    Conditions = tuple[dict[str, Tensor], Optional[dict[str, Tensor]]]
 
-def load_part(root: Path, component: str, load: Callable[[], Any]) -> Any:
-    """Run ``load``; a missing or broken file becomes one InputError line."""
-    try:
-        return load()
-    except (OSError, ValueError, KeyError, AttributeError, ImportError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"--model {root}: cannot load {component}/ ({reason})") from None
+# The prefix original (CompVis/SGM) checkpoints put before the denoising network's tensors.
+UNET_PREFIX = "model.diffusion_model."
 
 
-def read_config(root: Path, component: str, name: str = "config.json") -> dict[str, Any]:
-    """``component/name`` as a dict; InputError when it is missing or not JSON."""
-    return json.loads(load_part(root, component, lambda: (root / component / name).read_text()))
-
-
-def load_component(root: Path, index: dict[str, Any], name: str, dtype: torch.dtype) -> Any:
-    """The component in folder ``name``, built from the class ``model_index.json`` names
-    for it (a diffusers or transformers class only); torch modules in ``dtype``."""
-    entry = index.get(name) or [None, None]
-    library, class_name = entry if len(entry) == 2 else (None, None)
-    if library not in LIBRARIES or not isinstance(class_name, str):
-        raise InputError(f"--model {root}: model_index.json names {entry!r} for {name}; expected a diffusers or transformers class")
-    cls = getattr(importlib.import_module(library), class_name, None)
-    if cls is None:
-        raise InputError(f"--model {root}: {library} has no {class_name} (for {name}/); a newer {library} may")
-    options: dict[str, Any] = {"subfolder": name, "local_files_only": True}
-    if isinstance(cls, type) and issubclass(cls, nn.Module):
-        options["torch_dtype"] = dtype
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # loading advice (unused weights, legacy configs) is not the user's concern
-        return load_part(root, name, lambda: cls.from_pretrained(root, **options))
-
-
-def _batch(tensor: Tensor, n: int) -> Tensor:
+def _batch(tensor: "Tensor", n: int) -> "Tensor":
     return tensor.expand(n, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
 
 
+def _has(keys: Collection[str], *fragments: str) -> bool:
+    """Whether some tensor name starts with one of ``fragments``, with or without the
+    network prefix (transformer-only files are saved both ways)."""
+    return any(key.startswith(fragment) or key.startswith(UNET_PREFIX + fragment) for key in keys for fragment in fragments)
+
+
+def _refiner(index: dict[str, Any]) -> bool:
+    """Whether an SDXL ``model_index.json`` is the refiner's: the second encoder without the first."""
+    return "text_encoder_2" in index and not (index.get("text_encoder") or [None])[-1]
+
+
 class Family:
-    """What all families share: loading by ``model_index.json``, tokenising, and
+    """What all families share: the parts a folder needs, tokenising, and
     classifier-free guidance as the extra arguments."""
 
     name = ""
@@ -98,41 +80,50 @@ class Family:
     network = "unet"
     encoders: tuple[tuple[str, str], ...] = (("tokenizer", "text_encoder"),)
     optional: tuple[str, ...] = ()
-    schedule = "karras"
+    default_schedule = "karras"
+    default_steps = 20
+    default_cfg = 7.0
+    cuda_dtype = "float16"
     patch = 1
     guided = True
-    default_cfg = 7.0
-    cuda_dtype = torch.float16
 
-    def __init__(self, root: Path, index: dict[str, Any]) -> None:
-        self.root, self.index = root, index
+    def __init__(self, source: str, index: dict[str, Any], config: Any, text: dict[str, Any], device: "torch.device") -> None:
+        self.source, self.index, self.config, self.text, self.device = source, index, config, text, device
 
-    def left_out(self, name: str) -> bool:
-        """Whether the folder leaves out the optional part ``name`` (model_index.json names no class for it)."""
-        return name in self.optional and not (self.index.get(name) or [None])[0]
+    @classmethod
+    def owns(cls, index: dict[str, Any]) -> bool:
+        """Whether a ``model_index.json`` (as a dict) describes a pipeline of this family."""
+        return index.get("_class_name") in cls.pipelines
 
-    def missing(self) -> list[str]:
-        """The folders this family needs that ``root`` lacks."""
-        needed = [self.network, "vae", "scheduler", *(name for pair in self.encoders for name in pair)]
-        return [name for name in needed if not self.left_out(name) and not (self.root / name).is_dir()]
+    @classmethod
+    def owns_keys(cls, keys: Collection[str]) -> bool:
+        """Whether a single checkpoint file with these tensor names is of this family."""
+        return False
 
-    def load(self, dtype: torch.dtype, device: torch.device) -> nn.Module:
-        self.device = device
-        self.text: dict[str, Any] = {}
-        for name in (name for pair in self.encoders for name in pair):
-            part = None if self.left_out(name) else load_component(self.root, self.index, name, dtype)
-            self.text[name] = part.to(device).eval().requires_grad_(False) if isinstance(part, nn.Module) else part
-        network = load_component(self.root, self.index, self.network, dtype)
-        self.config = network.config
-        return network.to(device).eval().requires_grad_(False)
+    @classmethod
+    def whole(cls, keys: Collection[str]) -> bool:
+        """Whether a single file of this family holds the whole pipeline (network, VAE,
+        text encoders) rather than the denoising network alone."""
+        return any(key.startswith(("first_stage_model.", "vae.")) for key in keys)
 
-    def tokens(self, tokenizer: str, text: str, length: Optional[int] = None) -> Tensor:
+    @classmethod
+    def left_out(cls, index: dict[str, Any], name: str) -> bool:
+        """Whether a folder leaves out the optional part ``name`` (model_index.json names no class for it)."""
+        return name in cls.optional and not (index.get(name) or [None])[0]
+
+    @classmethod
+    def parts(cls, index: dict[str, Any]) -> list[str]:
+        """The folders a pipeline of this family is loaded from, those left out excepted."""
+        needed = [cls.network, "vae", "scheduler", *(name for pair in cls.encoders for name in pair)]
+        return [name for name in needed if not cls.left_out(index, name)]
+
+    def tokens(self, tokenizer: str, text: str, length: Optional[int] = None) -> "Tensor":
         words = self.text[tokenizer]
         length = min(length or words.model_max_length, words.model_max_length)
         ids = words(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
         return ids.input_ids.to(self.device)
 
-    def extra_args(self, cond: dict[str, Tensor], uncond: Optional[dict[str, Tensor]], cfg: float) -> dict[str, Any]:
+    def extra_args(self, cond: dict[str, "Tensor"], uncond: Optional[dict[str, "Tensor"]], cfg: float) -> dict[str, Any]:
         return {"cond": cond, "uncond": uncond, "cfg_scale": cfg}
 
 
@@ -143,23 +134,31 @@ class StableDiffusion(Family):
     name = "Stable Diffusion 1.x/2.x"
     pipelines = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionKDiffusionPipeline")
 
+    @classmethod
+    def owns_keys(cls, keys: Collection[str]) -> bool:
+        return _has(keys, "input_blocks.") and any(key.startswith("cond_stage_model.") for key in keys)
+
     def kind(self, latent: int) -> str:
         channels = self.config.in_channels
         if channels not in (latent, 2 * latent + 1):
             raise InputError(
-                f"--model {self.root}: the UNet takes {channels} channels and the VAE gives {latent}; "
+                f"--model {self.source}: the UNet takes {channels} channels and the VAE gives {latent}; "
                 f"supported: {latent} (text-to-image) or {2 * latent + 1} (inpainting)"
             )
         return "inpainting" if channels == 2 * latent + 1 else "text-to-image"
 
-    def denoiser(self, network: nn.Module, scheduler: dict[str, Any], latent_size: tuple[int, int]) -> nn.Module:
+    def denoiser(self, network: "nn.Module", scheduler: dict[str, Any], latent_size: tuple[int, int]) -> "nn.Module":
+        from .networks import compvis_denoiser
+
         return compvis_denoiser(network, scheduler)
 
     @staticmethod
     def prediction(scheduler: dict[str, Any]) -> str:
         return f"{scheduler.get('prediction_type', 'epsilon')} prediction"
 
-    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> Conditions:
+    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> "Conditions":
+        import torch
+
         with torch.no_grad():
             return tuple({"crossattn": self.text["text_encoder"](self.tokens("tokenizer", t))[0].float()} for t in (prompt, negative))  # type: ignore[return-value]
 
@@ -175,7 +174,17 @@ class StableDiffusionXL(StableDiffusion):
     native_size = 1024
     encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
 
-    def _encode(self, text: str) -> dict[str, Tensor]:
+    @classmethod
+    def owns(cls, index: dict[str, Any]) -> bool:
+        return super().owns(index) and not _refiner(index)
+
+    @classmethod
+    def owns_keys(cls, keys: Collection[str]) -> bool:
+        return _has(keys, "input_blocks.") and any(key.startswith("conditioner.embedders.1.") for key in keys)
+
+    def _encode(self, text: str) -> dict[str, "Tensor"]:
+        import torch
+
         hidden = []
         for tokenizer, encoder in self.encoders:
             out = self.text[encoder](self.tokens(tokenizer, text), output_hidden_states=True)
@@ -183,15 +192,19 @@ class StableDiffusionXL(StableDiffusion):
         # The pooled embedding is the second (last) encoder's projection.
         return {"crossattn": torch.cat(hidden, dim=-1).float(), "text_embeds": out.text_embeds.float()}
 
-    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> Conditions:
+    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> "Conditions":
+        import torch
+
         with torch.no_grad():
             cond = self._encode(prompt)
             zeros = self.index.get("force_zeros_for_empty_prompt", True) and not negative
             uncond = {k: torch.zeros_like(v) for k, v in cond.items()} if zeros else self._encode(negative)
         return {**cond, "time_ids": self.time_ids(size, True)}, {**uncond, "time_ids": self.time_ids(size, False)}
 
-    def time_ids(self, size: tuple[int, int], positive: bool) -> Tensor:
+    def time_ids(self, size: tuple[int, int], positive: bool) -> "Tensor":
         """(1, 6): the original size, the crop's top-left corner (0, 0), the target size."""
+        import torch
+
         return torch.tensor([[*size, 0, 0, *size]], dtype=torch.float32, device=self.device)
 
 
@@ -201,11 +214,22 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
     diffusers' StableDiffusionXLImg2ImgPipeline). Its folder has no ``text_encoder``."""
 
     name = "Stable Diffusion XL refiner"
-    pipelines = ("StableDiffusionXLImg2ImgPipeline:refiner", "StableDiffusionXLPipeline:refiner")
+    pipelines = ("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLPipeline")
     encoders = (("tokenizer_2", "text_encoder_2"),)
     aesthetic_scores = (6.0, 2.5)
 
-    def time_ids(self, size: tuple[int, int], positive: bool) -> Tensor:
+    @classmethod
+    def owns(cls, index: dict[str, Any]) -> bool:
+        return index.get("_class_name") in cls.pipelines and _refiner(index)
+
+    @classmethod
+    def owns_keys(cls, keys: Collection[str]) -> bool:
+        embedders = {key.split(".")[2] for key in keys if key.startswith("conditioner.embedders.")}
+        return _has(keys, "input_blocks.") and embedders == {"0"} and any(key.startswith("conditioner.embedders.0.model.") for key in keys)
+
+    def time_ids(self, size: tuple[int, int], positive: bool) -> "Tensor":
+        import torch
+
         score = self.aesthetic_scores[0 if positive else 1]
         return torch.tensor([[*size, 0, 0, score]], dtype=torch.float32, device=self.device)
 
@@ -218,21 +242,24 @@ class FlowFamily(Family):
     times pack²)."""
 
     network = "transformer"
-    schedule = "model"
+    default_schedule = "model"
     patch = 2
     pack = 1
-    cuda_dtype = torch.bfloat16
+    cuda_dtype = "bfloat16"
 
     def kind(self, latent: int) -> str:
         channels, expected = self.config.in_channels, latent * self.pack**2
         if channels != expected:
             raise InputError(
-                f"--model {self.root}: the transformer takes {channels} channels and the VAE gives {latent}; "
+                f"--model {self.source}: the transformer takes {channels} channels and the VAE gives {latent}; "
                 f"supported: {expected} (text-to-image)"
             )
         return "text-to-image"
 
-    def denoiser(self, network: nn.Module, scheduler: dict[str, Any], latent_size: tuple[int, int]) -> nn.Module:
+    def denoiser(self, network: "nn.Module", scheduler: dict[str, Any], latent_size: tuple[int, int]) -> "nn.Module":
+        from .flow import FlowDenoiser
+        from .networks import TransformerVelocity
+
         tokens = (latent_size[0] // 2) * (latent_size[1] // 2)
         return FlowDenoiser.from_scheduler_config(TransformerVelocity(network, self.velocity), scheduler, tokens)
 
@@ -254,7 +281,14 @@ class StableDiffusion3(FlowFamily):
     optional = ("tokenizer_3", "text_encoder_3")
     t5_length = 256
 
-    def _encode(self, text: str) -> dict[str, Tensor]:
+    @classmethod
+    def owns_keys(cls, keys: Collection[str]) -> bool:
+        return _has(keys, "joint_blocks.0.")
+
+    def _encode(self, text: str) -> dict[str, "Tensor"]:
+        import torch
+        import torch.nn.functional as F
+
         clips, pooled = [], []
         for tokenizer, encoder in self.encoders[:2]:
             out = self.text[encoder](self.tokens(tokenizer, text), output_hidden_states=True)
@@ -269,12 +303,14 @@ class StableDiffusion3(FlowFamily):
         clip = F.pad(clip, (0, width - clip.shape[-1]))
         return {"text": torch.cat([clip, t5.to(clip.dtype)], dim=-2).float(), "pooled": torch.cat(pooled, dim=-1).float()}
 
-    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> Conditions:
+    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> "Conditions":
+        import torch
+
         with torch.no_grad():
             return self._encode(prompt), self._encode(negative)
 
     @staticmethod
-    def velocity(transformer: nn.Module, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"]) -> "Tensor":
         n = x_t.shape[0]
         return transformer(
             hidden_states=x_t, timestep=t * 1000, encoder_hidden_states=_batch(cond["text"], n),
@@ -298,19 +334,29 @@ class Flux(FlowFamily):
     pack = 2
     t5_length = 512
 
-    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> Conditions:
+    @classmethod
+    def owns_keys(cls, keys: Collection[str]) -> bool:
+        return _has(keys, "double_blocks.0.")
+
+    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> "Conditions":
+        import torch
+
         with torch.no_grad():
             pooled = self.text["text_encoder"](self.tokens("tokenizer", prompt)).pooler_output
             t5 = self.text["text_encoder_2"](self.tokens("tokenizer_2", prompt, self.t5_length))[0]
         return {"text": t5.float(), "pooled": pooled.float()}, None
 
-    def extra_args(self, cond: dict[str, Tensor], uncond: Optional[dict[str, Tensor]], cfg: float) -> dict[str, Any]:
+    def extra_args(self, cond: dict[str, "Tensor"], uncond: Optional[dict[str, "Tensor"]], cfg: float) -> dict[str, Any]:
+        import torch
+
         if self.config.get("guidance_embeds", False):
             cond = {**cond, "guidance": torch.tensor([float(cfg)], device=self.device)}
         return {"cond": cond}
 
     @staticmethod
-    def velocity(transformer: nn.Module, x_t: Tensor, t: Tensor, cond: dict[str, Tensor]) -> Tensor:
+    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"]) -> "Tensor":
+        import torch
+
         n, channels, height, width = x_t.shape
         # (N, C, H, W) -> (N, H/2 * W/2, 4C): one token per 2x2 patch, as the transformer was trained.
         tokens = x_t.reshape(n, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
@@ -328,29 +374,30 @@ class Flux(FlowFamily):
         return v.reshape(n, channels, height, width)
 
 
-FAMILIES = (StableDiffusion, StableDiffusionXL, StableDiffusionXLRefiner, StableDiffusion3, Flux)
-SUPPORTED = "supported: Stable Diffusion 1.x/2.x and SDXL (text-to-image or inpainting), the SDXL refiner, SD3/SD3.5 and Flux.1 diffusers folders"
+# The registry. Each family's owns() and owns_keys() exclude the others', so the order does not matter.
+FAMILIES: tuple[type[Family], ...] = (StableDiffusion, StableDiffusionXL, StableDiffusionXLRefiner, StableDiffusion3, Flux)
 
 
-def detect(root: Path) -> Family:
-    """The family adapter for the diffusers folder ``root``; InputError (one line, naming
-    what is supported) for a folder that is not one or a pipeline we do not run."""
-    if not root.is_dir():
-        raise InputError(f"--model {root}: no such directory; give 'builtin' or a local diffusers folder ({SUPPORTED})")
-    try:
-        index = json.loads((root / "model_index.json").read_text())
-    except FileNotFoundError:
-        raise InputError(f"--model {root}: not a diffusers folder (no model_index.json); {SUPPORTED}") from None
-    except (OSError, ValueError) as error:
-        raise InputError(f"--model {root}: cannot read model_index.json ({error})") from None
-    pipeline = str(index.get("_class_name", "?"))
-    if "text_encoder_2" in index and not (index.get("text_encoder") or [None])[-1]:
-        pipeline += ":refiner"  # the refiner's folder is an SDXL one without the first encoder
-    for kind in FAMILIES:
-        if pipeline in kind.pipelines:
-            family = kind(root, index)
-            missing = family.missing()
-            if missing:
-                raise InputError(f"--model {root}: a {family.name} folder without {', '.join(missing)}/")
+def supported() -> str:
+    """The families this project runs, from the registry, for messages and ``--help``."""
+    return ", ".join(family.name for family in FAMILIES)
+
+
+def family_of_index(index: dict[str, Any], source: str) -> type[Family]:
+    """The family whose pipeline ``model_index.json`` (``index``) describes; InputError
+    (one line, naming what is supported) for a pipeline no family owns."""
+    for family in FAMILIES:
+        if family.owns(index):
             return family
-    raise InputError(f"--model {root}: a {pipeline} folder, which is not supported; {SUPPORTED}")
+    pipeline = str(index.get("_class_name", "?"))
+    raise InputError(f"--model {source}: a {pipeline} folder, which is not supported; supported: {supported()}")
+
+
+def family_of_keys(keys: Collection[str], source: str) -> type[Family]:
+    """The family of a single checkpoint file from its tensor names; InputError when no
+    family, or more than one, recognises them."""
+    owners = [family for family in FAMILIES if family.owns_keys(keys)]
+    if len(owners) != 1:
+        found = "no" if not owners else " and ".join(family.name for family in owners)
+        raise InputError(f"--model {source}: {found} model family recognises this checkpoint's tensors; supported: {supported()}")
+    return owners[0]

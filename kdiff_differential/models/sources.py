@@ -1,0 +1,169 @@
+"""Where a diffusers model comes from: a local folder, a Hub id or a single checkpoint file.
+
+:func:`resolve_source` reads what the user gave (``--model SOURCE``) without loading
+anything: an existing folder is a diffusers folder; an existing ``.safetensors`` file a
+single-file checkpoint (its configuration from ``--config``, or from the Hub cache);
+``org/name[@revision]`` a Hub id, fetched through huggingface_hub's cache (offline with
+``HF_HUB_OFFLINE=1``; downloaded with the hub's own progress bar otherwise). Pickles
+(``.ckpt``, ``.pt``, ``.pth``, ``.bin``) can run code when loaded: they are refused
+unless ``allow_pickle`` is given, and nothing is unpickled before that check.
+:class:`Source` then says which family the model is (reading ``model_index.json`` or
+the file's tensor names only) and gives the local folder to load from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Union
+
+from ..errors import InputError
+from .families import Family, family_of_index, family_of_keys
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+PICKLES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
+PICKLE_RISK = "a pickle runs code when loaded; pass --allow-pickle only for a file you trust, or convert it to .safetensors"
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
+# A Hub snapshot's configs and tokenizers; weights come from the parts' folders only (a
+# repository's top level often holds multi-GB single-file copies of the same model).
+CONFIGS = ["model_index.json", "*/*.json", "*/*.txt", "*/*.model"]
+VARIANTS = ["*.fp16.*", "*non_ema*", "*ema-only*"]
+
+
+def is_pickle(path: Union[str, Path]) -> bool:
+    """Whether ``path`` names a file in a pickle format (by its suffix)."""
+    return Path(path).suffix.lower() in PICKLES
+
+
+@dataclass(frozen=True)
+class Source:
+    """A model as given: ``kind`` 'folder' (``path``), 'hub' (``repo`` at ``revision``,
+    None: the default branch) or 'file' (``path``, with ``config``: the Source its
+    configuration comes from, None: diffusers' default for its family, from the cache).
+    ``given`` is the user's spelling, for messages."""
+
+    given: str
+    kind: str
+    path: Optional[Path] = None
+    repo: Optional[str] = None
+    revision: Optional[str] = None
+    config: Optional["Source"] = None
+    allow_pickle: bool = False
+
+    def index(self) -> dict[str, Any]:
+        """The pipeline's ``model_index.json`` (for a Hub id, that file alone is fetched)."""
+        if self.kind == "file":
+            raise TypeError("a single file has no model_index.json; see Source.family")
+        if self.kind == "hub":
+            from huggingface_hub import hf_hub_download
+
+            path = Path(_hub(self, lambda: hf_hub_download(self.repo, "model_index.json", revision=self.revision)))
+        else:
+            path = self.path / "model_index.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise InputError(f"--model {self.given}: not a diffusers folder (no model_index.json); give a diffusers folder, a Hub id or a .safetensors file") from None
+        except (OSError, ValueError) as error:
+            raise InputError(f"--model {self.given}: cannot read model_index.json ({error})") from None
+
+    def family(self) -> type[Family]:
+        """The family the model is, read from ``model_index.json`` or the file's tensor names."""
+        return family_of_keys(self.keys(), self.given) if self.kind == "file" else family_of_index(self.index(), self.given)
+
+    def keys(self) -> list[str]:
+        """A single file's tensor names (the safetensors header only)."""
+        return list(read_checkpoint(self, meta=True))
+
+    def folder(self, weights: Optional[list[str]] = None) -> Path:
+        """The local diffusers folder: the given one, or the Hub snapshot with the
+        configs, tokenizers and the parts' weights (``weights``: patterns of the weight
+        files to fetch, default every part's safetensors; pickles with ``allow_pickle``)."""
+        if self.kind == "folder":
+            return self.path
+        if self.kind != "hub":
+            raise TypeError("a single file has no folder; see its config")
+        from huggingface_hub import snapshot_download
+
+        if weights is None:
+            weights = ["*/*.safetensors"] + (["*/*.bin"] if self.allow_pickle else [])
+        patterns = CONFIGS + weights
+        return Path(_hub(self, lambda: snapshot_download(self.repo, revision=self.revision, allow_patterns=patterns, ignore_patterns=VARIANTS)))
+
+
+def resolve_source(given: Union[str, Path], config: Optional[Union[str, Path]] = None, allow_pickle: bool = False) -> Source:
+    """What ``given`` is: a diffusers folder, a single ``.safetensors`` file (``config``: a
+    diffusers folder or Hub id holding its configuration; default: diffusers' own for
+    the file's family, from the Hub cache) or a Hub id ``org/name[@revision]``. Nothing
+    is loaded. A pickle is an InputError unless ``allow_pickle``; so is ``config`` for
+    anything but a single file."""
+    if not isinstance(given, (str, Path)) or not str(given):
+        raise TypeError(f"model must be a folder, a file or a Hub id (str or Path), got {given!r}")
+    text, path = str(given), Path(given)
+    if path.is_dir():
+        source = Source(text, "folder", path=path, allow_pickle=allow_pickle)
+    elif path.is_file():
+        if is_pickle(path) and not allow_pickle:
+            raise InputError(f"--model {text}: refused, {PICKLE_RISK}")
+        if path.suffix.lower() != ".safetensors" and not is_pickle(path):
+            raise InputError(f"--model {text}: not a model file; give a diffusers folder, a Hub id or a .safetensors checkpoint")
+        settings = None if config is None else resolve_source(config, allow_pickle=allow_pickle)
+        if settings is not None and settings.kind == "file":
+            raise InputError(f"--config {config}: give a diffusers folder or Hub id with the configuration, not a file")
+        return Source(text, "file", path=path, config=settings, allow_pickle=allow_pickle)
+    elif HUB_ID.match(text) and not path.suffix.lower() in (".safetensors", *PICKLES):
+        match = HUB_ID.match(text)
+        source = Source(text, "hub", repo=match["repo"], revision=match["revision"], allow_pickle=allow_pickle)
+    else:
+        raise InputError(f"--model {text}: no such file or folder, and not a Hub id (org/name[@revision])")
+    if config is not None:
+        raise InputError(f"--config {config} is for single-file checkpoints; --model {text} is a diffusers pipeline with its own")
+    return source
+
+
+def read_checkpoint(source: Source, meta: bool = False) -> dict[str, "Tensor"]:
+    """A single file's tensors by name; ``meta``: shapes only, on the meta device (the
+    safetensors header; a trusted pickle is loaded). InputError for a corrupt file."""
+    import torch
+
+    try:
+        if not is_pickle(source.path):
+            from safetensors import safe_open
+
+            with safe_open(str(source.path), "pt") as file:
+                if meta:
+                    return {key: torch.empty(file.get_slice(key).get_shape(), device="meta") for key in file.keys()}
+                return {key: file.get_tensor(key) for key in file.keys()}
+        if not source.allow_pickle:  # checked at resolution too: never unpickle by accident
+            raise InputError(f"--model {source.given}: refused, {PICKLE_RISK}")
+        checkpoint = torch.load(source.path, map_location="cpu", weights_only=True, mmap=True)
+        return checkpoint.get("state_dict", checkpoint)
+    except InputError:
+        raise
+    except Exception as error:  # safetensors and torch.load raise many kinds for a bad file
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"--model {source.given}: cannot read the checkpoint ({reason})") from None
+
+
+def _hub(source: Source, fetch: Any) -> str:
+    """Run a huggingface_hub ``fetch``; its errors (offline and not cached, no such
+    repository or revision, gated) become one InputError line."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    try:
+        return fetch()
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        if constants.HF_HUB_OFFLINE:
+            raise InputError(f"--model {source.given}: not in the Hub cache, and HF_HUB_OFFLINE=1; download it once online, or give a local folder") from None
+        raise InputError(f"--model {source.given}: cannot reach the Hub, and it is not in the cache; check the connection, or give a local folder") from None
+    except RevisionNotFoundError:
+        raise InputError(f"--model {source.given}: the Hub repository has no revision {source.revision}") from None
+    except GatedRepoError:
+        raise InputError(f"--model {source.given}: a gated Hub repository; accept its licence on the Hub and log in (hf auth login)") from None
+    except RepositoryNotFoundError:
+        raise InputError(f"--model {source.given}: no such Hub repository (or a private one: log in with hf auth login)") from None
