@@ -1,6 +1,10 @@
-"""Models built for the tests: the closed-form denoiser and tiny random networks."""
+"""Models built for the tests: the closed-form denoiser, tiny random networks, and tiny
+random diffusers pipelines saved to folders (tokenizers written here, nothing from a hub)."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,3 +95,121 @@ def latent():
 def gradient_map():
     """Strength rising left to right, 0 in the first column, 1 in the last."""
     return torch.linspace(0, 1, SIZE).expand(SIZE, SIZE).clone()
+
+
+WORDS = ("a", "red", "cat", "blurry")
+
+
+def write_tokenizer(folder: Path) -> "transformers.CLIPTokenizer":
+    """A CLIP tokenizer over a few whole words and the letters: no merges needed."""
+    import transformers
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for token in [*"abcdefghijklmnopqrstuvwxyz", *(f"{c}</w>" for c in "abcdefghijklmnopqrstuvwxyz"), *(f"{w}</w>" for w in WORDS)]:
+        vocab.setdefault(token, len(vocab))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n")
+    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
+
+
+def save_tiny_sd(folder: Path, prediction: str) -> Path:
+    """A tiny random Stable Diffusion 1.x pipeline saved with save_pretrained: folder/model."""
+    import diffusers
+    import transformers
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4,
+    )
+    vae = diffusers.AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    )
+    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=100, hidden_size=32, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16,
+    ))
+    scheduler = diffusers.DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction, clip_sample=False,
+        steps_offset=1,
+    )
+    pipeline = diffusers.StableDiffusionPipeline(
+        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=write_tokenizer(folder / "words"),
+        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(folder / "model")
+    return folder / "model"
+
+
+def diffusers_euler(kind: type, folder: Path, edit, prepare=None, **settings) -> torch.Tensor:
+    """diffusers' own pipeline ``kind`` on ``folder`` with its EulerDiscreteScheduler on
+    Karras sigmas, over the steps of ``edit`` and from its noise: the output latent.
+
+    Karras over the model's whole range is our default schedule. "linspace" spacing gives
+    diffusers that whole range (the tiny SD folder's DDIM config says "leading", whose
+    Karras range would start at t = 751 for 4 steps) and makes init_noise_sigma sigma_max,
+    our start's level ("leading" multiplies the noise by sqrt(1 + sigma_max^2) instead).
+    ``prepare(pipeline)``, when given, changes the loaded pipeline first (loads a LoRA).
+    """
+    import diffusers
+
+    reference = kind.from_pretrained(folder, local_files_only=True)
+    if prepare is not None:
+        prepare(reference)
+    reference.scheduler = diffusers.EulerDiscreteScheduler.from_config(
+        reference.scheduler.config, use_karras_sigmas=True, timestep_spacing="linspace",
+    )
+    reference.set_progress_bar_config(disable=True)
+    steps = len(edit.wrapper.sigmas) - 1
+    out = reference(latents=edit.wrapper.noise, num_inference_steps=steps, output_type="latent", **settings).images
+    # k-diffusion computes the Karras levels in float32, diffusers in float64 rounded once:
+    # they differ by ~3e-7 relative, which moves the UNet's timesteps by up to ~2e-4 (of 999).
+    torch.testing.assert_close(edit.wrapper.sigmas, reference.scheduler.sigmas, rtol=1e-6, atol=0)
+    return out
+
+
+def tiny_clip(projection: bool, hidden: int = 32):
+    import transformers
+
+    config = transformers.CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=100, hidden_size=hidden, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=3, max_position_embeddings=16, projection_dim=16,
+    )
+    return (transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel)(config)
+
+
+def tiny_vae(force_upcast: bool):
+    import diffusers
+
+    return diffusers.AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, force_upcast=force_upcast,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+    )
+
+
+def save_tiny_sdxl(folder: Path, prediction: str, in_channels: int = 4) -> Path:
+    """A tiny SDXL pipeline: encoders of width 32 and 24 (crossattn 56), pooled 16, time
+    embedding 8 per id (projection 16 + 6 * 8 = 64)."""
+    import diffusers
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=56, attention_head_dim=4, addition_embed_type="text_time", addition_time_embed_dim=8,
+        projection_class_embeddings_input_dim=64, transformer_layers_per_block=1,
+    )
+    scheduler = diffusers.EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction, steps_offset=1,
+    )
+    kind = diffusers.StableDiffusionXLInpaintPipeline if in_channels == 9 else diffusers.StableDiffusionXLPipeline
+    pipeline = kind(
+        vae=tiny_vae(True), text_encoder=tiny_clip(False), text_encoder_2=tiny_clip(True, hidden=24),
+        tokenizer=write_tokenizer(folder / "words"), tokenizer_2=write_tokenizer(folder / "words2"), unet=unet,
+        scheduler=scheduler,
+    )
+    pipeline.save_pretrained(folder / "model")
+    return folder / "model"

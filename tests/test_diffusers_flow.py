@@ -20,7 +20,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from kdiff_differential.edit import OWN_STEPS, SAMPLERS, differential_edit
 from test_cli import kdiff, pixels
-from test_diffusers import WORDS, image_file, write_tokenizer  # noqa: F401 (image_file: a fixture)
+from conftest import WORDS, write_tokenizer
+from test_diffusers import image_file  # noqa: F401 (a fixture)
 
 FAMILIES = ("sd3", "flux")
 

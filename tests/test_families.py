@@ -13,11 +13,10 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-import transformers
 from PIL import Image
 
 from test_cli import kdiff, pixels
-from test_diffusers import diffusers_euler, save_tiny_pipeline, write_tokenizer
+from conftest import diffusers_euler, save_tiny_sd, save_tiny_sdxl, tiny_clip, tiny_vae, write_tokenizer
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.cli import main
@@ -25,44 +24,6 @@ from kdiff_differential.edit import differential_edit
 from kdiff_differential.guidance import CFGDenoiser
 
 HEIGHT, WIDTH = 24, 32  # pixels; the tiny VAEs' factor is 2
-
-
-def clip(projection: bool, hidden: int = 32):
-    config = transformers.CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=100, hidden_size=hidden, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=3, max_position_embeddings=16, projection_dim=16,
-    )
-    return (transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel)(config)
-
-
-def tiny_vae(force_upcast: bool) -> diffusers.AutoencoderKL:
-    return diffusers.AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, force_upcast=force_upcast,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-    )
-
-
-def save_tiny_sdxl(folder: Path, prediction: str, in_channels: int = 4) -> Path:
-    """A tiny SDXL pipeline: encoders of width 32 and 24 (crossattn 56), pooled 16, time
-    embedding 8 per id (projection 16 + 6 * 8 = 64)."""
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=56, attention_head_dim=4, addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=64, transformer_layers_per_block=1,
-    )
-    scheduler = diffusers.EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction, steps_offset=1,
-    )
-    kind = diffusers.StableDiffusionXLInpaintPipeline if in_channels == 9 else diffusers.StableDiffusionXLPipeline
-    pipeline = kind(
-        vae=tiny_vae(True), text_encoder=clip(False), text_encoder_2=clip(True, hidden=24),
-        tokenizer=write_tokenizer(folder / "words"), tokenizer_2=write_tokenizer(folder / "words2"), unet=unet,
-        scheduler=scheduler,
-    )
-    pipeline.save_pretrained(folder / "model")
-    return folder / "model"
 
 
 def save_tiny_refiner(folder: Path) -> Path:
@@ -78,7 +39,7 @@ def save_tiny_refiner(folder: Path) -> Path:
     )
     scheduler = diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
     pipeline = diffusers.StableDiffusionXLImg2ImgPipeline(
-        vae=tiny_vae(True), text_encoder=None, text_encoder_2=clip(True, hidden=24), tokenizer=None,
+        vae=tiny_vae(True), text_encoder=None, text_encoder_2=tiny_clip(True, hidden=24), tokenizer=None,
         tokenizer_2=write_tokenizer(folder / "words2"), unet=unet, scheduler=scheduler,
         requires_aesthetics_score=True, force_zeros_for_empty_prompt=False,
     )
@@ -88,7 +49,7 @@ def save_tiny_refiner(folder: Path) -> Path:
 
 def save_tiny_sd_inpainting(folder: Path) -> Path:
     """The SD 1.x tiny pipeline with a 9-channel UNet, saved as an inpainting pipeline."""
-    model = save_tiny_pipeline(folder, "epsilon")
+    model = save_tiny_sd(folder, "epsilon")
     config = json.loads((model / "unet" / "config.json").read_text())
     torch.manual_seed(1)
     unet = diffusers.UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")} | {"in_channels": 9})

@@ -131,12 +131,15 @@ def _configuration(source: Source, family: type[Family], whole: bool) -> tuple[P
         index = settings.index()
         weights = [] if whole else [f"{name}/*.safetensors" for name in family.parts(index) if name != family.network]
         root = settings.folder(weights)
-    except InputError as error:
+    except InputError:
         if source.config is not None:
             raise
+        from huggingface_hub import constants
+
+        where = "is not in the Hub cache and HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else "cannot be fetched"
         raise InputError(
-            f"--model {source.given}: its configuration ({settings.repo}, diffusers' default for a {family.name} file) "
-            f"is not available ({str(error).split(': ', 1)[-1]}); pass --config with a diffusers folder or Hub id of this model"
+            f"--model {source.given}: no configuration for this {family.name} checkpoint: diffusers' default, {settings.repo}, "
+            f"{where}; pass --config with a diffusers folder or Hub id of the same model"
         ) from None
     if not family.owns(index):
         raise InputError(f"--config {settings.given}: not a {family.name} pipeline, which --model {source.given} is")
