@@ -4,6 +4,7 @@ random diffusers pipelines saved to folders (tokenizers written here, nothing fr
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -213,3 +214,42 @@ def save_tiny_sdxl(folder: Path, prediction: str, in_channels: int = 4) -> Path:
     )
     pipeline.save_pretrained(folder / "model")
     return folder / "model"
+
+
+def save_tiny_sd_inpainting(folder: Path) -> Path:
+    """The SD 1.x tiny pipeline with a 9-channel UNet, saved as an inpainting pipeline."""
+    import diffusers
+
+    model = save_tiny_sd(folder, "epsilon")
+    config = json.loads((model / "unet" / "config.json").read_text())
+    torch.manual_seed(1)
+    unet = diffusers.UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")} | {"in_channels": 9})
+    unet.save_pretrained(model / "unet")
+    index = json.loads((model / "model_index.json").read_text())
+    (model / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusionInpaintPipeline"}))
+    return model
+
+
+SHA = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture
+def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty Hub cache, as HF_HUB_CACHE, with HF_HUB_OFFLINE=1 (both read by
+    huggingface_hub when it is imported, so set on its constants here)."""
+    from huggingface_hub import constants
+
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return cache
+
+
+def cache_as_download(folder: Path, cache: Path, repo: str) -> None:
+    """``folder`` laid out as huggingface_hub leaves a download of ``repo``:
+    models--org--name/snapshots/<sha>/..., refs/main naming the sha."""
+    storage = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, storage / "snapshots" / SHA)
+    (storage / "refs").mkdir()
+    (storage / "refs" / "main").write_text(SHA)

@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from test_cli import kdiff, pixels
-from conftest import diffusers_euler, save_tiny_sd, save_tiny_sdxl, tiny_clip, tiny_vae, write_tokenizer
+from conftest import diffusers_euler, save_tiny_sd_inpainting, save_tiny_sdxl, tiny_clip, tiny_vae, write_tokenizer
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.cli import main
@@ -45,18 +45,6 @@ def save_tiny_refiner(folder: Path) -> Path:
     )
     pipeline.save_pretrained(folder / "model")
     return folder / "model"
-
-
-def save_tiny_sd_inpainting(folder: Path) -> Path:
-    """The SD 1.x tiny pipeline with a 9-channel UNet, saved as an inpainting pipeline."""
-    model = save_tiny_sd(folder, "epsilon")
-    config = json.loads((model / "unet" / "config.json").read_text())
-    torch.manual_seed(1)
-    unet = diffusers.UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")} | {"in_channels": 9})
-    unet.save_pretrained(model / "unet")
-    index = json.loads((model / "model_index.json").read_text())
-    (model / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusionInpaintPipeline"}))
-    return model
 
 
 FOLDERS = {

@@ -63,10 +63,9 @@ def test_setting_another_address_rewrites_exactly_the_badge_and_the_install_cell
     assert script.pointed(moved, script.repository()) == text
 
 
-@pytest.mark.parametrize("family", ["sd3", "flux"])
-def test_the_real_model_cell_runs_a_flow_folder_and_shows_the_composite(family, tmp_path):
-    """The last cell, switched on, with a tiny random SD3 or Flux folder as MODEL: it runs
-    on the family's own schedule and shows original | map | decoded | composite."""
+def run_real_model_cell(model: str, steps: int = 2):
+    """The last cell, switched on, with ``model`` as MODEL, on a random 24x28 image and
+    the gradient map: what it showed (one picture and its title) and its namespace."""
     import numpy as np
     import torch
 
@@ -75,13 +74,11 @@ def test_the_real_model_cell_runs_a_flow_folder_and_shows_the_composite(family, 
     from kdiff_differential.figures import strip
     from kdiff_differential.models import load_model
     from kdiff_differential.presets import preset_map
-    from test_diffusers_flow import save_tiny_pipeline
 
-    folder = save_tiny_pipeline(tmp_path, family)
     source = nbformat.read(NOTEBOOK, as_version=4).cells[-1].source
     source = source.replace("USE_REAL_MODEL = False", "USE_REAL_MODEL = True")
-    source = source.replace('MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"', f"MODEL = {str(folder)!r}")
-    source = source.replace("steps=25", "steps=2")
+    source = source.replace('MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"', f"MODEL = {model!r}")
+    source = source.replace("steps=25", f"steps={steps}")
     image = np.random.default_rng(0).integers(0, 256, (24, 28, 3), dtype=np.uint8)
     shown = []
     namespace = {
@@ -91,6 +88,34 @@ def test_the_real_model_cell_runs_a_flow_folder_and_shows_the_composite(family, 
     }
     exec(compile(source, "quickstart.ipynb:last cell", "exec"), namespace)
     (picture, title), = shown
-    assert title.startswith({"sd3": "Stable Diffusion 3/3.5", "flux": "Flux.1"}[family]) and "composite" in title
-    assert picture.shape[1] > 4 * image.shape[1]  # four panels side by side
-    assert np.array_equal(composite(image, namespace["real_decoded"], namespace["gradient"])[:, 0], image[:, 0])  # kept column exact
+    assert "composite" in title and picture.shape[1] > 4 * image.shape[1]  # four panels side by side
+    # The kept column is exact after the composite.
+    assert np.array_equal(composite(image, namespace["real_decoded"], namespace["gradient"])[:, 0], image[:, 0])
+    return title, namespace
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux"])
+def test_the_real_model_cell_runs_a_flow_folder_and_shows_the_composite(family, tmp_path):
+    """SD3 or Flux folders run on the family's own schedule."""
+    from test_diffusers_flow import save_tiny_pipeline
+
+    title, namespace = run_real_model_cell(str(save_tiny_pipeline(tmp_path, family)))
+    assert title.startswith({"sd3": "Stable Diffusion 3/3.5", "flux": "Flux.1"}[family])
+    assert namespace["real"].schedule == "model"
+
+
+def test_the_real_model_cell_takes_a_hub_id_from_the_cache(tmp_path, offline_cache):
+    """The cell's MODEL as a Hub id, offline, from a tiny pipeline cached as a download."""
+    from conftest import cache_as_download, save_tiny_sd
+
+    cache_as_download(save_tiny_sd(tmp_path, "epsilon"), offline_cache, "tiny-org/tiny-sd")
+    title, _ = run_real_model_cell("tiny-org/tiny-sd")
+    assert title.startswith("Stable Diffusion 1.x/2.x, text-to-image")
+
+
+def test_the_real_model_cell_runs_an_inpainting_checkpoint(tmp_path):
+    """An inpainting UNet needs the image and the change map in extra_args: the cell passes them."""
+    from conftest import save_tiny_sd_inpainting
+
+    title, _ = run_real_model_cell(str(save_tiny_sd_inpainting(tmp_path)))
+    assert title.startswith("Stable Diffusion 1.x/2.x, inpainting")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_sd, save_tiny_sdxl
+from conftest import SHA, cache_as_download, save_tiny_sd, save_tiny_sdxl
 from safetensors.torch import save_file
 
 from kdiff_differential import load_pipeline
@@ -19,7 +19,6 @@ from kdiff_differential.edit import differential_edit
 from kdiff_differential.errors import InputError
 from kdiff_differential.models import default_schedule
 
-SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 @pytest.fixture(scope="module")
@@ -30,28 +29,6 @@ def sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def sdxl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_sdxl(tmp_path_factory.mktemp("sdxl"), "epsilon")
-
-
-@pytest.fixture
-def offline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty Hub cache, as HF_HUB_CACHE, with HF_HUB_OFFLINE=1 (both read by
-    huggingface_hub when it is imported, so set on its constants here)."""
-    from huggingface_hub import constants
-
-    cache = tmp_path / "hub"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
-
-
-def cache_as_download(folder: Path, cache: Path, repo: str) -> None:
-    """``folder`` laid out as huggingface_hub leaves a download of ``repo``:
-    models--org--name/snapshots/<sha>/..., refs/main naming the sha."""
-    storage = cache / f"models--{repo.replace('/', '--')}"
-    shutil.copytree(folder, storage / "snapshots" / SHA)
-    (storage / "refs").mkdir()
-    (storage / "refs" / "main").write_text(SHA)
 
 
 def edited(pipe, size: tuple[int, int] = (8, 10)) -> torch.Tensor:
