@@ -274,13 +274,22 @@ def test_bad_model_options_are_one_line(argv: list[str], says: str, capsys: pyte
     assert says in one_line(argv, capsys, tmp_path)
 
 
-def test_the_help_lists_the_registrys_families(capsys: pytest.CaptureFixture) -> None:
+def test_the_help_and_the_readme_list_the_registrys_families(capsys: pytest.CaptureFixture) -> None:
     from kdiff_differential.models.families import FAMILIES
 
     with pytest.raises(SystemExit):
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(family.name in text for family in FAMILIES)
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    lines = readme.splitlines()
+    start = lines.index("| family (`_class_name`) | network | conditioning |")
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append(line.split("|")[1].strip())
+    assert all(any(row.startswith(family.name + " ") for row in rows) for family in FAMILIES)
 
 
 def test_each_family_owns_its_own_index_and_no_other() -> None:
