@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="SOURCE", help="for a single-file --model: a diffusers folder or Hub id with its configuration (and, for a transformer-only file, the other parts; default: diffusers' own for the file's family, from the Hub cache)")
     parser.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]", help="a LoRA (diffusers/peft or kohya layout) fused in at SCALE (default 1; 0: none); repeatable")
     parser.add_argument("--allow-pickle", action="store_true", help="load .ckpt/.pt/.bin files, which are pickles: loading one can run any code inside it; only for files you trust (default: refused)")
+    parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="the weights' dtype (default: fp16 on CUDA, bf16 for SD3/Flux, fp32 on the CPU)")
+    parser.add_argument("--offload", action="store_true", help="keep each part of the model on the CPU until it runs (diffusers' model CPU offload): less GPU memory, a little slower")
+    parser.add_argument("--vae-tiling", action="store_true", help="encode and decode in overlapping tiles (diffusers' VAE tiling): large images in less memory")
     parser.add_argument("--sampler", default="dpmpp_2m", type=_sampler, metavar="NAME", help=f"k-diffusion sampler: {', '.join(SAMPLERS)}; A1111's names work too ('DPM++ 2M Karras', 'Euler a'), a trailing Karras or Exponential choosing the schedule (default: dpmpp_2m)")
     parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), help=f"sampler steps (default: the model family's, {DEFAULT_STEPS}; {', '.join(OWN_STEPS)} chooses its own)")
     parser.add_argument("--schedule", default=None, choices=SCHEDULES, metavar="NAME", help=f"noise schedule: {', '.join(SCHEDULES)} (default: karras; for SD3/Flux, model: their own shifted schedule). The last seven are ComfyUI's, for models with discrete training levels")
@@ -172,13 +175,16 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 
 def _model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """--config, --lora and --allow-pickle as load_model's keywords, checked before any work."""
+    """The model options as load_model's keywords, checked before any work."""
     from .models.loras import check_loras, parse_lora
 
-    if args.model == "builtin" and (args.lora or args.config):
-        raise InputError("--lora and --config need --model (a diffusers folder, Hub id or .safetensors file): the built-in model takes neither")
+    given = {"--config": args.config, "--lora": args.lora, "--dtype": args.dtype, "--offload": args.offload, "--vae-tiling": args.vae_tiling}
+    if args.model == "builtin" and any(given.values()):
+        flags = ", ".join(flag for flag, value in given.items() if value)
+        raise InputError(f"{flags}: for a diffusers model (--model: a folder, Hub id or .safetensors file); the built-in model takes none")
     loras = check_loras([parse_lora(text) for text in args.lora], args.allow_pickle)
-    return {"config": args.config, "loras": loras, "allow_pickle": args.allow_pickle}
+    options = {"config": args.config, "loras": loras, "allow_pickle": args.allow_pickle}
+    return {**options, "dtype": args.dtype, "offload": args.offload, "vae_tiling": args.vae_tiling}
 
 
 def _device(name: str) -> "torch.device":

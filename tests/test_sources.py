@@ -263,8 +263,8 @@ def test_a_folder_with_pickled_weights_only_is_refused(sd_folder: Path, capsys: 
 
 
 @pytest.mark.parametrize("argv, says", [
-    (["--lora", "x.safetensors"], "--lora and --config need --model"),
-    (["--config", "folder"], "--lora and --config need --model"),
+    (["--lora", "x.safetensors"], "--lora: for a diffusers model"),
+    (["--config", "folder", "--offload"], "--config, --offload: for a diffusers model"),
     (["--model", "tiny-org/x", "--lora", "x.safetensors:strong"], "the scale 'strong' is not a number"),
     (["--model", "tiny-org/x", "--lora", "missing.safetensors:0.5"], "--lora missing.safetensors: no such file"),
     (["--model", "tiny-org/x", "--config", "tiny-org/y"], "--config tiny-org/y is for single-file checkpoints"),

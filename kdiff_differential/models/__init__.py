@@ -58,6 +58,7 @@ class ImageModel(Protocol):
 def load_pipeline(
     path: Union[str, Path], device: Union[str, "torch.device"] = "cpu", *,
     config: Optional[Union[str, Path]] = None, loras: Loras = (), allow_pickle: bool = False,
+    dtype: Optional[Union[str, "torch.dtype"]] = None, offload: bool = False, vae_tiling: bool = False,
 ) -> "DiffusersPipeline":
     """A diffusers model as a
     :class:`~kdiff_differential.models.diffusers_model.DiffusersPipeline`:
@@ -71,12 +72,21 @@ def load_pipeline(
     folder or Hub id; default: diffusers' own for that family, through the cache).
     ``loras`` are (file, scale) pairs, fused in at their scales (diffusers/peft or kohya
     layout). Pickle files (``.ckpt``, ``.pt``, ``.bin``) run code when loaded: refused
-    unless ``allow_pickle``. Bad input, or diffusers not installed, is an InputError.
+    unless ``allow_pickle``.
+
+    Memory: ``dtype`` ('fp16', 'bf16' or 'fp32') sets the weights' (default: the family's
+    on CUDA, fp32 on the CPU; a VAE whose config says ``force_upcast`` stays fp32);
+    ``offload`` keeps each part on the CPU until it runs (diffusers' model CPU offload);
+    ``vae_tiling`` encodes and decodes in overlapping tiles (diffusers' VAE tiling: large
+    images in less memory, seams blended). Bad input, or diffusers not installed, is an
+    InputError.
     """
     from .diffusers_model import DiffusersPipeline, require_diffusers
 
     require_diffusers()
-    return DiffusersPipeline(path, device, config=config, loras=loras, allow_pickle=allow_pickle)
+    return DiffusersPipeline(
+        path, device, config=config, loras=loras, allow_pickle=allow_pickle, dtype=dtype, offload=offload, vae_tiling=vae_tiling,
+    )
 
 
 def default_schedule(name: str, *, config: Optional[Union[str, Path]] = None, allow_pickle: bool = False) -> str:
@@ -93,13 +103,11 @@ def default_schedule(name: str, *, config: Optional[Union[str, Path]] = None, al
     return resolve_source(name, config, allow_pickle).family().default_schedule
 
 
-def load_model(
-    name: str, image: "np.ndarray", device: Optional["torch.device"] = None, *,
-    config: Optional[Union[str, Path]] = None, loras: Loras = (), allow_pickle: bool = False,
-) -> ImageModel:
+def load_model(name: str, image: "np.ndarray", device: Optional["torch.device"] = None, **options: Any) -> ImageModel:
     """``name`` ('builtin', or a diffusers model as :func:`load_pipeline` takes it, with
-    ``config``, ``loras`` and ``allow_pickle``) fitted to ``image``, uint8 (H, W, 3), on
-    ``device`` (default: the CPU). Bad input is an InputError that says why."""
+    its keyword ``options``: ``config``, ``loras``, ``allow_pickle``, ``dtype``,
+    ``offload``, ``vae_tiling``) fitted to ``image``, uint8 (H, W, 3), on ``device``
+    (default: the CPU). Bad input is an InputError that says why."""
     import torch
 
     device = torch.device("cpu") if device is None else device
@@ -107,14 +115,15 @@ def load_model(
         from ..errors import InputError
         from .builtin import BuiltinModel
 
-        if config is not None or loras:
-            raise InputError("--config and --lora need --model: the built-in model takes neither")
+        given = [name for name, value in options.items() if value not in (None, False, (), [])]
+        if given:
+            raise InputError(f"{', '.join(given)}: for diffusers models; the built-in model takes none")
         return BuiltinModel(image, device)
     from .diffusers_model import FittedModel, quiet_loading, require_diffusers
 
     require_diffusers()
     quiet_loading()
-    return FittedModel(load_pipeline(name, device, config=config, loras=loras, allow_pickle=allow_pickle), image)
+    return FittedModel(load_pipeline(name, device, **options), image)
 
 
 __all__ = ["FlowDenoiser", "IdealDenoiser", "ImageModel", "default_schedule", "load_model", "load_pipeline", "sd_alphas_cumprod", "start_from_noise"]

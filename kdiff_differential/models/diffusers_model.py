@@ -112,6 +112,33 @@ def load_parts(source: Source, family: type[Family], dtype: torch.dtype) -> tupl
     return root, index, parts
 
 
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def weights_dtype(dtype: Optional[Union[str, torch.dtype]], family: type[Family], device: torch.device) -> torch.dtype:
+    """The weights' dtype: ``dtype`` ('fp16', 'bf16', 'fp32' or that torch dtype), or by
+    default the family's on CUDA (fp16; bf16 for flow transformers) and fp32 elsewhere."""
+    if dtype is None:
+        return getattr(torch, family.cuda_dtype) if device.type == "cuda" else torch.float32
+    names = {getattr(torch, name): name for name in DTYPES.values()}
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return getattr(torch, DTYPES[dtype])
+    if isinstance(dtype, torch.dtype) and dtype in names:
+        return dtype
+    raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or torch.float16, bfloat16, float32), got {dtype!r}")
+
+
+def _pipeline(cls: type, parts: dict[str, Any]) -> Any:
+    """A diffusers pipeline of class ``cls`` holding ``parts`` (the same module objects),
+    for what diffusers does on a pipeline (LoRAs, CPU offload); the parts it needs and
+    ``parts`` lacks are None."""
+    expected, optional = cls._get_signature_keys(cls)
+    settings = {"requires_safety_checker": False} if "requires_safety_checker" in optional else {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return cls(**{name: parts.get(name) for name in expected}, **settings)
+
+
 def _part_dtype(root: Path, name: str, dtype: torch.dtype) -> torch.dtype:
     """fp32 for a VAE whose config asks for it (``force_upcast``: SDXL's overflows in fp16)."""
     return torch.float32 if name == "vae" and read_config(root, "vae").get("force_upcast", False) else dtype
@@ -200,27 +227,38 @@ class DiffusersPipeline:
     are the latent codec (``(z - shift_factor) * scaling_factor`` of the VAE's config,
     float32). Weights are fp16 on CUDA (bf16 for flow transformers) and fp32 on CPU;
     the VAE stays fp32 where its config asks (``force_upcast``); latents and the sampler
-    stay fp32. ``source``, ``config``, ``loras`` and ``allow_pickle`` are as in
-    :func:`~kdiff_differential.models.load_pipeline`.
+    stay fp32. ``source``, ``config``, ``loras``, ``allow_pickle``, ``dtype``,
+    ``offload`` and ``vae_tiling`` are as in :func:`~kdiff_differential.models.load_pipeline`.
     """
 
     def __init__(
         self, path: Union[str, Path, Source], device: Union[str, torch.device] = "cpu", *,
         config: Optional[Union[str, Path]] = None, loras: Sequence[tuple[Union[str, Path], float]] = (), allow_pickle: bool = False,
+        dtype: Optional[Union[str, torch.dtype]] = None, offload: bool = False, vae_tiling: bool = False,
     ) -> None:
         require_diffusers()
         self.device = _device(device)
         source = path if isinstance(path, Source) else resolve_source(path, config, allow_pickle)
         checked = check_loras(loras, allow_pickle)
         kind = source.family()
-        dtype = getattr(torch, kind.cuda_dtype) if self.device.type == "cuda" else torch.float32
-        root, index, parts = load_parts(source, kind, dtype)
+        weights = weights_dtype(dtype, kind, self.device)
+        root, index, parts = load_parts(source, kind, weights)
+        self.offload = bool(offload)
         for name, part in parts.items():
             if isinstance(part, nn.Module):
-                part.to(self.device).eval().requires_grad_(False)
-        if checked:
-            apply_loras(kind, parts, checked)
+                # Offloaded parts stay on the CPU; diffusers' hooks bring each to the device when it runs.
+                part.to("cpu" if self.offload else self.device).eval().requires_grad_(False)
+        if checked or self.offload:
+            import diffusers
+
+            pipeline = _pipeline(getattr(diffusers, kind.pipelines[0]), parts)
+            if checked:
+                apply_loras(pipeline, kind.name, checked)
+            if self.offload:
+                pipeline.enable_model_cpu_offload(device=self.device)
         self.vae, self.network = parts["vae"], parts[kind.network]
+        if vae_tiling:
+            self.vae.enable_tiling()
         self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         text = {name: parts.get(name) for pair in kind.encoders for name in pair}
         self.family = kind(source.given, index, self.network.config, text, self.device)
@@ -241,6 +279,8 @@ class DiffusersPipeline:
         if size not in self._denoisers:
             inner = self.family.denoiser(self.network, self.scheduler, size)
             self._denoisers[size] = (CFGDenoiser(inner) if self.family.guided else inner).to(self.device)
+            if self.offload:
+                self.network.to("cpu")  # the wrapper's tables on the device; the network waits for its hook
         return self._denoisers[size]
 
     def size(self, height: int, width: int) -> tuple[int, int]:

@@ -9,13 +9,10 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence, Union
+from typing import Any, Sequence, Union
 
 from ..errors import InputError
 from .sources import PICKLE_RISK, is_pickle
-
-if TYPE_CHECKING:
-    from .families import Family
 
 Lora = tuple[Path, float]
 
@@ -54,14 +51,12 @@ def check_loras(loras: Sequence[tuple[Union[str, Path], float]], allow_pickle: b
     return checked
 
 
-def apply_loras(family: type["Family"], parts: dict[str, Any], loras: Sequence[Lora]) -> None:
-    """Fuse ``loras`` (checked (path, scale) pairs) into the modules of ``parts`` (the
-    loaded pipeline's parts by name, changed in place), through the diffusers pipeline
-    class of ``family`` built around them. A LoRA that does not fit (another family,
-    other shapes), a corrupt file or one with nothing for this model is an InputError."""
-    import diffusers
-
-    pipeline = _pipeline(getattr(diffusers, family.pipelines[0]), parts)
+def apply_loras(pipeline: Any, family: str, loras: Sequence[Lora]) -> None:
+    """Fuse ``loras`` (checked (path, scale) pairs) into the modules of ``pipeline`` (a
+    diffusers pipeline around the loaded parts, changed in place) with its own LoRA
+    loader; ``family`` names the model in messages. A LoRA that does not fit (another
+    family, other shapes), a corrupt file or one with nothing for this model is an
+    InputError."""
     names = []
     for number, (path, scale) in enumerate(loras):
         name = f"lora{number}"
@@ -71,21 +66,11 @@ def apply_loras(family: type["Family"], parts: dict[str, Any], loras: Sequence[L
                 pipeline.load_lora_weights(str(path), adapter_name=name)
             except Exception as error:  # safetensors, peft and torch raise many kinds for a bad file
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise InputError(f"--lora {path}: does not fit this {family.name} model ({reason[:300]})") from None
+                raise InputError(f"--lora {path}: does not fit this {family} model ({reason[:300]})") from None
         if not any(name in adapters for adapters in pipeline.get_list_adapters().values()):
-            raise InputError(f"--lora {path}: none of its weights matches a layer of this {family.name} model (a LoRA for another family?)")
+            raise InputError(f"--lora {path}: none of its weights matches a layer of this {family} model (a LoRA for another family?)")
         names.append(name)
     pipeline.set_adapters(names, adapter_weights=[scale for _, scale in loras])
     modules = [module for module in pipeline._lora_loadable_modules if getattr(pipeline, module, None) is not None]
     pipeline.fuse_lora(components=modules, adapter_names=names)
     pipeline.unload_lora_weights()
-
-
-def _pipeline(cls: type, parts: dict[str, Any]) -> Any:
-    """A diffusers pipeline of class ``cls`` holding ``parts`` (the same module objects),
-    for its LoRA loader; the parts it needs and ``parts`` lacks are None."""
-    expected, optional = cls._get_signature_keys(cls)
-    settings = {"requires_safety_checker": False} if "requires_safety_checker" in optional else {}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return cls(**{name: parts.get(name) for name in expected}, **settings)
