@@ -174,9 +174,15 @@ def _configuration(source: Source, family: type[Family], whole: bool) -> tuple[P
 
 
 def _from_single_file(source: Source, cls: type, file: str, **options: Any) -> Any:
+    """diffusers' ``cls.from_single_file(file, **options)``; its failures (many kinds:
+    conversion, a part missing from both the file and the configuration) as one line."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return load_part(source.given, "the checkpoint", lambda: cls.from_single_file(file, **options))
+        try:
+            return cls.from_single_file(file, **options)
+        except Exception as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputError(f"--model {source.given}: cannot load the checkpoint ({reason})") from None
 
 
 def require_diffusers() -> None:
@@ -185,7 +191,7 @@ def require_diffusers() -> None:
         import diffusers  # noqa: F401
         import transformers  # noqa: F401
     except ImportError as error:
-        raise InputError(f"a diffusers model folder needs diffusers and transformers ({error}); install them: {INSTALL}") from None
+        raise InputError(f"a diffusers model needs diffusers and transformers ({error}); install them: {INSTALL}") from None
 
 
 def quiet_loading() -> None:

@@ -136,7 +136,8 @@ class StableDiffusion(Family):
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
-        return _has(keys, "input_blocks.") and any(key.startswith("cond_stage_model.") for key in keys)
+        # SDXL's UNets embed the pooled text and time ids (label_emb); SD 1.x/2.x's do not.
+        return _has(keys, "input_blocks.") and not _has(keys, "label_emb.")
 
     def kind(self, latent: int) -> str:
         channels = self.config.in_channels
@@ -180,7 +181,8 @@ class StableDiffusionXL(StableDiffusion):
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
-        return _has(keys, "input_blocks.") and any(key.startswith("conditioner.embedders.1.") for key in keys)
+        # A UNet alone is read as the base's: the refiner is told apart by its text encoder.
+        return _has(keys, "label_emb.") and not StableDiffusionXLRefiner.owns_keys(keys)
 
     def _encode(self, text: str) -> dict[str, "Tensor"]:
         import torch
@@ -225,7 +227,7 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
         embedders = {key.split(".")[2] for key in keys if key.startswith("conditioner.embedders.")}
-        return _has(keys, "input_blocks.") and embedders == {"0"} and any(key.startswith("conditioner.embedders.0.model.") for key in keys)
+        return _has(keys, "label_emb.") and embedders == {"0"} and any(key.startswith("conditioner.embedders.0.model.") for key in keys)
 
     def time_ids(self, size: tuple[int, int], positive: bool) -> "Tensor":
         import torch

@@ -151,19 +151,27 @@ def read_checkpoint(source: Source, meta: bool = False) -> dict[str, "Tensor"]:
 
 def _hub(source: Source, fetch: Any) -> str:
     """Run a huggingface_hub ``fetch``; its errors (offline and not cached, no such
-    repository or revision, gated) become one InputError line."""
+    repository, revision or file, gated, the Hub failing) become one InputError line."""
     from huggingface_hub import constants
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    from huggingface_hub.errors import (
+        EntryNotFoundError, GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
 
     try:
         return fetch()
-    except (LocalEntryNotFoundError, FileNotFoundError):
+    except LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
-            raise InputError(f"--model {source.given}: not in the Hub cache, and HF_HUB_OFFLINE=1; download it once online, or give a local folder") from None
-        raise InputError(f"--model {source.given}: cannot reach the Hub, and it is not in the cache; check the connection, or give a local folder") from None
+            raise InputError(f"--model {source.given}: not (wholly) in the Hub cache, and HF_HUB_OFFLINE=1; download it once online, or give a local folder") from None
+        raise InputError(f"--model {source.given}: cannot reach the Hub, and it is not (wholly) in the cache; check the connection, or give a local folder") from None
+    except EntryNotFoundError:
+        raise InputError(f"--model {source.given}: not a diffusers repository (no model_index.json); give a single .safetensors file from it instead") from None
     except RevisionNotFoundError:
         raise InputError(f"--model {source.given}: the Hub repository has no revision {source.revision}") from None
     except GatedRepoError:
         raise InputError(f"--model {source.given}: a gated Hub repository; accept its licence on the Hub and log in (hf auth login)") from None
     except RepositoryNotFoundError:
         raise InputError(f"--model {source.given}: no such Hub repository (or a private one: log in with hf auth login)") from None
+    except (HfHubHTTPError, HFValidationError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise InputError(f"--model {source.given}: the Hub refused it ({reason})") from None
