@@ -297,6 +297,14 @@ def test_bad_model_options_are_one_line(argv: list[str], says: str, capsys: pyte
     assert says in one_line(argv, capsys, tmp_path)
 
 
+def test_a_bad_config_is_named_as_config(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    save_file({"some.weight": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    err = one_line(["--model", str(tmp_path / "model.safetensors"), "--config", "./no/such/folder"], capsys, tmp_path)
+    assert "--config ./no/such/folder: no such file or folder" in err
+    err = one_line(["--model", str(tmp_path / "model.safetensors"), "--config", str(tmp_path / "model.safetensors")], capsys, tmp_path)
+    assert "not a file" in err
+
+
 def test_the_help_and_the_readme_list_the_registrys_families(capsys: pytest.CaptureFixture) -> None:
     from kdiff_differential.models.families import FAMILIES
 

@@ -152,7 +152,7 @@ def _configuration(source: Source, family: type[Family], whole: bool) -> tuple[P
     if settings is None:
         from diffusers.loaders.single_file_utils import fetch_diffusers_config
 
-        repo = fetch_diffusers_config(read_checkpoint(source, meta=True))["pretrained_model_name_or_path"]
+        repo = fetch_diffusers_config(read_checkpoint(source))["pretrained_model_name_or_path"]
         settings = Source(repo, "hub", repo=repo, allow_pickle=source.allow_pickle)
     try:
         index = settings.index()

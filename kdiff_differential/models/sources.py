@@ -44,7 +44,7 @@ class Source:
     """A model as given: ``kind`` 'folder' (``path``), 'hub' (``repo`` at ``revision``,
     None: the default branch) or 'file' (``path``, with ``config``: the Source its
     configuration comes from, None: diffusers' default for its family, from the cache).
-    ``given`` is the user's spelling, for messages."""
+    ``given`` is the user's spelling and ``flag`` the option it came with, for messages."""
 
     given: str
     kind: str
@@ -53,6 +53,7 @@ class Source:
     revision: Optional[str] = None
     config: Optional["Source"] = None
     allow_pickle: bool = False
+    flag: str = "--model"
 
     def index(self) -> dict[str, Any]:
         """The pipeline's ``model_index.json`` (for a Hub id, that file alone is fetched)."""
@@ -67,9 +68,9 @@ class Source:
         try:
             return json.loads(path.read_text())
         except FileNotFoundError:
-            raise InputError(f"--model {self.given}: not a diffusers folder (no model_index.json); give a diffusers folder, a Hub id or a .safetensors file") from None
+            raise InputError(f"{self.flag} {self.given}: not a diffusers folder (no model_index.json); give a diffusers folder, a Hub id or a .safetensors file") from None
         except (OSError, ValueError) as error:
-            raise InputError(f"--model {self.given}: cannot read model_index.json ({error})") from None
+            raise InputError(f"{self.flag} {self.given}: cannot read model_index.json ({error})") from None
 
     def family(self) -> type[Family]:
         """The family the model is, read from ``model_index.json`` or the file's tensor names."""
@@ -77,7 +78,7 @@ class Source:
 
     def keys(self) -> list[str]:
         """A single file's tensor names (the safetensors header only)."""
-        return list(read_checkpoint(self, meta=True))
+        return list(read_checkpoint(self))
 
     def folder(self, weights: Optional[list[str]] = None) -> Path:
         """The local diffusers folder: the given one, or the Hub snapshot with the
@@ -95,39 +96,40 @@ class Source:
         return Path(_hub(self, lambda: snapshot_download(self.repo, revision=self.revision, allow_patterns=patterns, ignore_patterns=VARIANTS)))
 
 
-def resolve_source(given: Union[str, Path], config: Optional[Union[str, Path]] = None, allow_pickle: bool = False) -> Source:
+def resolve_source(given: Union[str, Path], config: Optional[Union[str, Path]] = None, allow_pickle: bool = False, flag: str = "--model") -> Source:
     """What ``given`` is: a diffusers folder, a single ``.safetensors`` file (``config``: a
     diffusers folder or Hub id holding its configuration; default: diffusers' own for
     the file's family, from the Hub cache) or a Hub id ``org/name[@revision]``. Nothing
     is loaded. A pickle is an InputError unless ``allow_pickle``; so is ``config`` for
-    anything but a single file."""
+    anything but a single file. ``flag`` names the option in messages."""
     if not isinstance(given, (str, Path)) or not str(given):
         raise TypeError(f"model must be a folder, a file or a Hub id (str or Path), got {given!r}")
     text, path = str(given), Path(given)
     if path.is_dir():
-        source = Source(text, "folder", path=path, allow_pickle=allow_pickle)
+        source = Source(text, "folder", path=path, allow_pickle=allow_pickle, flag=flag)
     elif path.is_file():
         if is_pickle(path) and not allow_pickle:
-            raise InputError(f"--model {text}: refused, {PICKLE_RISK}")
+            raise InputError(f"{flag} {text}: refused, {PICKLE_RISK}")
         if path.suffix.lower() != ".safetensors" and not is_pickle(path):
-            raise InputError(f"--model {text}: not a model file; give a diffusers folder, a Hub id or a .safetensors checkpoint")
-        settings = None if config is None else resolve_source(config, allow_pickle=allow_pickle)
+            raise InputError(f"{flag} {text}: not a model file; give a diffusers folder, a Hub id or a .safetensors checkpoint")
+        settings = None if config is None else resolve_source(config, allow_pickle=allow_pickle, flag="--config")
         if settings is not None and settings.kind == "file":
             raise InputError(f"--config {config}: give a diffusers folder or Hub id with the configuration, not a file")
-        return Source(text, "file", path=path, config=settings, allow_pickle=allow_pickle)
-    elif HUB_ID.match(text) and not path.suffix.lower() in (".safetensors", *PICKLES):
+        return Source(text, "file", path=path, config=settings, allow_pickle=allow_pickle, flag=flag)
+    elif HUB_ID.match(text) and path.suffix.lower() not in (".safetensors", *PICKLES):
         match = HUB_ID.match(text)
-        source = Source(text, "hub", repo=match["repo"], revision=match["revision"], allow_pickle=allow_pickle)
+        source = Source(text, "hub", repo=match["repo"], revision=match["revision"], allow_pickle=allow_pickle, flag=flag)
     else:
-        raise InputError(f"--model {text}: no such file or folder, and not a Hub id (org/name[@revision])")
+        raise InputError(f"{flag} {text}: no such file or folder, and not a Hub id (org/name[@revision])")
     if config is not None:
         raise InputError(f"--config {config} is for single-file checkpoints; --model {text} is a diffusers pipeline with its own")
     return source
 
 
-def read_checkpoint(source: Source, meta: bool = False) -> dict[str, "Tensor"]:
-    """A single file's tensors by name; ``meta``: shapes only, on the meta device (the
-    safetensors header; a trusted pickle is loaded). InputError for a corrupt file."""
+def read_checkpoint(source: Source) -> dict[str, "Tensor"]:
+    """A single file's tensors by name, to read their names and shapes: for a safetensors
+    file, meta tensors from its header alone; a trusted pickle is loaded (torch's
+    weights-only unpickler). InputError for a corrupt file."""
     import torch
 
     try:
@@ -135,18 +137,16 @@ def read_checkpoint(source: Source, meta: bool = False) -> dict[str, "Tensor"]:
             from safetensors import safe_open
 
             with safe_open(str(source.path), "pt") as file:
-                if meta:
-                    return {key: torch.empty(file.get_slice(key).get_shape(), device="meta") for key in file.keys()}
-                return {key: file.get_tensor(key) for key in file.keys()}
+                return {key: torch.empty(file.get_slice(key).get_shape(), device="meta") for key in file.keys()}
         if not source.allow_pickle:  # checked at resolution too: never unpickle by accident
-            raise InputError(f"--model {source.given}: refused, {PICKLE_RISK}")
+            raise InputError(f"{source.flag} {source.given}: refused, {PICKLE_RISK}")
         checkpoint = torch.load(source.path, map_location="cpu", weights_only=True, mmap=True)
         return checkpoint.get("state_dict", checkpoint)
     except InputError:
         raise
     except Exception as error:  # safetensors and torch.load raise many kinds for a bad file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"--model {source.given}: cannot read the checkpoint ({reason})") from None
+        raise InputError(f"{source.flag} {source.given}: cannot read the checkpoint ({reason})") from None
 
 
 def _hub(source: Source, fetch: Any) -> str:
@@ -162,16 +162,16 @@ def _hub(source: Source, fetch: Any) -> str:
         return fetch()
     except LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
-            raise InputError(f"--model {source.given}: not (wholly) in the Hub cache, and HF_HUB_OFFLINE=1; download it once online, or give a local folder") from None
-        raise InputError(f"--model {source.given}: cannot reach the Hub, and it is not (wholly) in the cache; check the connection, or give a local folder") from None
+            raise InputError(f"{source.flag} {source.given}: not (wholly) in the Hub cache, and HF_HUB_OFFLINE=1; download it once online, or give a local folder") from None
+        raise InputError(f"{source.flag} {source.given}: cannot reach the Hub, and it is not (wholly) in the cache; check the connection, or give a local folder") from None
     except EntryNotFoundError:
-        raise InputError(f"--model {source.given}: not a diffusers repository (no model_index.json); give a single .safetensors file from it instead") from None
+        raise InputError(f"{source.flag} {source.given}: not a diffusers repository (no model_index.json); give a single .safetensors file from it instead") from None
     except RevisionNotFoundError:
-        raise InputError(f"--model {source.given}: the Hub repository has no revision {source.revision}") from None
+        raise InputError(f"{source.flag} {source.given}: the Hub repository has no revision {source.revision}") from None
     except GatedRepoError:
-        raise InputError(f"--model {source.given}: a gated Hub repository; accept its licence on the Hub and log in (hf auth login)") from None
+        raise InputError(f"{source.flag} {source.given}: a gated Hub repository; accept its licence on the Hub and log in (hf auth login)") from None
     except RepositoryNotFoundError:
-        raise InputError(f"--model {source.given}: no such Hub repository (or a private one: log in with hf auth login)") from None
+        raise InputError(f"{source.flag} {source.given}: no such Hub repository (or a private one: log in with hf auth login)") from None
     except (HfHubHTTPError, HFValidationError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"--model {source.given}: the Hub refused it ({reason})") from None
+        raise InputError(f"{source.flag} {source.given}: the Hub refused it ({reason})") from None
