@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -265,8 +266,9 @@ def test_readme_quick_start_is_clone_install_demo_tests_and_ci_installs_the_same
     install = ci[ci.index("# The README's install command:") + 1]
     test = ci[ci.index("# The README's test command:") + 1]
     quick_start = readme[readme.index("## Quick start") :]
+    repository = re.search(r'^Repository = "(.+?)"', (root / "pyproject.toml").read_text(), re.M).group(1)
     steps = (
-        "git clone REPOSITORY_URL kdiff-differential",
+        f"git clone {repository} kdiff-differential",
         "cd kdiff-differential",
         "python3 -m venv .venv",
         "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu",

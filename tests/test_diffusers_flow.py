@@ -132,8 +132,8 @@ def test_the_command_line_runs_a_flow_folder(model_dir: Path, image_file: Path, 
     assert f"model: {name}, text-to-image, flow matching" in done.stderr, done.stderr
     done = kdiff(*args, "--schedule", "karras", "--out", "b.png", cwd=tmp_path)
     assert done.returncode == 2 and "--schedule model" in done.stderr and done.stderr.count("\n") == 1, done.stderr
-    done = kdiff(*args, "--threshold", "sigma", "--out", "b.png", cwd=tmp_path)
-    assert done.returncode == 2 and "--threshold timestep or step" in done.stderr and done.stderr.count("\n") == 1, done.stderr
+    done = kdiff(*args, "--clock", "sigma", "--out", "b.png", cwd=tmp_path)
+    assert done.returncode == 2 and "--clock timestep or step" in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert not (tmp_path / "b.png").exists()
 
 
