@@ -4,12 +4,17 @@ random diffusers pipelines saved to folders (tokenizers written here, nothing fr
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import nn
 
 from kdiff_differential.edit import RANGE_SAMPLERS
@@ -253,3 +258,36 @@ def cache_as_download(folder: Path, cache: Path, repo: str) -> None:
     shutil.copytree(folder, storage / "snapshots" / SHA)
     (storage / "refs").mkdir()
     (storage / "refs" / "main").write_text(SHA)
+
+
+def build(ideal, latent, change_map, sigmas, **kwargs):
+    """A DifferentialDenoiser over a schedule, its noise drawn from seed 0 unless given."""
+    from kdiff_differential import DifferentialDenoiser
+
+    kwargs.setdefault("generator", torch.Generator().manual_seed(0))
+    return DifferentialDenoiser(ideal, latent, change_map, sigmas=sigmas, **kwargs)
+
+
+def kdiff(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m kdiff_differential ARGS``, with no CUDA visible so that
+    ``--device cuda`` fails the same way on every machine."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run(
+        [sys.executable, "-m", "kdiff_differential", *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.array(image)
+
+
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A smooth 31x37 image: odd sizes, which the VAE's factor 2 does not divide."""
+    folder = tmp_path_factory.mktemp("sd-input")
+    ys, xs = np.mgrid[0:31, 0:37]
+    image = np.stack([xs * 7, ys * 8, (xs + ys) * 4], axis=2).clip(0, 255).astype(np.uint8)
+    Image.fromarray(image).save(folder / "in.png")
+    return folder / "in.png"

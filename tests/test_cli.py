@@ -14,27 +14,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from kdiff_differential.cli import main
 from kdiff_differential import CLOCKS, RELEASES, SAMPLERS
+from kdiff_differential.cli import main
 from kdiff_differential.figures import GAP, LABEL
 from kdiff_differential.presets import PRESETS
 
+from conftest import kdiff, pixels
+
 FAST = ["--steps", "3", "--quiet"]
-
-
-def kdiff(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m kdiff_differential ARGS``, with no CUDA visible so that
-    ``--device cuda`` fails the same way on every machine."""
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    return subprocess.run(
-        [sys.executable, "-m", "kdiff_differential", *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
-    )
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.array(image)
 
 
 @pytest.fixture(scope="module")

@@ -10,17 +10,12 @@ from k_diffusion import sampling
 
 from kdiff_differential import CFGDenoiser, DifferentialDenoiser
 
-from conftest import SIZE, CondIdeal, ideal_denoiser, smooth_images
+from conftest import SIZE, CondIdeal, build, ideal_denoiser, smooth_images
 
 
 @pytest.fixture(scope="module")
 def sigmas(ideal):
     return ideal.get_sigmas(8)
-
-
-def build(ideal, latent, change_map, sigmas, **kwargs):
-    kwargs.setdefault("generator", torch.Generator().manual_seed(0))
-    return DifferentialDenoiser(ideal, latent, change_map, sigmas=sigmas, **kwargs)
 
 
 def test_a_call_blends_before_and_after_the_model(ideal, latent, sigmas):

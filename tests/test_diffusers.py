@@ -17,24 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import diffusers_euler, save_tiny_sd
-from test_cli import kdiff, pixels
+from conftest import diffusers_euler, kdiff, pixels, save_tiny_sd
 
 PREDICTIONS = ("epsilon", "v_prediction")
 @pytest.fixture(scope="module", params=PREDICTIONS)
 def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny pipeline saved to a folder, once per prediction type."""
     return save_tiny_sd(tmp_path_factory.mktemp(request.param), request.param)
-
-
-@pytest.fixture(scope="module")
-def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A smooth 31x37 image: odd sizes, which the VAE's factor 2 does not divide."""
-    folder = tmp_path_factory.mktemp("sd-input")
-    ys, xs = np.mgrid[0:31, 0:37]
-    image = np.stack([xs * 7, ys * 8, (xs + ys) * 4], axis=2).clip(0, 255).astype(np.uint8)
-    Image.fromarray(image).save(folder / "in.png")
-    return folder / "in.png"
 
 
 def test_the_command_line_runs_a_diffusers_directory(model_dir: Path, image_file: Path, tmp_path: Path) -> None:

@@ -19,9 +19,7 @@ import transformers
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from kdiff_differential.edit import OWN_STEPS, SAMPLERS, differential_edit
-from test_cli import kdiff, pixels
-from conftest import WORDS, write_tokenizer
-from test_diffusers import image_file  # noqa: F401 (a fixture)
+from conftest import WORDS, kdiff, pixels, write_tokenizer
 
 FAMILIES = ("sd3", "flux")
 

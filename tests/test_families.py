@@ -15,8 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from test_cli import kdiff, pixels
-from conftest import diffusers_euler, save_tiny_sd_inpainting, save_tiny_sdxl, tiny_clip, tiny_vae, write_tokenizer
+from conftest import kdiff, pixels, diffusers_euler, save_tiny_sd_inpainting, save_tiny_sdxl, tiny_clip, tiny_vae, write_tokenizer
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.cli import main

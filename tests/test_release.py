@@ -6,10 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from k_diffusion import sampling
 
-from conftest import SCHEDULED, SIZE, smooth_images
+from conftest import SCHEDULED, SIZE, build, smooth_images
 from kdiff_differential import DifferentialDenoiser
 from kdiff_differential.release import RANGE_RAMP
-from test_denoiser import build
 
 
 @pytest.fixture(scope="module")
