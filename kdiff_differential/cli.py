@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no messages")
     parser.add_argument("--save-strip", action="store_true", help="also write OUT-strip: original | map | decoded (the model's output before the composite) | result")
     parser.add_argument("--save-masks", action="store_true", help="also write OUT-masks: the release mask at each step")
+    around = parser.add_argument_group("around the model call", "shape the map before the edit, finish the image after it")
+    pixels = _number(float, math.isfinite, "a finite number of pixels")
+    at_least_zero = _number(float, lambda n: 0 <= n < math.inf, "a number of pixels >= 0")
+    around.add_argument("--grow", type=pixels, default=0.0, metavar="PX", help="dilate the map by PX pixels of the input (grey-level, a disk); negative erodes it (default: 0)")
+    around.add_argument("--feather", type=at_least_zero, default=0.0, metavar="PX", help="ramp the map outward over PX pixels; the region keeps its strengths (default: 0)")
+    around.add_argument("--blur", type=at_least_zero, default=0.0, metavar="PX", help="blur the map by a Gaussian of PX pixels, after --grow and --feather (default: 0)")
     return parser
 
 
@@ -215,6 +221,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     from .presets import resolve_map
 
     strength = resolve_map(args.map, height, width, args.keep_map, warn=_warn)
+    from .preparation import prepare_map
+
+    strength = prepare_map(strength, grow=args.grow, feather=args.feather, blur=args.blur, size=(height, width))
     if args.model == "builtin" and (args.prompt or args.negative or args.cfg is not None):
         _warn("the built-in model takes no text: --prompt, --negative and --cfg are ignored")
 

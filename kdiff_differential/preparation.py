@@ -1,0 +1,142 @@
+"""Map preparation: grow, feather and blur a change map before the edit (``--grow``,
+``--feather``, ``--blur``).
+
+Convention: 1 = change, 0 = keep. Every step works in pixels of the input image, on soft
+maps as well as binary ones, and treats the image border as if the map went on beyond
+it with its edge values, so that no step draws a seam along the border.
+
+In the order :func:`prepare_map` applies them:
+
+``grow`` (pixels; negative shrinks)
+    Grey-level dilation by a disk of that radius: each pixel takes the largest strength
+    within ``grow`` pixels (Euclidean). Growing by N changes pixels within N of the
+    region and none beyond; a negative value erodes (the smallest strength instead).
+``feather`` (pixels, >= 0)
+    Outward only: a pixel of strength 0 within ``feather`` pixels of the region gets the
+    strength of the nearest region pixel, times a falloff (smoothstep) from 1 at the
+    region to 0 at ``feather`` pixels. Pixels of the region keep their strengths.
+``blur`` (pixels, >= 0)
+    A plain Gaussian blur of that standard deviation, inside and out.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _number(name: str, value: Any, negative: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name} must be a finite number of pixels, got {value!r}")
+    if value < 0 and not negative:
+        raise ValueError(f"{name} must be >= 0 pixels, got {value!r}")
+    return float(value)
+
+
+def _strengths(change_map: Any) -> np.ndarray:
+    values = np.asarray(change_map.detach().cpu() if isinstance(change_map, Tensor) else change_map, dtype=np.float64)
+    if values.ndim != 2 or 0 in values.shape:
+        raise ValueError(f"change_map must be a 2-D map (H, W), got shape {values.shape}")
+    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
+        raise ValueError("change_map must hold strengths in [0, 1] (1 = change)")
+    return values
+
+
+def _disk_extreme(values: np.ndarray, radius: float, largest: bool) -> np.ndarray:
+    """The largest (or smallest) value within ``radius`` pixels of each pixel, the border
+    extended with its edge values. A disk is the union of its rows: one running extreme
+    along x per row half-width, then the extreme of those over the rows, O(pixels x radius)."""
+    from scipy.ndimage import maximum_filter1d, minimum_filter1d
+
+    reach = int(math.floor(radius))
+    if reach < 1:
+        return values
+    running = maximum_filter1d if largest else minimum_filter1d
+    pick = np.maximum if largest else np.minimum
+    padded_rows = {}
+    out = None
+    for dy in range(-reach, reach + 1):
+        half = int(math.floor(math.sqrt(radius * radius - dy * dy)))
+        if half not in padded_rows:
+            along_x = running(values, 2 * half + 1, axis=1, mode="nearest")
+            padded_rows[half] = np.pad(along_x, ((reach, reach), (0, 0)), mode="edge")
+        shifted = padded_rows[half][reach + dy : reach + dy + values.shape[0]]
+        out = shifted.copy() if out is None else pick(out, shifted, out=out)
+    return out
+
+
+def grow_map(change_map: Any, pixels: float) -> Tensor:
+    """``change_map`` (H, W) in [0, 1] dilated by a disk of ``pixels`` (grey-level: each
+    pixel takes the largest strength within that distance); a negative ``pixels``
+    erodes it (the smallest). Returns float32 (H, W)."""
+    pixels = _number("grow", pixels, negative=True)
+    values = _strengths(change_map)
+    return torch.from_numpy(_disk_extreme(values, abs(pixels), largest=pixels > 0).astype(np.float32))
+
+
+def feather_map(change_map: Any, pixels: float) -> Tensor:
+    """``change_map`` (H, W) in [0, 1] feathered outward by ``pixels``: a strength-0
+    pixel at distance d < ``pixels`` from the nearest pixel of strength > 0 gets that
+    pixel's strength times 1 - smoothstep(d / ``pixels``); every pixel of strength > 0
+    keeps its own. Returns float32 (H, W)."""
+    from scipy.ndimage import distance_transform_edt
+
+    pixels = _number("feather", pixels, negative=False)
+    values = _strengths(change_map)
+    outside = values == 0
+    if pixels == 0 or outside.all() or not outside.any():
+        return torch.from_numpy(values.astype(np.float32))
+    distance, (rows, columns) = distance_transform_edt(outside, return_indices=True)
+    t = np.clip(distance / pixels, 0, 1)
+    ramp = values[rows, columns] * (1 - t * t * (3 - 2 * t))
+    return torch.from_numpy(np.where(outside, ramp, values).astype(np.float32))
+
+
+def blur_map(change_map: Any, pixels: float) -> Tensor:
+    """``change_map`` (H, W) in [0, 1] blurred by a Gaussian of standard deviation
+    ``pixels``, the border extended with its edge values. Returns float32 (H, W)."""
+    from scipy.ndimage import gaussian_filter
+
+    pixels = _number("blur", pixels, negative=False)
+    values = _strengths(change_map)
+    if pixels > 0:
+        values = np.clip(gaussian_filter(values, pixels, mode="nearest"), 0, 1)
+    return torch.from_numpy(values.astype(np.float32))
+
+
+def prepare_map(
+    change_map: Any,
+    *,
+    grow: float = 0,
+    feather: float = 0,
+    blur: float = 0,
+    size: Optional[tuple[int, int]] = None,
+) -> Tensor:
+    """``change_map`` (H', W') in [0, 1] (1 = change; a tensor or an array) grown, then
+    feathered, then blurred (module docstring), float32 (H, W) in [0, 1].
+
+    Distances are pixels of the input image: with ``size`` = (H, W), the input's, a map
+    of another size is first stretched to it (bilinear), as the edit would stretch it.
+    With every step at 0 the map comes back unchanged.
+    """
+    grow = _number("grow", grow, negative=True)
+    feather = _number("feather", feather, negative=False)
+    blur = _number("blur", blur, negative=False)
+    strength = torch.as_tensor(_strengths(change_map), dtype=torch.float32)
+    if not (grow or feather or blur):
+        return strength
+    if size is not None and tuple(strength.shape) != tuple(size):
+        strength = F.interpolate(strength[None, None], size=tuple(size), mode="bilinear", align_corners=False,
+                                 antialias=True)[0, 0].clamp(0, 1)
+    if grow:
+        strength = grow_map(strength, grow)
+    if feather:
+        strength = feather_map(strength, feather)
+    if blur:
+        strength = blur_map(strength, blur)
+    return strength
