@@ -106,6 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     around.add_argument("--grow", type=pixels, default=0.0, metavar="PX", help="dilate the map by PX pixels of the input (grey-level, a disk); negative erodes it (default: 0)")
     around.add_argument("--feather", type=at_least_zero, default=0.0, metavar="PX", help="ramp the map outward over PX pixels; the region keeps its strengths (default: 0)")
     around.add_argument("--blur", type=at_least_zero, default=0.0, metavar="PX", help="blur the map by a Gaussian of PX pixels, after --grow and --feather (default: 0)")
+    around.add_argument("--fill", default="original", choices=("original", "noise", "blur", "mean"), help="what the model sees under the region, blended by the map: the original (default), coloured noise with its statistics, a heavy blur, or its mean colour; kept pixels stay exact")
     return parser
 
 
@@ -237,7 +238,9 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise InputError(f"--schedule {schedule}: this flow model's schedule starts at t = 1 (sigma = inf); use --schedule model")
     if own == "model" and args.clock == "sigma" and args.denoise >= 1:
         raise InputError("--clock sigma: a flow model's schedule from t = 1 starts at sigma = inf, where log sigma has no range; use --clock timestep or step")
-    model = load_model(args.model, image, device, **options)
+    from .fills import fill_pixels
+
+    model = load_model(args.model, fill_pixels(image, strength, args.fill, args.seed), device, **options)
     if model.description and not args.quiet:
         print(f"{PROG}: model: {model.description}", file=sys.stderr)
     extra_args = model.extra_args(args.prompt, args.negative, args.cfg, change_map=strength)

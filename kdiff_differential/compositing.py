@@ -43,6 +43,8 @@ import torch
 import torch.nn.functional as F
 
 from .choices import COMPOSITES
+from .images import require_rgb
+from .maps import strength_array
 
 # 0.05 of the pixel range, about 13 8-bit levels: above a Stable Diffusion VAE's typical
 # reconstruction error and a 2x upscale's blur (5 levels on average, measured on the
@@ -54,23 +56,11 @@ BLUR = 2.0
 
 
 def _check(original: Any, result: Any, change_map: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    for name, image in (("original", original), ("result", result)):
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise TypeError(f"{name} must be a uint8 array (H, W, 3), got {getattr(image, 'dtype', type(image).__name__)} "
-                            f"of shape {getattr(image, 'shape', None)}")
+    require_rgb(original, "original")
+    require_rgb(result, "result")
     if original.shape != result.shape:
         raise ValueError(f"original and result must have one shape, got {original.shape} and {result.shape}")
-    strength = torch.as_tensor(np.asarray(change_map.detach().cpu() if isinstance(change_map, torch.Tensor) else change_map),
-                               dtype=torch.float64)
-    if strength.ndim != 2 or 0 in strength.shape:
-        raise ValueError(f"change_map must be a 2-D map (h, w), got shape {tuple(strength.shape)}")
-    if not torch.isfinite(strength).all() or strength.min() < 0 or strength.max() > 1:
-        raise ValueError("change_map must hold strengths in [0, 1] (1 = change)")
-    if tuple(strength.shape) != original.shape[:2]:
-        # A map of another size is stretched to the image, as the wrapper stretches it to the latent.
-        strength = F.interpolate(strength[None, None], size=original.shape[:2], mode="bilinear", align_corners=False,
-                                 antialias=True)[0, 0].clamp(0, 1)
-    return original, result, strength.numpy()
+    return original, result, strength_array(change_map, original.shape[:2])
 
 
 def smootherstep(x: torch.Tensor) -> torch.Tensor:

@@ -56,6 +56,14 @@ def read_map(path: str) -> Tensor:
     return _open(path, read)
 
 
+def require_rgb(image: Any, name: str) -> np.ndarray:
+    """``image`` if it is a uint8 array (H, W, 3), else a TypeError naming ``name``."""
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise TypeError(f"{name} must be a uint8 array (H, W, 3), got {getattr(image, 'dtype', type(image).__name__)} "
+                        f"of shape {getattr(image, 'shape', None)}")
+    return image
+
+
 def to_tensor(image: np.ndarray) -> Tensor:
     """uint8 (H, W, 3) -> float32 (1, 3, H, W) in [-1, 1]."""
     pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]

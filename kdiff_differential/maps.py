@@ -7,8 +7,9 @@ pass ``keep_map=True`` for those.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -136,6 +137,23 @@ def _as_4d(change_map: Tensor, batch: int) -> Tensor:
     if 0 in change_map.shape:
         raise ValueError(f"change_map is empty, shape {shape}")
     return change_map
+
+
+def strength_array(change_map: Any, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+    """A 2-D map of strengths (h, w) in [0, 1] (1 = change; a tensor or an array) as
+    float64 (h, w), or stretched to ``size`` = (H, W) when given and different (bilinear,
+    area-weighted when shrinking, as the wrapper stretches a map to the latent).
+    ValueError for another shape or values outside [0, 1]."""
+    strength = torch.as_tensor(np.asarray(change_map.detach().cpu() if isinstance(change_map, Tensor) else change_map),
+                               dtype=torch.float64)
+    if strength.ndim != 2 or 0 in strength.shape:
+        raise ValueError(f"change_map must be a 2-D map (h, w), got shape {tuple(strength.shape)}")
+    if not torch.isfinite(strength).all() or strength.min() < 0 or strength.max() > 1:
+        raise ValueError("change_map must hold strengths in [0, 1] (1 = change)")
+    if size is not None and tuple(strength.shape) != tuple(size):
+        strength = F.interpolate(strength[None, None], size=tuple(size), mode="bilinear", align_corners=False,
+                                 antialias=True)[0, 0].clamp(0, 1)
+    return strength.numpy()
 
 
 def prepare_change_map(

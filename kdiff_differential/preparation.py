@@ -26,8 +26,9 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from .maps import strength_array
 
 
 def _number(name: str, value: Any, negative: bool) -> float:
@@ -36,15 +37,6 @@ def _number(name: str, value: Any, negative: bool) -> float:
     if value < 0 and not negative:
         raise ValueError(f"{name} must be >= 0 pixels, got {value!r}")
     return float(value)
-
-
-def _strengths(change_map: Any) -> np.ndarray:
-    values = np.asarray(change_map.detach().cpu() if isinstance(change_map, Tensor) else change_map, dtype=np.float64)
-    if values.ndim != 2 or 0 in values.shape:
-        raise ValueError(f"change_map must be a 2-D map (H, W), got shape {values.shape}")
-    if not np.isfinite(values).all() or values.min() < 0 or values.max() > 1:
-        raise ValueError("change_map must hold strengths in [0, 1] (1 = change)")
-    return values
 
 
 def _disk_extreme(values: np.ndarray, radius: float, largest: bool) -> np.ndarray:
@@ -75,7 +67,7 @@ def grow_map(change_map: Any, pixels: float) -> Tensor:
     pixel takes the largest strength within that distance); a negative ``pixels``
     erodes it (the smallest). Returns float32 (H, W)."""
     pixels = _number("grow", pixels, negative=True)
-    values = _strengths(change_map)
+    values = strength_array(change_map)
     return torch.from_numpy(_disk_extreme(values, abs(pixels), largest=pixels > 0).astype(np.float32))
 
 
@@ -87,7 +79,7 @@ def feather_map(change_map: Any, pixels: float) -> Tensor:
     from scipy.ndimage import distance_transform_edt
 
     pixels = _number("feather", pixels, negative=False)
-    values = _strengths(change_map)
+    values = strength_array(change_map)
     outside = values == 0
     if pixels == 0 or outside.all() or not outside.any():
         return torch.from_numpy(values.astype(np.float32))
@@ -103,7 +95,7 @@ def blur_map(change_map: Any, pixels: float) -> Tensor:
     from scipy.ndimage import gaussian_filter
 
     pixels = _number("blur", pixels, negative=False)
-    values = _strengths(change_map)
+    values = strength_array(change_map)
     if pixels > 0:
         values = np.clip(gaussian_filter(values, pixels, mode="nearest"), 0, 1)
     return torch.from_numpy(values.astype(np.float32))
@@ -127,12 +119,9 @@ def prepare_map(
     grow = _number("grow", grow, negative=True)
     feather = _number("feather", feather, negative=False)
     blur = _number("blur", blur, negative=False)
-    strength = torch.as_tensor(_strengths(change_map), dtype=torch.float32)
     if not (grow or feather or blur):
-        return strength
-    if size is not None and tuple(strength.shape) != tuple(size):
-        strength = F.interpolate(strength[None, None], size=tuple(size), mode="bilinear", align_corners=False,
-                                 antialias=True)[0, 0].clamp(0, 1)
+        return torch.from_numpy(strength_array(change_map).astype(np.float32))
+    strength = strength_array(change_map, size)
     if grow:
         strength = grow_map(strength, grow)
     if feather:

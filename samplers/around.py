@@ -2,7 +2,7 @@
 
 Each figure runs the command line (``kdiff_differential.cli.main``) on the built-in model
 and lays the maps and results side by side, labelled: ``grow-feather.png`` (map
-preparation).
+preparation), ``fill.png`` (``--fill``).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ SIDE = 160  # each panel's side in the figures
 GAP = 4
 
 
-def _run(image: np.ndarray, change: np.ndarray, *options: str) -> tuple[np.ndarray, str]:
+def run_cli(image: np.ndarray, change: np.ndarray, *options: str) -> tuple[np.ndarray, str]:
     """The command line's result for ``image`` and the map ``change`` (float (H, W) in
     [0, 1]) with ``options``, uint8 (H, W, 3), and what it said on stderr."""
     import contextlib
@@ -36,7 +36,7 @@ def _run(image: np.ndarray, change: np.ndarray, *options: str) -> tuple[np.ndarr
         said = io.StringIO()
         with contextlib.redirect_stderr(said):
             status = main(["--image", f"{folder}/in.png", "--map", f"{folder}/map.png", "--out", f"{folder}/out.png",
-                           "--steps", "10", *options])
+                           *options])
         if status:
             raise RuntimeError(f"the command line failed: {said.getvalue()}")
         return read_image(f"{folder}/out.png"), said.getvalue()
@@ -87,11 +87,26 @@ def grow_feather_figure() -> np.ndarray:
         prepared = prepare_map(change, **options).numpy()
         maps.append(_panel((prepared * 255).round().astype(np.uint8), label))
         flags = [part for name, value in options.items() for part in (f"--{name}", str(value))]
-        results.append(_panel(_run(image, change, "--quiet", *flags)[0], "result"))
+        results.append(_panel(run_cli(image, change, "--steps", "10", "--quiet", *flags)[0], "result"))
     return _grid([maps, results])
 
 
-FIGURES = {"grow-feather.png": grow_feather_figure}
+def fill_figure() -> np.ndarray:
+    """Each --fill on the built-in model with a feathered region of strength 0.4: what the
+    model sees (above) and the result (below)."""
+    from kdiff_differential.fills import FILLS, fill_pixels
+    from kdiff_differential.preparation import prepare_map
+
+    image, change = _example()
+    change = prepare_map(change * 0.4, feather=16).numpy()
+    seen, results = [], []
+    for fill in FILLS:
+        seen.append(_panel(fill_pixels(image, change, fill), f"--fill {fill}: model input"))
+        results.append(_panel(run_cli(image, change, "--steps", "10", "--quiet", "--fill", fill)[0], "result"))
+    return _grid([seen, results])
+
+
+FIGURES = {"grow-feather.png": grow_feather_figure, "fill.png": fill_figure}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

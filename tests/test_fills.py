@@ -1,0 +1,81 @@
+"""--fill: what the model sees under the region; kept pixels exact whatever the fill."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kdiff_differential.cli import build_parser
+from kdiff_differential.fills import FILLS, fill_pixels, region_statistics
+from samplers.fill_distance import measure
+
+
+@pytest.fixture(scope="module")
+def image() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, (64, 80, 3), dtype=np.uint8)
+
+
+def half_map(level: float) -> np.ndarray:
+    change = np.zeros((64, 80))
+    change[:, 40:] = level
+    return change
+
+
+@pytest.mark.parametrize("fill", FILLS)
+def test_strength_zero_pixels_are_the_inputs_bytes(image, fill):
+    filled = fill_pixels(image, half_map(1.0), fill, seed=3)
+    assert filled.dtype == np.uint8 and filled.shape == image.shape
+    assert np.array_equal(filled[:, :40], image[:, :40])
+
+
+def test_a_full_strength_mean_fill_is_the_regions_mean_colour(image):
+    filled = fill_pixels(image, half_map(1.0), "mean")
+    expected = image[:, 40:].reshape(-1, 3).mean(axis=0)
+    assert np.abs(filled[:, 40:].astype(float) - expected).max() <= 0.5
+
+
+def test_the_fill_is_blended_by_the_map(image):
+    full = fill_pixels(image, half_map(1.0), "mean").astype(float)
+    light = fill_pixels(image, half_map(0.2), "mean").astype(float)
+    # A strength of 0.2 moves a pixel a fifth of the way to the fill, to rounding.
+    expected = image + 0.2 * (full - image)
+    assert np.abs(light[:, 40:] - expected[:, 40:]).max() <= 1.0
+
+
+def test_the_noise_fill_has_the_regions_colour_statistics(image):
+    tinted = image.copy()
+    tinted[:, 40:, 0] //= 4  # a region poor in red, to tell its statistics from the image's
+    filled = fill_pixels(tinted, half_map(1.0), "noise", seed=1)
+    mean, covariance = region_statistics(tinted, half_map(1.0))
+    region = filled[:, 40:].reshape(-1, 3).astype(float)
+    # Clipping to 0..255 trims the tails a little; the mean and spread stay close.
+    assert np.abs(region.mean(axis=0) - mean).max() < 4
+    assert np.abs(region.std(axis=0) - np.sqrt(np.diag(covariance))).max() < 0.1 * np.sqrt(np.diag(covariance)).max()
+    assert not np.array_equal(fill_pixels(tinted, half_map(1.0), "noise", seed=2), filled)
+
+
+def test_the_blur_fill_is_smoother_than_the_input(image):
+    filled = fill_pixels(image, half_map(1.0), "blur").astype(float)
+    assert np.abs(np.diff(filled[:, 41:], axis=1)).mean() < 0.1 * np.abs(np.diff(image[:, 41:].astype(float), axis=1)).mean()
+
+
+def test_an_unknown_fill_and_a_bad_image_are_named(image):
+    with pytest.raises(ValueError, match="fill must be one of"):
+        fill_pixels(image, half_map(1.0), "zeros")
+    with pytest.raises(TypeError, match="image must be a uint8 array"):
+        fill_pixels(image.astype(float), half_map(1.0), "mean")
+
+
+def test_the_command_line_offers_every_fill():
+    action = next(action for action in build_parser()._actions if action.dest == "fill")
+    assert tuple(action.choices) == FILLS and action.default == "original"
+
+
+def test_every_fill_moves_the_region_further_and_keeps_the_rest_exact():
+    """The README's measurement, smaller: the built-in model at strength 0.3."""
+    table = measure(side=96, level=0.3, steps=6)
+    assert all(outside == 0 for _, outside in table.values())  # kept pixels: the input's bytes
+    for fill in ("noise", "blur", "mean"):
+        assert table[fill][0] > table["original"][0] + 2
+
