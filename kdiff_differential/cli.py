@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     around.add_argument("--feather", type=at_least_zero, default=0.0, metavar="PX", help="ramp the map outward over PX pixels; the region keeps its strengths (default: 0)")
     around.add_argument("--blur", type=at_least_zero, default=0.0, metavar="PX", help="blur the map by a Gaussian of PX pixels, after --grow and --feather (default: 0)")
     around.add_argument("--fill", default="original", choices=("original", "noise", "blur", "mean"), help="what the model sees under the region, blended by the map: the original (default), coloured noise with its statistics, a heavy blur, or its mean colour; kept pixels stay exact")
+    around.add_argument("--color-match", action="store_true", help="match the decoded region's colours (CIELAB mean and spread) to the original's in the transition band, before the composite")
     return parser
 
 
@@ -265,6 +266,10 @@ def run(args: argparse.Namespace) -> list[Path]:
             progress=not args.quiet and sys.stderr.isatty(),
         )
         raw = model.decode(edit.result)
+        if args.color_match:
+            from .color_matching import match_colors
+
+            raw = match_colors(raw, image, strength)
         result = composite(image, raw, strength, args.composite)
         write_image(result, str(out))
         if args.save_strip:

@@ -1,0 +1,78 @@
+"""Colour match (``--color-match``): bring the decoded result's colours back to the
+original's where the two should agree, before the composite.
+
+A latent model's decode often shifts the colours of the region it changed (a cast, lost
+saturation: A1111#14024, diffusers#5808, krita-ai-diffusion#1789), which shows as a seam
+where the region meets kept pixels. The match measures the mean and standard deviation of
+each CIELAB channel of the result and of the original in the *transition band*, and maps
+the result's channels so that its statistics there become the original's:
+
+    lab' = (lab - mean_result) * std_original / std_result + mean_original
+
+on every pixel of strength > 0 (one transform for the whole region, so that it stays
+consistent inside). The band is where the map is between 0 and 1 (a feathered or blurred
+edge); for a binary map, the changed pixels within ``band`` pixels of a kept one; for a
+map that changes everything, the whole image. Pixels of strength 0 are not touched, and
+the composite that follows puts the original's bytes there.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .images import require_rgb
+from .maps import strength_array
+
+BAND = 16  # pixels: the width of the band inside a binary map's edge
+# Below this standard deviation (in L*a*b* units) a channel is flat in the band, and its
+# spread is left as it is instead of being divided by nearly nothing.
+FLAT = 0.5
+
+
+def transition_band(strength: np.ndarray, band: float = BAND) -> np.ndarray:
+    """The pixels whose colours the match compares, bool (H, W), for strengths (H, W) in
+    [0, 1]: 0 < s < 1; if there are none, s > 0 within ``band`` pixels of a pixel of
+    strength 0; if there are none of those either, every pixel."""
+    from scipy.ndimage import distance_transform_edt
+
+    between = (strength > 0) & (strength < 1)
+    if between.any():
+        return between
+    changed = strength > 0
+    if changed.all() or not changed.any():
+        return np.ones_like(changed)
+    return changed & (distance_transform_edt(changed) <= band)
+
+
+def match_colors(result: np.ndarray, original: np.ndarray, change_map: Any, *, band: float = BAND) -> np.ndarray:
+    """``result`` with its colours matched to ``original``'s in the transition band (module
+    docstring), uint8 (H, W, 3).
+
+    ``result`` and ``original`` are uint8 (H, W, 3) at one size; ``change_map`` is the
+    strength (h, w) in [0, 1], 1 = change (a tensor or an array), stretched to (H, W)
+    when its size differs. Pixels of strength 0 come back as ``result``'s bytes.
+    """
+    from skimage.color import lab2rgb, rgb2lab
+
+    require_rgb(result, "result")
+    require_rgb(original, "original")
+    if result.shape != original.shape:
+        raise ValueError(f"result and original must have one shape, got {result.shape} and {original.shape}")
+    if isinstance(band, bool) or not isinstance(band, (int, float)) or not band >= 0:
+        raise ValueError(f"band must be a number of pixels >= 0, got {band!r}")
+    strength = strength_array(change_map, result.shape[:2])
+    changed = strength > 0
+    if not changed.any():
+        return result
+    where = transition_band(strength, band)
+    lab_result, lab_original = rgb2lab(result / 255.0), rgb2lab(original / 255.0)
+    mean_result, mean_original = lab_result[where].mean(axis=0), lab_original[where].mean(axis=0)
+    std_result, std_original = lab_result[where].std(axis=0), lab_original[where].std(axis=0)
+    scale = np.where(std_result > FLAT, std_original / np.maximum(std_result, FLAT), 1.0)
+    matched = (lab_result[changed] - mean_result) * scale + mean_original
+    rgb = lab2rgb(matched[:, None, :])[:, 0, :]
+    out = result.copy()
+    out[changed] = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+    return out
