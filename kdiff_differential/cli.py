@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     around.add_argument("--blur", type=at_least_zero, default=0.0, metavar="PX", help="blur the map by a Gaussian of PX pixels, after --grow and --feather (default: 0)")
     around.add_argument("--fill", default="original", choices=("original", "noise", "blur", "mean"), help="what the model sees under the region, blended by the map: the original (default), coloured noise with its statistics, a heavy blur, or its mean colour; kept pixels stay exact")
     around.add_argument("--color-match", action="store_true", help="match the decoded region's colours (CIELAB mean and spread) to the original's in the transition band, before the composite")
+    around.add_argument("--crop", default="auto", choices=("auto", "off"), help="auto: when the change covers a small part of the image, run the model on its box plus padding, at the model's resolution, and paste it back (default: auto)")
+    around.add_argument("--crop-padding", type=_number(float, lambda n: 0 <= n < math.inf, "a number >= 0"), default=0.25, metavar="F", help="context around the change's box, as a fraction of its longer side, at least 16 px (default: 0.25)")
     return parser
 
 
@@ -239,12 +241,17 @@ def run(args: argparse.Namespace) -> list[Path]:
         raise InputError(f"--schedule {schedule}: this flow model's schedule starts at t = 1 (sigma = inf); use --schedule model")
     if own == "model" and args.clock == "sigma" and args.denoise >= 1:
         raise InputError("--clock sigma: a flow model's schedule from t = 1 starts at sigma = inf, where log sigma has no range; use --clock timestep or step")
+    from .cropping import native_side, plan_crop
     from .fills import fill_pixels
 
-    model = load_model(args.model, fill_pixels(image, strength, args.fill, args.seed), device, **options)
+    region = plan_crop(strength, args.crop, args.crop_padding, lambda: native_side(args.model, config=options["config"], allow_pickle=options["allow_pickle"]), size=(height, width))
+    if region.cropped and not args.quiet:
+        print(f"{PROG}: {region.describe()}", file=sys.stderr)
+    box_image, box_strength = region.cut(image), region.cut_map(strength)
+    model = load_model(args.model, region.to_work(fill_pixels(box_image, box_strength, args.fill, args.seed)), device, **options)
     if model.description and not args.quiet:
         print(f"{PROG}: model: {model.description}", file=sys.stderr)
-    extra_args = model.extra_args(args.prompt, args.negative, args.cfg, change_map=strength)
+    extra_args = model.extra_args(args.prompt, args.negative, args.cfg, change_map=box_strength)
     # The model family's own step count where none is given (a sampler choosing its own takes None).
     steps = args.steps if args.steps is not None or args.sampler in OWN_STEPS else getattr(model, "steps", None)
     from .compositing import composite
@@ -253,7 +260,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         edit = differential_edit(
             model.denoiser,
             model.latent,
-            strength,
+            box_strength,
             sampler=args.sampler,
             steps=steps,
             schedule=schedule,
@@ -265,24 +272,24 @@ def run(args: argparse.Namespace) -> list[Path]:
             extra_args=extra_args,
             progress=not args.quiet and sys.stderr.isatty(),
         )
-        raw = model.decode(edit.result)
+        raw = region.from_work(model.decode(edit.result))
         if args.color_match:
             from .color_matching import match_colors
 
-            raw = match_colors(raw, image, strength)
-        result = composite(image, raw, strength, args.composite)
+            raw = match_colors(raw, box_image, box_strength)
+        result = region.paste(image, composite(box_image, raw, box_strength, args.composite))
         write_image(result, str(out))
         if args.save_strip:
             from .figures import strip
 
-            decoded = raw if args.composite != "none" else None
+            decoded = region.paste(image, raw) if args.composite != "none" else None
             figure = strip(image, strength, result, keep_map=args.keep_map, decoded=decoded)
             write_image(figure, str(_sibling(out, "strip")))
         if args.save_masks:
             from .figures import mask_grid
 
             masks = [edit.wrapper.mask(sigma)[0, 0].cpu() for sigma in edit.step_sigmas]
-            write_image(mask_grid(masks, width / height, edit.step_sigmas), str(_sibling(out, "masks")))
+            write_image(mask_grid(masks, region.width / region.height, edit.step_sigmas), str(_sibling(out, "masks")))
     return written
 
 

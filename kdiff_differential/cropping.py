@@ -1,0 +1,163 @@
+"""Crop and stitch (``--crop auto|off``, ``--crop-padding``): run the model on the region
+around the change only, at the model's resolution, and paste the result back.
+
+For a large photo with a small edit, running the whole picture is slow, or (on the
+built-in model, and where memory runs out) scaled down, so the edit loses resolution.
+A1111's "only masked", InvokeAI and Krita instead edit the bounding box of the change
+plus some context. Here, with ``auto`` (the default):
+
+- the box is the bounding box of the pixels of strength > 0, widened on every side by
+  ``padding`` times its longer side (at least MIN_PADDING pixels) and clipped to the image;
+- when that box covers at most AUTO_FRACTION of the image, the model runs on the box
+  alone, scaled to the model's native size (its area that of a native square; the
+  built-in model has none and runs the box at the input's resolution), the result is
+  scaled back to the box, composited with the box's map, and pasted into the input;
+- otherwise (or with ``off``) the whole image is run as before.
+
+Everything outside the box is the input's bytes; inside, the composite works as without
+the crop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from .maps import strength_array
+
+CROPS = ("auto", "off")
+PADDING = 0.25  # of the box's longer side, on every side
+MIN_PADDING = 16  # pixels: context the model sees around even a tiny region
+AUTO_FRACTION = 0.5  # crop only when the box is at most this part of the image's area
+
+
+@dataclass(frozen=True)
+class Region:
+    """Where the model runs: rows ``top:top + height`` and columns ``left:left + width``
+    of an image of ``size`` = (H, W), scaled to ``work`` = (h, w) for the model. A region
+    that is the whole image at its own size (``cropped`` False) leaves everything as it is."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    size: tuple[int, int]
+    work: tuple[int, int]
+
+    @property
+    def cropped(self) -> bool:
+        return (self.height, self.width) != tuple(self.size)
+
+    def cut(self, pixels: Any) -> Any:
+        """The box of ``pixels``, an array or tensor (H, W, ...)."""
+        if not self.cropped:
+            return pixels
+        return pixels[self.top : self.top + self.height, self.left : self.left + self.width]
+
+    def cut_map(self, change_map: Any) -> Any:
+        """The box of ``change_map`` (h, w) in [0, 1], stretched to the image's size
+        first; the map as it is when nothing is cropped."""
+        if not self.cropped:
+            return change_map
+        return self.cut(strength_array(change_map, self.size).astype(np.float32))
+
+    def _resize(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
+        if image.shape[:2] == (height, width):
+            return image
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(image).resize((width, height), Image.LANCZOS))
+
+    def to_work(self, box: np.ndarray) -> np.ndarray:
+        """The box's image, uint8 (height, width, 3), at the model's size ``work``."""
+        return self._resize(box, *self.work)
+
+    def from_work(self, image: np.ndarray) -> np.ndarray:
+        """The model's image, uint8 (h, w, 3) at ``work`` (or any size), at the box's size."""
+        return self._resize(image, self.height, self.width)
+
+    def paste(self, full: np.ndarray, box: np.ndarray) -> np.ndarray:
+        """``full`` (H, W, 3) with ``box`` (height, width, 3) in the region: a new array."""
+        if not self.cropped:
+            return box
+        out = full.copy()
+        out[self.top : self.top + self.height, self.left : self.left + self.width] = box
+        return out
+
+    def describe(self) -> str:
+        """One line: which region of the image the model runs on, and at what size."""
+        scaled = f", scaled to {self.work[1]}x{self.work[0]}" if self.work != (self.height, self.width) else ""
+        return (f"crop: the model runs on {self.width}x{self.height} at x {self.left}, y {self.top} "
+                f"of {self.size[1]}x{self.size[0]}{scaled}")
+
+
+def whole(height: int, width: int) -> Region:
+    """The whole image as the region: nothing is cropped."""
+    return Region(0, 0, height, width, (height, width), (height, width))
+
+
+def change_box(change_map: Any, padding: float = PADDING) -> Optional[tuple[int, int, int, int]]:
+    """(top, left, height, width) of the pixels of strength > 0 in ``change_map`` (H, W),
+    widened by ``padding`` times the longer side (at least MIN_PADDING pixels) and
+    clipped to the map; None when no pixel changes."""
+    if isinstance(padding, bool) or not isinstance(padding, (int, float)) or not 0 <= padding < math.inf:
+        raise ValueError(f"padding must be a number >= 0 (a fraction of the box's longer side), got {padding!r}")
+    changed = strength_array(change_map) > 0
+    rows, columns = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
+    if rows.size == 0:
+        return None
+    top, bottom, left, right = rows[0], rows[-1] + 1, columns[0], columns[-1] + 1
+    margin = max(MIN_PADDING, round(padding * max(bottom - top, right - left)))
+    height, width = changed.shape
+    top, left = max(0, top - margin), max(0, left - margin)
+    bottom, right = min(height, bottom + margin), min(width, right + margin)
+    return int(top), int(left), int(bottom - top), int(right - left)
+
+
+def plan_crop(
+    change_map: Any,
+    crop: str = "auto",
+    padding: float = PADDING,
+    native: Callable[[], Optional[int]] = lambda: None,
+    size: Optional[tuple[int, int]] = None,
+) -> Region:
+    """Where the model runs for ``change_map`` (h, w) in [0, 1], 1 = change, on an image
+    of ``size`` = (H, W) (default: the map's; a map of another size is stretched to it):
+    the padded box of the change when ``crop`` is ``"auto"`` and the box covers at most
+    AUTO_FRACTION of the image, else the whole image (module docstring).
+
+    ``native()`` gives the model's native side in pixels (None: run the box at its own
+    size); it is called only when a box is cropped, so a model's config is read only then.
+    """
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {', '.join(map(repr, CROPS))}, got {crop!r}")
+    strength = strength_array(change_map, size)
+    height, width = strength.shape
+    box = change_box(strength, padding) if crop == "auto" else None
+    if box is None or box[2] * box[3] > AUTO_FRACTION * height * width:
+        return whole(height, width)
+    top, left, box_height, box_width = box
+    side = native()
+    if side is None:
+        work = (box_height, box_width)
+    else:
+        scale = side / math.sqrt(box_height * box_width)
+        work = (max(1, round(box_height * scale)), max(1, round(box_width * scale)))
+    return Region(top, left, box_height, box_width, (height, width), work)
+
+
+def native_side(model: str, *, config: Optional[str] = None, allow_pickle: bool = False) -> Optional[int]:
+    """The native side in pixels of ``model``: None for 'builtin' (it runs at the input's
+    resolution), else its diffusers family's training size, found as
+    :func:`~kdiff_differential.models.default_schedule` finds the family (``config``,
+    ``allow_pickle`` as there)."""
+    if model == "builtin":
+        return None
+    from .models.diffusers_model import require_diffusers
+    from .models.sources import resolve_source
+
+    require_diffusers()
+    return resolve_source(model, config, allow_pickle).family().native_size
