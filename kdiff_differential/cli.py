@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Differential Diffusion: edit an image with a per-pixel change map (white = change, black = keep).",
         epilog=f"With only --out, runs the demo on a bundled image with the gradient-x map. Map presets: {', '.join(PRESETS)}.",
     )
-    parser.add_argument("--image", help="input image (default: the bundled example)")
+    parser.add_argument("--image", help="input image, or a folder of images with --out a folder (default: the bundled example)")
     parser.add_argument("--map", default="gradient-x", help="change map: an image file (grey levels in the file's own range: 8/16-bit, float 0..1; colour as luminance, alpha over black) or a preset (default: gradient-x)")
     parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...")
     # The model: where it comes from and what is added to it (see models/sources.py, models/loras.py).
@@ -110,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     around.add_argument("--color-match", action="store_true", help="match the decoded region's colours (CIELAB mean and spread) to the original's in the transition band, before the composite")
     around.add_argument("--crop", default="auto", choices=("auto", "off"), help="auto: when the change covers a small part of the image, run the model on its box plus padding, at the model's resolution, and paste it back (default: auto)")
     around.add_argument("--crop-padding", type=_number(float, lambda n: 0 <= n < math.inf, "a number >= 0"), default=0.25, metavar="F", help="context around the change's box, as a fraction of its longer side, at least 16 px (default: 0.25)")
+    around.add_argument("--executor", default="local", choices=("local", "ray"), help="with --image a folder: run the images here one after another (default) or on a Ray cluster")
+    around.add_argument("--address", default=None, help="with --executor ray: the cluster's address (default: start one on this machine)")
     return parser
 
 
@@ -210,6 +212,10 @@ def _device(name: str) -> "torch.device":
 def run(args: argparse.Namespace) -> list[Path]:
     """Do the edit ``args`` describes; returns the files written."""
     _check_arguments(args)
+    if args.image is not None and Path(args.image).is_dir():
+        from .folders import run_folder
+
+        return run_folder(args, run, PRESETS, _warn, args.address)
     written = _check_outputs(args)
     options = _model_options(args)
     device = _device(args.device)
