@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=f"With only --out, runs the demo on a bundled image with the gradient-x map. Map presets: {', '.join(PRESETS)}.",
     )
     parser.add_argument("--image", help="input image, or a folder of images with --out a folder (default: the bundled example)")
-    parser.add_argument("--map", default="gradient-x", help="change map: an image file (grey levels in the file's own range: 8/16-bit, float 0..1; colour as luminance, alpha over black) or a preset (default: gradient-x)")
+    parser.add_argument("--map", default=None, help="change map: an image file (grey levels in the file's own range: 8/16-bit, float 0..1; colour as luminance, alpha over black) or a preset (default: gradient-x; with --map-prompt, full)")
     parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...")
     # The model: where it comes from and what is added to it (see models/sources.py, models/loras.py).
     from .models.families import supported
@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     around.add_argument("--crop-padding", type=_number(float, lambda n: 0 <= n < math.inf, "a number >= 0"), default=0.25, metavar="F", help="context around the change's box, as a fraction of its longer side, at least 16 px (default: 0.25)")
     around.add_argument("--executor", default="local", choices=("local", "ray"), help="with --image a folder: run the images here one after another (default) or on a Ray cluster")
     around.add_argument("--address", default=None, help="with --executor ray: the cluster's address (default: start one on this machine)")
+    around.add_argument("--map-prompt", default=None, metavar="TEXT", help="also a map from text: how much each pixel matches TEXT (CLIPSeg), multiplied with --map; needs --segmenter")
+    around.add_argument("--segmenter", default=None, metavar="SOURCE", help="the CLIPSeg model for --map-prompt: a folder saved by save_pretrained, or a Hub id in the local cache")
     return parser
 
 
@@ -212,6 +214,11 @@ def _device(name: str) -> "torch.device":
 def run(args: argparse.Namespace) -> list[Path]:
     """Do the edit ``args`` describes; returns the files written."""
     _check_arguments(args)
+    from .segmentation import check_prompt_options
+
+    check_prompt_options(args.map_prompt, args.segmenter)
+    if args.map is None:
+        args.map = "full" if args.map_prompt is not None else "gradient-x"
     if args.image is not None and Path(args.image).is_dir():
         from .folders import run_folder
 
@@ -231,6 +238,10 @@ def run(args: argparse.Namespace) -> list[Path]:
     from .presets import resolve_map
 
     strength = resolve_map(args.map, height, width, args.keep_map, warn=_warn)
+    if args.map_prompt is not None:
+        from .segmentation import prompt_map
+
+        strength = prompt_map(image, args.map_prompt, args.segmenter, device=device, change_map=strength, quiet=True)
     from .preparation import prepare_map
 
     strength = prepare_map(strength, grow=args.grow, feather=args.feather, blur=args.blur, size=(height, width))
