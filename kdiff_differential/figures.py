@@ -27,7 +27,7 @@ def _resize_grey(values: Tensor, height: int, width: int) -> np.ndarray:
     return (resized * 255).round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def _labelled(panel: np.ndarray, text: str) -> np.ndarray:
+def labelled(panel: np.ndarray, text: str) -> np.ndarray:
     """``panel`` (H, W, 3) under a white band of LABEL pixels with ``text`` in it, in the
     largest font size up to 12 that fits the width: (H + LABEL, W, 3)."""
     from PIL import Image, ImageDraw, ImageFont
@@ -66,8 +66,8 @@ def strip(
         (result, "result"),
     ]
     gap = np.full((LABEL + height, GAP, 3), 255, np.uint8)
-    labelled = [_labelled(panel, text) for panel, text in panels]
-    return np.concatenate([part for panel in labelled for part in (gap, panel)][1:], axis=1)
+    panels_labelled = [labelled(panel, text) for panel, text in panels]
+    return np.concatenate([part for panel in panels_labelled for part in (gap, panel)][1:], axis=1)
 
 
 def mask_grid(masks: Sequence[Tensor], aspect: float, sigmas: Optional[Sequence[float]] = None) -> np.ndarray:
@@ -90,6 +90,6 @@ def mask_grid(masks: Sequence[Tensor], aspect: float, sigmas: Optional[Sequence[
         top, left = row * (band + height + GAP), column * (width + GAP)
         tile = _grey_to_rgb(_resize_grey(mask, height, width))
         if sigmas is not None:
-            tile = _labelled(tile, f"step {index + 1}, sigma {sigmas[index]:.3g}")
+            tile = labelled(tile, f"step {index + 1}, sigma {sigmas[index]:.3g}")
         grid[top : top + band + height, left : left + width] = tile
     return grid

@@ -45,12 +45,12 @@ def run_cli(image: np.ndarray, change: np.ndarray, *options: str) -> tuple[np.nd
 def _panel(image: np.ndarray, text: str, side: int = SIDE) -> np.ndarray:
     from PIL import Image
 
-    from kdiff_differential.figures import _labelled
+    from kdiff_differential.figures import labelled
 
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
     resized = np.asarray(Image.fromarray(image).resize((side * image.shape[1] // image.shape[0], side), Image.LANCZOS))
-    return _labelled(resized, text)
+    return labelled(resized, text)
 
 
 def _grid(rows: Sequence[Sequence[np.ndarray]]) -> np.ndarray:
