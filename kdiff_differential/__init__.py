@@ -18,16 +18,21 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .choices import CLOCKS, RELEASES, SCHEDULES
+    from .color_matching import match_colors
     from .compositing import composite
+    from .cropping import plan_crop
     from .denoiser import DifferentialDenoiser
     from .edit import Edit, differential_edit
+    from .fills import fill_pixels
     from .guidance import CFGDenoiser
     from .maps import prepare_change_map
     from .models import ImageModel, load_model, load_pipeline
     from .models.flow import FlowDenoiser
+    from .preparation import prepare_map
     from .quiet import quiet_warnings
     from .sampler_table import SAMPLERS
     from .schedules import make_sigmas
+    from .segmentation import prompt_map
 
 # Each public name and the module that defines it.
 _EXPORTS = {
@@ -47,6 +52,11 @@ _EXPORTS = {
     "make_sigmas": ".schedules",
     "prepare_change_map": ".maps",
     "quiet_warnings": ".quiet",
+    "prepare_map": ".preparation",
+    "fill_pixels": ".fills",
+    "match_colors": ".color_matching",
+    "plan_crop": ".cropping",
+    "prompt_map": ".segmentation",
 }
 
 __all__ = sorted(_EXPORTS)

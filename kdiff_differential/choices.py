@@ -1,5 +1,5 @@
-"""The names a user chooses from: clocks, release rules, noise schedules, composites and
-map presets. No torch import, so that the command line can check its arguments against
+"""The names a user chooses from: clocks, release rules, noise schedules, composites,
+map presets, fills, crops and executors. No torch import, so that the command line can check its arguments against
 them before loading anything heavy; the modules that implement each choice import its
 names from here. (Samplers have a table of their own: :mod:`.sampler_table`.)"""
 
@@ -11,3 +11,8 @@ COMFYUI_SCHEDULES = ("simple", "sgm_uniform", "normal", "ddim_uniform", "beta", 
 SCHEDULES = ("karras", "exponential", "model", *COMFYUI_SCHEDULES)
 COMPOSITES = ("difference", "mask", "none")
 PRESETS = ("gradient-x", "gradient-y", "radial", "full", "none")
+# What the model sees under the changing region (fills.py), whether to crop to the change
+# (cropping.py), where a folder's images run (executors.py).
+FILLS = ("original", "noise", "blur", "mean")
+CROPS = ("auto", "off")
+EXECUTORS = ("local", "ray")

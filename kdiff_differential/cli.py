@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 # Only torch-free modules here: --help and argument errors must not wait for torch.
-from .choices import CLOCKS, COMPOSITES, PRESETS, RELEASES, SCHEDULES
+from .choices import CLOCKS, COMPOSITES, CROPS, EXECUTORS, FILLS, PRESETS, RELEASES, SCHEDULES
 from .errors import InputError, OneLineParser, command_status
 from .files import same_file
 from .sampler_table import DEFAULT_STEPS, OWN_STEPS, SAMPLERS, clock_problem, sampler_named
@@ -106,11 +106,11 @@ def build_parser() -> argparse.ArgumentParser:
     around.add_argument("--grow", type=pixels, default=0.0, metavar="PX", help="dilate the map by PX pixels of the input (grey-level, a disk); negative erodes it (default: 0)")
     around.add_argument("--feather", type=at_least_zero, default=0.0, metavar="PX", help="ramp the map outward over PX pixels; the region keeps its strengths (default: 0)")
     around.add_argument("--blur", type=at_least_zero, default=0.0, metavar="PX", help="blur the map by a Gaussian of PX pixels, after --grow and --feather (default: 0)")
-    around.add_argument("--fill", default="original", choices=("original", "noise", "blur", "mean"), help="what the model sees under the region, blended by the map: the original (default), coloured noise with its statistics, a heavy blur, or its mean colour; kept pixels stay exact")
+    around.add_argument("--fill", default="original", choices=FILLS, help="what the model sees under the region, blended by the map: the original (default), coloured noise with its statistics, a heavy blur, or its mean colour; kept pixels stay exact")
     around.add_argument("--color-match", action="store_true", help="match the decoded region's colours (CIELAB mean and spread) to the original's in the transition band, before the composite")
-    around.add_argument("--crop", default="auto", choices=("auto", "off"), help="auto: when the change covers a small part of the image, run the model on its box plus padding, at the model's resolution, and paste it back (default: auto)")
+    around.add_argument("--crop", default="auto", choices=CROPS, help="auto: when the change covers a small part of the image, run the model on its box plus padding, at the model's resolution, and paste it back (default: auto)")
     around.add_argument("--crop-padding", type=_number(float, lambda n: 0 <= n < math.inf, "a number >= 0"), default=0.25, metavar="F", help="context around the change's box, as a fraction of its longer side, at least 16 px (default: 0.25)")
-    around.add_argument("--executor", default="local", choices=("local", "ray"), help="with --image a folder: run the images here one after another (default) or on a Ray cluster")
+    around.add_argument("--executor", default="local", choices=EXECUTORS, help="with --image a folder: run the images here one after another (default) or on a Ray cluster")
     around.add_argument("--address", default=None, help="with --executor ray: the cluster's address (default: start one on this machine)")
     around.add_argument("--map-prompt", default=None, metavar="TEXT", help="also a map from text: how much each pixel matches TEXT (CLIPSeg), multiplied with --map; needs --segmenter")
     around.add_argument("--segmenter", default=None, metavar="SOURCE", help="the CLIPSeg model for --map-prompt: a folder saved by save_pretrained, or a Hub id in the local cache")

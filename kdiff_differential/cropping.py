@@ -26,9 +26,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from .choices import CROPS
 from .maps import strength_array
 
-CROPS = ("auto", "off")
 PADDING = 0.25  # of the box's longer side, on every side
 MIN_PADDING = 16  # pixels: context the model sees around even a tiny region
 AUTO_FRACTION = 0.5  # crop only when the box is at most this part of the image's area

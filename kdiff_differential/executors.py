@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterable, Iterator, Optional, TypeVar
 
-EXECUTORS = ("local", "ray")
+from .choices import EXECUTORS
+
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")

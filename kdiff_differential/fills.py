@@ -26,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from .choices import FILLS
 from .images import require_rgb
 from .maps import strength_array
 
-FILLS = ("original", "noise", "blur", "mean")
 # The blur fill's standard deviation, as a fraction of the image's longest side.
 BLUR_FRACTION = 1 / 16
 

@@ -71,7 +71,6 @@ def test_the_command_line_offers_every_fill_crop_and_executor():
     from kdiff_differential.cropping import CROPS
     from kdiff_differential.executors import EXECUTORS
 
-    # cli.py spells the choices out, so that --help imports none of these modules.
     choices = {action.dest: (tuple(action.choices), action.default) for action in build_parser()._actions if action.choices}
     assert choices["fill"] == (FILLS, "original")
     assert choices["crop"] == (CROPS, "auto")
