@@ -70,9 +70,9 @@ def run_recording(folder, name, monkeypatch, *options):
     fitted = []
     load = models.load_model
 
-    def recording(model, image, device):
+    def recording(model, image, device=None, **options):
         fitted.append(image.shape[:2])
-        return load(model, image, device)
+        return load(model, image, device, **options)
 
     monkeypatch.setattr(models, "load_model", recording)
     assert main(["--image", str(folder / "in.png"), "--map", str(folder / "map.png"), "--out", str(folder / name),
