@@ -1,10 +1,12 @@
-"""Banding benchmark: ``python -m samplers.banding``.
+"""Banding and fidelity benchmark: ``python -m samplers.banding``.
 
 Edits a smooth synthetic landscape (sky, sun glow, hills; no edges for a band to hide
 behind) with a linear left-to-right change map on the built-in model, for both release
-modes, every sampler that runs a schedule and several step counts, and prints the
-banding metric (samplers/metrics.py, defined in the README) as a Markdown table: the
-largest jump between neighbouring map levels of the mean change, in 8-bit levels.
+modes, every sampler that runs a schedule, several step counts and a few seeds, and
+prints four Markdown tables (samplers/metrics.py, defined in the README), each titled
+with its unit and which way is better: ``banding`` (the largest jump between
+neighbouring map levels of the mean change, in 8-bit levels), and ``cam``, ``dam`` and
+``calibration`` of the edit strength per map level against the converged edit's.
 ``--figure PATH`` also draws the edits side by side: binary above smooth, one column a
 step count.
 """
@@ -71,37 +73,71 @@ def measure(samplers: Sequence[str], steps: Sequence[int], releases: Sequence[st
     return table
 
 
-# The converged edit that calibration is measured against.
+# The converged edit that fidelity is measured against.
 REFERENCE = ("euler", 100)
 
 
-def calibrations(images: dict[tuple[str, str, int], np.ndarray], seed: int = 0, height: int = 192,
-                 width: int = 384) -> dict[tuple[str, str, int], float]:
-    """The calibration (samplers/metrics.py) of each edit :func:`measure` put in
-    ``images``, against the same edit converged: Euler, 100 steps, smooth release (at 100
-    steps binary is within a level of it)."""
+def fidelity_table(samplers: Sequence[str], steps: Sequence[int], releases: Sequence[str] = RELEASES,
+                   seeds: Sequence[int] = (0, 1, 2), height: int = 192, width: int = 384,
+                   images: Optional[dict[tuple[str, str, int], np.ndarray]] = None) -> dict[tuple[str, str, int], dict[str, float]]:
+    """Per (release, sampler, steps): ``banding`` (the median over ``seeds``) and
+    ``cam``, ``dam`` and ``calibration`` (samplers/metrics.py) of the edit strength
+    measured over ``seeds`` against the converged edit's over the same seeds (Euler, 100
+    steps, smooth release; at 100 steps binary is within a level of it). ``images``,
+    when given, receives the first seed's edits as :func:`measure` gives them."""
     from kdiff_differential.presets import preset_map
-    from samplers.metrics import calibration
+    from samplers.metrics import edit_strength, fidelity
 
-    sampler, steps = REFERENCE
-    converged: dict[tuple[str, str, int], np.ndarray] = {}
-    measure([sampler], [steps], ["smooth"], seed, height, width, images=converged)
-    reference = converged["smooth", sampler, steps]
-    image, strength = smooth_scene(height, width), preset_map("gradient-x", height, width).numpy()
-    return {key: calibration(out, reference, image, strength) for key, out in images.items()}
+    if not seeds:
+        raise ValueError("seeds must name at least one seed, got none")
+    scene, strength = smooth_scene(height, width), preset_map("gradient-x", height, width).numpy()
+    bandings: dict[tuple[str, str, int], list[float]] = {}
+    outs: dict[tuple[str, str, int], list[np.ndarray]] = {}
+    references = []
+    for seed in seeds:
+        edits: dict[tuple[str, str, int], np.ndarray] = {}
+        for key, value in measure(samplers, steps, releases, seed, height, width, images=edits).items():
+            bandings.setdefault(key, []).append(value)
+            outs.setdefault(key, []).append(edits[key])
+        if images is not None and seed == seeds[0]:
+            images.update(edits)
+        converged: dict[tuple[str, str, int], np.ndarray] = {}
+        measure([REFERENCE[0]], [REFERENCE[1]], ["smooth"], seed, height, width, images=converged)
+        references.append(converged["smooth", *REFERENCE])
+    reference = edit_strength(references, scene, strength)
+    return {key: {"banding": float(np.median(bandings[key])), **fidelity(edit_strength(outs[key], scene, strength), reference)}
+            for key in outs}
 
 
-def markdown(table: dict[tuple[str, str, int], float]) -> str:
-    """One row per sampler, one column per (release, steps)."""
+def markdown(table: dict[tuple[str, str, int], float], digits: int = 1) -> str:
+    """One row per sampler, one column per (release, steps); values to ``digits`` decimals."""
     releases = list(dict.fromkeys(release for release, _, _ in table))
     samplers = list(dict.fromkeys(sampler for _, sampler, _ in table))
     steps = sorted({count for _, _, count in table})
     head = [f"{release} {count}" for release in releases for count in steps]
     lines = ["| sampler | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
     for sampler in samplers:
-        cells = [f"{table[release, sampler, count]:.1f}" for release in releases for count in steps]
+        cells = [f"{table[release, sampler, count]:.{digits}f}" for release in releases for count in steps]
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def titles(seeds: Sequence[int]) -> dict[str, str]:
+    """Each printed table's title: what it measures, its unit and which way is better."""
+    from samplers.metrics import UNITS
+
+    over = f"seeds {', '.join(map(str, seeds))}"
+    what = {
+        "banding": f"Banding: the largest jump of mean |change| between neighbouring map levels, median over {over}",
+        "cam": f"CAM: correlation of the edit strength per map level (mean over {over}) with the converged edit's "
+               f"({REFERENCE[0]}, {REFERENCE[1]} steps, smooth)",
+        "dam": "DAM: min over a, b of the RMS of converged - (a * measured + b), the same curves",
+        "calibration": "Calibration: mean |measured - converged| edit strength per map level, the same curves",
+    }
+    return {name: f"{text}; {UNITS[name][0]}, {UNITS[name][1]}" for name, text in what.items()}
+
+
+DIGITS = {"banding": 1, "cam": 3, "dam": 2, "calibration": 1}
 
 
 def side_by_side(images: dict[tuple[str, str, int], np.ndarray], table: dict[tuple[str, str, int], float]) -> Any:
@@ -128,31 +164,33 @@ def side_by_side(images: dict[tuple[str, str, int], np.ndarray], table: dict[tup
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Print the banding table; returns the exit status."""
+    """Print the banding and fidelity tables; returns the exit status."""
     from samplers.compare import _list_of, _positive
 
     listed = [name for name in SAMPLERS if name not in RANGE_SAMPLERS]
-    parser = OneLineParser(prog=PROG, description="Banding of smooth and binary release per sampler and step count.")
+    parser = OneLineParser(prog=PROG, description="Banding and fidelity (CAM, DAM, calibration) of smooth and binary release per sampler and step count.")
     parser.add_argument("--samplers", type=_list_of(str, "samplers", SAMPLERS), default=listed, help="default: every schedule sampler")
     parser.add_argument("--steps", type=_list_of(_positive, "whole numbers >= 1"), default=[5, 10, 20], help="default: 5,10,20")
     parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=list(RELEASES), help="default: smooth,binary")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--figure", metavar="PATH.png", help="also draw the first sampler's edits, release modes side by side")
-    parser.add_argument("--calibration", action="store_true", help="also print how far each edit's change per strength is from the converged edit's (Euler, 100 steps)")
+    parser.add_argument("--seeds", type=_list_of(int, "whole numbers"), default=[0, 1, 2], help="the edit strength is measured over these (default: 0,1,2)")
+    parser.add_argument("--figure", metavar="PATH.png", help="also draw the first sampler's edits (first seed), release modes side by side")
 
     def work() -> None:
         args = parser.parse_args(argv)
         if args.figure and not Path(args.figure).resolve().parent.is_dir():
             raise InputError(f"--figure {args.figure}: the folder does not exist")
         images: dict = {}
-        table = measure(args.samplers, args.steps, args.release, args.seed, images=images)
-        print(markdown(table))
-        if args.calibration:
-            print(f"\nCalibration: mean |change per strength - the converged edit's| ({REFERENCE[0]}, {REFERENCE[1]} steps), 8-bit levels\n")
-            print(markdown(calibrations(images, args.seed)))
+        table = fidelity_table(args.samplers, args.steps, args.release, args.seeds, images=images)
+        for index, (name, title) in enumerate(titles(args.seeds).items()):
+            print(("\n" if index else "") + title + "\n")
+            print(markdown({key: values[name] for key, values in table.items()}, DIGITS[name]))
         if args.figure:
-            first = args.samplers[0]
-            figure = side_by_side({key: image for key, image in images.items() if key[1] == first}, table)
+            from kdiff_differential.presets import preset_map
+            from samplers.metrics import banding
+
+            shown = {key: image for key, image in images.items() if key[1] == args.samplers[0]}
+            scene, strength = smooth_scene(), preset_map("gradient-x", *smooth_scene().shape[:2]).numpy()
+            figure = side_by_side(shown, {key: banding(image, scene, strength) for key, image in shown.items()})
             buffer = io.BytesIO()
             figure.savefig(buffer, format="png", dpi=80)
             write_atomically(args.figure, lambda file: file.write(buffer.getvalue()), binary=True)

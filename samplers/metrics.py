@@ -1,14 +1,17 @@
 """Metrics of one edit, in image space: how well the output follows the change map.
 
 Images are uint8 (H, W, 3); ``strength`` is the change map at the image's size, float
-(H, W) in [0, 1] (1 = change). Differences are measured on pixel values scaled to [0, 1].
+(H, W) in [0, 1] (1 = change). Per-pixel differences are measured on pixel values scaled
+to [0, 1]; the curves per map level (change, banding, fidelity) in 8-bit levels (0..255).
 """
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import numpy as np
+
 
 def _change(out: np.ndarray, original: np.ndarray) -> np.ndarray:
     """|out - original| in [0, 1], subtracted as integers so equal steps compare equal."""
@@ -80,13 +83,83 @@ def banding(out: np.ndarray, original: np.ndarray, strength: np.ndarray) -> floa
 
 def calibration(out: np.ndarray, reference: np.ndarray, original: np.ndarray, strength: np.ndarray) -> float:
     """How far the change follows the map otherwise than ``reference`` does, in 8-bit
-    levels: the mean over the map's levels of |change_curve(out) - change_curve(reference)|.
-    With ``reference`` the same edit converged (many steps), it is the error in how much
-    each strength changes: under-change and over-change alike, bands or no bands."""
+    levels: :func:`calibration_gap` of the two edits' :func:`change_curve`. With
+    ``reference`` the same edit converged (many steps), it is the error in how much each
+    strength changes: under-change and over-change alike, bands or no bands."""
     _check(reference, original, strength)
-    gap = change_curve(out, original, strength) - change_curve(reference, original, strength)
-    used = ~np.isnan(gap)
-    return float(np.abs(gap[used]).mean()) if used.any() else math.nan
+    return calibration_gap(change_curve(out, original, strength), change_curve(reference, original, strength))
+
+
+def edit_strength(outs: Sequence[np.ndarray], original: np.ndarray, strength: np.ndarray) -> np.ndarray:
+    """The measured edit strength per map level, (256,) in 8-bit levels: the mean over
+    ``outs`` (the same edit with different seeds, each uint8 (H, W, 3)) of their
+    :func:`change_curve`; NaN at levels the map does not use. The pixel counterpart of
+    the Differential Diffusion paper's EM (which measures with LPIPS)."""
+    if not outs:
+        raise ValueError("outs must hold at least one edit, got none")
+    return np.mean([change_curve(out, original, strength) for out in outs], axis=0)
+
+
+def _shared(measured: np.ndarray, converged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two curves at the levels where both are defined."""
+    if measured.shape != converged.shape:
+        raise ValueError(f"measured {measured.shape} and converged {converged.shape} must be curves of one shape")
+    used = ~(np.isnan(measured) | np.isnan(converged))
+    return measured[used], converged[used]
+
+
+def cam(measured: np.ndarray, converged: np.ndarray) -> float:
+    """The correlation of two :func:`edit_strength` curves (Pearson, over the levels
+    both use), in [-1, 1], 1 = the same shape; NaN with fewer than two levels or a flat curve."""
+    m, c = _shared(measured, converged)
+    if len(m) < 2 or np.ptp(m) == 0 or np.ptp(c) == 0:
+        return math.nan
+    return float(np.corrcoef(m, c)[0, 1])
+
+
+def dam(measured: np.ndarray, converged: np.ndarray) -> float:
+    """The affine-invariant distance of two :func:`edit_strength` curves, in 8-bit levels:
+    min over a, b of the RMS over shared levels of ``converged - (a * measured + b)`` (a
+    least-squares fit). 0 = the measured response is an affine copy of the converged
+    one; bands, a shifted release or lost levels raise it. It equals
+    ``std(converged) * sqrt(1 - cam**2)``. NaN with fewer than two shared levels."""
+    m, c = _shared(measured, converged)
+    if len(m) < 2:
+        return math.nan
+    design = np.stack([m, np.ones_like(m)], axis=1)
+    coefficients = np.linalg.lstsq(design, c, rcond=None)[0]
+    return float(np.sqrt(np.mean((c - design @ coefficients) ** 2)))
+
+
+def calibration_gap(measured: np.ndarray, converged: np.ndarray) -> float:
+    """The mean over shared levels of |measured - converged|, in 8-bit levels, for two
+    :func:`change_curve` or :func:`edit_strength` curves; NaN when they share no level."""
+    m, c = _shared(measured, converged)
+    return float(np.abs(m - c).mean()) if len(m) else math.nan
+
+
+FIDELITY = {"cam": cam, "dam": dam, "calibration": calibration_gap}
+
+
+def fidelity(measured: np.ndarray, converged: np.ndarray) -> dict[str, float]:
+    """CAM, DAM and the calibration gap of a measured edit-strength curve against the
+    converged edit's, by name (see :data:`FIDELITY`)."""
+    return {name: metric(measured, converged) for name, metric in FIDELITY.items()}
+
+
+# What each metric is measured in and which way is better: the y-axis labels of
+# samplers.compare's tradeoff.png and the titles of samplers.banding's tables.
+UNITS = {
+    "nfe": ("model calls", "fewer is cheaper"),
+    "seconds": ("seconds", "lower is faster"),
+    "preserve_max_err": ("pixel value, 0..1", "lower is better, 0 = kept exactly"),
+    "regen_mean": ("pixel value, 0..1", "neither: how much s = 1 changes"),
+    "monotonicity": ("rank correlation, -1..1", "higher is better"),
+    "banding": ("8-bit levels", "lower is better, ~5 = no band"),
+    "cam": ("correlation, -1..1", "higher is better, 1 = same shape"),
+    "dam": ("8-bit levels", "lower is better, 0 = affine copy"),
+    "calibration": ("8-bit levels", "lower is better, 0 = as converged"),
+}
 
 
 METRICS = {

@@ -5,7 +5,10 @@ import math
 import numpy as np
 import pytest
 
-from samplers.metrics import banding, calibration, change_curve, image_metrics, monotonicity, preserve_max_err, regen_mean
+from samplers.metrics import (
+    banding, calibration, calibration_gap, cam, change_curve, dam, edit_strength, fidelity, image_metrics, monotonicity,
+    preserve_max_err, regen_mean,
+)
 
 H, W = 16, 32
 
@@ -62,6 +65,58 @@ def test_calibration_is_the_mean_gap_between_change_curves(original, gradient):
     assert calibration(late, reference, flat, gradient) == pytest.approx(expected)
     curve = change_curve(reference, flat, gradient)
     assert np.isnan(curve).sum() == 256 - W and np.nanmax(curve) == 3 * (W - 1)
+
+
+@pytest.fixture
+def converged():
+    """A converged response per map level: S-shaped in strength, NaN at unused levels."""
+    curve = np.full(256, np.nan)
+    levels = np.arange(0, 256, 5)
+    curve[levels] = 120 / (1 + np.exp(-(levels - 128) / 30))
+    return curve
+
+
+def test_a_perfect_response_has_cam_1_and_dam_0(converged):
+    assert cam(converged, converged) == pytest.approx(1.0)
+    assert dam(converged, converged) == pytest.approx(0.0, abs=1e-9)
+    assert calibration_gap(converged, converged) == 0
+
+
+def test_an_affine_copy_of_the_converged_response_has_dam_0_but_a_calibration_gap(converged):
+    copy = 0.6 * converged + 7  # less change overall, and an offset: the same shape
+    assert dam(copy, converged) == pytest.approx(0.0, abs=1e-9)
+    assert cam(copy, converged) == pytest.approx(1.0)
+    assert calibration_gap(copy, converged) > 5  # the raw gap still sees the level
+
+
+def test_a_stair_has_a_positive_dam_in_levels(converged):
+    used = ~np.isnan(converged)
+    stair = converged.copy()
+    stair[used] = np.repeat(converged[used][::10], 10)[: used.sum()]  # 6 bands, each held at its first level
+    assert dam(stair, converged) > 3
+    assert cam(stair, converged) < 1
+    # Least squares: DAM is the converged curve's spread times sqrt(1 - CAM^2).
+    assert dam(stair, converged) == pytest.approx(np.nanstd(converged) * np.sqrt(1 - cam(stair, converged) ** 2))
+
+
+def test_the_edit_strength_is_the_change_curve_averaged_over_seeds(original, gradient):
+    flat = np.full((H, W, 3), 50, dtype=np.uint8)
+    ramp = (np.arange(W) * 2)[None, :, None].astype(np.uint8)
+    measured = edit_strength([flat + ramp, flat + 3 * ramp], flat, gradient)
+    np.testing.assert_allclose(measured, 2 * change_curve(flat + ramp, flat, gradient), equal_nan=True)
+    assert fidelity(measured, change_curve(flat + ramp, flat, gradient)) == pytest.approx({"cam": 1.0, "dam": 0.0, "calibration": np.nanmean(change_curve(flat + ramp, flat, gradient))})
+    with pytest.raises(ValueError, match="at least one edit"):
+        edit_strength([], flat, gradient)
+
+
+def test_fidelity_is_nan_where_the_curves_share_too_few_levels(converged):
+    flat = np.where(np.isnan(converged), np.nan, 4.0)
+    assert math.isnan(cam(flat, converged))  # a flat response has no correlation
+    lone = np.full(256, np.nan)
+    lone[0] = 1.0
+    assert math.isnan(dam(lone, converged)) and math.isnan(calibration_gap(np.full(256, np.nan), converged))
+    with pytest.raises(ValueError, match="one shape"):
+        dam(converged[:10], converged)
 
 
 def test_metrics_are_nan_where_the_map_gives_them_nothing_to_measure(original):

@@ -120,20 +120,21 @@ def test_smooth_release_bands_less_than_binary_at_5_steps():
         assert table["smooth", sampler, 5] < table["binary", sampler, 5] / 2
 
 
-def test_the_benchmark_measures_calibration_against_the_converged_edit():
-    """Euler converges to the reference: the gap shrinks with the steps, and binary
-    release changes too little where smooth changes too much (both measured, not assumed
-    small)."""
+def test_the_benchmark_measures_fidelity_against_the_converged_edit():
+    """Euler converges to the reference: DAM and the calibration gap shrink with the
+    steps; binary release changes too little where smooth changes too much (both
+    measured, not assumed small)."""
     import numpy as np
 
     from kdiff_differential.presets import preset_map
-    from samplers.banding import calibrations, measure, smooth_scene
+    from samplers.banding import fidelity_table, measure, smooth_scene
     from samplers.metrics import change_curve
 
     images: dict = {}
-    measure(["euler"], [5, 20], height=64, width=160, images=images)
-    gaps = calibrations(images, height=64, width=160)
-    assert gaps["smooth", "euler", 20] < gaps["smooth", "euler", 5] and gaps["binary", "euler", 20] < gaps["binary", "euler", 5]
+    table = fidelity_table(["euler"], [5, 20], seeds=[0], height=64, width=160, images=images)
+    for release in ("smooth", "binary"):
+        few, many = table[release, "euler", 5], table[release, "euler", 20]
+        assert many["calibration"] < few["calibration"] and many["dam"] < few["dam"] and few["cam"] < many["cam"] <= 1
     reference: dict = {}
     measure(["euler"], [100], ["smooth"], height=64, width=160, images=reference)
     scene, strength = smooth_scene(64, 160), preset_map("gradient-x", 64, 160).numpy()
@@ -142,9 +143,14 @@ def test_the_benchmark_measures_calibration_against_the_converged_edit():
     assert signed["smooth"] > 0 > signed["binary"]
 
 
-def test_the_banding_command_prints_both_tables(capsys):
+def test_the_banding_command_prints_four_titled_tables(capsys):
     from samplers.banding import main
 
-    assert main(["--samplers", "euler", "--steps", "3", "--release", "smooth", "--calibration"]) == 0
+    assert main(["--samplers", "euler", "--steps", "3", "--release", "smooth", "--seeds", "0"]) == 0
     out = capsys.readouterr().out
-    assert out.count("| sampler | smooth 3 |") == 2 and "Calibration:" in out
+    assert out.count("| sampler | smooth 3 |") == 4
+    titles = [line for line in out.splitlines() if line and not line.startswith("|")]
+    assert [title.split(":")[0] for title in titles] == ["Banding", "CAM", "DAM", "Calibration"]
+    assert all("8-bit levels" in title for title in titles if not title.startswith("CAM"))  # the unit
+    assert all(("lower is better" in title) != title.startswith("CAM") for title in titles)  # the direction
+    assert "higher is better" in titles[1]
