@@ -101,12 +101,32 @@ def _check_out(out: Path, resume: bool, inputs: dict[str, Optional[str]]) -> Non
         raise InputError(f"--out {out}: the folder {out.parent} does not exist")
 
 
+# What the sweep's metrics, plots and progress bar need: the `samplers` extra.
+EXTRA = ("scipy.stats", "matplotlib", "tqdm")
+
+
+def check_extra() -> None:
+    """An InputError naming the `samplers` extra when a module of :data:`EXTRA` cannot be
+    imported, so that a sweep stops before its first run, not after its last."""
+    import importlib
+
+    missing = []
+    for name in EXTRA:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name.split(".")[0])
+    if missing:
+        raise InputError(f"the sweep needs the samplers extra (missing: {', '.join(missing)}): pip install -e '.[samplers]'")
+
+
 def sweep(args: argparse.Namespace) -> Path:
     """Do the sweep ``args`` describes; returns the output folder."""
     from samplers import report
     from samplers.executors import execute, import_ray
-    from samplers.sweep import Setup, plan, prepared
+    from samplers.sweep import Setup, converged_run, plan, prepared
 
+    check_extra()
     out = Path(args.out)
     _check_out(out, args.resume, {"--image": args.image, "--map": None if args.map in PRESETS else args.map})
     if args.executor == "ray":
@@ -124,8 +144,7 @@ def sweep(args: argparse.Namespace) -> Path:
         print(f"{PROG}: warning: {', '.join(stepless)} run without steps: their runs with the step clock are left out", file=sys.stderr)
     for sampler in OWN_STEPS:
         if sampler in args.samplers and len(args.steps) > 1:
-            counts = ", ".join(map(str, args.steps))
-            print(f"{PROG}: warning: {sampler} chooses its own steps: its runs at steps {counts} are the same run", file=sys.stderr)
+            print(f"{PROG}: warning: {sampler} chooses its own steps: run once, in the rows of steps {args.steps[0]}", file=sys.stderr)
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     csv_path = out / "results.csv"
@@ -133,12 +152,24 @@ def sweep(args: argparse.Namespace) -> Path:
     todo = [run for run in runs if run.key not in rows]
     order = {run.key: index for index, run in enumerate(runs)}
 
-    from kdiff_differential.images import write_image
+    from kdiff_differential.images import read_image, write_image
+    from samplers.metrics import change_curve, fidelity
     from tqdm import tqdm
+
+    def image_of(run: Any) -> Path:
+        return out / "images" / f"{run.name}.png"
+
+    # The converged edit of each (seed, clock, strength) the runs to do need, for their fidelity.
+    references = {converged_run(run).key: converged_run(run) for run in todo}
+    missing = [run for run in references.values() if not image_of(run).exists()]
+    for run, _, image in execute(args.executor, setup, missing, args.address):
+        write_image(image, str(image_of(run)))
+    curves = {key: change_curve(read_image(str(image_of(run))), original, strength.numpy()) for key, run in references.items()}
 
     progress = tqdm(total=len(todo), desc="runs", disable=args.quiet or not sys.stderr.isatty())
     for run, row, image in execute(args.executor, setup, todo, args.address):
-        write_image(image, str(out / "images" / f"{run.name}.png"))
+        write_image(image, str(image_of(run)))
+        row.update(fidelity(change_curve(image, original, strength.numpy()), curves[converged_run(run).key]))
         rows[run.key] = row
         report.write_csv(csv_path, sorted(rows.values(), key=lambda r: order.get(report.run_of(r).key, len(order))))
         progress.update()
@@ -147,13 +178,11 @@ def sweep(args: argparse.Namespace) -> Path:
     done = [rows[run.key] for run in runs]
     report.write_markdown(out / "results.md", done)
     report.write_tradeoff(out / "tradeoff.png", done)
-    from kdiff_differential.images import read_image
-
     shown = {}
     releases = set(args.release)
     for run in runs:  # the first seed and clock of each (sampler, release, steps)
         key = (report.label(run.sampler, run.release, releases), run.steps)
-        shown.setdefault(key, read_image(str(out / "images" / f"{run.name}.png")))
+        shown.setdefault(key, read_image(str(image_of(run))))
     report.write_grid(out / "grid.png", original, strength.numpy(), shown)
     return out
 

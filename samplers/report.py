@@ -15,17 +15,18 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from kdiff_differential.edit import OWN_STEPS
 from kdiff_differential.files import write_atomically
-from samplers.metrics import METRICS
+from samplers.metrics import FIDELITY, METRICS, UNITS
 from samplers.sweep import Run
 
-COLUMNS = ["sampler", "steps", "seed", "threshold", "strength", "release", "nfe", "seconds", *METRICS]
-SUMMARY = ["nfe", "seconds", *METRICS]
+PLOTTED = [*METRICS, *FIDELITY]
+COLUMNS = ["sampler", "steps", "seed", "threshold", "strength", "release", "nfe", "seconds", *PLOTTED]
+SUMMARY = ["nfe", "seconds", *PLOTTED]
 # tradeoff.png: the smallest y-range a panel shows (metrics are on pixel values in [0, 1]),
 # and the line styles and markers that tell coinciding samplers apart.
 MIN_SPAN = 0.05
 LINES = ["-", "--", ":", "-."]
+PANELS_PER_ROW = 4
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*", "d"]
 _TYPES: dict[str, Callable[[str], Any]] = {"sampler": str, "threshold": str, "release": str, "steps": int, "seed": int, "nfe": int}
 
@@ -92,9 +93,6 @@ def summary_header(rows: list[dict[str, Any]]) -> str:
     else:
         runs = str(counts[0]) if len(counts) == 1 else f"{counts[0]} to {counts[-1]}"
         header = f"Each row is the median of its {runs} runs, over {varied}" + (f" ({fixed} throughout)." if fixed else ".")
-    repeated = [sampler for sampler in OWN_STEPS if len({steps for name, steps in _groups(rows) if name.split(" ")[0] == sampler}) > 1]
-    if repeated:
-        header += f" {', '.join(repeated)} chooses its own steps: its rows repeat the same runs."
     return header
 
 
@@ -163,7 +161,8 @@ def _y_limits(values: list[float]) -> tuple[float, float]:
 
 
 def write_tradeoff(path: Path, rows: list[dict[str, Any]]) -> None:
-    """Each metric's median against model calls, one line per sampler, one legend for all.
+    """Each metric's median against model calls, one line per sampler, one legend for all;
+    each y-axis names its unit and which way is better (samplers.metrics.UNITS).
 
     Samplers whose points coincide (every sampler keeps preserve_max_err at 0) stay
     visible: each has its own hollow marker, of decreasing size, and line style.
@@ -173,9 +172,13 @@ def write_tradeoff(path: Path, rows: list[dict[str, Any]]) -> None:
     summary = medians(rows)
     samplers = list(dict.fromkeys(sampler for sampler, _ in summary))
     calls = [values["nfe"] for values in summary.values()]
-    figure = _figure(figsize=(4 * len(METRICS) + 2, 3.6), layout="constrained")
-    axes = figure.subplots(1, len(METRICS), squeeze=False)
-    for axis, metric in zip(axes[0], METRICS):
+    columns = min(len(PLOTTED), PANELS_PER_ROW)
+    rows_of_panels = -(-len(PLOTTED) // columns)
+    figure = _figure(figsize=(4 * columns + 2, 3.6 * rows_of_panels), layout="constrained")
+    axes = figure.subplots(rows_of_panels, columns, squeeze=False)
+    for axis in axes.flat[len(PLOTTED):]:
+        axis.axis("off")
+    for axis, metric in zip(axes.flat, PLOTTED):
         for index, sampler in enumerate(samplers):
             points = sorted((values["nfe"], values[metric]) for (name, _), values in summary.items() if name == sampler)
             axis.plot(
@@ -194,6 +197,8 @@ def write_tradeoff(path: Path, rows: list[dict[str, Any]]) -> None:
             axis.xaxis.set_minor_formatter(NullFormatter())
         axis.set_xlabel("model calls (nfe" + (", log scale)" if axis.get_xscale() == "log" else ")"))
         axis.set_title(metric)
+        unit, better = UNITS[metric]
+        axis.set_ylabel(f"{unit}\n({better})", fontsize=8)
         axis.grid(alpha=0.3)
     figure.legend(*axes[0, 0].get_legend_handles_labels(), loc="outside right upper", fontsize=8, title="sampler")
     _save_figure(figure, path)

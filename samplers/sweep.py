@@ -57,12 +57,24 @@ def plan(samplers: list[str], steps: list[int], seeds: list[int], thresholds: li
          releases: tuple[str, ...] = ("smooth",)) -> list[Run]:
     """Every combination, samplers outermost: the row order of results.csv. The step
     clock counts schedule steps, which the range samplers (dpm_fast, dpm_adaptive) do not
-    have: those pairs are left out."""
-    from kdiff_differential.edit import RANGE_SAMPLERS
+    have: those pairs are left out. A sampler that chooses its own steps (dpm_adaptive)
+    runs once, under the first step count."""
+    from kdiff_differential.edit import OWN_STEPS, RANGE_SAMPLERS
 
     return [Run(sampler, count, seed, threshold, strength, release)
             for sampler, count, release, seed, threshold in itertools.product(samplers, steps, releases, seeds, thresholds)
-            if not (threshold == "step" and sampler in RANGE_SAMPLERS)]
+            if not (threshold == "step" and sampler in RANGE_SAMPLERS) and not (sampler in OWN_STEPS and count != steps[0])]
+
+
+# The converged edit that a run's fidelity (cam, dam, calibration) is measured against.
+CONVERGED = ("euler", 100)
+
+
+def converged_run(run: Run) -> Run:
+    """The converged edit for ``run``: Euler, 100 steps, smooth release, with the run's
+    seed, clock and strength."""
+    sampler, steps = CONVERGED
+    return Run(sampler, steps, run.seed, run.threshold, run.strength, "smooth")
 
 
 class CountingDenoiser(nn.Module):

@@ -42,25 +42,26 @@ def sweep(sweep_run):
     return sweep_run[0]
 
 
-def test_dpm_adaptive_is_said_once_to_ignore_the_step_counts(sweep_run):
+def test_dpm_adaptive_runs_once_and_says_so(sweep_run):
     stderr = sweep_run[1].stderr
-    assert stderr == "python -m samplers.compare: warning: dpm_adaptive chooses its own steps: its runs at steps 4, 8 are the same run\n"
+    assert stderr == "python -m samplers.compare: warning: dpm_adaptive chooses its own steps: run once, in the rows of steps 4\n"
+    assert [row["steps"] for row in rows(sweep_run[0]) if row["sampler"] == "dpm_adaptive"] == ["4"]
 
 
 def test_a_small_sweep_writes_all_four_outputs(sweep):
     table = rows(sweep)
     assert [(row["sampler"], row["steps"]) for row in table] == [
-        (sampler, steps) for sampler in ("euler", "dpmpp_2m", "dpm_adaptive") for steps in ("4", "8")
+        *((sampler, steps) for sampler in ("euler", "dpmpp_2m") for steps in ("4", "8")), ("dpm_adaptive", "4"),
     ]
     assert list(table[0]) == [
         "sampler", "steps", "seed", "threshold", "strength", "release", "nfe", "seconds",
-        "preserve_max_err", "regen_mean", "monotonicity", "banding",
+        "preserve_max_err", "regen_mean", "monotonicity", "banding", "cam", "dam", "calibration",
     ]
     for name in ("grid.png", "tradeoff.png"):
         with Image.open(sweep / name) as image:
             image.verify()
     markdown = (sweep / "results.md").read_text()
-    assert "| euler | 4 | 1 |" in markdown and "| dpm_adaptive | 8 | 1 |" in markdown  # sampler, steps, runs
+    assert "| euler | 4 | 1 |" in markdown and "| dpm_adaptive | 4 | 1 |" in markdown  # sampler, steps, runs
     table_lines = [line for line in markdown.splitlines() if line.startswith("|")]
     assert len({line.count("|") for line in table_lines}) == 1  # every row has the header's columns
     # One seed and one clock: each row is one run, and the header says so.
@@ -77,8 +78,6 @@ def test_the_results_header_says_what_a_row_aggregates():
     assert summary_header(seeds) == "Each row is the median of its 3 runs, over seed 0, 1, 2 (threshold timestep; strength 1; release smooth throughout)."
     both = [row("euler", 10, seed, clock) for seed in (0, 1) for clock in ("timestep", "step")]
     assert summary_header(both) == "Each row is the median of its 4 runs, over seed 0, 1; threshold timestep, step (strength 1; release smooth throughout)."
-    adaptive = [row("dpm_adaptive", steps, 0, "timestep") for steps in (4, 8)]
-    assert summary_header(adaptive).endswith("dpm_adaptive chooses its own steps: its rows repeat the same runs.")
 
 
 def test_tradeoff_axes_include_zero_and_a_minimum_span():
@@ -103,7 +102,28 @@ def test_nfe_counts_the_model_calls(sweep):
     nfe = {(row["sampler"], row["steps"]): int(row["nfe"]) for row in rows(sweep)}
     assert nfe["euler", "4"] == 4 and nfe["dpmpp_2m", "8"] == 8
     # The adaptive sampler picks its own steps (and takes one last call to reach sigma 0).
-    assert nfe["dpm_adaptive", "4"] == nfe["dpm_adaptive", "8"] > 8
+    assert nfe["dpm_adaptive", "4"] > 8
+
+
+def test_fidelity_is_measured_against_the_converged_edit_of_the_same_seed(sweep):
+    """The converged edit (Euler, 100 steps) is kept among the images; Euler comes closer
+    to it with more steps, and every edit correlates with it."""
+    assert (sweep / "images" / "euler-100steps-seed0-timestep-strength1-smooth.png").exists()
+    fidelity = {(row["sampler"], row["steps"]): {name: float(row[name]) for name in ("cam", "dam", "calibration")} for row in rows(sweep)}
+    assert fidelity["euler", "8"]["dam"] < fidelity["euler", "4"]["dam"]
+    assert fidelity["euler", "8"]["calibration"] < fidelity["euler", "4"]["calibration"]
+    assert all(0.5 < values["cam"] <= 1 for values in fidelity.values())
+
+
+def test_without_the_samplers_extra_the_sweep_stops_before_any_run_in_one_line(tmp_path, monkeypatch, capsys):
+    from samplers.compare import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    out = tmp_path / "out"
+    assert main(["--out", str(out), *SMALL]) == 2
+    error = capsys.readouterr().err
+    assert error == "python -m samplers.compare: error: the sweep needs the samplers extra (missing: matplotlib): pip install -e '.[samplers]'\n"
+    assert not out.exists()
 
 
 def test_resume_skips_finished_runs(sweep, tmp_path):
