@@ -4,7 +4,7 @@ them before loading anything heavy; the modules that implement each choice impor
 names from here. (Samplers have a table of their own: :mod:`.sampler_table`.)"""
 
 CLOCKS = ("timestep", "step", "sigma")
-RELEASES = ("smooth", "binary")
+RELEASES = ("smooth", "binary", "faithful")
 # k-diffusion's two, the model's own, and ComfyUI's scheduler names (computed as ComfyUI
 # computes them, on a model with discrete training levels).
 COMFYUI_SCHEDULES = ("simple", "sgm_uniform", "normal", "ddim_uniform", "beta", "linear_quadratic", "kl_optimal")

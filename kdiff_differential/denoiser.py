@@ -14,6 +14,7 @@ from .clocks import CLOCKS, Span, find_attribute, inner_models, make_clock, make
 from .compat import COMPATS, compat_named
 from .maps import prepare_change_map
 from .release import RELEASES, make_release, release_map
+from .sampler_table import sampler_named
 
 __all__ = ["COMPATS", "RELEASES", "DifferentialDenoiser"]
 
@@ -84,6 +85,18 @@ class DifferentialDenoiser(nn.Module):
             frees it, in proportion to where its strength falls inside that step, and is
             fully free exactly where binary frees it. The range samplers have no levels:
             there tau_lo = tau_hi - ``RANGE_RAMP``. ``compat="comfyui"`` is always binary.
+            ``"faithful"`` eases in over the same step, but linearly in sigma**3 rather
+            than in tau (see :class:`~kdiff_differential.release.FaithfulRelease`): at
+            few steps each strength then changes about as much as in a converged edit,
+            where smooth changes more; on a range sampler it is the smooth rule.
+            :func:`~kdiff_differential.edit.differential_edit` uses it by default.
+        sampler: the k-diffusion sampler that will run the wrapper (a short name or an
+            A1111-style one), or ``None``. Only the faithful release reads it: for
+            Heun and the ancestral DPM2 and DPM++ 2S, whose second call of a step comes
+            at the next level, that call is masked as at the step's geometric midpoint
+            (the wrapper then keeps the previous call's sigma, so run one sampler at a
+            time through it); DPM2-ancestral and DPM++ 3M SDE ramp in sigma rather than
+            sigma**3 (``release.FAITHFUL_POWERS``).
         clock: ``"timestep"`` (the model's ``sigma_to_t``, found on ``inner`` or its
             ``inner_model`` chain, else log sigma), ``"sigma"`` (log sigma) or ``"step"``
             (the paper's step-index ramp). ``threshold=`` is its deprecated old name.
@@ -118,6 +131,7 @@ class DifferentialDenoiser(nn.Module):
         compat: Optional[str] = None,
         keep_map: bool = False,
         release: str = "smooth",
+        sampler: Optional[str] = None,
         threshold: Optional[str] = None,
     ) -> None:
         super().__init__()
@@ -193,12 +207,14 @@ class DifferentialDenoiser(nn.Module):
 
         # The rule that turns "free" into a call's blend mask.
         blend = 1.0 if policy.zero_strength_is_one and self.strength == 0 else self.strength
-        self.rule = make_release(policy.release or release, strengths, blend, dtype, self.clock, self.span)
+        chosen = None if sampler is None else sampler_named(sampler)[0]
+        self.rule = make_release(policy.release or release, strengths, blend, dtype, self.clock, self.span,
+                                 release_sigma=self.release_sigma, sampler=chosen)
         self.inner_model = inner
 
     @property
     def release(self) -> str:
-        """The release rule's name, ``"smooth"`` or ``"binary"``."""
+        """The release rule's name, ``"smooth"``, ``"binary"`` or ``"faithful"``."""
         return self.rule.name
 
     @property
@@ -298,7 +314,7 @@ class DifferentialDenoiser(nn.Module):
 
         # Release the pixels whose strength reaches this noise level's tau (eased in
         # over the step before, with release="smooth").
-        mask = self._blend_weights(sigma)
+        mask = self._blend_weights(self.rule.call_sigma(sigma))
 
         # Hold frozen pixels to the original, re-noised to this sigma with the fixed noise.
         frozen = torch.addcmul(latent, self.noise, level.to(latent.dtype))

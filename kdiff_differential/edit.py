@@ -46,7 +46,7 @@ def differential_edit(
     seed: int = 0,
     strength: float = 1.0,
     clock: str = "timestep",
-    release: str = "smooth",
+    release: str = "faithful",
     extra_args: Optional[dict[str, Any]] = None,
     progress: bool = False,
     threshold: Optional[str] = None,
@@ -59,7 +59,8 @@ def differential_edit(
     A1111-style one (``"DPM++ 2M"``). ``seed`` fixes the wrapper's noise and the
     sampler's own noise, so the same arguments give the same result. ``steps`` defaults
     to 20; ``dpm_adaptive`` chooses its own and warns (once) when given a step count.
-    ``threshold=`` is the deprecated name of ``clock=``.
+    ``release`` defaults to ``"faithful"``, told the sampler (see
+    :class:`DifferentialDenoiser`). ``threshold=`` is the deprecated name of ``clock=``.
     """
     chosen, _ = sampler_named(sampler)
     clock = renamed_clock(clock, threshold)
@@ -118,11 +119,13 @@ def build_wrapper(
 ) -> DifferentialDenoiser:
     """The :class:`DifferentialDenoiser` for ``sampler`` over the schedule ``sigmas``: the
     schedule itself, or for a range sampler the range from its first level to the
-    model's sigma_min. ``settings`` are the wrapper's keyword arguments."""
+    model's sigma_min. ``settings`` are the wrapper's keyword arguments; the wrapper is
+    told the sampler, which the faithful release adapts to."""
     if sampler.takes_range:
         sigma_min = float(find_attribute(denoiser, "sigma_min"))
-        return DifferentialDenoiser(denoiser, latent, change_map, sigma_min=sigma_min, sigma_max=float(sigmas[0]), **settings)
-    return DifferentialDenoiser(denoiser, latent, change_map, sigmas=sigmas, **settings)
+        return DifferentialDenoiser(denoiser, latent, change_map, sigma_min=sigma_min, sigma_max=float(sigmas[0]),
+                                    sampler=sampler.name, **settings)
+    return DifferentialDenoiser(denoiser, latent, change_map, sigmas=sigmas, sampler=sampler.name, **settings)
 
 
 def run_sampler(sampler: Sampler, dd: DifferentialDenoiser, x: Tensor, sigmas: Tensor, run: dict[str, Any]) -> Tensor:

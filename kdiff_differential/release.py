@@ -15,13 +15,14 @@ its binary release). Below ``strength`` 1 both blend the map in,
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
 from .choices import RELEASES
 from .clocks import Clock, Span
+from .sampler_table import Sampler
 
 
 # Samplers that work in t = -log(sigma) (dpm_fast, dpm_adaptive) call the model at
@@ -42,37 +43,50 @@ _LEVEL_SLACK = 1e-5
 RANGE_RAMP = 0.1
 
 
-class Floor(nn.Module):
-    """tau_lo(sigma): tau at the next schedule level strictly below ``sigma``, for the
-    smooth release; 0 where that level is 0 or lies past the ramp's end. A call within
-    a relative 1e-5 above a level counts as at it (see ``_LEVEL_SLACK``).
-
-    Without a schedule (the range samplers) it is ``tau(sigma) - RANGE_RAMP``, at least 0.
-    Looked up on the device (one searchsorted and one gather): no host sync at call time.
+class LevelBelow(nn.Module):
+    """``value`` at the next schedule level strictly below a call's sigma, 0 where that
+    level is 0 or there is none: a table looked up on the device (one searchsorted and
+    one gather), no host sync at call time. A call within a relative 1e-5 above a level
+    counts as at it (see ``_LEVEL_SLACK``). Without a schedule (the range samplers) the
+    table is ``None``.
     """
 
-    def __init__(self, clock: Clock, span: Span, dtype: torch.dtype = torch.float32, device: Any = None) -> None:
+    def __init__(self, span: Span, value: Callable[[Tensor], Tensor], dtype: torch.dtype = torch.float32,
+                 device: Any = None) -> None:
         super().__init__()
-        self.clock = clock
         if span.sigmas is None:
             self.register_buffer("below", None)
             self.register_buffer("floors", None)
             return
         knots = span.sigmas.detach().to(device=device, dtype=dtype).flip(0)  # ascending
-        taus = torch.zeros_like(knots)
+        values = torch.zeros_like(knots)
         positive = knots > 0
-        taus[positive] = clock(knots[positive]).clamp(min=0)
-        # floors[i] is tau at the i-th knot from the bottom; floors[0] = 0 for "no level below".
-        self.register_buffer("floors", torch.cat([taus.new_zeros(1), taus]))
+        values[positive] = value(knots[positive])
+        # floors[i] is the value at the i-th knot from the bottom; floors[0] = 0 for "no level below".
+        self.register_buffer("floors", torch.cat([values.new_zeros(1), values]))
         self.register_buffer("below", knots * (1 + _LEVEL_SLACK))
 
-    def forward(self, sigma: Tensor, tau: Tensor) -> Tensor:
-        """tau_lo at ``sigma``, given ``tau`` = the clock at ``sigma``."""
-        if self.below is None:
-            return (tau - RANGE_RAMP).clamp(min=0)
+    def forward(self, sigma: Tensor) -> Tensor:
         # searchsorted counts the knots strictly below sigma (by more than the slack):
         # index i is the i-th from the bottom.
         return self.floors[torch.searchsorted(self.below, sigma.to(self.below.dtype).contiguous())]
+
+
+class Floor(LevelBelow):
+    """tau_lo(sigma): tau at the next schedule level strictly below ``sigma``, for the
+    smooth release; 0 where that level is 0 or lies past the ramp's end (a
+    :class:`LevelBelow` of the clock). Without a schedule (the range samplers) it is
+    ``tau(sigma) - RANGE_RAMP``, at least 0.
+    """
+
+    def __init__(self, clock: Clock, span: Span, dtype: torch.dtype = torch.float32, device: Any = None) -> None:
+        super().__init__(span, lambda knots: clock(knots).clamp(min=0), dtype, device)
+
+    def forward(self, sigma: Tensor, tau: Tensor) -> Tensor:  # type: ignore[override]
+        """tau_lo at ``sigma``, given ``tau`` = the clock at ``sigma``."""
+        if self.below is None:
+            return (tau - RANGE_RAMP).clamp(min=0)
+        return super().forward(sigma)
 
 
 # Where release_sigmas brackets each strength: 4096 noise levels, log-spaced over the
@@ -171,6 +185,11 @@ class Release(nn.Module):
         self.strength = strength
         self.register_buffer("soft", ((1 - strength) * strengths).to(dtype) if strength < 1 else None)
 
+    def call_sigma(self, sigma: Tensor) -> Tensor:
+        """The sigma whose mask a sampler's call at ``sigma`` (k*B,) gets: ``sigma``
+        itself, but for a rule that tells a sampler's calls apart (it may keep state)."""
+        return sigma
+
     def forward(self, change_map: Tensor, free: Tensor, sigma: Tensor) -> Tensor:
         """The mask for a call at ``sigma`` (k*B,), given the map (B|1, 1, H, W) and
         ``free`` (k, B|1, 1, H, W), the pixels the binary rule frees there."""
@@ -217,13 +236,92 @@ class SmoothRelease(Release):
         return self.soft + self.strength * weight
 
 
-def make_release(name: str, strengths: Tensor, strength: float, dtype: torch.dtype, clock: Clock, span: Span) -> Release:
+# The faithful release's ramp is linear in sigma ** FAITHFUL_POWER. Measured on the
+# banding benchmark (samplers/PERFORMANCE.md), DAM at 5 steps: power 1 leaves DPM++ 2M
+# above binary's, 2 level with it, 3 below it; Euler and LMS are best at 1-2 and stay
+# below binary's at 3.
+FAITHFUL_POWER = 3.0
+# Where power 3 bands at 5 steps (banding above 8 on the benchmark): DPM2-ancestral's
+# edges in the step's top third (13.1, against 9.5 at power 1, the same DAM) and DPM++
+# 3M SDE's (8.2, against 7.6 at power 1).
+FAITHFUL_POWERS = {"dpm_2_ancestral": 1.0, "dpmpp_3m_sde": 1.0}
+
+
+class FaithfulRelease(Release):
+    """Each pixel eased in over the step before its binary release, linearly in sigma**p
+    where :class:`SmoothRelease` is linear in tau:
+    ``m = clamp((r**p - lo**p) / (sigma**p - lo**p), 0, 1)``, r the pixel's release
+    sigma, lo the next schedule level below the call, p = ``power``
+    (:data:`FAITHFUL_POWER`, or the sampler's in :data:`FAITHFUL_POWERS`); 1 wherever
+    the binary rule frees the pixel, 0 at strength 0.
+
+    Why: how much a pixel changes grows much faster than linearly with the noise level
+    it is freed at, so a weight linear in tau gives a pixel half-way through its step
+    far more than half the change (smooth over-changes, measured in
+    samplers/PERFORMANCE.md); sigma**3 is close to how the change grows.
+
+    ``at_next_level``: the sampler's second call of a step comes at the next level
+    (Heun; DPM2-ancestral and DPM++ 2S-ancestral, whose midpoint is the next level).
+    There the pixels the binary rule frees would take the step's whole correction at
+    once (Heun over-changes most of all), so that call is masked as at the step's
+    geometric midpoint, where DPM2 makes its own second call. That call is told apart
+    by state: the sigma of the previous call, a buffer (no host sync; ``mask()`` keeps
+    no state).
+    """
+
+    name = "faithful"
+
+    def __init__(self, strengths: Tensor, strength: float, dtype: torch.dtype, release_sigma: Tensor, span: Span,
+                 at_next_level: bool = False, power: float = FAITHFUL_POWER) -> None:
+        super().__init__(strengths, strength, dtype)
+        table_dtype = release_sigma.dtype
+        self.register_buffer("power", torch.tensor(power, dtype=table_dtype, device=release_sigma.device))
+        largest = torch.finfo(table_dtype).max  # a flow schedule's inf stays finite: its weight is then 0, not NaN
+
+        def powered(sigma: Tensor) -> Tensor:
+            return (sigma.double() ** power).clamp(max=largest).to(table_dtype)
+
+        self.register_buffer("release_power", powered(release_sigma.clamp(min=0)))
+        self.level_below = LevelBelow(span, powered, table_dtype, release_sigma.device)
+        self.register_buffer("previous", torch.zeros(1, dtype=table_dtype, device=release_sigma.device) if at_next_level else None)
+
+    def call_sigma(self, sigma: Tensor) -> Tensor:
+        if self.previous is None:
+            return sigma
+        previous = self.previous.to(sigma.dtype)
+        # A call below the previous one is Heun's second call (the next step's first comes at the same sigma).
+        masked_at = torch.where(previous > sigma, (previous * sigma).sqrt(), sigma)
+        self.previous.copy_(sigma.amax().reshape(1))
+        return masked_at
+
+    def forward(self, change_map: Tensor, free: Tensor, sigma: Tensor) -> Tensor:
+        per_image = free.shape[:2] + (1, 1, 1)
+        power = self.power
+        low = self.level_below(sigma).reshape(per_image)
+        scale = (sigma.to(power.dtype).pow(power).reshape(per_image) - low).clamp_(min=torch.finfo(power.dtype).tiny).reciprocal_()
+        weight = (self.release_power - low).mul_(scale).clamp_(0, 1).to(change_map.dtype).masked_fill_(free, 1)
+        if self.soft is None:
+            return weight
+        return self.soft + self.strength * weight
+
+
+def make_release(name: str, strengths: Tensor, strength: float, dtype: torch.dtype, clock: Clock, span: Span,
+                 release_sigma: Optional[Tensor] = None, sampler: Optional[Sampler] = None) -> Release:
     """The release rule ``name`` (:data:`RELEASES`) for the map ``strengths``
     (B|1, 1, H, W, in the clock's dtype) at ``strength``, timed by ``clock`` over
-    ``span``; its masks in ``dtype`` (the latent's)."""
+    ``span``; its masks in ``dtype`` (the latent's). ``"faithful"`` needs the pixels'
+    ``release_sigma`` and adapts to ``sampler`` when given; on a range sampler (no
+    schedule levels) it is the smooth rule."""
     if name == "binary":
         return BinaryRelease(strengths, strength, dtype)
-    if name == "smooth":
+    if name == "faithful" and span.sigmas is not None:
+        if release_sigma is None:
+            raise ValueError("the faithful release needs the pixels' release_sigma")
+        if sampler is None:
+            return FaithfulRelease(strengths, strength, dtype, release_sigma, span)
+        return FaithfulRelease(strengths, strength, dtype, release_sigma, span, sampler.second_call_at_next_level,
+                               FAITHFUL_POWERS.get(sampler.name, FAITHFUL_POWER))
+    if name in ("smooth", "faithful"):
         floor = Floor(clock, span, clock_dtype(clock), strengths.device)
         return SmoothRelease(strengths, strength, dtype, clock, floor)
     raise ValueError(f"release must be one of {', '.join(map(repr, RELEASES))}, got {name!r}")

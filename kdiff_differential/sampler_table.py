@@ -24,6 +24,10 @@ class Sampler:
     k-diffusion 0.1.1.post1 reads its step size before setting it when the first step
     goes to 0 (a one-step schedule: ``UnboundLocalError``). ``calls_per_step``: model
     calls per schedule step (0 where the sampler chooses them).
+    ``second_call_at_next_level``: a step's second call comes at the next schedule level,
+    the sigma of the next step's first call, not between the two as DPM2's does: Heun's,
+    and the ancestral DPM2's and DPM++ 2S's, whose midpoint sqrt(sigma_i * sigma_down)
+    is sigma_{i+1} (eta = 1).
     """
 
     name: str
@@ -31,6 +35,7 @@ class Sampler:
     takes_range: bool = False
     own_steps: bool = False
     first_step_to_zero_fails: bool = False
+    second_call_at_next_level: bool = False
 
     @property
     def has_schedule(self) -> bool:
@@ -43,11 +48,11 @@ TABLE: dict[str, Sampler] = {
     for sampler in (
         Sampler("euler"),
         Sampler("euler_ancestral"),
-        Sampler("heun", calls_per_step=2),
+        Sampler("heun", calls_per_step=2, second_call_at_next_level=True),
         Sampler("dpm_2", calls_per_step=2),
-        Sampler("dpm_2_ancestral", calls_per_step=2),
+        Sampler("dpm_2_ancestral", calls_per_step=2, second_call_at_next_level=True),
         Sampler("lms"),
-        Sampler("dpmpp_2s_ancestral", calls_per_step=2),
+        Sampler("dpmpp_2s_ancestral", calls_per_step=2, second_call_at_next_level=True),
         Sampler("dpmpp_sde", calls_per_step=2),
         Sampler("dpmpp_2m"),
         Sampler("dpmpp_2m_sde", first_step_to_zero_fails=True),

@@ -25,7 +25,7 @@ from kdiff_differential.errors import InputError, OneLineParser, command_status
 from kdiff_differential.files import write_atomically
 
 PROG = "python -m samplers.banding"
-RELEASES = ("smooth", "binary")
+RELEASES = ("faithful", "smooth", "binary")
 
 
 def smooth_scene(height: int = 192, width: int = 384) -> np.ndarray:
@@ -171,7 +171,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = OneLineParser(prog=PROG, description="Banding and fidelity (CAM, DAM, calibration) of smooth and binary release per sampler and step count.")
     parser.add_argument("--samplers", type=_list_of(str, "samplers", SAMPLERS), default=listed, help="default: every schedule sampler")
     parser.add_argument("--steps", type=_list_of(_positive, "whole numbers >= 1"), default=[5, 10, 20], help="default: 5,10,20")
-    parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=list(RELEASES), help="default: smooth,binary")
+    parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=list(RELEASES), help="default: faithful,smooth,binary")
     parser.add_argument("--seeds", type=_list_of(int, "whole numbers"), default=[0, 1, 2], help="the edit strength is measured over these (default: 0,1,2)")
     parser.add_argument("--figure", metavar="PATH.png", help="also draw the first sampler's edits (first seed), release modes side by side")
 

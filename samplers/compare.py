@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=_list_of(_positive, "whole numbers >= 1"), default=[10, 20, 40], help="step counts (default: 10,20,40)")
     parser.add_argument("--seeds", type=_list_of(int, "whole numbers"), default=[0], help="seeds (default: 0)")
     parser.add_argument("--threshold", type=_list_of(str, "thresholds", CLOCKS), default=["timestep"], help=f"clocks, of: {', '.join(CLOCKS)} (default: timestep)")
-    parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=["smooth"], help="release modes, of: smooth, binary (default: smooth)")
+    parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=["faithful"], help=f"release modes, of: {', '.join(RELEASES)} (default: faithful)")
     parser.add_argument("--strength", type=_strength, default=1.0, help="release strength in [0, 1] (default: 1)")
     parser.add_argument("--model", default="builtin", help="'builtin' (default) or a local diffusers folder (SD 1.x/2.x, SDXL, SD3/SD3.5, Flux.1)")
     parser.add_argument("--image", help="input image (default: the bundled example)")

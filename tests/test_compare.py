@@ -65,7 +65,7 @@ def test_a_small_sweep_writes_all_four_outputs(sweep):
     table_lines = [line for line in markdown.splitlines() if line.startswith("|")]
     assert len({line.count("|") for line in table_lines}) == 1  # every row has the header's columns
     # One seed and one clock: each row is one run, and the header says so.
-    assert markdown.startswith("Each row is one run (seed 0; threshold timestep; strength 1; release smooth).")
+    assert markdown.startswith("Each row is one run (seed 0; threshold timestep; strength 1; release faithful).")
 
 
 def test_the_results_header_says_what_a_row_aggregates():
@@ -166,7 +166,7 @@ def test_the_ray_executor_gives_the_same_table(sweep, tmp_path):
         (["--steps", "0"], "whole numbers >= 1"),
         (["--seeds", "a"], "'a' is not a comma-separated list of whole numbers"),
         (["--strength", "2"], "give a number in [0, 1]"),
-        (["--release", "soft"], "unknown release 'soft'; valid: smooth, binary"),
+        (["--release", "soft"], "unknown release 'soft'; valid: smooth, binary, faithful"),
         (["--samplers", "dpm_fast,dpm_adaptive", "--threshold", "step"], "--threshold step needs a schedule"),
     ],
 )

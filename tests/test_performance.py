@@ -6,6 +6,7 @@ Nothing here is timed: the cost per call is measured by ``samplers/overhead.py``
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
@@ -35,14 +36,18 @@ class PlainInner(nn.Module):
 
 
 def make_wrapper(strength: float = 1.0, device: str = "cpu", size: int = 8, release: str = "smooth",
-                 inner: nn.Module | None = None) -> DifferentialDenoiser:
+                 inner: nn.Module | None = None, sampler: str | None = None) -> DifferentialDenoiser:
     g = torch.Generator().manual_seed(0)
     latent = torch.randn(1, 4, size, size, generator=g)
     ramp = torch.linspace(0, 1, size).expand(size, size)
     sigmas = torch.linspace(10, 0.1, 11)
     dd = DifferentialDenoiser(inner or PlainInner(), latent, ramp, sigmas=sigmas, generator=g, strength=strength,
-                              release=release)
+                              release=release, sampler=sampler)
     return dd.to(device)
+
+
+# Every release rule, and the faithful one with the state it keeps for Heun.
+RULES = [("smooth", None), ("binary", None), ("faithful", None), ("faithful", "heun")]
 
 
 class CompVisInner(nn.Module):
@@ -61,16 +66,16 @@ class CompVisInner(nn.Module):
 
 
 @pytest.mark.parametrize(
-    "strength, release, compvis",
-    [(1.0, "smooth", False), (0.5, "smooth", False), (1.0, "binary", False), (0.5, "binary", False),
-     (1.0, "smooth", True)],
+    "strength, release, compvis, sampler",
+    [(1.0, "smooth", False, None), (0.5, "smooth", False, None), (1.0, "binary", False, None), (0.5, "binary", False, None),
+     (1.0, "smooth", True, None), (1.0, "faithful", False, None), (0.5, "faithful", True, "heun")],
 )
-def test_compiled_fullgraph_sampling_matches_eager_without_recompiles(strength, release, compvis):
+def test_compiled_fullgraph_sampling_matches_eager_without_recompiles(strength, release, compvis, sampler):
     import k_diffusion.sampling as sampling
     from k_diffusion.external import CompVisDenoiser
 
     torch._dynamo.reset()
-    dd = make_wrapper(strength, release=release, inner=CompVisDenoiser(CompVisInner()) if compvis else None)
+    dd = make_wrapper(strength, release=release, inner=CompVisDenoiser(CompVisInner()) if compvis else None, sampler=sampler)
     # fullgraph=True turns any graph break into an error; error_on_recompile catches a
     # guard on sigma's value, which would recompile at every step.
     compiled = torch.compile(dd, fullgraph=True)
@@ -89,14 +94,14 @@ def test_compiled_around_a_compiled_inner_makes_no_graph_break():
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
-@pytest.mark.parametrize("release", ["smooth", "binary"])
+@pytest.mark.parametrize("release, sampler", RULES)
 @pytest.mark.parametrize(
     "strength, k, sigma",
     [(1.0, 1, torch.tensor([3.0])), (0.5, 1, torch.tensor([3.0])), (1.0, 2, torch.tensor([3.0, 3.0])), (1.0, 1, 3.0)],
     ids=["strength-1", "soft", "guided-batch", "float-sigma"],
 )
-def test_a_call_reads_nothing_back_to_the_host(strength, k, sigma, release):
-    dd = make_wrapper(strength, release=release)
+def test_a_call_reads_nothing_back_to_the_host(strength, k, sigma, release, sampler):
+    dd = make_wrapper(strength, release=release, sampler=sampler)
     x = dd.noisy_latent().repeat(k, 1, 1, 1)
     with torch.no_grad(), overhead.count_host_reads() as counts:
         for _ in range(3):
@@ -128,10 +133,10 @@ def test_a_call_makes_no_cuda_synchronisation():
 
 
 @needs_cuda
-@pytest.mark.parametrize("release", ["smooth", "binary"])
+@pytest.mark.parametrize("release, sampler", RULES)
 @pytest.mark.parametrize("strength", [1.0, 0.5])
-def test_a_call_captures_into_a_cuda_graph(strength, release):
-    dd = make_wrapper(strength, device="cuda", size=64, release=release)
+def test_a_call_captures_into_a_cuda_graph(strength, release, sampler):
+    dd = make_wrapper(strength, device="cuda", size=64, release=release, sampler=sampler)
     x, sigma = dd.noisy_latent().clone(), torch.tensor([10.0], device="cuda")
     with torch.no_grad():
         side = torch.cuda.Stream()
@@ -146,8 +151,9 @@ def test_a_call_captures_into_a_cuda_graph(strength, release):
         for level in (9.0, 3.0, 0.2):
             x.copy_(dd.noisy_latent(level) + 0.1)
             sigma.fill_(level)
+            eager = copy.deepcopy(dd)  # with the state the call starts from (Heun's previous sigma)
             graph.replay()
-            torch.testing.assert_close(out, dd(x, sigma))
+            torch.testing.assert_close(out, eager(x, sigma))
 
 
 def test_benchmark_script_writes_its_report(tmp_path, capsys):

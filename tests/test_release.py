@@ -154,3 +154,84 @@ def test_the_banding_command_prints_four_titled_tables(capsys):
     assert all("8-bit levels" in title for title in titles if not title.startswith("CAM"))  # the unit
     assert all(("lower is better" in title) != title.startswith("CAM") for title in titles)  # the direction
     assert "higher is better" in titles[1]
+
+
+# The faithful release: eased in over the same step, linearly in sigma**3; Heun's second call.
+
+
+def test_the_faithful_weight_is_linear_in_sigma_cubed_over_the_step(ideal, latent, gradient_map, sigmas):
+    """At a call between two levels, m = clamp((r^3 - lo^3) / (sigma^3 - lo^3), 0, 1), r the
+    pixel's release sigma, written out by hand; 1 wherever binary frees, 0 at strength 0."""
+    from kdiff_differential.release import FAITHFUL_POWER
+
+    dd = build(ideal, latent, gradient_map, sigmas, release="faithful")
+    binary = build(ideal, latent, gradient_map, sigmas, release="binary")
+    sigma = (sigmas[2] * sigmas[3]).sqrt()
+    r, lo = dd.release_sigma.double().clamp(min=0), sigmas[3].double()
+    expected = ((r**FAITHFUL_POWER - lo**FAITHFUL_POWER) / (sigma.double() ** FAITHFUL_POWER - lo**FAITHFUL_POWER)).clamp(0, 1)
+    mask = dd.mask(sigma.item())
+    assert dd.release == "faithful"
+    assert torch.allclose(mask.double(), expected, atol=1e-5)
+    assert 0 < mask[(mask > 0) & (mask < 1)].numel()
+    assert mask[binary.mask(sigma.item()) == 1].eq(1).all()
+    assert mask[gradient_map.reshape(mask.shape) == 0].eq(0).all()
+    # Eased in later than smooth's tau ramp: a half-freed pixel gets less than smooth gives it.
+    smooth = build(ideal, latent, gradient_map, sigmas).mask(sigma.item())
+    between = (mask > 0) & (mask < 1)
+    assert (mask[between] <= smooth[between] + 1e-6).all() and (mask[between] < smooth[between]).any()
+
+
+@pytest.mark.parametrize("sampler", SCHEDULED)
+def test_kept_pixels_stay_exact_under_faithful_release(ideal, latent, gradient_map, sigmas, sampler):
+    dd = build(ideal, latent, gradient_map, sigmas, release="faithful", sampler=sampler)
+    torch.manual_seed(0)
+    out = getattr(sampling, f"sample_{sampler}")(dd, dd.noisy_latent(), sigmas, disable=True)
+    assert torch.allclose(out[..., 0], latent[..., 0], atol=1e-5)
+
+
+def test_heuns_second_call_is_masked_as_at_the_steps_midpoint(ideal, latent, gradient_map, sigmas):
+    """Told the sampler is Heun, a call below the previous one (Heun's second, at the next
+    level) is masked as at the step's geometric midpoint; the next step's first call, at
+    the same sigma, as at its own. Calls keep the state; ``mask()`` does not."""
+    dd = build(ideal, latent, gradient_map, sigmas, release="faithful", sampler="heun")
+    calls = [sigmas[2], sigmas[3], sigmas[3], sigmas[4]]  # step 2's calls, step 3's calls
+    chosen = torch.cat([dd.rule.call_sigma(level.reshape(1)) for level in calls])
+    midpoints = [(sigmas[2] * sigmas[3]).sqrt(), (sigmas[3] * sigmas[4]).sqrt()]
+    assert torch.allclose(chosen, torch.stack([sigmas[2], midpoints[0], sigmas[3], midpoints[1]]))
+    second, first = dd.mask(chosen[1].item()), dd.mask(chosen[2].item())
+    assert (second <= first).all() and (second < first).any()  # the second call frees less
+    fresh = build(ideal, latent, gradient_map, sigmas, release="faithful", sampler="heun")
+    fresh(fresh.noisy_latent(sigmas[2].item()), sigmas[2].reshape(1))
+    assert torch.equal(fresh.rule.previous, sigmas[2].reshape(1))
+    fresh.mask(sigmas[4].item())
+    assert torch.equal(fresh.rule.previous, sigmas[2].reshape(1))
+
+
+def test_the_faithful_release_follows_the_sampler_name_and_falls_back_on_ranges(ideal, latent, gradient_map, sigmas):
+    assert build(ideal, latent, gradient_map, sigmas, release="faithful", sampler="Heun").rule.previous is not None
+    assert build(ideal, latent, gradient_map, sigmas, release="faithful", sampler="dpm_2").rule.previous is None
+    with pytest.raises(ValueError, match="unknown sampler 'warp'"):
+        build(ideal, latent, gradient_map, sigmas, release="faithful", sampler="warp")
+    ranged = DifferentialDenoiser(ideal, latent, gradient_map, sigma_min=0.1, sigma_max=10.0, release="faithful",
+                                  generator=torch.Generator().manual_seed(0))
+    assert ranged.release == "smooth"  # no levels to ease between: the smooth rule's fixed width
+    assert build(ideal, latent, gradient_map, sigmas, release="faithful", compat="comfyui").release == "binary"
+
+
+def test_differential_edit_releases_faithfully_told_the_sampler(ideal, latent, gradient_map):
+    from kdiff_differential.edit import differential_edit
+
+    for sampler, tracks in (("heun", True), ("euler", False)):
+        edit = differential_edit(ideal, latent, gradient_map, sampler=sampler, steps=4)
+        assert edit.wrapper.release == "faithful"
+        assert (edit.wrapper.rule.previous is not None) == tracks
+
+
+def test_faithful_release_follows_the_converged_edit_closer_than_binary_at_5_steps():
+    """The benchmark's DAM on a small scene: the target of issue 21 for the samplers
+    whose smooth release over-changes most (measured, not assumed)."""
+    from samplers.banding import fidelity_table
+
+    table = fidelity_table(["heun", "dpmpp_2m"], [5], ["faithful", "smooth", "binary"], seeds=[0], height=64, width=160)
+    for sampler in ("heun", "dpmpp_2m"):
+        assert table["faithful", sampler, 5]["dam"] < table["binary", sampler, 5]["dam"] < table["smooth", sampler, 5]["dam"]
