@@ -313,7 +313,8 @@ class DifferentialDenoiser(nn.Module):
         xs = x.reshape(-1, *latent.shape).to(latent.dtype)
 
         # Release the pixels whose strength reaches this noise level's tau (eased in
-        # over the step before, with release="smooth").
+        # over the step before, with release="smooth" or "faithful"); the faithful rule,
+        # told Heun, masks Heun's second call of a step as at the step's midpoint.
         mask = self._blend_weights(self.rule.call_sigma(sigma))
 
         # Hold frozen pixels to the original, re-noised to this sigma with the fixed noise.

@@ -7,8 +7,9 @@ when the wrapper is built, so that a model call costs a single comparison.
 
 A release rule turns "free or not" into the blend weight m of a call, by name
 (:data:`RELEASES`): :class:`BinaryRelease` (the paper's and ComfyUI's: m = 1 where
-free, else 0) and :class:`SmoothRelease` (each pixel eased in over the step before
-its binary release). Below ``strength`` 1 both blend the map in,
+free, else 0), :class:`SmoothRelease` (each pixel eased in over the step before its
+binary release, linearly in tau) and :class:`FaithfulRelease` (the same step, linearly
+in sigma**3, told the sampler). Below ``strength`` 1 all blend the map in,
 ``m' = strength * m + (1 - strength) * s``.
 """
 
