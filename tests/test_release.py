@@ -1,4 +1,4 @@
-"""Smooth release (the default) against the binary rule: the weight, its guarantees, banding."""
+"""Release rules against the binary one: smooth (the wrapper's default) and faithful (differential_edit's), their weights, guarantees, banding and fidelity."""
 
 import pytest
 import torch
