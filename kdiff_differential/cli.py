@@ -87,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seed", type=_number(int, lambda n: True, "a whole number"), default=0, help="random seed (default: 0)")
     seeds.add_argument("--seeds", type=_seeds, metavar="N,N,...", help="several seeds in one run: one output per seed, OUT-seedN")
     parser.add_argument("--strength", type=_number(float, lambda s: 0 <= s <= 1, "a number in [0, 1]"), default=1.0, help="1: release pixels fully; below 1 blends the map itself into the release mask, a gentler edit (default: 1)")
-    parser.add_argument("--release", default="smooth", choices=RELEASES, help="smooth: ease each pixel in over the step before its release, no bands (default); binary: the paper's and ComfyUI's rule")
+    parser.add_argument("--release", default="faithful", choices=RELEASES, help="faithful: ease each pixel in over the step before its release, no bands, each strength changing about as much as in a converged edit (default); smooth: the same ease linear in the clock, which changes more than asked at few steps; binary: the paper's and ComfyUI's rule, one band per step")
     parser.add_argument("--clock", default=None, choices=CLOCKS, help="the clock that releases pixels (default: timestep)")
     parser.add_argument("--threshold", choices=CLOCKS, help=argparse.SUPPRESS)  # the old name of --clock
     parser.add_argument("--keep-map", action="store_true", help="read the map as white = keep, black = change")

@@ -354,3 +354,12 @@ def test_a_huge_step_count_is_warned_of_in_one_line_before_it_runs(
     main(["--image", "in.png", "--steps", "100000", "--sampler", "heun", "--out", "out/long.png"])
     warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warning == ["kdiff-differential: warning: --steps 100000 makes 200000 model calls (5000x the default 20 steps' time); results stop improving long before 1000"]
+
+
+def test_the_default_release_is_faithful(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--out", "out/default.png", *FAST]) == 0
+    assert main(["--image", "in.png", "--release", "faithful", "--out", "out/faithful.png", *FAST]) == 0
+    assert main(["--image", "in.png", "--release", "smooth", "--out", "out/smooth.png", *FAST]) == 0
+    assert (files / "out/default.png").read_bytes() == (files / "out/faithful.png").read_bytes()
+    assert (files / "out/default.png").read_bytes() != (files / "out/smooth.png").read_bytes()
