@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--samplers", type=_samplers, default=list(SAMPLERS), help=f"'all' (default) or a list of: {', '.join(SAMPLERS)}")
     parser.add_argument("--steps", type=_list_of(_positive, "whole numbers >= 1"), default=[10, 20, 40], help="step counts (default: 10,20,40)")
     parser.add_argument("--seeds", type=_list_of(int, "whole numbers"), default=[0], help="seeds (default: 0)")
-    parser.add_argument("--threshold", type=_list_of(str, "thresholds", CLOCKS), default=["timestep"], help=f"clocks, of: {', '.join(CLOCKS)} (default: timestep)")
+    parser.add_argument("--clock", type=_list_of(str, "clocks", CLOCKS), help=f"clocks, of: {', '.join(CLOCKS)} (default: timestep)")
+    parser.add_argument("--threshold", type=_list_of(str, "clocks", CLOCKS), help=argparse.SUPPRESS)  # the old name of --clock
     parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=["faithful"], help=f"release modes, of: {', '.join(RELEASES)} (default: faithful)")
     parser.add_argument("--strength", type=_strength, default=1.0, help="release strength in [0, 1] (default: 1)")
     parser.add_argument("--model", default="builtin", help="'builtin' (default) or a local diffusers folder (SD 1.x/2.x, SDXL, SD3/SD3.5, Flux.1)")
@@ -136,11 +137,14 @@ def sweep(args: argparse.Namespace) -> Path:
             raise InputError(str(error)) from None
     setup = Setup(model=args.model, image=args.image, map=args.map)
     _, original, strength = prepared(setup)  # bad model, image or map: fail before any run
-    runs = plan(args.samplers, args.steps, args.seeds, args.threshold, args.strength, args.release)
+    if args.threshold is not None:
+        print(f"{PROG}: warning: --threshold is deprecated and will be removed: it is now --clock", file=sys.stderr)
+    clocks = args.clock or args.threshold or ["timestep"]
+    runs = plan(args.samplers, args.steps, args.seeds, clocks, args.strength, args.release)
     if not runs:
-        raise InputError(f"--threshold step needs a schedule, and --samplers {','.join(args.samplers)} run sigma ranges; add a clock (timestep, sigma) or a sampler")
+        raise InputError(f"--clock step needs a schedule, and --samplers {','.join(args.samplers)} run sigma ranges; add a clock (timestep, sigma) or a sampler")
     stepless = [name for name in args.samplers if name in RANGE_SAMPLERS]
-    if "step" in args.threshold and stepless:
+    if "step" in clocks and stepless:
         print(f"{PROG}: warning: {', '.join(stepless)} run without steps: their runs with the step clock are left out", file=sys.stderr)
     for sampler in OWN_STEPS:
         if sampler in args.samplers and len(args.steps) > 1:

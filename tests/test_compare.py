@@ -158,7 +158,7 @@ def test_the_ray_executor_gives_the_same_table(sweep, tmp_path):
     "args, words",
     [
         (["--samplers", "euler,warp"], "unknown sampler 'warp'"),
-        (["--threshold", "karras"], "unknown threshold 'karras'; valid: timestep, step, sigma"),
+        (["--clock", "karras"], "unknown clock 'karras'; valid: timestep, step, sigma"),
         (["--map", "stripes"], "neither an existing file nor a preset (gradient-x, gradient-y, radial, full, none)"),
         (["--executor", "slurm"], "invalid choice: 'slurm'"),
         (["--steps", ""], "is not a comma-separated list of whole numbers >= 1"),
@@ -167,7 +167,7 @@ def test_the_ray_executor_gives_the_same_table(sweep, tmp_path):
         (["--seeds", "a"], "'a' is not a comma-separated list of whole numbers"),
         (["--strength", "2"], "give a number in [0, 1]"),
         (["--release", "soft"], "unknown release 'soft'; valid: smooth, binary, faithful"),
-        (["--samplers", "dpm_fast,dpm_adaptive", "--threshold", "step"], "--threshold step needs a schedule"),
+        (["--samplers", "dpm_fast,dpm_adaptive", "--clock", "step"], "--clock step needs a schedule"),
     ],
 )
 def test_bad_input_fails_before_any_run_in_one_line(tmp_path, args, words):
@@ -180,7 +180,7 @@ def test_bad_input_fails_before_any_run_in_one_line(tmp_path, args, words):
 
 def test_the_step_clock_leaves_out_the_range_samplers_and_says_so(tmp_path):
     out = tmp_path / "out"
-    result = compare("--out", out, "--samplers", "euler,dpm_fast", "--steps", "3", "--threshold", "step,timestep", "--quiet")
+    result = compare("--out", out, "--samplers", "euler,dpm_fast", "--steps", "3", "--clock", "step,timestep", "--quiet")
     assert result.stderr == "python -m samplers.compare: warning: dpm_fast run without steps: their runs with the step clock are left out\n"
     assert sorted((row["sampler"], row["threshold"]) for row in rows(out)) == [
         ("dpm_fast", "timestep"), ("euler", "step"), ("euler", "timestep"),
