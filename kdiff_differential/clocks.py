@@ -156,14 +156,19 @@ def _discrete_schedule(model: Any) -> Optional[Any]:
     return None
 
 
+# Up to this many sigmas (a model call's batch) the (levels, n) table is cheaper than the search.
+_SMALL = 64
+
+
 class DiscreteTimestep(nn.Module):
     """k-diffusion's ``DiscreteSchedule.sigma_to_t`` (interpolated, or the nearest
     training level when ``quantize``), value for value, by a binary search.
 
-    k-diffusion compares every sigma with all 1000 training levels (a (1000, n) table
-    per call); one ``searchsorted`` finds the same neighbours, and the arithmetic after
-    it is k-diffusion's, so the result is bit-identical (tested). It keeps its own copy
-    of the levels, which moves with the wrapper.
+    k-diffusion compares every sigma with all 1000 training levels (a (1000, n) table);
+    for many sigmas (the release boundaries' search) one ``searchsorted`` finds the same
+    neighbours, and the arithmetic after it is k-diffusion's, so the result is
+    bit-identical (tested); for a model call's few sigmas the table itself takes fewer
+    kernels. It keeps its own copy of the levels, which moves with the wrapper.
     """
 
     def __init__(self, log_sigmas: Tensor, quantize: bool) -> None:
@@ -173,6 +178,8 @@ class DiscreteTimestep(nn.Module):
 
     def forward(self, sigma: Tensor) -> Tensor:
         log_sigma = sigma.log()
+        if sigma.numel() <= _SMALL:
+            return self._by_table(log_sigma).view(sigma.shape)
         levels = self.log_sigmas.to(torch.promote_types(self.log_sigmas.dtype, log_sigma.dtype))
         last = len(levels) - 1
         if self.quantize:
@@ -188,6 +195,18 @@ class DiscreteTimestep(nn.Module):
         low, high = self.log_sigmas[low_idx], self.log_sigmas[high_idx]
         w = ((low - log_sigma) / (low - high)).clamp(0, 1)
         return ((1 - w) * low_idx + w * high_idx).view(sigma.shape)
+
+
+    def _by_table(self, log_sigma: Tensor) -> Tensor:
+        """k-diffusion's own arithmetic, every level against every sigma: fewer kernels
+        than the search for the few sigmas of a model call."""
+        dists = log_sigma - self.log_sigmas[:, None]
+        if self.quantize:
+            return dists.abs().argmin(dim=0)
+        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=len(self.log_sigmas) - 2)
+        low, high = self.log_sigmas[low_idx], self.log_sigmas[low_idx + 1]
+        w = ((low - log_sigma) / (low - high)).clamp(0, 1)
+        return (1 - w) * low_idx + w * (low_idx + 1)
 
 
 def model_timestep(model: Any, nearest: bool = False) -> Optional[Callable[[Tensor], Tensor]]:
@@ -219,12 +238,15 @@ class TimestepClock(Clock):
     def __init__(self, span: Span, timestep: Callable[[Tensor], Tensor], dtype: torch.dtype, device: Any = None) -> None:
         super().__init__()
         self.timestep = timestep
-        ends = torch.tensor([span.sigma_from, span.sigma_to], dtype=dtype, device=device)
-        self.register_buffer("t_ends", timestep(ends).to(dtype))
+        # A module's forward directly: the module call's hooks cost more than t(sigma) itself.
+        self._timestep = timestep.forward if isinstance(timestep, nn.Module) else timestep
+        ends = timestep(torch.tensor([span.sigma_from, span.sigma_to], dtype=dtype, device=device)).to(dtype)
+        self.register_buffer("t_to", ends[1].clone())
+        self.register_buffer("t_range", ends[0] - ends[1])
 
     def forward(self, sigma: Tensor) -> Tensor:
-        t_from, t_to = self.t_ends[0], self.t_ends[1]
-        return (self.timestep(sigma.to(self.t_ends.dtype)).to(self.t_ends.dtype) - t_to) / (t_from - t_to)
+        dtype = self.t_to.dtype
+        return (self._timestep(sigma.to(dtype)).to(dtype) - self.t_to) / self.t_range
 
 
 class LogSigmaClock(Clock):

@@ -226,8 +226,8 @@ class SmoothRelease(Release):
         self.clock, self.floor = clock, floor
 
     def forward(self, change_map: Tensor, free: Tensor, sigma: Tensor) -> Tensor:
-        tau = self.clock(sigma)
-        tau_lo = self.floor(sigma, tau)
+        tau = self.clock.forward(sigma)
+        tau_lo = self.floor.forward(sigma, tau)
         scale = (tau - tau_lo).clamp_(min=_MIN_STEP).reciprocal_()
         per_image = free.shape[:2] + (1, 1, 1)
         weight = change_map - tau_lo.reshape(per_image).to(change_map.dtype)
@@ -298,7 +298,7 @@ class FaithfulRelease(Release):
     def forward(self, change_map: Tensor, free: Tensor, sigma: Tensor) -> Tensor:
         per_image = free.shape[:2] + (1, 1, 1)
         power = self.power
-        low = self.level_below(sigma).reshape(per_image)
+        low = self.level_below.forward(sigma).reshape(per_image)
         scale = (sigma.to(power.dtype).pow(power).reshape(per_image) - low).clamp_(min=torch.finfo(power.dtype).tiny).reciprocal_()
         weight = (self.release_power - low).mul_(scale).clamp_(0, 1).to(change_map.dtype).masked_fill_(free, 1)
         if self.soft is None:
