@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from dataclasses import replace
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
@@ -61,6 +62,24 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
+class _ControlOption(argparse.Action):
+    """The repeatable ControlNet group: ``--controlnet`` starts one, and each of
+    ``--control-image/-scale/-start/-end`` sets that setting of the last one started
+    (``const`` names the setting). The groups collect in ``controls``, a list of dicts."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, value: Any, option: Optional[str] = None) -> None:
+        groups = getattr(namespace, self.dest) or []
+        setattr(namespace, self.dest, groups)
+        if self.const == "source":
+            groups.append({"source": value})
+        elif not groups:
+            parser.error(f"{option} {value}: give --controlnet SOURCE first, then its {option}")
+        elif self.const in groups[-1]:
+            parser.error(f"{option}: given twice for --controlnet {groups[-1]['source']}")
+        else:
+            groups[-1][self.const] = value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog=PROG,
@@ -80,6 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="the weights' dtype (default: fp16 on CUDA, bf16 for SD3/Flux, fp32 on the CPU)")
     parser.add_argument("--offload", action="store_true", help="keep each part of the model on the CPU until it runs (diffusers' model CPU offload): less GPU memory, a little slower")
     parser.add_argument("--vae-tiling", action="store_true", help="encode and decode in overlapping tiles (diffusers' VAE tiling): large images in less memory")
+    control = parser.add_argument_group("ControlNets", "repeat the group for several ControlNets at once; each setting applies to the --controlnet before it")
+    fraction = _number(float, lambda f: 0 <= f <= 1, "a fraction of the schedule in [0, 1]")
+    for flag, key, kind, text in (
+        ("--controlnet", "source", str, "a ControlNet: a diffusers folder or Hub id, of the model's family"),
+        ("--control-image", "image", str, "its control image (any size, resized to the input's), or canny:PATH for the Canny edges of PATH"),
+        ("--control-scale", "scale", _number(float, math.isfinite, "a finite number"), "its conditioning scale (default: 1; 0: not called)"),
+        ("--control-start", "start", fraction, "where in the schedule it starts acting (default: 0)"),
+        ("--control-end", "end", fraction, "where in the schedule it stops (default: 1; after --control-start)"),
+        ("--control-mode", "mode", _number(int, lambda n: n >= 0, "a whole number >= 0"), "for a union ControlNet, the kind of its image: the index of the ControlNet's mode (e.g. xinsir's promax: 3 canny)"),
+    ):
+        control.add_argument(flag, dest="controls", action=_ControlOption, const=key, type=kind, default=None, metavar=key.upper() if key != "source" else "SOURCE", help=text)
     parser.add_argument("--sampler", default="dpmpp_2m", type=_sampler, metavar="NAME", help=f"k-diffusion sampler: {', '.join(SAMPLERS)}; A1111's names work too ('DPM++ 2M Karras', 'Euler a'), a trailing Karras or Exponential choosing the schedule (default: dpmpp_2m)")
     parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), help=f"sampler steps (default: the model family's, {DEFAULT_STEPS}; {', '.join(OWN_STEPS)} chooses its own)")
     parser.add_argument("--schedule", default=None, choices=SCHEDULES, metavar="NAME", help=f"noise schedule: {', '.join(SCHEDULES)} (default: karras; for SD3/Flux, model: their own shifted schedule). The last seven are ComfyUI's, for models with discrete training levels")
@@ -201,6 +231,22 @@ def _model_options(args: argparse.Namespace) -> dict[str, Any]:
     return {**options, "dtype": args.dtype, "offload": args.offload, "vae_tiling": args.vae_tiling}
 
 
+def _controls(args: argparse.Namespace) -> list[Any]:
+    """The ControlNet groups as Controls with their images read, checked before any model loads."""
+    from .models.controlnets import Control
+
+    groups = args.controls or []
+    if groups and args.model == "builtin":
+        raise InputError("--controlnet needs --model (a diffusers folder, Hub id or .safetensors file): the built-in model takes none")
+    controls = []
+    for group in groups:
+        if "image" not in group:
+            raise InputError(f"--controlnet {group['source']}: no --control-image for it; give --control-image IMAGE after it")
+        settings = {key: group[key] for key in ("scale", "start", "end", "mode") if key in group}
+        controls.append(Control(Control(group["image"]).pixels(), **settings))
+    return controls
+
+
 def _device(name: str) -> "torch.device":
     import torch
 
@@ -225,6 +271,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         return run_folder(args, run, PRESETS, _warn, args.address)
     written = _check_outputs(args)
     options = _model_options(args)
+    controls = _controls(args)
     device = _device(args.device)
     from .images import read_image, write_image
 
@@ -265,12 +312,20 @@ def run(args: argparse.Namespace) -> list[Path]:
     if region.cropped and not args.quiet:
         print(f"{PROG}: {region.describe()}", file=sys.stderr)
     box_image, box_strength = region.cut(image), region.cut_map(strength)
-    model = load_model(args.model, region.to_work(fill_pixels(box_image, box_strength, args.fill, args.seed)), device, **options)
+    controlnets = [group["source"] for group in args.controls or []]
+    model = load_model(args.model, region.to_work(fill_pixels(box_image, box_strength, args.fill, args.seed)), device, controlnets=controlnets, **options)
+    controls = [replace(control, image=region.align(control.pixels())) for control in controls]
     if model.description and not args.quiet:
         print(f"{PROG}: model: {model.description}", file=sys.stderr)
-    extra_args = model.extra_args(args.prompt, args.negative, args.cfg, change_map=box_strength)
     # The model family's own step count where none is given (a sampler choosing its own takes None).
     steps = args.steps if args.steps is not None or args.sampler in OWN_STEPS else getattr(model, "steps", None)
+    control: dict[str, Any] = {}
+    if controls:
+        from .schedules import make_sigmas
+
+        # The windows are fractions of the schedule differential_edit will run (range samplers: of the same steps').
+        control = {"controls": controls, "sigmas": make_sigmas(model.denoiser, steps or DEFAULT_STEPS, schedule, args.denoise)}
+    extra_args = model.extra_args(args.prompt, args.negative, args.cfg, change_map=box_strength, **control)
     from .compositing import composite
 
     for seed, out in _outputs(args).items():

@@ -71,6 +71,14 @@ class Region:
 
         return np.asarray(Image.fromarray(image).resize((width, height), Image.LANCZOS))
 
+    def align(self, image: np.ndarray) -> np.ndarray:
+        """An image of any size that goes with the input (a ControlNet's control image):
+        stretched to the input's size, then cut and scaled as the input is; as it is when
+        nothing is cropped."""
+        if not self.cropped:
+            return image
+        return self.to_work(self.cut(self._resize(image, *self.size)))
+
     def to_work(self, box: np.ndarray) -> np.ndarray:
         """The box's image, uint8 (height, width, 3), at the model's size ``work``."""
         return self._resize(box, *self.work)

@@ -291,3 +291,25 @@ def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     image = np.stack([xs * 7, ys * 8, (xs + ys) * 4], axis=2).clip(0, 255).astype(np.uint8)
     Image.fromarray(image).save(folder / "in.png")
     return folder / "in.png"
+
+
+def save_tiny_controlnet(folder: Path, model: Path, seed: int, kind: str = "ControlNetModel", **config) -> Path:
+    """A tiny random ControlNet (diffusers class ``kind``, configured ``from_unet`` and
+    ``config``) for the UNet of the pipeline at ``model``, saved to ``folder``; its
+    zero-initialised layers (the zero convs, the conditioning embedding's last conv) made
+    random, so that it changes the result; its conditioning embedding downsamples by the
+    VAE's factor 2."""
+    import diffusers
+
+    unet = diffusers.UNet2DConditionModel.from_pretrained(model / "unet")
+    torch.manual_seed(seed)
+    cls = getattr(diffusers, kind)
+    settings = {**cls.from_unet(unet, conditioning_embedding_out_channels=(8, 16)).config, **config}
+    settings.pop("_use_default_values", None)  # which would put the defaults back over ``config``
+    net = cls.from_config(settings)
+    with torch.no_grad():
+        for parameter in net.parameters():
+            if not parameter.any():
+                parameter.normal_(0, 0.3)
+    net.save_pretrained(folder)
+    return folder

@@ -16,12 +16,13 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor, nn
 
+    from .controlnets import Control
     from .diffusers_model import DiffusersPipeline
     from .flow import FlowDenoiser, start_from_noise
     from .ideal import IdealDenoiser, sd_alphas_cumprod
 
 # Torch-heavy names this package re-exports, loaded on first use.
-_LAZY = {"FlowDenoiser": ".flow", "start_from_noise": ".flow", "IdealDenoiser": ".ideal", "sd_alphas_cumprod": ".ideal"}
+_LAZY = {"Control": ".controlnets", "FlowDenoiser": ".flow", "start_from_noise": ".flow", "IdealDenoiser": ".ideal", "sd_alphas_cumprod": ".ideal"}
 Loras = Sequence[tuple[Union[str, Path], float]]
 
 
@@ -38,7 +39,8 @@ class ImageModel(Protocol):
 
     ``latent`` is the image in the model's space (1, C, h, w); ``denoiser`` a k-diffusion
     denoiser for such latents; ``extra_args`` what it takes at every call (``cfg`` None:
-    the model's default; an inpainting model also needs the ``change_map``, 1 = change);
+    the model's default; an inpainting model also needs the ``change_map``, 1 = change;
+    a diffusers model with ControlNets takes ``controls=`` and ``sigmas=`` too);
     ``decode`` brings a result latent back to an image of the input's size.
     ``schedule`` is the model's default noise schedule ('karras'; flow models: 'model',
     from t = 1) and ``description`` what was detected, for the user ('' when there is
@@ -59,6 +61,7 @@ def load_pipeline(
     path: Union[str, Path], device: Union[str, "torch.device"] = "cpu", *,
     config: Optional[Union[str, Path]] = None, loras: Loras = (), allow_pickle: bool = False,
     dtype: Optional[Union[str, "torch.dtype"]] = None, offload: bool = False, vae_tiling: bool = False,
+    controlnets: Sequence[Union[str, Path]] = (),
 ) -> "DiffusersPipeline":
     """A diffusers model as a
     :class:`~kdiff_differential.models.diffusers_model.DiffusersPipeline`:
@@ -78,14 +81,17 @@ def load_pipeline(
     on CUDA, fp32 on the CPU; a VAE whose config says ``force_upcast`` stays fp32);
     ``offload`` keeps each part on the CPU until it runs (diffusers' model CPU offload);
     ``vae_tiling`` encodes and decodes in overlapping tiles (diffusers' VAE tiling: large
-    images in less memory, seams blended). Bad input, or diffusers not installed, is an
-    InputError.
+    images in less memory, seams blended). ``controlnets`` are ControlNet folders or Hub
+    ids, checked to fit the model; a run's images and settings for them go to
+    ``extra_args(controls=[...])`` (:class:`~kdiff_differential.models.controlnets.Control`).
+    Bad input, or diffusers not installed, is an InputError.
     """
     from .diffusers_model import DiffusersPipeline, require_diffusers
 
     require_diffusers()
     return DiffusersPipeline(
         path, device, config=config, loras=loras, allow_pickle=allow_pickle, dtype=dtype, offload=offload, vae_tiling=vae_tiling,
+        controlnets=controlnets,
     )
 
 
@@ -106,7 +112,7 @@ def default_schedule(name: str, *, config: Optional[Union[str, Path]] = None, al
 def load_model(name: str, image: "np.ndarray", device: Optional["torch.device"] = None, **options: Any) -> ImageModel:
     """``name`` ('builtin', or a diffusers model as :func:`load_pipeline` takes it, with
     its keyword ``options``: ``config``, ``loras``, ``allow_pickle``, ``dtype``,
-    ``offload``, ``vae_tiling``) fitted to ``image``, uint8 (H, W, 3), on ``device``
+    ``offload``, ``vae_tiling``, ``controlnets``) fitted to ``image``, uint8 (H, W, 3), on ``device``
     (default: the CPU). Bad input is an InputError that says why."""
     import torch
 
@@ -126,4 +132,4 @@ def load_model(name: str, image: "np.ndarray", device: Optional["torch.device"] 
     return FittedModel(load_pipeline(name, device, **options), image)
 
 
-__all__ = ["FlowDenoiser", "IdealDenoiser", "ImageModel", "default_schedule", "load_model", "load_pipeline", "sd_alphas_cumprod", "start_from_noise"]
+__all__ = ["Control", "FlowDenoiser", "IdealDenoiser", "ImageModel", "default_schedule", "load_model", "load_pipeline", "sd_alphas_cumprod", "start_from_noise"]

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ..errors import InputError
 from ..images import to_image, to_tensor
+from .controlnets import Control, ControlRun, control_run, load_controlnets
 from .families import Family
 from .loras import apply_loras, check_loras
 from .sources import PICKLE_RISK, Source, is_pickle, read_checkpoint, resolve_source
@@ -234,13 +235,16 @@ class DiffusersPipeline:
     float32). Weights are fp16 on CUDA (bf16 for flow transformers) and fp32 on CPU;
     the VAE stays fp32 where its config asks (``force_upcast``); latents and the sampler
     stay fp32. ``source``, ``config``, ``loras``, ``allow_pickle``, ``dtype``,
-    ``offload`` and ``vae_tiling`` are as in :func:`~kdiff_differential.models.load_pipeline`.
+    ``offload``, ``vae_tiling`` and ``controlnets`` are as in
+    :func:`~kdiff_differential.models.load_pipeline`; the loaded ControlNets are
+    ``self.controlnets``, in order.
     """
 
     def __init__(
         self, path: Union[str, Path, Source], device: Union[str, torch.device] = "cpu", *,
         config: Optional[Union[str, Path]] = None, loras: Sequence[tuple[Union[str, Path], float]] = (), allow_pickle: bool = False,
         dtype: Optional[Union[str, torch.dtype]] = None, offload: bool = False, vae_tiling: bool = False,
+        controlnets: Sequence[Union[str, Path]] = (),
     ) -> None:
         require_diffusers()
         self.device = _device(device)
@@ -270,6 +274,8 @@ class DiffusersPipeline:
         self.family = kind(source.given, index, self.network.config, text, self.device)
         kind_of_model = self.family.kind(self.vae.config.latent_channels)
         self.inpainting = kind_of_model == "inpainting"
+        # ControlNets stay on the device, offload or not: they run at every call, beside the network.
+        self.controlnets = load_controlnets(controlnets, self.family, self.vae.config.latent_channels, self.device, weights, allow_pickle)
         self.schedule = kind.default_schedule
         self.scheduler = read_config(root, "scheduler", "scheduler_config.json")
         self._denoisers: dict[tuple[int, int], nn.Module] = {}
@@ -318,7 +324,7 @@ class DiffusersPipeline:
     def extra_args(
         self, prompt: str, negative: str = "", cfg: Optional[float] = None, *,
         image: Optional[Union[np.ndarray, Tensor]] = None, change_map: Any = None,
-        size: Optional[tuple[int, int]] = None,
+        size: Optional[tuple[int, int]] = None, controls: Sequence[Control] = (), sigmas: Optional[Tensor] = None,
     ) -> dict[str, Any]:
         """What the denoiser takes at every call: ``cond`` (a dict of tensors, batch 1)
         and, for guided families, ``uncond`` and ``cfg_scale``. Flux.1 dev takes ``cfg``
@@ -331,6 +337,13 @@ class DiffusersPipeline:
         channels are the map binarised at 0.5 at latent size and the latent of the image
         with the pixels to change set to mid-grey, fixed for the whole run (ComfyUI's
         InpaintModelConditioning); the wrapper still releases pixels by the full map.
+
+        With ControlNets loaded, ``controls`` gives one
+        :class:`~kdiff_differential.models.controlnets.Control` per ControlNet, in order
+        (image, scale, window); the images are resized to ``size`` as diffusers' image
+        processor does. A window other than 0..1 needs ``sigmas``, the schedule the
+        sampler runs (``make_sigmas``). They go in as ``control``, which the network
+        calls the ControlNets with; absent when none is ever called.
         """
         for name, text in (("prompt", prompt), ("negative", negative)):
             if not isinstance(text, str):
@@ -349,7 +362,24 @@ class DiffusersPipeline:
             masked = self.encode(pixels * (1 - mask))  # 0 in [-1, 1] is mid-grey
             concat = torch.cat([F.interpolate(mask, size=masked.shape[-2:], mode="bilinear", align_corners=False).round(), masked], dim=1)
             cond, uncond = {**cond, "concat": concat}, {**uncond, "concat": concat}
-        return self.family.extra_args(cond, uncond, cfg)
+        args = self.family.extra_args(cond, uncond, cfg)
+        run = self._control_run(controls, size, sigmas) if self.controlnets or controls else None
+        return args if run is None else {**args, "control": run}
+
+    def _control_run(self, controls: Sequence[Control], size: tuple[int, int], sigmas: Optional[Tensor]) -> Optional[ControlRun]:
+        from diffusers.image_processor import VaeImageProcessor
+        from PIL import Image
+
+        from ..clocks import find_attribute
+
+        processor = VaeImageProcessor(vae_scale_factor=self.factor, do_convert_rgb=True, do_normalize=False)
+
+        def condition(image: np.ndarray) -> Tensor:
+            pixels = processor.preprocess(Image.fromarray(image), height=size[0], width=size[1]).to(self.device, torch.float32)
+            return self.family.control_condition(pixels, self.encode)
+
+        clock = find_attribute(self.denoiser, "sigma_to_t")
+        return control_run(self.family, self.controlnets, controls, condition, sigmas, lambda s: clock(s.to(self.device, torch.float32)))
 
 
 def _device(device: Union[str, torch.device]) -> torch.device:
@@ -405,8 +435,11 @@ class FittedModel:
         self.latent = pipeline.encode(image)
         self.denoiser = pipeline.denoiser_for(self.latent)
 
-    def extra_args(self, prompt: str, negative: str, cfg: Optional[float] = None, change_map: Any = None) -> dict[str, Any]:
-        return self.pipeline.extra_args(prompt, negative, cfg, image=self.image, change_map=change_map)
+    def extra_args(
+        self, prompt: str, negative: str, cfg: Optional[float] = None, change_map: Any = None,
+        controls: Sequence[Control] = (), sigmas: Optional[Tensor] = None,
+    ) -> dict[str, Any]:
+        return self.pipeline.extra_args(prompt, negative, cfg, image=self.image, change_map=change_map, controls=controls, sigmas=sigmas)
 
     def decode(self, latent: Tensor) -> np.ndarray:
         pixels = self.pipeline.decode(latent)

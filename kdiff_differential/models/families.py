@@ -17,7 +17,10 @@ A family class says:
 - defaults: ``default_schedule`` (``karras``; flow models: ``model``),
   ``default_steps``, ``default_cfg``; ``cuda_dtype``: the weights' dtype on CUDA;
 - ``patch``: latent sides must be multiples of it (transformers take 2x2 patches);
-- ``guided``: whether the denoiser runs classifier-free guidance (``cond``/``uncond``).
+- ``guided``: whether the denoiser runs classifier-free guidance (``cond``/``uncond``);
+- ControlNets (:mod:`.controlnets`): ``controlnets``, the diffusers classes that fit the
+  network; ``control_fit``, the config keys a ControlNet must share with the network;
+  ``control_outputs``, the network's keyword names for a ControlNet's outputs.
 
 An adapter is built complete, by the loader, from the loaded parts:
 ``Family(source, index, config, text, device)`` (``config``: the network's, ``text``:
@@ -32,6 +35,8 @@ the tokenizers and text encoders by folder name). It then gives:
 - ``extra_args(cond, uncond, cfg)``: what the denoiser takes at every call;
 - ``prediction(scheduler)``: what the network predicts, for the user ("epsilon prediction",
   "flow matching").
+- ``check_controlnet(config, latent, given)``: InputError for a ControlNet that does not
+  fit; ``control_condition(image, encode)``: what the ControlNet takes for a control image.
 
 A new family is a class here and an entry in :data:`FAMILIES`. The UNet families wrap
 their network as a CompVis model (:mod:`.networks`); the flow families (SD3, Flux) as a
@@ -65,6 +70,11 @@ def _has(keys: Collection[str], *fragments: str) -> bool:
     return any(key.startswith(fragment) or key.startswith(UNET_PREFIX + fragment) for key in keys for fragment in fragments)
 
 
+def _plain(value: Any) -> Any:
+    """A config value as JSON reads it (tuples as lists), for comparing two configs."""
+    return list(value) if isinstance(value, (tuple, list)) else value
+
+
 def _refiner(index: dict[str, Any]) -> bool:
     """Whether an SDXL ``model_index.json`` is the refiner's: the second encoder without the first."""
     return "text_encoder_2" in index and not (index.get("text_encoder") or [None])[-1]
@@ -86,6 +96,11 @@ class Family:
     cuda_dtype = "float16"
     patch = 1
     guided = True
+    # ControlNets: the diffusers classes that fit the network, the config keys they
+    # must share with it, and the network's keyword names for their outputs, in order.
+    controlnets: tuple[str, ...] = ()
+    control_fit: tuple[str, ...] = ()
+    control_outputs: tuple[str, ...] = ()
 
     def __init__(self, source: str, index: dict[str, Any], config: Any, text: dict[str, Any], device: "torch.device") -> None:
         self.source, self.index, self.config, self.text, self.device = source, index, config, text, device
@@ -126,6 +141,27 @@ class Family:
     def extra_args(self, cond: dict[str, "Tensor"], uncond: Optional[dict[str, "Tensor"]], cfg: float) -> dict[str, Any]:
         return {"cond": cond, "uncond": uncond, "cfg_scale": cfg}
 
+    def control_channels(self, latent: int) -> int:
+        """The channels a ControlNet's latent input has: the VAE's."""
+        return latent
+
+    def check_controlnet(self, config: dict[str, Any], latent: int, given: str) -> None:
+        """InputError when a ControlNet's ``config`` does not fit the network: another
+        width, text width or added conditioning than the network's, or other channels."""
+        channels = config.get("in_channels")
+        if channels != self.control_channels(latent):
+            raise InputError(f"--controlnet {given}: it takes {channels} latent channels, this {self.name} model has {self.control_channels(latent)} (a ControlNet for another family?)")
+        for key in self.control_fit:
+            theirs, ours = _plain(config.get(key)), _plain(self.config.get(key))
+            if theirs != ours:
+                raise InputError(f"--controlnet {given}: its {key} is {theirs}, this {self.name} network's {ours} (a ControlNet for another family?)")
+
+    def control_condition(self, image: "Tensor", encode: Any) -> "Tensor":
+        """What the ControlNet takes for the control ``image`` (1, 3, H, W) in [0, 1] at
+        the run's size: the image itself (the UNet families); ``encode`` is the
+        pipeline's, pixels in [-1, 1] -> latent, for families that take a latent."""
+        return image
+
 
 class StableDiffusion(Family):
     """Stable Diffusion 1.x/2.x: one CLIP text encoder, its last hidden state as
@@ -133,6 +169,10 @@ class StableDiffusion(Family):
 
     name = "Stable Diffusion 1.x/2.x"
     pipelines = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionKDiffusionPipeline")
+    controlnets = ("ControlNetModel",)
+    # Its residuals join the UNet's blocks: the same widths, text width and added conditioning.
+    control_fit = ("block_out_channels", "cross_attention_dim", "addition_embed_type")
+    control_outputs = ("down_block_additional_residuals", "mid_block_additional_residual")
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
@@ -174,6 +214,7 @@ class StableDiffusionXL(StableDiffusion):
     pipelines = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline", "StableDiffusionXLKDiffusionPipeline")
     native_size = 1024
     encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
+    controlnets = ("ControlNetModel", "ControlNetUnionModel")
 
     @classmethod
     def owns(cls, index: dict[str, Any]) -> bool:
@@ -219,6 +260,7 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
     pipelines = ("StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLPipeline")
     encoders = (("tokenizer_2", "text_encoder_2"),)
     aesthetic_scores = (6.0, 2.5)
+    controlnets = ()  # diffusers has no ControlNet pipeline for the refiner
 
     @classmethod
     def owns(cls, index: dict[str, Any]) -> bool:

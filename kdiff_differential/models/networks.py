@@ -14,13 +14,16 @@ sampler's. diffusers is imported inside the functions.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
 from ..guidance import Condition
+
+if TYPE_CHECKING:
+    from .controlnets import ControlRun
 
 # The scheduler config's prediction_type -> the k-diffusion wrapper's name.
 PREDICTIONS = {"epsilon": "CompVisDenoiser", "v_prediction": "CompVisVDenoiser"}
@@ -38,7 +41,9 @@ class DiffusersUNet(nn.Module):
     fractional ones) and ``cond``: the text embedding (N, T, D), or a dict of tensors
     with batch N: ``crossattn`` (N, T, D), optionally ``text_embeds`` and ``time_ids``
     (SDXL's added conditions) and ``concat`` (N, C', h, w), channels appended to x
-    (inpainting UNets). It returns the UNet's prediction (eps or v) in x's dtype.
+    (inpainting UNets). ``control``, a
+    :class:`~kdiff_differential.models.controlnets.ControlRun`, adds its ControlNets'
+    residuals. It returns the UNet's prediction (eps or v) in x's dtype.
     """
 
     def __init__(self, unet: nn.Module, alphas_cumprod: Tensor) -> None:
@@ -46,15 +51,16 @@ class DiffusersUNet(nn.Module):
         self.unet = unet
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().float())
 
-    def apply_model(self, x: Tensor, t: Tensor, cond: Condition, **kwargs: Any) -> Tensor:
+    def apply_model(self, x: Tensor, t: Tensor, cond: Condition, control: Optional["ControlRun"] = None, **kwargs: Any) -> Tensor:
         dtype = self.unet.dtype
         parts = cond if isinstance(cond, dict) else {"crossattn": cond}
         sample = x if "concat" not in parts else torch.cat([x, parts["concat"].to(x.dtype)], dim=1)
         added = {key: parts[key].to(dtype) for key in ADDED_CONDITIONS if key in parts}
-        out = self.unet(
-            sample.to(dtype), t, encoder_hidden_states=parts["crossattn"].to(dtype),
-            added_cond_kwargs=added or None, **kwargs,
-        ).sample
+        inputs = {"encoder_hidden_states": parts["crossattn"].to(dtype), "added_cond_kwargs": added or None}
+        if control is not None:
+            # The ControlNet sees the latent without the inpainting channels, as in diffusers.
+            kwargs.update(control.residuals(t, sample=x.to(dtype), timestep=t, **inputs))
+        out = self.unet(sample.to(dtype), t, **inputs, **kwargs).sample
         return out.to(x.dtype)
 
 

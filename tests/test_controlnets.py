@@ -1,0 +1,216 @@
+"""ControlNets with Differential Diffusion, on tiny random Stable Diffusion 1.x modules:
+end to end against diffusers' StableDiffusionControlNetPipeline (one and several
+ControlNets, windows), scale 0 and an empty window (never called), kept pixels in the
+written file, the built-in Canny, and bad input as one line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import diffusers
+import numpy as np
+import pytest
+import torch
+from conftest import diffusers_euler, save_tiny_controlnet, save_tiny_sd, save_tiny_sdxl
+from PIL import Image
+
+from kdiff_differential import load_pipeline
+from kdiff_differential.cli import main
+from kdiff_differential.edit import differential_edit, make_sigmas
+from kdiff_differential.errors import InputError
+from kdiff_differential.models import Control
+from kdiff_differential.models.controlnets import canny_edges
+
+PROMPT = {"prompt": "a red cat", "negative_prompt": "blurry", "guidance_scale": 3.0, "height": 32, "width": 40}
+LATENT = (1, 4, 16, 20)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The tiny SD pipeline, two random ControlNets for it, and control images of other sizes."""
+    root = tmp_path_factory.mktemp("controlnet")
+    model = save_tiny_sd(root, "epsilon")
+    rng = np.random.default_rng(0)
+    for name, shape in (("wide.png", (20, 24, 3)), ("tall.png", (40, 30, 3))):
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)).save(root / name)
+    return {"model": model, "one": save_tiny_controlnet(root / "one", model, 3), "two": save_tiny_controlnet(root / "two", model, 4), "root": root}
+
+
+@pytest.fixture(scope="module")
+def pipe(folders: dict[str, Path]):
+    return load_pipeline(folders["model"], controlnets=[folders["one"], folders["two"]])
+
+
+def ours(pipe, controls: list[Control], steps: int = 4, negative: str = "blurry"):
+    """An all-released Euler edit with a prompt, a negative, guidance and ``controls``."""
+    latent = torch.zeros(LATENT)
+    denoiser = pipe.denoiser_for(latent)
+    args = pipe.extra_args("a red cat", negative, 3.0, size=(32, 40), controls=controls, sigmas=make_sigmas(denoiser, steps))
+    return differential_edit(denoiser, latent, torch.ones(LATENT[2:]), sampler="euler", steps=steps, extra_args=args, seed=5)
+
+
+def reference(folders: dict[str, Path], edit, names: list[str], kind: str = "StableDiffusionControlNetPipeline",
+              net: str = "ControlNetModel", model: str = "model", **settings) -> torch.Tensor:
+    """diffusers' pipeline ``kind`` on ``folders[model]`` with the ControlNets ``names``
+    (of class ``net``; a MultiControlNetModel for several) from ``edit``'s noise, over
+    its steps."""
+    nets = [getattr(diffusers, net).from_pretrained(folders[name]) for name in names]
+    controlnet = nets[0] if len(nets) == 1 else diffusers.MultiControlNetModel(nets)
+
+    class WithControlNet:
+        @staticmethod
+        def from_pretrained(folder: Path, **options):
+            return getattr(diffusers, kind).from_pretrained(folder, controlnet=controlnet, **options)
+
+    return diffusers_euler(WithControlNet, folders[model], edit, **{**PROMPT, **settings})
+
+
+def images(folders: dict[str, Path], *names: str) -> list[Image.Image]:
+    return [Image.open(folders["root"] / name).convert("RGB") for name in names]
+
+
+def test_two_controlnets_equal_diffusers_multi_controlnet(folders: dict[str, Path], pipe) -> None:
+    """Different scales, the second acting over the first half of the schedule only, and
+    control images of other sizes than the output's (resized as diffusers does)."""
+    root = folders["root"]
+    edit = ours(pipe, [Control(str(root / "wide.png"), 0.7), Control(str(root / "tall.png"), 1.3, 0.0, 0.5)])
+    expected = reference(
+        folders, edit, ["one", "two"], image=images(folders, "wide.png", "tall.png"), controlnet_conditioning_scale=[0.7, 1.3],
+        control_guidance_start=[0.0, 0.0], control_guidance_end=[1.0, 0.5],
+    )
+    plain = load_pipeline(folders["model"])
+    without = differential_edit(plain.denoiser_for(torch.zeros(LATENT)), torch.zeros(LATENT), torch.ones(LATENT[2:]), sampler="euler",
+                                steps=4, extra_args=plain.extra_args("a red cat", "blurry", 3.0, size=(32, 40)), seed=5).result
+    assert (without - expected).abs().mean() > 0.05 * expected.abs().mean()  # the ControlNets changed the result
+    assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+def test_one_controlnet_with_a_late_window_equals_diffusers(folders: dict[str, Path], pipe) -> None:
+    """One ControlNet acting from a quarter of the schedule on; the other at scale 0."""
+    root = folders["root"]
+    edit = ours(pipe, [Control(str(root / "tall.png"), 0.8, 0.25, 1.0), Control(str(root / "wide.png"), 0.0)])
+    expected = reference(folders, edit, ["one"], image=images(folders, "tall.png")[0], controlnet_conditioning_scale=0.8,
+                         control_guidance_start=0.25, control_guidance_end=1.0)
+    assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+@pytest.fixture(scope="module")
+def xl(folders: dict[str, Path]) -> dict[str, Path]:
+    """The tiny SDXL pipeline, a ControlNet and a union ControlNet for it."""
+    root = folders["root"] / "xl"
+    model = save_tiny_sdxl(root, "epsilon")
+    plain, union = save_tiny_controlnet(root / "plain", model, 5), save_tiny_controlnet(
+        root / "union", model, 6, "ControlNetUnionModel", num_trans_channel=32, num_trans_head=4, num_proj_channel=32,
+    )
+    return {**folders, "xl": model, "plain": plain, "union": union}
+
+
+def test_sdxl_controlnet_and_union_controlnet_equal_diffusers(xl: dict[str, Path]) -> None:
+    """SDXL's ControlNet and union ControlNet (mode 3) are called with the added
+    conditions (pooled text, time ids) as the UNet is; each equals diffusers' SDXL
+    ControlNet pipeline for it."""
+    pipe = load_pipeline(xl["xl"], controlnets=[xl["plain"], xl["union"]])
+    image = str(xl["root"] / "tall.png")
+    settings = {"prompt": "a red cat", "negative_prompt": None, "guidance_scale": 3.0, "height": 32, "width": 40}
+    plain = ours(pipe, [Control(image, 0.9, 0.0, 0.75), Control(image, 0.0, mode=3)], negative="")
+    expected = reference(xl, plain, ["plain"], "StableDiffusionXLControlNetPipeline", model="xl", image=images(xl, "tall.png")[0],
+                         controlnet_conditioning_scale=0.9, control_guidance_end=0.75, **settings)
+    assert (plain.result - expected).abs().max() < 1e-5 * expected.abs().max()
+    union = ours(pipe, [Control(image, 0.0), Control(image, 1.1, mode=3)], negative="")
+    expected = reference(xl, union, ["union"], "StableDiffusionXLControlNetUnionPipeline", "ControlNetUnionModel", model="xl",
+                         control_image=images(xl, "tall.png"), control_mode=3, controlnet_conditioning_scale=1.1, **settings)
+    assert (plain.result - union.result).abs().mean() > 0.05 * expected.abs().mean()
+    assert (union.result - expected).abs().max() < 1e-5 * expected.abs().max()
+    with pytest.raises(InputError, match="union ControlNet .* needs the mode of its image, a whole number in 0..[0-9]+; got None"):
+        pipe.extra_args("a cat", controls=[Control(image), Control(image)])
+    with pytest.raises(InputError, match="--control-mode 2: this ControlNet .ControlNetModel. has no modes"):
+        pipe.extra_args("a cat", controls=[Control(image, mode=2), Control(image, mode=3)])
+
+
+def test_scale_0_and_a_window_before_the_first_call_never_call_the_controlnet(folders: dict[str, Path], pipe, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+    for net in pipe.controlnets:
+        forward = net.forward
+        monkeypatch.setattr(net, "forward", lambda *a, _f=forward, _n=net, **k: calls.append(_n) or _f(*a, **k))
+    image = str(folders["root"] / "wide.png")
+    plain = load_pipeline(folders["model"])
+    latent = torch.zeros(LATENT)
+    bare = differential_edit(plain.denoiser_for(latent), latent, torch.ones(LATENT[2:]), sampler="euler", steps=4,
+                             extra_args=plain.extra_args("a red cat", "blurry", 3.0, size=(32, 40)), seed=5).result
+    # Of 4 steps, a window ending at 0.2 holds none ((i + 1) / 4 > 0.2 for every step i).
+    for controls in ([Control(image, 0.0), Control(image, 0.0)], [Control(image, 1.0, 0.0, 0.2), Control(image, 0.0, 0.0, 0.2)]):
+        assert torch.equal(ours(pipe, controls).result, bare)
+    assert calls == []
+    ours(pipe, [Control(image, 1.0, 0.25, 0.75), Control(image, 0.0)])
+    assert calls == [pipe.controlnets[0]] * 2  # steps 1 and 2 of 4, one guidance batch each
+
+
+def test_the_command_line_keeps_kept_pixels_byte_exact_with_a_controlnet(folders: dict[str, Path], tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    original = rng.integers(0, 256, (24, 28, 3), dtype=np.uint8)
+    Image.fromarray(original).save(tmp_path / "in.png")
+    keep_left = np.zeros((24, 28), np.uint8)
+    keep_left[:, 14:] = 255
+    Image.fromarray(keep_left).save(tmp_path / "map.png")
+    common = ["--model", str(folders["model"]), "--image", str(tmp_path / "in.png"), "--map", str(tmp_path / "map.png"), "--steps", "2", "--quiet"]
+    control = ["--controlnet", str(folders["one"]), "--control-image", f"canny:{folders['root'] / 'tall.png'}", "--control-scale", "2"]
+    assert main([*common, *control, "--out", str(tmp_path / "cn.png")]) == 0
+    assert main([*common, "--out", str(tmp_path / "bare.png")]) == 0
+    result, bare = (np.asarray(Image.open(tmp_path / name)) for name in ("cn.png", "bare.png"))
+    assert np.array_equal(result[:, :14], original[:, :14])
+    assert np.abs(result[:, 14:].astype(int) - bare[:, 14:]).mean() > 1  # the ControlNet acted where the map changes
+
+
+def test_canny_gives_white_edges_on_black_around_a_square() -> None:
+    image = np.zeros((32, 32, 3), np.uint8)
+    image[8:24, 8:24] = 200
+    edges = canny_edges(image)
+    assert edges.dtype == np.uint8 and edges.shape == (32, 32, 3) and set(np.unique(edges)) == {0, 255}
+    assert edges[16, 6:11, 0].max() == 255 and edges[16, 12:20].max() == 0 and edges[2:6, 2:6].max() == 0
+
+
+def foreign_controlnet(folder: Path, **changes) -> Path:
+    """A tiny ControlNetModel of another shape than the tiny SD UNet's (as another
+    family's would be): ``changes`` to its configuration."""
+    settings = dict(
+        in_channels=4, block_out_channels=(32, 64), layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4, conditioning_embedding_out_channels=(8, 16),
+    )
+    diffusers.ControlNetModel(**{**settings, **changes}).save_pretrained(folder)
+    return folder
+
+
+BAD = {
+    "missing control image": (["--controlnet", "{one}", "--control-image", "{root}/nope.png"], "--control-image {root}/nope.png: no such file"),
+    "no control image": (["--controlnet", "{one}"], "--controlnet {one}: no --control-image"),
+    "image before its controlnet": (["--control-image", "{root}/wide.png", "--controlnet", "{one}"], "give --controlnet SOURCE first"),
+    "not a controlnet": (["--controlnet", "{model}/unet", "--control-image", "{root}/wide.png"], "a UNet2DConditionModel (not a ControlNet)"),
+    "another family's text width": (["--controlnet", "{xl}", "--control-image", "{root}/wide.png"], "its cross_attention_dim is 56, this Stable Diffusion 1.x/2.x network's 32"),
+    "other channels": (["--controlnet", "{channels}", "--control-image", "{root}/wide.png"], "it takes 16 latent channels"),
+    "window outside 0..1": (["--controlnet", "{one}", "--control-image", "{root}/wide.png", "--control-end", "1.5"], "--control-end: 1.5 is out of range"),
+    "start after end": (["--controlnet", "{one}", "--control-image", "{root}/wide.png", "--control-start", "0.6", "--control-end", "0.4"], "0 <= start < end <= 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_bad_controlnet_input_is_one_line_and_exit_2(case: str, folders: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    names = {key: str(value) for key, value in folders.items()}
+    names["xl"] = str(foreign_controlnet(tmp_path / "xl", cross_attention_dim=56)) if case == "another family's text width" else ""
+    names["channels"] = str(foreign_controlnet(tmp_path / "channels", in_channels=16)) if case == "other channels" else ""
+    arguments, message = BAD[case]
+    image = np.zeros((24, 28, 3), np.uint8)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    capsys.readouterr()
+    status = main(["--model", names["model"], "--image", str(tmp_path / "in.png"), *(a.format(**names) for a in arguments), "--out", str(tmp_path / "x.png"), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert message.format(**names) in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_the_python_route_names_a_missing_control_or_sigmas(pipe) -> None:
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match="one Control per ControlNet loaded, 2; got 1"):
+        pipe.extra_args("a cat", controls=[Control(image)])
+    with pytest.raises(ValueError, match="needs sigmas="):
+        pipe.extra_args("a cat", controls=[Control(image, end=0.5), Control(image)])
