@@ -65,9 +65,15 @@ def strip(
         *([(decoded, "decoded (before composite)")] if decoded is not None else []),
         (result, "result"),
     ]
-    gap = np.full((LABEL + height, GAP, 3), 255, np.uint8)
-    panels_labelled = [labelled(panel, text) for panel, text in panels]
-    return np.concatenate([part for panel in panels_labelled for part in (gap, panel)][1:], axis=1)
+    return side_by_side(panels)
+
+
+def side_by_side(panels: Sequence[tuple[np.ndarray, str]]) -> np.ndarray:
+    """Images (uint8 (H, W, 3), one H) side by side, each under its label, GAP pixels of
+    white between them: uint8 (LABEL + H, n W + (n - 1) GAP, 3)."""
+    gap = np.full((LABEL + panels[0][0].shape[0], GAP, 3), 255, np.uint8)
+    tiles = [labelled(panel, text) for panel, text in panels]
+    return np.concatenate([part for panel in tiles for part in (gap, panel)][1:], axis=1)
 
 
 def mask_grid(masks: Sequence[Tensor], aspect: float, sigmas: Optional[Sequence[float]] = None) -> np.ndarray:

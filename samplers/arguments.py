@@ -44,3 +44,33 @@ def require_cuda(what: str) -> None:
 def write_json(path: str, report: dict) -> None:
     """Write ``report`` to ``path`` atomically: a reader sees the old file or the new one."""
     write_atomically(path, lambda file: file.write(json.dumps(report, indent=2) + "\n"))
+
+
+def model_benchmark(prog: str, doc: str, argv, options, measure, default_device: str = "cuda") -> int:
+    """The command line of a benchmark on a random diffusers model: ``--device``,
+    ``--rounds``, ``--tiny``, ``--json`` and the benchmark's own ``options(parser)``; after
+    parsing, ``measure(args)`` gives the result (or raises InputError on bad settings),
+    printed as JSON and written to ``--json``. Returns the exit status: 2 on bad input."""
+    from kdiff_differential.errors import OneLineParser, command_status
+    from kdiff_differential.models.diffusers_model import quiet_loading, require_diffusers
+
+    parser = OneLineParser(prog=prog, description=doc.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=default_device)
+    parser.add_argument("--rounds", type=positive, default=5 if default_device == "cuda" else 15)
+    parser.add_argument("--tiny", action="store_true", help="a small UNet of the same kind (CPU check)")
+    parser.add_argument("--json", metavar="OUT.json", help="also write the result here (atomically)")
+    options(parser)
+
+    def work() -> None:
+        args = parser.parse_args(argv)
+        if args.device == "cuda":
+            require_cuda("--device cuda")
+        check_json(args.json)
+        require_diffusers()
+        quiet_loading()
+        result = measure(args)
+        print(json.dumps(result, indent=2))
+        if args.json:
+            write_json(args.json, result)
+
+    return command_status(prog, work, "interrupted; nothing was written")

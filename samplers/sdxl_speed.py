@@ -11,7 +11,6 @@ without :class:`DifferentialDenoiser` in interleaved rounds (medians), and the p
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -19,9 +18,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from kdiff_differential.errors import InputError, OneLineParser, command_status
-from kdiff_differential.models.diffusers_model import require_diffusers
-from samplers.arguments import check_json, positive, require_cuda, write_json
+from kdiff_differential.errors import InputError
+from samplers.arguments import model_benchmark, positive
 
 SDXL_UNET = dict(
     sample_size=128, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280),
@@ -38,11 +36,13 @@ TINY_UNET = dict(
 )
 
 
-def measure(device: str, size: int, steps: int, rounds: int, tiny: bool) -> dict:
+def guided_unet(device: str, size: int, tiny: bool) -> tuple:
+    """An SDXL-kind UNet with random weights (``tiny``: the small one) in fp16 on CUDA,
+    fp32 on CPU; the guided k-diffusion denoiser around it; and the ``extra_args`` of a
+    guided call (random conditions, the time ids of a ``size`` square, cfg 7)."""
     import k_diffusion as K
     from diffusers import UNet2DConditionModel
 
-    from kdiff_differential import DifferentialDenoiser
     from kdiff_differential.guidance import CFGDenoiser
     from kdiff_differential.models import sd_alphas_cumprod
     from kdiff_differential.models.networks import DiffusersUNet
@@ -60,7 +60,16 @@ def measure(device: str, size: int, steps: int, rounds: int, tiny: bool) -> dict
                 "text_embeds": torch.randn(1, pooled, device=dev),
                 "time_ids": torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32, device=dev)}
 
-    extra = {"cond": condition(), "uncond": condition(), "cfg_scale": 7.0}
+    return unet, denoiser, {"cond": condition(), "uncond": condition(), "cfg_scale": 7.0}
+
+
+def measure(device: str, size: int, steps: int, rounds: int, tiny: bool) -> dict:
+    import k_diffusion as K
+
+    from kdiff_differential import DifferentialDenoiser
+
+    dev = torch.device(device)
+    unet, denoiser, extra = guided_unet(device, size, tiny)
     latent = torch.randn(1, 4, size // 8, size // 8, device=dev)
     ramp = torch.linspace(0, 1, size // 8, device=dev).expand(1, 1, size // 8, size // 8)
     sigmas = denoiser.inner_model.get_sigmas(steps).to(dev)
@@ -96,28 +105,17 @@ PROG = "python -m samplers.sdxl_speed"
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Print the measurement as JSON (and write it to ``--json``); 2 on bad input."""
-    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda")
-    parser.add_argument("--size", type=positive, default=1024, help="image side in pixels (latent = size / 8)")
-    parser.add_argument("--steps", type=positive, default=10)
-    parser.add_argument("--rounds", type=positive, default=5)
-    parser.add_argument("--tiny", action="store_true", help="a small UNet of the same kind (CPU check)")
-    parser.add_argument("--json", metavar="OUT.json", help="also write the result here (atomically)")
 
-    def work() -> None:
-        args = parser.parse_args(argv)
-        if args.device == "cuda":
-            require_cuda("--device cuda")
+    def options(parser) -> None:
+        parser.add_argument("--size", type=positive, default=1024, help="image side in pixels (latent = size / 8)")
+        parser.add_argument("--steps", type=positive, default=10)
+
+    def run(args) -> dict:
         if args.size < 16 or args.size % 8:
             raise InputError(f"--size must be a multiple of 8, at least 16, got {args.size}")
-        check_json(args.json)
-        require_diffusers()
-        result = measure(args.device, args.size, args.steps, args.rounds, args.tiny)
-        print(json.dumps(result, indent=2))
-        if args.json:
-            write_json(args.json, result)
+        return measure(args.device, args.size, args.steps, args.rounds, args.tiny)
 
-    return command_status(PROG, work, "interrupted; nothing was written")
+    return model_benchmark(PROG, __doc__, argv, options, run)
 
 
 if __name__ == "__main__":

@@ -214,3 +214,12 @@ def test_the_python_route_names_a_missing_control_or_sigmas(pipe) -> None:
         pipe.extra_args("a cat", controls=[Control(image)])
     with pytest.raises(ValueError, match="needs sigmas="):
         pipe.extra_args("a cat", controls=[Control(image, end=0.5), Control(image)])
+
+
+def test_the_cost_script_measures_a_tiny_controlnet_on_cpu() -> None:
+    from samplers.controlnet_cost import measure
+
+    result = measure("cpu", size=32, rounds=1, tiny=True)
+    ms = result["ms_per_call"]
+    assert set(ms) == {"without", "with", "outside the window", "ControlNet alone"} and min(ms.values()) > 0
+    assert result["added_over_controlnet_alone"] == (ms["with"] - ms["without"]) / ms["ControlNet alone"]
