@@ -45,7 +45,7 @@ def measure(device: str, size: int, rounds: int, tiny: bool) -> dict:
     clock = denoiser.inner_model.sigma_to_t
 
     def run_for(control: Control):
-        return control_run(StableDiffusionXL, [net], [control], lambda _: torch.rand(1, 3, size, size, device=dev), sigmas, clock)
+        return control_run(StableDiffusionXL, [net], [control], lambda image, config: torch.rand(1, 3, size, size, device=dev), sigmas, clock)
 
     variants = {"without": extra, "with": {**extra, "control": run_for(Control(image))},
                 "outside the window": {**extra, "control": run_for(Control(image, start=0.5))}}

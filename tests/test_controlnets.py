@@ -127,6 +127,48 @@ def test_sdxl_controlnet_and_union_controlnet_equal_diffusers(xl: dict[str, Path
         pipe.extra_args("a cat", controls=[Control(image, mode=2), Control(image, mode=3)])
 
 
+def test_sd3_controlnet_equals_diffusers(folders: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SD3's ControlNet takes the control image's latent (unshifted, as InstantX's are
+    trained) and the zeroed pooled projection; ours equals diffusers'
+    StableDiffusion3ControlNetPipeline. diffusers draws a sample of the VAE's posterior for
+    the control latent, we take its mode; the reference is made to take the mode too."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from test_diffusers_flow import randomise_zeros, save_tiny_pipeline
+
+    model = save_tiny_pipeline(tmp_path, "sd3")
+    torch.manual_seed(7)
+    # Two blocks: the last one takes no ControlNet residual (it updates no text stream).
+    config = {key: value for key, value in diffusers.SD3Transformer2DModel.load_config(model / "transformer").items() if not key.startswith("_")}
+    transformer = diffusers.SD3Transformer2DModel.from_config({**config, "num_layers": 2})
+    randomise_zeros(transformer)
+    transformer.save_pretrained(model / "transformer")
+    net = diffusers.SD3ControlNetModel(
+        sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=64, pos_embed_max_size=16,
+    )
+    randomise_zeros(net)
+    net.save_pretrained(tmp_path / "sd3-controlnet")
+    pipe = load_pipeline(model, controlnets=[tmp_path / "sd3-controlnet"])
+    latent = torch.zeros(1, 4, 16, 20)
+    denoiser = pipe.denoiser_for(latent)
+    sigmas = make_sigmas(denoiser, 4, "model")
+    image = str(folders["root"] / "tall.png")
+    args = pipe.extra_args("a red cat", "blurry", 3.0, size=(32, 40), controls=[Control(image, 0.9, 0.0, 0.75)], sigmas=sigmas)
+    edit = differential_edit(denoiser, latent, torch.ones(16, 20), sampler="euler", steps=4, schedule="model", extra_args=args, seed=5)
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", DiagonalGaussianDistribution.mode)
+    reference = diffusers.StableDiffusion3ControlNetPipeline.from_pretrained(model, controlnet=diffusers.SD3ControlNetModel.from_pretrained(tmp_path / "sd3-controlnet"), local_files_only=True)
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(
+        latents=edit.wrapper.noise, prompt="a red cat", negative_prompt="blurry", height=32, width=40, num_inference_steps=4,
+        guidance_scale=3.0, max_sequence_length=16, output_type="latent", control_image=images(folders, "tall.png")[0],
+        controlnet_conditioning_scale=0.9, control_guidance_end=0.75,
+    ).images
+    bare = differential_edit(denoiser, latent, torch.ones(16, 20), sampler="euler", steps=4, schedule="model", seed=5,
+                             extra_args=pipe.extra_args("a red cat", "blurry", 3.0, size=(32, 40), controls=[Control(image, 0.0)])).result
+    assert (bare - expected).abs().mean() > 0.01 * expected.abs().mean()  # the ControlNet changed the result
+    assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
 def test_scale_0_and_a_window_before_the_first_call_never_call_the_controlnet(folders: dict[str, Path], pipe, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     for net in pipe.controlnets:

@@ -208,25 +208,30 @@ class _Active:
 
 
 class ControlRun:
-    """The ControlNets of one run, as the network wrapper calls them: see
-    :meth:`residuals`. Built by :func:`control_run`; passed as ``control=`` in
-    ``extra_args``."""
+    """The ControlNets of one run, as the network wrapper calls them: :meth:`at` the
+    call's timesteps, then :meth:`residuals`. Built by :func:`control_run`; passed as
+    ``control=`` in ``extra_args``."""
 
     def __init__(self, family: "Family", active: Sequence[_Active]) -> None:
         self.family, self.active = family, list(active)
 
-    def residuals(self, t: Tensor, **inputs: Any) -> dict[str, Any]:
-        """The network's extra keyword arguments at timestep ``t`` (N,): the residuals of
-        the ControlNets whose window holds ``t``, summed in order, under the names the
-        family's network takes them by; {} when none is. ``inputs`` are the network's
-        own keyword inputs (batch N), which each ControlNet is called with too."""
+    def at(self, t: Tensor) -> Optional["ControlRun"]:
+        """The ControlNets whose window holds timestep ``t`` (N,) (the network's, in the
+        sampler's dtype); None when none does, so that nothing is called."""
+        active = [entry for entry in self.active if entry.covers(t)]
+        return ControlRun(self.family, active) if active else None
+
+    def residuals(self, n: int, **inputs: Any) -> dict[str, Any]:
+        """The network's extra keyword arguments: the residuals of every ControlNet here,
+        summed in order, under the names the family's network takes them by. ``inputs``
+        are the network's own keyword inputs (batch ``n``), which each ControlNet is
+        called with too (as the family adapts them to it)."""
         total = None
         for entry in self.active:
-            if not entry.covers(t):
-                continue
-            out = entry.net(**inputs, **entry.inputs(t.shape[0]), conditioning_scale=entry.scale, return_dict=False)
+            own = self.family.control_inputs(inputs, entry.net.config)
+            out = entry.net(**own, **entry.inputs(n), conditioning_scale=entry.scale, return_dict=False)
             total = out if total is None else _add(total, out)
-        return {} if total is None else dict(zip(self.family.control_outputs, total))
+        return dict(zip(self.family.control_outputs, total))
 
 
 def _add(first: Any, second: Any) -> Any:
@@ -237,14 +242,14 @@ def _add(first: Any, second: Any) -> Any:
 
 
 def control_run(
-    family: "Family", nets: Sequence[nn.Module], controls: Sequence[Control], pixels: Callable[[np.ndarray], Tensor],
+    family: "Family", nets: Sequence[nn.Module], controls: Sequence[Control], pixels: Callable[[np.ndarray, Any], Tensor],
     sigmas: Optional[Tensor], sigma_to_t: Callable[[Tensor], Tensor],
 ) -> Optional[ControlRun]:
     """The :class:`ControlRun` for ``controls``, one per ControlNet of ``nets`` in order;
     None when none of them is ever called (all at scale 0 or outside their windows).
 
-    ``pixels`` turns a control image (uint8 (H, W, 3)) into the run's size, as the
-    family's ControlNet takes it; ``sigmas`` is the schedule the sampler runs (needed
+    ``pixels(image, config)`` turns a control image (uint8 (H, W, 3)) into what the
+    family's ControlNet of that config takes, at the run's size; ``sigmas`` is the schedule the sampler runs (needed
     only for a window other than 0..1); ``sigma_to_t`` the denoiser's clock, which gives
     the timesteps the network sees.
     """
@@ -258,7 +263,7 @@ def control_run(
         window = _window(control, sigmas, sigma_to_t)
         if control.scale == 0 or window is None:
             continue
-        condition = pixels(control.pixels()).to(next(net.parameters()).dtype)
+        condition = pixels(control.pixels(), net.config).to(next(net.parameters()).dtype)
         inputs = INPUTS.get(type(net).__name__, _image_input)(condition, control.mode, net)
         active.append(_Active(net, inputs, float(control.scale), *window))
     return ControlRun(family, active) if active else None

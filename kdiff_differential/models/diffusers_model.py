@@ -374,9 +374,9 @@ class DiffusersPipeline:
 
         processor = VaeImageProcessor(vae_scale_factor=self.factor, do_convert_rgb=True, do_normalize=False)
 
-        def condition(image: np.ndarray) -> Tensor:
+        def condition(image: np.ndarray, config: Any) -> Tensor:
             pixels = processor.preprocess(Image.fromarray(image), height=size[0], width=size[1]).to(self.device, torch.float32)
-            return self.family.control_condition(pixels, self.encode)
+            return self.family.control_condition(pixels, config, self.vae)
 
         clock = find_attribute(self.denoiser, "sigma_to_t")
         return control_run(self.family, self.controlnets, controls, condition, sigmas, lambda s: clock(s.to(self.device, torch.float32)))

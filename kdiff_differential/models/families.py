@@ -156,11 +156,16 @@ class Family:
             if theirs != ours:
                 raise InputError(f"--controlnet {given}: its {key} is {theirs}, this {self.name} network's {ours} (a ControlNet for another family?)")
 
-    def control_condition(self, image: "Tensor", encode: Any) -> "Tensor":
-        """What the ControlNet takes for the control ``image`` (1, 3, H, W) in [0, 1] at
-        the run's size: the image itself (the UNet families); ``encode`` is the
-        pipeline's, pixels in [-1, 1] -> latent, for families that take a latent."""
+    def control_condition(self, image: "Tensor", config: Any, vae: "nn.Module") -> "Tensor":
+        """What a ControlNet (of ``config``) takes for the control ``image`` (1, 3, H, W)
+        in [0, 1] at the run's size: the image itself (the UNet families); the flow
+        families' take its latent (``vae``)."""
         return image
+
+    @staticmethod
+    def control_inputs(inputs: dict[str, Any], config: Any) -> dict[str, Any]:
+        """The network's keyword ``inputs`` as a ControlNet of ``config`` takes them: as they are."""
+        return inputs
 
 
 class StableDiffusion(Family):
@@ -311,6 +316,10 @@ class FlowFamily(Family):
     def prediction(scheduler: dict[str, Any]) -> str:
         return "flow matching"
 
+    def control_channels(self, latent: int) -> int:
+        """The channels a ControlNet's latent input has: the packed latent's."""
+        return latent * self.pack**2
+
 
 class StableDiffusion3(FlowFamily):
     """SD3/SD3.5: two CLIP models with projection (penultimate hidden states side by
@@ -324,6 +333,9 @@ class StableDiffusion3(FlowFamily):
     encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"), ("tokenizer_3", "text_encoder_3"))
     optional = ("tokenizer_3", "text_encoder_3")
     t5_length = 256
+    controlnets = ("SD3ControlNetModel",)
+    control_fit = ("patch_size", "attention_head_dim", "num_attention_heads", "pooled_projection_dim")
+    control_outputs = ("block_controlnet_hidden_states",)
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
@@ -354,12 +366,34 @@ class StableDiffusion3(FlowFamily):
             return self._encode(prompt), self._encode(negative)
 
     @staticmethod
-    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"]) -> "Tensor":
+    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
         n = x_t.shape[0]
-        return transformer(
-            hidden_states=x_t, timestep=t * 1000, encoder_hidden_states=_batch(cond["text"], n),
-            pooled_projections=_batch(cond["pooled"], n),
-        ).sample
+        inputs = {"hidden_states": x_t, "timestep": t * 1000, "encoder_hidden_states": _batch(cond["text"], n), "pooled_projections": _batch(cond["pooled"], n)}
+        residuals = {} if control is None else control.residuals(n, **inputs)
+        return transformer(**inputs, **residuals).sample
+
+    def control_condition(self, image: "Tensor", config: Any, vae: "nn.Module") -> "Tensor":
+        """The control image's latent (its mode), scaled; shifted unless the ControlNet
+        zeroes its pooled projection (InstantX's, trained without the shift), as diffusers."""
+        import torch
+
+        with torch.no_grad():
+            latent = vae.encode((image * 2 - 1).to(vae.dtype)).latent_dist.mode().float()
+        shift = 0 if config.get("force_zeros_for_pooled_projection", True) else vae.config.get("shift_factor") or 0
+        return (latent - shift) * vae.config.scaling_factor
+
+    @staticmethod
+    def control_inputs(inputs: dict[str, Any], config: Any) -> dict[str, Any]:
+        """Zero pooled projections for a ControlNet that zeroes them (InstantX's); no text
+        for one without a joint attention width (SD3.5's official ones), as diffusers."""
+        import torch
+
+        own = dict(inputs)
+        if config.get("force_zeros_for_pooled_projection", True):
+            own["pooled_projections"] = torch.zeros_like(inputs["pooled_projections"])
+        if config.get("joint_attention_dim") is None:
+            own["encoder_hidden_states"] = None
+        return own
 
 
 class Flux(FlowFamily):
@@ -398,7 +432,7 @@ class Flux(FlowFamily):
         return {"cond": cond}
 
     @staticmethod
-    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"]) -> "Tensor":
+    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
         import torch
 
         n, channels, height, width = x_t.shape

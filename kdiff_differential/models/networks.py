@@ -29,8 +29,9 @@ if TYPE_CHECKING:
 PREDICTIONS = {"epsilon": "CompVisDenoiser", "v_prediction": "CompVisVDenoiser"}
 # Condition keys that go to the UNet's added_cond_kwargs (SDXL's micro-conditioning).
 ADDED_CONDITIONS = ("text_embeds", "time_ids")
-# (transformer, x_t (N, C, H, W) in its dtype, t (N,) in [0, 1], cond) -> v like x_t.
-VelocityCall = Callable[[nn.Module, Tensor, Tensor, dict[str, Tensor]], Tensor]
+# (transformer, x_t (N, C, H, W) in its dtype, t (N,) in [0, 1], cond, the ControlNets
+# acting at t or None) -> v like x_t.
+VelocityCall = Callable[[nn.Module, Tensor, Tensor, dict[str, Tensor], Optional["ControlRun"]], Tensor]
 
 
 class DiffusersUNet(nn.Module):
@@ -57,9 +58,10 @@ class DiffusersUNet(nn.Module):
         sample = x if "concat" not in parts else torch.cat([x, parts["concat"].to(x.dtype)], dim=1)
         added = {key: parts[key].to(dtype) for key in ADDED_CONDITIONS if key in parts}
         inputs = {"encoder_hidden_states": parts["crossattn"].to(dtype), "added_cond_kwargs": added or None}
+        control = None if control is None else control.at(t)
         if control is not None:
             # The ControlNet sees the latent without the inpainting channels, as in diffusers.
-            kwargs.update(control.residuals(t, sample=x.to(dtype), timestep=t, **inputs))
+            kwargs.update(control.residuals(x.shape[0], sample=x.to(dtype), timestep=t, **inputs))
         out = self.unet(sample.to(dtype), t, **inputs, **kwargs).sample
         return out.to(x.dtype)
 
@@ -91,7 +93,8 @@ class TransformerVelocity(nn.Module):
 
     ``call`` is the family's way of calling it (see :data:`VelocityCall`; Flux packs the
     latent into tokens there). ``x_t`` (N, C, H, W) and ``t`` (N,) come in the
-    sampler's dtype, ``cond`` is a dict of tensors with batch 1 or N; the transformer
+    sampler's dtype, ``cond`` is a dict of tensors with batch 1 or N, ``control`` a
+    :class:`~kdiff_differential.models.controlnets.ControlRun`; the transformer
     runs in its own dtype and v is returned in x_t's.
     """
 
@@ -99,7 +102,9 @@ class TransformerVelocity(nn.Module):
         super().__init__()
         self.transformer, self.call = transformer, call
 
-    def forward(self, x_t: Tensor, t: Tensor, *, cond: dict[str, Tensor]) -> Tensor:
+    def forward(self, x_t: Tensor, t: Tensor, *, cond: dict[str, Tensor], control: Optional["ControlRun"] = None) -> Tensor:
         dtype = self.transformer.dtype
         cond = {key: value.to(dtype) for key, value in cond.items()}
-        return self.call(self.transformer, x_t.to(dtype), t.to(dtype), cond).to(x_t.dtype)
+        # The window is read at t in the sampler's dtype, as it was set (bf16 would round it).
+        control = None if control is None else control.at(t)
+        return self.call(self.transformer, x_t.to(dtype), t.to(dtype), cond, control).to(x_t.dtype)
