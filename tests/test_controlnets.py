@@ -169,6 +169,46 @@ def test_sd3_controlnet_equals_diffusers(folders: dict[str, Path], tmp_path: Pat
     assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
+def test_flux_union_controlnet_equals_diffusers(folders: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Flux's (InstantX-style, union) ControlNet takes the control image's latent packed
+    into tokens, its mode, the guidance input and the position ids; ours equals diffusers'
+    FluxControlNetPipeline (its VAE made to take the mode, as ours does)."""
+    from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
+    from test_diffusers_flow import randomise_zeros, save_tiny_pipeline
+
+    model = save_tiny_pipeline(tmp_path, "flux")
+    torch.manual_seed(8)
+    net = diffusers.FluxControlNetModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6), num_mode=4,
+    )
+    randomise_zeros(net)
+    net.save_pretrained(tmp_path / "flux-controlnet")
+    pipe = load_pipeline(model, controlnets=[tmp_path / "flux-controlnet"])
+    latent = torch.zeros(1, 4, 16, 20)
+    denoiser = pipe.denoiser_for(latent)
+    image = str(folders["root"] / "tall.png")
+
+    def run(scale: float):
+        args = pipe.extra_args("a red cat", "", 3.0, size=(32, 40), controls=[Control(image, scale, 0.25, 1.0, mode=2)],
+                               sigmas=make_sigmas(denoiser, 4, "model"))
+        return differential_edit(denoiser, latent, torch.ones(16, 20), sampler="euler", steps=4, schedule="model", extra_args=args, seed=5)
+
+    edit = run(1.2)
+    monkeypatch.setattr(DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mode())
+    reference = diffusers.FluxControlNetPipeline.from_pretrained(model, controlnet=diffusers.FluxControlNetModel.from_pretrained(tmp_path / "flux-controlnet"), local_files_only=True)
+    reference.set_progress_bar_config(disable=True)
+    packed = diffusers.FluxPipeline._pack_latents(edit.wrapper.noise, 1, 4, 16, 20)
+    out = reference(
+        latents=packed, prompt="a red cat", height=32, width=40, num_inference_steps=4, guidance_scale=3.0, max_sequence_length=16,
+        output_type="latent", control_image=images(folders, "tall.png")[0], control_mode=2, controlnet_conditioning_scale=1.2,
+        control_guidance_start=0.25,
+    ).images
+    expected = diffusers.FluxPipeline._unpack_latents(out, 32, 40, reference.vae_scale_factor)
+    assert (run(0.0).result - expected).abs().mean() > 0.01 * expected.abs().mean()  # the ControlNet changed the result
+    assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
 def test_scale_0_and_a_window_before_the_first_call_never_call_the_controlnet(folders: dict[str, Path], pipe, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
     for net in pipe.controlnets:

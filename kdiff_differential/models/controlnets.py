@@ -181,11 +181,17 @@ def _union_input(condition: Tensor, mode: Optional[int], net: nn.Module) -> Call
     return lambda n: {"controlnet_cond": [condition.expand(n, *condition.shape[1:])], "control_type": kinds.expand(n, -1), "control_type_idx": [mode]}
 
 
+def _flux_input(condition: Tensor, mode: Optional[int], net: nn.Module) -> Callable[[int], dict[str, Any]]:
+    """Flux's ControlNet: the condition, and a union one's mode as an index per image."""
+    index = None if mode is None else torch.tensor([[mode]], dtype=torch.long, device=condition.device)
+    return lambda n: {"controlnet_cond": condition.expand(n, *condition.shape[1:]), "controlnet_mode": None if index is None else index.expand(n, 1)}
+
+
 # How a ControlNet class takes its condition and its mode; by default, the image alone.
-INPUTS = {"ControlNetUnionModel": _union_input}
+INPUTS = {"ControlNetUnionModel": _union_input, "FluxControlNetModel": _flux_input}
 # The config entry that counts a union ControlNet's modes, by class (an absent or null
 # entry: not a union ControlNet, it takes no mode).
-MODES = {"ControlNetUnionModel": "num_control_type"}
+MODES = {"ControlNetUnionModel": "num_control_type", "FluxControlNetModel": "num_mode"}
 
 
 @dataclass(frozen=True)

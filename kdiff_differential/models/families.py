@@ -36,7 +36,8 @@ the tokenizers and text encoders by folder name). It then gives:
 - ``prediction(scheduler)``: what the network predicts, for the user ("epsilon prediction",
   "flow matching").
 - ``check_controlnet(config, latent, given)``: InputError for a ControlNet that does not
-  fit; ``control_condition(image, encode)``: what the ControlNet takes for a control image.
+  fit; ``control_condition(image, config, vae)``: what a ControlNet takes for a control
+  image; ``control_inputs(inputs, config)``: the network's inputs as that ControlNet takes them.
 
 A new family is a class here and an entry in :data:`FAMILIES`. The UNet families wrap
 their network as a CompVis model (:mod:`.networks`); the flow families (SD3, Flux) as a
@@ -62,6 +63,23 @@ UNET_PREFIX = "model.diffusion_model."
 
 def _batch(tensor: "Tensor", n: int) -> "Tensor":
     return tensor.expand(n, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
+
+
+def _pack(latent: "Tensor") -> "Tensor":
+    """(N, C, H, W) -> (N, H/2 * W/2, 4C): one token per 2x2 patch, as Flux was trained."""
+    n, channels, height, width = latent.shape
+    tokens = latent.reshape(n, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return tokens.reshape(n, (height // 2) * (width // 2), channels * 4)
+
+
+def _latent(image: "Tensor", vae: "nn.Module", shifted: bool) -> "Tensor":
+    """A control image (1, 3, H, W) in [0, 1] as the VAE's latent: its mode, minus the
+    config's ``shift_factor`` where ``shifted``, times its ``scaling_factor``; float32."""
+    import torch
+
+    with torch.no_grad():
+        latent = vae.encode((image * 2 - 1).to(vae.dtype)).latent_dist.mode().float()
+    return (latent - ((vae.config.get("shift_factor") or 0) if shifted else 0)) * vae.config.scaling_factor
 
 
 def _has(keys: Collection[str], *fragments: str) -> bool:
@@ -375,12 +393,7 @@ class StableDiffusion3(FlowFamily):
     def control_condition(self, image: "Tensor", config: Any, vae: "nn.Module") -> "Tensor":
         """The control image's latent (its mode), scaled; shifted unless the ControlNet
         zeroes its pooled projection (InstantX's, trained without the shift), as diffusers."""
-        import torch
-
-        with torch.no_grad():
-            latent = vae.encode((image * 2 - 1).to(vae.dtype)).latent_dist.mode().float()
-        shift = 0 if config.get("force_zeros_for_pooled_projection", True) else vae.config.get("shift_factor") or 0
-        return (latent - shift) * vae.config.scaling_factor
+        return _latent(image, vae, shifted=not config.get("force_zeros_for_pooled_projection", True))
 
     @staticmethod
     def control_inputs(inputs: dict[str, Any], config: Any) -> dict[str, Any]:
@@ -411,6 +424,9 @@ class Flux(FlowFamily):
     default_cfg = 3.5
     pack = 2
     t5_length = 512
+    controlnets = ("FluxControlNetModel",)
+    control_fit = ("attention_head_dim", "num_attention_heads", "joint_attention_dim", "pooled_projection_dim")
+    control_outputs = ("controlnet_block_samples", "controlnet_single_block_samples")
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
@@ -436,20 +452,34 @@ class Flux(FlowFamily):
         import torch
 
         n, channels, height, width = x_t.shape
-        # (N, C, H, W) -> (N, H/2 * W/2, 4C): one token per 2x2 patch, as the transformer was trained.
-        tokens = x_t.reshape(n, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
-        tokens = tokens.reshape(n, (height // 2) * (width // 2), channels * 4)
         # Built on x_t's device: a host-made table would be copied over at every call.
         rows, cols = torch.meshgrid(torch.arange(height // 2, device=x_t.device), torch.arange(width // 2, device=x_t.device), indexing="ij")
         image_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(x_t)
         guidance = cond.get("guidance")
-        v = transformer(
-            hidden_states=tokens, timestep=t, guidance=None if guidance is None else guidance.expand(n),
-            pooled_projections=_batch(cond["pooled"], n), encoder_hidden_states=_batch(cond["text"], n),
-            txt_ids=x_t.new_zeros(cond["text"].shape[1], 3), img_ids=image_ids,
-        ).sample
+        inputs = {
+            "hidden_states": _pack(x_t), "timestep": t, "guidance": None if guidance is None else guidance.expand(n),
+            "pooled_projections": _batch(cond["pooled"], n), "encoder_hidden_states": _batch(cond["text"], n),
+            "txt_ids": x_t.new_zeros(cond["text"].shape[1], 3), "img_ids": image_ids,
+        }
+        residuals = {} if control is None else control.residuals(n, **inputs)
+        v = transformer(**inputs, **residuals).sample
         v = v.reshape(n, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
         return v.reshape(n, channels, height, width)
+
+    def check_controlnet(self, config: dict[str, Any], latent: int, given: str) -> None:
+        super().check_controlnet(config, latent, given)
+        if config.get("conditioning_embedding_channels") is not None:
+            raise InputError(f"--controlnet {given}: an XLabs-style Flux ControlNet (it embeds the image itself); supported: InstantX-style ones, which take its latent")
+
+    def control_condition(self, image: "Tensor", config: Any, vae: "nn.Module") -> "Tensor":
+        """The control image's latent (its mode; diffusers draws a sample), shifted,
+        scaled and packed into tokens as the latent is."""
+        return _pack(_latent(image, vae, shifted=True))
+
+    @staticmethod
+    def control_inputs(inputs: dict[str, Any], config: Any) -> dict[str, Any]:
+        """The guidance input only for a ControlNet that embeds it, as diffusers."""
+        return inputs if config.get("guidance_embeds", False) else {**inputs, "guidance": None}
 
 
 # The registry. Each family's owns() and owns_keys() exclude the others', so the order does not matter.
