@@ -305,3 +305,26 @@ def test_the_cost_script_measures_a_tiny_controlnet_on_cpu() -> None:
     ms = result["ms_per_call"]
     assert set(ms) == {"without", "with", "outside the window", "ControlNet alone"} and min(ms.values()) > 0
     assert result["added_over_controlnet_alone"] == (ms["with"] - ms["without"]) / ms["ControlNet alone"]
+
+
+def test_every_sampler_runs_the_controlnet_and_keeps_kept_latents(folders: dict[str, Path], pipe) -> None:
+    """The ControlNet is inside the model call, so every k-diffusion sampler gets it:
+    each run differs from the one at scale 0 where the map changes, and not where it keeps."""
+    from conftest import SAMPLERS
+
+    from kdiff_differential.edit import OWN_STEPS
+
+    latent = torch.randn(LATENT, generator=torch.Generator().manual_seed(0))
+    halves = torch.zeros(LATENT[2:])
+    halves[:, 10:] = 1
+    denoiser = pipe.denoiser_for(latent)
+    image = str(folders["root"] / "wide.png")
+    for sampler in SAMPLERS:
+        results = []
+        for scale in (0.0, 2.0):
+            args = pipe.extra_args("a red cat", "", 3.0, size=(32, 40), controls=[Control(image, scale), Control(image, 0.0)])
+            results.append(differential_edit(denoiser, latent, halves, sampler=sampler, steps=None if sampler in OWN_STEPS else 2,
+                                             extra_args=args, seed=1).result)
+        bare, controlled = results
+        torch.testing.assert_close(controlled[..., :9], latent[..., :9], atol=1e-5, rtol=0, msg=sampler)
+        assert (controlled[..., 11:] - bare[..., 11:]).abs().mean() > 1e-3, sampler
