@@ -11,7 +11,7 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-from conftest import diffusers_euler, save_tiny_controlnet, save_tiny_sd, save_tiny_sdxl
+from conftest import cache_as_download, diffusers_euler, save_tiny_controlnet, save_tiny_sd, save_tiny_sdxl
 from PIL import Image
 
 from kdiff_differential import load_pipeline
@@ -288,6 +288,15 @@ def test_bad_controlnet_input_is_one_line_and_exit_2(case: str, folders: dict[st
     assert status == 2 and err.count("\n") == 1 and "Traceback" not in err, err
     assert message.format(**names) in err
     assert not (tmp_path / "x.png").exists()
+
+
+def test_a_hub_id_from_the_offline_cache_loads_the_same_controlnet(folders: dict[str, Path], offline_cache: Path) -> None:
+    cache_as_download(folders["one"], offline_cache, "tiny/controlnet")
+    by_id = load_pipeline(folders["model"], controlnets=["tiny/controlnet"]).controlnets[0].state_dict()
+    by_folder = load_pipeline(folders["model"], controlnets=[folders["one"]]).controlnets[0].state_dict()
+    assert by_id.keys() == by_folder.keys() and all(torch.equal(by_id[key], by_folder[key]) for key in by_id)
+    with pytest.raises(InputError, match="--controlnet tiny/missing: not in the Hub cache, and HF_HUB_OFFLINE=1"):
+        load_pipeline(folders["model"], controlnets=["tiny/missing"])
 
 
 def test_the_python_route_names_a_missing_control_or_sigmas(pipe) -> None:

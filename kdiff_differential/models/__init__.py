@@ -1,7 +1,7 @@
 """Models to wrap: the built-in closed-form denoiser and, with the ``diffusers`` extra,
 diffusers models of the families in :data:`.families.FAMILIES` (Stable Diffusion
 1.x/2.x, SDXL, their inpainting checkpoints, the SDXL refiner, SD3/SD3.5, Flux.1), from a
-folder, a Hub id or a single checkpoint file, with LoRAs. Each, fitted to one input
+folder, a Hub id or a single checkpoint file, with LoRAs and ControlNets. Each, fitted to one input
 image, is an :class:`ImageModel`. Importing this package imports neither torch nor
 diffusers (so that ``--help`` can list the families): they load when used.
 """
