@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from .guidance import CFGDenoiser
     from .maps import prepare_change_map
     from .models import ImageModel, load_model, load_pipeline
+    from .models.controlnets import Control
     from .models.flow import FlowDenoiser
     from .preparation import prepare_map
     from .quiet import quiet_warnings
@@ -41,6 +42,7 @@ _EXPORTS = {
     "SCHEDULES": ".choices",
     "SAMPLERS": ".sampler_table",
     "CFGDenoiser": ".guidance",
+    "Control": ".models.controlnets",
     "DifferentialDenoiser": ".denoiser",
     "Edit": ".edit",
     "FlowDenoiser": ".models.flow",
