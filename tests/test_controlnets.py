@@ -337,3 +337,18 @@ def test_every_sampler_runs_the_controlnet_and_keeps_kept_latents(folders: dict[
         bare, controlled = results
         torch.testing.assert_close(controlled[..., :9], latent[..., :9], atol=1e-5, rtol=0, msg=sampler)
         assert (controlled[..., 11:] - bare[..., 11:]).abs().mean() > 1e-3, sampler
+
+
+def test_a_control_image_is_cropped_as_the_input_is() -> None:
+    """With --crop, the model sees a box of the input scaled to its size; the control image
+    (of another size) is stretched to the input's, then cut and scaled the same way."""
+    from kdiff_differential.cropping import Region
+
+    region = Region(top=10, left=20, height=30, width=40, size=(60, 80), work=(48, 64))
+    control = np.zeros((30, 40, 3), np.uint8)
+    control[5:20, 10:20] = 255  # at the input's size: rows 10..40, columns 20..40, the box's left half
+    aligned = region.align(control)
+    assert aligned.shape == (48, 64, 3)
+    assert aligned[4:-4, 2:28].min() > 200 and aligned[:, 36:].max() < 30
+    whole = Region(top=0, left=0, height=60, width=80, size=(60, 80), work=(60, 80))
+    assert region.cropped and not whole.cropped and whole.align(control) is control  # uncropped: as given
