@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--map", default=None, help="change map: an image file (grey levels in the file's own range: 8/16-bit, float 0..1; colour as luminance, alpha over black) or a preset (default: gradient-x; with --map-prompt, full)")
     parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...")
     # The model: where it comes from and what is added to it (see models/sources.py, models/loras.py).
-    from .models.families import supported
+    from .models.families import INPAINT_MASK, INPAINT_MASKS, supported
 
     parser.add_argument("--model", default="builtin", metavar="SOURCE", help=f"'builtin' (default); a diffusers folder; a Hugging Face Hub id org/name[@revision] (cached; HF_HUB_OFFLINE=1 uses the cache only); or a single .safetensors checkpoint. Families: {supported()}")
     parser.add_argument("--config", metavar="SOURCE", help="for a single-file --model: a diffusers folder or Hub id with its configuration (and, for a transformer-only file, the other parts; default: diffusers' own for the file's family, from the Hub cache)")
@@ -111,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         control.add_argument(flag, dest="controls", action=_ControlOption, const=key, type=kind, default=None, metavar=key.upper() if key != "source" else "SOURCE", help=text)
     parser.add_argument("--sampler", default="dpmpp_2m", type=_sampler, metavar="NAME", help=f"k-diffusion sampler: {', '.join(SAMPLERS)}; A1111's names work too ('DPM++ 2M Karras', 'Euler a'), a trailing Karras or Exponential choosing the schedule (default: dpmpp_2m)")
-    parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), help=f"sampler steps (default: the model family's, {DEFAULT_STEPS}; {', '.join(OWN_STEPS)} chooses its own)")
-    parser.add_argument("--schedule", default=None, choices=SCHEDULES, metavar="NAME", help=f"noise schedule: {', '.join(SCHEDULES)} (default: karras; for SD3/Flux, model: their own shifted schedule). The last seven are ComfyUI's, for models with discrete training levels")
+    parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), help=f"sampler steps (default: the model's, {DEFAULT_STEPS}; few-step checkpoints: 4; {', '.join(OWN_STEPS)} chooses its own)")
+    parser.add_argument("--schedule", default=None, choices=SCHEDULES, metavar="NAME", help=f"noise schedule: {', '.join(SCHEDULES)} (default: karras; for SD3/Flux and few-step folders, model: the folder's own scheduler, as diffusers runs it). The last seven are ComfyUI's, for models with discrete training levels")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seed", type=_number(int, lambda n: True, "a whole number"), default=0, help="random seed (default: 0)")
     seeds.add_argument("--seeds", type=_seeds, metavar="N,N,...", help="several seeds in one run: one output per seed, OUT-seedN")
@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--denoise", type=_number(float, lambda d: 0 < d <= 1, "a number in (0, 1]"), default=1.0, help="global denoise: the part of the schedule to run (default: 1)")
     parser.add_argument("--prompt", default="", help="text prompt (Stable Diffusion)")
     parser.add_argument("--negative", default="", help="negative prompt (Stable Diffusion)")
-    parser.add_argument("--cfg", type=_number(float, math.isfinite, "a finite number"), default=None, help="classifier-free guidance scale (default: the model's, 7; Flux.1 dev: its guidance input, 3.5)")
+    parser.add_argument("--cfg", type=_number(float, math.isfinite, "a finite number"), default=None, help="classifier-free guidance scale (default: the model's, 7; Flux.1 dev: its guidance input, 3.5; few-step folders: 1)")
+    parser.add_argument("--inpaint-mask", default=None, choices=INPAINT_MASKS, help=f"an inpainting network's mask channel: fixed (the map binarised at 0.5, the whole run) or released (the pixels released by each call); default: {INPAINT_MASK}")
     parser.add_argument("--composite", default="difference", choices=COMPOSITES, help="put the original back in pixel space: difference (where the model barely changed it; default), mask (the map as opacity) or none")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when there is one (default: auto)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar and no messages")
@@ -294,6 +295,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     strength = prepare_map(strength, grow=args.grow, feather=args.feather, blur=args.blur, size=(height, width))
     if args.model == "builtin" and (args.prompt or args.negative or args.cfg is not None):
         _warn("the built-in model takes no text: --prompt, --negative and --cfg are ignored")
+    if args.model == "builtin" and args.inpaint_mask is not None:
+        raise InputError(f"--inpaint-mask {args.inpaint_mask}: the built-in model has no inpainting channels")
+    inpaint = {} if args.inpaint_mask is None else {"inpaint_mask": args.inpaint_mask}
 
     from .edit import differential_edit
     from .models import default_schedule, load_model
@@ -317,6 +321,8 @@ def run(args: argparse.Namespace) -> list[Path]:
     controls = [replace(control, image=region.align(control.pixels())) for control in controls]
     if model.description and not args.quiet:
         print(f"{PROG}: model: {model.description}", file=sys.stderr)
+    # A few-step folder's own schedule is known once it is loaded.
+    schedule = args.schedule or getattr(model, "schedule", schedule)
     # The model family's own step count where none is given (a sampler choosing its own takes None).
     steps = args.steps if args.steps is not None or args.sampler in OWN_STEPS else getattr(model, "steps", None)
     control: dict[str, Any] = {}
@@ -325,7 +331,7 @@ def run(args: argparse.Namespace) -> list[Path]:
 
         # The windows are fractions of the schedule differential_edit will run (range samplers: of the same steps').
         control = {"controls": controls, "sigmas": make_sigmas(model.denoiser, steps or DEFAULT_STEPS, schedule, args.denoise)}
-    extra_args = model.extra_args(args.prompt, args.negative, args.cfg, change_map=box_strength, **control)
+    extra_args = model.extra_args(args.prompt, args.negative, args.cfg, change_map=box_strength, **inpaint, **control)
     from .compositing import composite
 
     for seed, out in _outputs(args).items():

@@ -16,6 +16,9 @@ from .maps import prepare_change_map
 from .release import RELEASES, make_release, release_map
 from .sampler_table import sampler_named
 
+# The keyword by which an inner denoiser asks for each call's release mask (see DifferentialDenoiser).
+RELEASE_MASK = "release_mask"
+
 __all__ = ["COMPATS", "RELEASES", "DifferentialDenoiser"]
 
 
@@ -39,6 +42,16 @@ def _check_strength(strength: Any) -> float:
     if not 0 <= strength <= 1:
         raise ValueError(f"strength must lie in [0, 1] (1 = release pixels fully; below, the map is blended into the mask), got {strength}")
     return float(strength)
+
+
+def with_release_mask(kwargs: dict[str, Any], mask: Tensor, x: Tensor) -> dict[str, Any]:
+    """``kwargs`` with the blend ``mask`` ((k,) B|1, 1, H, W) as ``release_mask``
+    (k*B, 1, H, W), x's batch and dtype, where the caller asked for it by naming the key."""
+    if RELEASE_MASK not in kwargs:
+        return kwargs
+    per_call = mask if mask.ndim == 5 else mask.unsqueeze(0)
+    per_call = per_call.expand(-1, x.shape[0] // per_call.shape[0], -1, -1, -1)
+    return {**kwargs, RELEASE_MASK: per_call.reshape(x.shape[0], 1, *x.shape[2:]).to(x.dtype)}
 
 
 def renamed_clock(clock: str, threshold: Optional[str]) -> str:
@@ -113,6 +126,11 @@ class DifferentialDenoiser(nn.Module):
     ``x`` at call time is (k * B, C, H, W) for a whole k, as when a guidance wrapper
     concatenates the batch; latent, noise and map repeat k times. The output has x's
     shape and dtype.
+
+    The release mask for the inner denoiser: a call whose keyword arguments hold
+    ``release_mask`` (any value, e.g. None in the sampler's ``extra_args``) passes the
+    inner denoiser that call's blend mask instead, (k * B, 1, H, W), 1 = released
+    (an inpainting network's mask channel, ``--inpaint-mask released``).
     """
 
     def __init__(
@@ -259,8 +277,9 @@ class DifferentialDenoiser(nn.Module):
         ``sigma_next``: run the sampler on ``self.sigmas[1:]``.
         """
         noise = self.noise
-        denoised = self.inner_model(noise, noise.new_full((noise.shape[0],), math.inf), **kwargs)
-        x0 = torch.lerp(self.latent, denoised.to(noise.dtype), self.mask(math.inf))
+        mask = self.mask(math.inf)
+        denoised = self.inner_model(noise, noise.new_full((noise.shape[0],), math.inf), **with_release_mask(kwargs, mask, noise))
+        x0 = torch.lerp(self.latent, denoised.to(noise.dtype), mask)
         return x0 + noise * sigma_next
 
     def finish(self, x: Tensor, **kwargs: Any) -> Tensor:
@@ -324,7 +343,7 @@ class DifferentialDenoiser(nn.Module):
         xs = torch.lerp(frozen, xs, mask)
 
         # Denoise.
-        denoised = self.inner_model(xs.reshape(x.shape), sigma, **kwargs)
+        denoised = self.inner_model(xs.reshape(x.shape), sigma, **with_release_mask(kwargs, mask, x))
 
         # Frozen pixels denoise to the original itself.
         out = torch.lerp(latent, denoised.reshape(xs.shape).to(latent.dtype), mask)

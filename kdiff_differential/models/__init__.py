@@ -96,8 +96,9 @@ def load_pipeline(
 
 
 def default_schedule(name: str, *, config: Optional[Union[str, Path]] = None, allow_pickle: bool = False) -> str:
-    """The noise schedule model ``name`` runs by default (its family's): 'karras', or
-    'model' for a flow model (its own shifted schedule from t = 1). Reads
+    """The noise schedule model ``name``'s family runs by default: 'karras', or
+    'model' for a flow model (its own shifted schedule from t = 1); a few-step UNet
+    folder's own ('model') is known once it is loaded (``schedule`` of the loaded model). Reads
     ``model_index.json`` (of a Hub id: that file alone) or a single file's tensor names
     only; bad input is an InputError."""
     if name == "builtin":

@@ -26,14 +26,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..denoiser import RELEASE_MASK
 from ..errors import InputError
 from ..images import to_image, to_tensor
 from .controlnets import Control, ControlRun, control_run, load_controlnets
-from .families import Family
+from .families import INPAINT_MASK, INPAINT_MASKS, Family
 from .loras import apply_loras, check_loras
 from .sources import PICKLE_RISK, Source, is_pickle, read_checkpoint, resolve_source
 
 INSTALL = "pip install 'kdiff-differential[diffusers]'"
+
 # Libraries a model_index.json may name classes from; nothing else is imported.
 LIBRARIES = ("diffusers", "transformers")
 
@@ -208,16 +210,22 @@ def quiet_loading() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
 
 
-def change_mask(change_map: Any, size: tuple[int, int], device: torch.device) -> Tensor:
-    """The change map binarised at 0.5 (1 = change) at ``size``: (1, 1, *size) float32.
-    The map is resized bilinearly first, then rounded, as ComfyUI's InpaintModelConditioning."""
+def _mask_at(mask: Tensor, latent: Tensor) -> Tensor:
+    """A pixel mask (1, 1, H, W) at ``latent``'s size, bilinear then rounded."""
+    return F.interpolate(mask, size=latent.shape[-2:], mode="bilinear", align_corners=False).round()
+
+
+def change_mask(change_map: Any, size: tuple[int, int], device: torch.device, threshold: float = 0.5) -> Tensor:
+    """The change map binarised (1 = change) at ``size``: (1, 1, *size) float32, 1 where
+    it is >= 0.5 (``threshold`` 0: where it is > 0). The map is resized bilinearly first,
+    then binarised, as ComfyUI's InpaintModelConditioning."""
     from ..maps import _as_strength, _to_tensor
 
     strength = _as_strength(_to_tensor(change_map), torch.float32).to(device)
     while strength.dim() < 4:
         strength = strength.unsqueeze(0)
     strength = F.interpolate(strength[:1, :1], size=size, mode="bilinear", align_corners=False)
-    return (strength >= 0.5).float()
+    return (strength > 0).float() if threshold == 0 else (strength >= threshold).float()
 
 
 class DiffusersPipeline:
@@ -225,9 +233,10 @@ class DiffusersPipeline:
     k-diffusion user needs.
 
     ``family`` is the detected :class:`~kdiff_differential.models.families.Family`
-    adapter, ``inpainting`` whether the UNet takes the inpainting channels, ``schedule``
-    the family's default noise schedule (``karras``; SD3/Flux: ``model``, their own from
-    t = 1). :meth:`denoiser_for` gives the network (with classifier-free guidance where
+    adapter, ``inpainting`` whether the UNet takes the inpainting channels, ``schedule``,
+    ``steps`` and ``cfg`` what this checkpoint runs by default (the family's
+    ``defaults()``: ``karras``, 20, 7; SD3/Flux: ``model``, their own from t = 1; a
+    few-step folder: ``model``, the scheduler's own timesteps, 4 steps). :meth:`denoiser_for` gives the network (with classifier-free guidance where
     the family uses it) as a k-diffusion denoiser for a latent, called as
     ``denoiser(x, sigma, **extra_args(...))``; ``denoiser`` is the one for the native
     size (only Flux's schedule depends on the size). :meth:`encode` and :meth:`decode`
@@ -271,13 +280,13 @@ class DiffusersPipeline:
             self.vae.enable_tiling()
         self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         text = {name: parts.get(name) for pair in kind.encoders for name in pair}
-        self.family = kind(source.given, index, self.network.config, text, self.device)
+        self.scheduler = read_config(root, "scheduler", "scheduler_config.json")
+        self.family = kind(source.given, index, self.network.config, text, self.device, self.scheduler)
         kind_of_model = self.family.kind(self.vae.config.latent_channels)
         self.inpainting = kind_of_model == "inpainting"
         # ControlNets stay on the device, offload or not: they run at every call, beside the network.
         self.controlnets = load_controlnets(controlnets, self.family, self.vae.config.latent_channels, self.device, weights, allow_pickle)
-        self.schedule = kind.default_schedule
-        self.scheduler = read_config(root, "scheduler", "scheduler_config.json")
+        self.schedule, self.steps, self.cfg = self.family.defaults()
         self._denoisers: dict[tuple[int, int], nn.Module] = {}
         native = kind.native_size // self.factor
         self.denoiser = self.denoiser_for((native, native))
@@ -324,19 +333,26 @@ class DiffusersPipeline:
     def extra_args(
         self, prompt: str, negative: str = "", cfg: Optional[float] = None, *,
         image: Optional[Union[np.ndarray, Tensor]] = None, change_map: Any = None,
-        size: Optional[tuple[int, int]] = None, controls: Sequence[Control] = (), sigmas: Optional[Tensor] = None,
+        size: Optional[tuple[int, int]] = None, inpaint_mask: Optional[str] = None,
+        controls: Sequence[Control] = (), sigmas: Optional[Tensor] = None,
     ) -> dict[str, Any]:
         """What the denoiser takes at every call: ``cond`` (a dict of tensors, batch 1)
         and, for guided families, ``uncond`` and ``cfg_scale``. Flux.1 dev takes ``cfg``
         as its guidance input instead (one pass, ``negative`` unused; schnell ignores it).
-        ``cfg`` defaults to the family's ``default_cfg`` (7; Flux.1: 3.5).
+        ``cfg`` defaults to the checkpoint's (7; Flux.1: 3.5; a few-step UNet: 1).
 
         ``size`` (H, W) in pixels is the output size SDXL is told (default: ``image``'s,
         else the native size). An inpainting UNet also needs ``image`` (uint8
         (H, W, 3) or (1, 3, H, W) in [-1, 1]) and ``change_map`` (1 = change): its extra
         channels are the map binarised at 0.5 at latent size and the latent of the image
-        with the pixels to change set to mid-grey, fixed for the whole run (ComfyUI's
-        InpaintModelConditioning); the wrapper still releases pixels by the full map.
+        with the pixels to change set to mid-grey. ``inpaint_mask`` (default
+        :data:`INPAINT_MASK`; given for a network without inpainting channels: InputError)
+        says which pixels those are: ``"fixed"``, the map binarised at 0.5 for the whole
+        run (ComfyUI's InpaintModelConditioning); ``"released"``, those the wrapper has
+        released by each call, weighted by its blend mask (see
+        :func:`~kdiff_differential.models.networks.inpainting_channels`; the result then
+        holds ``release_mask``, the key by which the wrapper passes it). Either way the
+        wrapper releases pixels by the full map.
 
         With ControlNets loaded, ``controls`` gives one
         :class:`~kdiff_differential.models.controlnets.Control` per ControlNet, in order
@@ -348,23 +364,43 @@ class DiffusersPipeline:
         for name, text in (("prompt", prompt), ("negative", negative)):
             if not isinstance(text, str):
                 raise TypeError(f"{name} must be a str, got {type(text).__name__}")
-        cfg = self.family.default_cfg if cfg is None else cfg
+        cfg = self.cfg if cfg is None else cfg
         if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg):
             raise TypeError(f"cfg must be a finite number, got {cfg!r}")
         pixels = None if image is None else _pixels(image).to(self.device)
         if size is None:
             size = self.size(*pixels.shape[-2:]) if pixels is not None else (self.family.native_size,) * 2
+        if inpaint_mask is not None and not self.inpainting:
+            raise InputError(f"--inpaint-mask {inpaint_mask}: this {self.family.name} network has no inpainting channels")
+        inpaint_mask = INPAINT_MASK if inpaint_mask is None else inpaint_mask
+        if inpaint_mask not in INPAINT_MASKS:
+            raise ValueError(f"inpaint_mask must be one of {', '.join(INPAINT_MASKS)}, got {inpaint_mask!r}")
         cond, uncond = self.family.embed(prompt, negative, size)
+        released = self.inpainting and inpaint_mask == "released"
         if self.inpainting:
             if pixels is None or change_map is None:
                 raise ValueError("an inpainting model needs image= and change_map= in extra_args")
-            mask = change_mask(change_map, tuple(pixels.shape[-2:]), self.device)
-            masked = self.encode(pixels * (1 - mask))  # 0 in [-1, 1] is mid-grey
-            concat = torch.cat([F.interpolate(mask, size=masked.shape[-2:], mode="bilinear", align_corners=False).round(), masked], dim=1)
-            cond, uncond = {**cond, "concat": concat}, {**uncond, "concat": concat}
+            channels = self.inpainting_channels(pixels, change_map, released)
+            cond, uncond = {**cond, **channels}, None if uncond is None else {**uncond, **channels}
         args = self.family.extra_args(cond, uncond, cfg)
+        if released:
+            args = {**args, RELEASE_MASK: None}
         run = self._control_run(controls, size, sigmas) if self.controlnets or controls else None
         return args if run is None else {**args, "control": run}
+
+    def inpainting_channels(self, pixels: Tensor, change_map: Any, released: bool) -> dict[str, Tensor]:
+        """The inpainting conditions for ``pixels`` (1, 3, H, W) in [-1, 1] and the map
+        (1 = change): ``concat`` (1, 1 + C, h, w), the mask at latent size then the
+        latent of the image with the masked pixels mid-grey (0 in [-1, 1]). Fixed: the
+        map binarised at 0.5. Released: every pixel the map touches (> 0) masked, and
+        ``concat_kept``, mask 0 and the image's own latent."""
+        if not released:
+            mask = change_mask(change_map, tuple(pixels.shape[-2:]), self.device)
+            masked = self.encode(pixels * (1 - mask))
+            return {"concat": torch.cat([_mask_at(mask, masked), masked], dim=1)}
+        mask = change_mask(change_map, tuple(pixels.shape[-2:]), self.device, threshold=0.0)
+        masked, kept = self.encode(pixels * (1 - mask)), self.encode(pixels)
+        return {"concat": torch.cat([torch.ones_like(masked[:, :1]), masked], dim=1), "concat_kept": torch.cat([torch.zeros_like(kept[:, :1]), kept], dim=1)}
 
     def _control_run(self, controls: Sequence[Control], size: tuple[int, int], sigmas: Optional[Tensor]) -> Optional[ControlRun]:
         from diffusers.image_processor import VaeImageProcessor
@@ -431,15 +467,17 @@ class FittedModel:
         self.image = image
         self.description = pipeline.description
         self.schedule = pipeline.schedule
-        self.steps = pipeline.family.default_steps
+        self.steps = pipeline.steps
         self.latent = pipeline.encode(image)
         self.denoiser = pipeline.denoiser_for(self.latent)
 
     def extra_args(
-        self, prompt: str, negative: str, cfg: Optional[float] = None, change_map: Any = None,
+        self, prompt: str, negative: str, cfg: Optional[float] = None, change_map: Any = None, inpaint_mask: Optional[str] = None,
         controls: Sequence[Control] = (), sigmas: Optional[Tensor] = None,
     ) -> dict[str, Any]:
-        return self.pipeline.extra_args(prompt, negative, cfg, image=self.image, change_map=change_map, controls=controls, sigmas=sigmas)
+        return self.pipeline.extra_args(
+            prompt, negative, cfg, image=self.image, change_map=change_map, inpaint_mask=inpaint_mask, controls=controls, sigmas=sigmas,
+        )
 
     def decode(self, latent: Tensor) -> np.ndarray:
         pixels = self.pipeline.decode(latent)

@@ -23,8 +23,13 @@ A family class says:
   ``control_outputs``, the network's keyword names for a ControlNet's outputs.
 
 An adapter is built complete, by the loader, from the loaded parts:
-``Family(source, index, config, text, device)`` (``config``: the network's, ``text``:
-the tokenizers and text encoders by folder name). It then gives:
+``Family(source, index, config, text, device, scheduler)`` (``config``: the network's,
+``text``: the tokenizers and text encoders by folder name, ``scheduler``: the folder's
+scheduler config). It then gives:
+
+- ``defaults()``: (schedule, steps, cfg) this checkpoint runs by default: the family's,
+  unless its configs say it is a few-step one (a UNet folder whose scheduler spaces
+  "trailing", as SDXL Lightning, Hyper and Turbo publish; Flux.1 schnell);
 
 - ``kind(latent_channels)``: "text-to-image" or "inpainting", from the network's input
   channels; InputError for a network the VAE does not fit;
@@ -59,6 +64,12 @@ if TYPE_CHECKING:
 
 # The prefix original (CompVis/SGM) checkpoints put before the denoising network's tensors.
 UNET_PREFIX = "model.diffusion_model."
+# An inpainting network's mask: the map binarised for the whole run, or the pixels released by
+# each call; the default is the one that keeps a gradient map better (samplers/PERFORMANCE.md).
+INPAINT_MASKS = ("fixed", "released")
+INPAINT_MASK = "fixed"
+# The steps few-step checkpoints (SDXL Lightning/Hyper/Turbo, Flux.1 schnell) are published for.
+FEW_STEPS = 4
 
 
 def _batch(tensor: "Tensor", n: int) -> "Tensor":
@@ -120,8 +131,16 @@ class Family:
     control_fit: tuple[str, ...] = ()
     control_outputs: tuple[str, ...] = ()
 
-    def __init__(self, source: str, index: dict[str, Any], config: Any, text: dict[str, Any], device: "torch.device") -> None:
+    def __init__(
+        self, source: str, index: dict[str, Any], config: Any, text: dict[str, Any], device: "torch.device",
+        scheduler: Optional[dict[str, Any]] = None,
+    ) -> None:
         self.source, self.index, self.config, self.text, self.device = source, index, config, text, device
+        self.scheduler = scheduler or {}
+
+    def defaults(self) -> tuple[str, int, float]:
+        """(schedule, steps, cfg) this checkpoint runs by default: the family's."""
+        return self.default_schedule, self.default_steps, self.default_cfg
 
     @classmethod
     def owns(cls, index: dict[str, Any]) -> bool:
@@ -201,6 +220,14 @@ class StableDiffusion(Family):
     def owns_keys(cls, keys: Collection[str]) -> bool:
         # SDXL's UNets embed the pooled text and time ids (label_emb); SD 1.x/2.x's do not.
         return _has(keys, "input_blocks.") and not _has(keys, "label_emb.")
+
+    def defaults(self) -> tuple[str, int, float]:
+        """A folder whose scheduler spaces its timesteps "trailing" is a few-step
+        checkpoint (SDXL Lightning, Hyper, Turbo): its own schedule, 4 steps, no guidance
+        (cfg 1, the prompt's prediction alone, as their pipelines' guidance_scale 0)."""
+        if self.scheduler.get("timestep_spacing") == "trailing":
+            return "model", FEW_STEPS, 1.0
+        return super().defaults()
 
     def kind(self, latent: int) -> str:
         channels = self.config.in_channels
@@ -431,6 +458,12 @@ class Flux(FlowFamily):
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
         return _has(keys, "double_blocks.0.")
+
+    def defaults(self) -> tuple[str, int, float]:
+        """schnell (no guidance input) is distilled to 4 steps."""
+        if not self.config.get("guidance_embeds", False):
+            return self.default_schedule, FEW_STEPS, self.default_cfg
+        return super().defaults()
 
     def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> "Conditions":
         import torch

@@ -42,8 +42,8 @@ class DiffusersUNet(nn.Module):
     fractional ones) and ``cond``: the text embedding (N, T, D), or a dict of tensors
     with batch N: ``crossattn`` (N, T, D), optionally ``text_embeds`` and ``time_ids``
     (SDXL's added conditions) and ``concat`` (N, C', h, w), channels appended to x
-    (inpainting UNets). ``control``, a
-    :class:`~kdiff_differential.models.controlnets.ControlRun`, adds its ControlNets'
+    (inpainting UNets; see :func:`inpainting_channels` for ``release_mask``). ``control``,
+    a :class:`~kdiff_differential.models.controlnets.ControlRun`, adds its ControlNets'
     residuals. It returns the UNet's prediction (eps or v) in x's dtype.
     """
 
@@ -52,10 +52,13 @@ class DiffusersUNet(nn.Module):
         self.unet = unet
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().float())
 
-    def apply_model(self, x: Tensor, t: Tensor, cond: Condition, control: Optional["ControlRun"] = None, **kwargs: Any) -> Tensor:
+    def apply_model(
+        self, x: Tensor, t: Tensor, cond: Condition, control: Optional["ControlRun"] = None,
+        release_mask: Optional[Tensor] = None, **kwargs: Any,
+    ) -> Tensor:
         dtype = self.unet.dtype
         parts = cond if isinstance(cond, dict) else {"crossattn": cond}
-        sample = x if "concat" not in parts else torch.cat([x, parts["concat"].to(x.dtype)], dim=1)
+        sample = x if "concat" not in parts else torch.cat([x, inpainting_channels(parts, release_mask, x).to(x.dtype)], dim=1)
         added = {key: parts[key].to(dtype) for key in ADDED_CONDITIONS if key in parts}
         inputs = {"encoder_hidden_states": parts["crossattn"].to(dtype), "added_cond_kwargs": added or None}
         control = None if control is None else control.at(t)
@@ -64,6 +67,24 @@ class DiffusersUNet(nn.Module):
             kwargs.update(control.residuals(x.shape[0], sample=x.to(dtype), timestep=t, **inputs))
         out = self.unet(sample.to(dtype), t, **inputs, **kwargs).sample
         return out.to(x.dtype)
+
+
+def inpainting_channels(cond: dict[str, Tensor], release_mask: Optional[Tensor], x: Tensor) -> Tensor:
+    """An inpainting network's extra input channels for one call: (N, C', h, w).
+
+    ``cond["concat"]`` (1|N, C', h, w) is the mask channel(s) then the masked image's
+    latent. With ``--inpaint-mask fixed`` that is all, for every call. With ``released``
+    the condition also holds ``concat_kept``, the same channels with nothing masked
+    (mask 0, the image's own latent), ``concat`` is them with everything the map
+    touches masked (mask 1), and ``release_mask`` (the wrapper's blend mask, (M, 1, h, w),
+    1 = released; M divides x's batch N, the guidance batch repeating it) weighs the two
+    at each pixel: the network is told the pixels released so far.
+    """
+    changed = cond["concat"]
+    if release_mask is None or "concat_kept" not in cond:
+        return changed
+    weight = release_mask.repeat(x.shape[0] // release_mask.shape[0], 1, 1, 1).to(changed.dtype)
+    return torch.lerp(cond["concat_kept"], changed, weight)
 
 
 def compvis_denoiser(unet: nn.Module, scheduler_config: dict[str, Any]) -> nn.Module:
@@ -85,7 +106,44 @@ def compvis_denoiser(unet: nn.Module, scheduler_config: dict[str, Any]) -> nn.Mo
     betas = {key: scheduler_config[key] for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas") if key in scheduler_config}
     alphas_cumprod = DDPMScheduler(**betas).alphas_cumprod
     wrap = getattr(K.external, PREDICTIONS[prediction])
-    return wrap(DiffusersUNet(unet, alphas_cumprod))
+    denoiser = wrap(DiffusersUNet(unet, alphas_cumprod))
+    # The instance's get_sigmas (the 'model' schedule) is the folder's scheduler, not
+    # k-diffusion's even spacing in t: few-step checkpoints are trained on its timesteps.
+    denoiser.get_sigmas = lambda n=None: scheduler_sigmas(scheduler_config, denoiser.sigmas, n)
+    return denoiser
+
+
+def scheduler_sigmas(scheduler_config: dict[str, Any], sigmas: Tensor, n: Optional[int]) -> Tensor:
+    """The noise levels of ``n`` steps as diffusers' own scheduler of the folder spaces
+    them: (n + 1,) float32, descending, ending in 0.
+
+    ``scheduler_config`` is the folder's ``scheduler_config.json`` (its ``_class_name``
+    picks the scheduler; one diffusers lacks counts as EulerDiscreteScheduler); its
+    ``timestep_spacing`` (``leading`` with ``steps_offset``, ``linspace``, ``trailing``)
+    and the scheduler's own rules (DDIM's rounding, LCM's skipping) give the timesteps.
+    The levels are the scheduler's ``sigmas`` where it keeps them (the Euler and DPM
+    schedulers, with their Karras/exponential options), else ``sigmas`` (T,), the
+    training levels, at its timesteps, interpolated linearly as diffusers' Euler does.
+    Whole timesteps (``leading``, ``trailing``) give training levels exactly, so the
+    UNet sees diffusers' timesteps; ``n`` None is every training level.
+    """
+    import diffusers
+    import numpy as np
+
+    if n is None:
+        return torch.cat([sigmas.flip(0), sigmas.new_zeros(1)]).float()
+    kind = getattr(diffusers, str(scheduler_config.get("_class_name")), None)
+    if not (isinstance(kind, type) and issubclass(kind, diffusers.SchedulerMixin)):
+        kind = diffusers.EulerDiscreteScheduler
+    scheduler = kind.from_config(scheduler_config)
+    scheduler.set_timesteps(n)
+    own = getattr(scheduler, "sigmas", None)
+    if isinstance(own, Tensor) and own.ndim == 1 and len(own) >= n:
+        levels = own[:n].double()
+    else:
+        table = sigmas.double().cpu().numpy()
+        levels = torch.from_numpy(np.interp(scheduler.timesteps.double().numpy(), np.arange(len(table)), table))
+    return torch.cat([levels, levels.new_zeros(1)]).float()
 
 
 class TransformerVelocity(nn.Module):
