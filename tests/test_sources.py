@@ -332,6 +332,8 @@ def test_each_family_owns_its_own_index_and_no_other() -> None:
         "Stable Diffusion XL refiner": {"_class_name": "StableDiffusionXLImg2ImgPipeline", "text_encoder": [None, None], "text_encoder_2": ["transformers", "X"]},
         "Stable Diffusion 3/3.5": {"_class_name": "StableDiffusion3Pipeline"},
         "Flux.1": {"_class_name": "FluxPipeline"},
+        "FLUX.1 Fill": {"_class_name": "FluxFillPipeline"},
+        "Chroma": {"_class_name": "ChromaPipeline"},
     }
     assert sorted(indexes) == sorted(family.name for family in FAMILIES)
     for name, index in indexes.items():

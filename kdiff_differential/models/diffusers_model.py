@@ -210,11 +210,6 @@ def quiet_loading() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
 
 
-def _mask_at(mask: Tensor, latent: Tensor) -> Tensor:
-    """A pixel mask (1, 1, H, W) at ``latent``'s size, bilinear then rounded."""
-    return F.interpolate(mask, size=latent.shape[-2:], mode="bilinear", align_corners=False).round()
-
-
 def change_mask(change_map: Any, size: tuple[int, int], device: torch.device, threshold: float = 0.5) -> Tensor:
     """The change map binarised (1 = change) at ``size``: (1, 1, *size) float32, 1 where
     it is >= 0.5 (``threshold`` 0: where it is > 0). The map is resized bilinearly first,
@@ -390,17 +385,19 @@ class DiffusersPipeline:
 
     def inpainting_channels(self, pixels: Tensor, change_map: Any, released: bool) -> dict[str, Tensor]:
         """The inpainting conditions for ``pixels`` (1, 3, H, W) in [-1, 1] and the map
-        (1 = change): ``concat`` (1, 1 + C, h, w), the mask at latent size then the
-        latent of the image with the masked pixels mid-grey (0 in [-1, 1]). Fixed: the
-        map binarised at 0.5. Released: every pixel the map touches (> 0) masked, and
-        ``concat_kept``, mask 0 and the image's own latent."""
+        (1 = change), in the family's layout (``Family.inpainting_input``: the mask and the
+        latent of the image with the masked pixels mid-grey, 0 in [-1, 1]): ``concat``.
+        Fixed: the map binarised at 0.5. Released: every pixel the map touches (> 0)
+        masked, and ``concat_kept``, nothing masked (mask 0, the image's own latent)."""
+        target = self.size(*pixels.shape[-2:])
+        if target != tuple(pixels.shape[-2:]):
+            pixels = F.interpolate(pixels, size=target, mode="bicubic", align_corners=False, antialias=True)
+        mask = change_mask(change_map, target, self.device, threshold=0.0 if released else 0.5)
+        masked = self.encode(pixels * (1 - mask))
+        layout = self.family.inpainting_input
         if not released:
-            mask = change_mask(change_map, tuple(pixels.shape[-2:]), self.device)
-            masked = self.encode(pixels * (1 - mask))
-            return {"concat": torch.cat([_mask_at(mask, masked), masked], dim=1)}
-        mask = change_mask(change_map, tuple(pixels.shape[-2:]), self.device, threshold=0.0)
-        masked, kept = self.encode(pixels * (1 - mask)), self.encode(pixels)
-        return {"concat": torch.cat([torch.ones_like(masked[:, :1]), masked], dim=1), "concat_kept": torch.cat([torch.zeros_like(kept[:, :1]), kept], dim=1)}
+            return {"concat": layout(mask, masked)}
+        return {"concat": layout(torch.ones_like(mask), masked), "concat_kept": layout(torch.zeros_like(mask), self.encode(pixels))}
 
     def _control_run(self, controls: Sequence[Control], size: tuple[int, int], sigmas: Optional[Tensor]) -> Optional[ControlRun]:
         from diffusers.image_processor import VaeImageProcessor

@@ -204,6 +204,17 @@ class Family:
         """The network's keyword ``inputs`` as a ControlNet of ``config`` takes them: as they are."""
         return inputs
 
+    @staticmethod
+    def inpainting_input(mask: "Tensor", masked: "Tensor") -> "Tensor":
+        """An inpainting network's extra channels (1, C', h, w) from the pixel mask
+        (1, 1, H, W), 1 = inpaint, and the masked image's latent (1, C, h, w): the UNets'
+        layout, the mask at latent size (bilinear, rounded) then the latent."""
+        import torch
+        import torch.nn.functional as F
+
+        small = F.interpolate(mask, size=masked.shape[-2:], mode="bilinear", align_corners=False).round()
+        return torch.cat([small, masked], dim=1)
+
 
 class StableDiffusion(Family):
     """Stable Diffusion 1.x/2.x: one CLIP text encoder, its last hidden state as
@@ -457,7 +468,7 @@ class Flux(FlowFamily):
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
-        return _has(keys, "double_blocks.0.")
+        return _has(keys, "double_blocks.0.") and not _has(keys, "distilled_guidance_layer.")
 
     def defaults(self) -> tuple[str, int, float]:
         """schnell (no guidance input) is distilled to 4 steps."""
@@ -482,22 +493,124 @@ class Flux(FlowFamily):
 
     @staticmethod
     def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
-        import torch
-
-        n, channels, height, width = x_t.shape
-        # Built on x_t's device: a host-made table would be copied over at every call.
-        rows, cols = torch.meshgrid(torch.arange(height // 2, device=x_t.device), torch.arange(width // 2, device=x_t.device), indexing="ij")
-        image_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(x_t)
+        n = x_t.shape[0]
+        tokens, image_ids = _tokens(x_t, cond)
         guidance = cond.get("guidance")
         inputs = {
-            "hidden_states": _pack(x_t), "timestep": t, "guidance": None if guidance is None else guidance.expand(n),
+            "hidden_states": tokens, "timestep": t, "guidance": None if guidance is None else guidance.expand(n),
             "pooled_projections": _batch(cond["pooled"], n), "encoder_hidden_states": _batch(cond["text"], n),
             "txt_ids": x_t.new_zeros(cond["text"].shape[1], 3), "img_ids": image_ids,
         }
         residuals = {} if control is None else control.residuals(n, **inputs)
-        v = transformer(**inputs, **residuals).sample
-        v = v.reshape(n, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
-        return v.reshape(n, channels, height, width)
+        return _unpack(transformer(**inputs, **residuals).sample, x_t)
+
+
+def _tokens(x_t: "Tensor", cond: dict[str, "Tensor"]) -> tuple["Tensor", "Tensor"]:
+    """Flux's tokens of x_t (:func:`_pack`) and their position ids (H/2 * W/2, 3). An
+    inpainting input's channels (``cond["concat"]``) go beside the latent's in each token
+    (packing the concatenation is concatenating the packings, as FluxFillPipeline does)."""
+    import torch
+
+    n, _, height, width = x_t.shape
+    x_in = x_t if "concat" not in cond else torch.cat([x_t, _batch(cond["concat"], n)], dim=1)
+    # Built on x_t's device: a host-made table would be copied over at every call.
+    rows, cols = torch.meshgrid(torch.arange(height // 2, device=x_t.device), torch.arange(width // 2, device=x_t.device), indexing="ij")
+    return _pack(x_in), torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(x_t)
+
+
+def _unpack(v: "Tensor", x_t: "Tensor") -> "Tensor":
+    """Tokens (N, H/2 * W/2, 4C) back to x_t's (N, C, H, W)."""
+    n, channels, height, width = x_t.shape
+    v = v.reshape(n, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
+    return v.reshape(n, channels, height, width)
+
+
+class Chroma(Flux):
+    """Chroma: Flux.1's transformer without CLIP or a guidance input. T5's tokens alone,
+    encoded with their attention mask, and that mask (all but the first padding token
+    masked out) beside the image tokens' in the transformer's attention; real
+    classifier-free guidance with the negative prompt, 5 by default (ChromaPipeline's)."""
+
+    name = "Chroma"
+    pipelines = ("ChromaPipeline", "ChromaImg2ImgPipeline", "ChromaInpaintPipeline")
+    encoders = (("tokenizer", "text_encoder"),)
+    guided = True
+    default_cfg = 5.0
+    controlnets = ()  # Flux.1's ControlNets take CLIP's pooled projection, which Chroma has not
+    extra_args = Family.extra_args
+
+    @classmethod
+    def owns_keys(cls, keys: Collection[str]) -> bool:
+        return _has(keys, "distilled_guidance_layer.")
+
+    def defaults(self) -> tuple[str, int, float]:
+        return self.default_schedule, self.default_steps, self.default_cfg
+
+    def _encode(self, text: str) -> dict[str, "Tensor"]:
+        import torch
+
+        words = self.text["tokenizer"]
+        length = min(self.t5_length, words.model_max_length)
+        ids = words(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+        mask = ids.attention_mask.to(self.device)
+        embedded = self.text["text_encoder"](ids.input_ids.to(self.device), attention_mask=mask)[0]
+        # The first padding token stays visible, as the model was trained.
+        visible = torch.arange(mask.shape[1], device=self.device)[None] <= mask.sum(dim=1, keepdim=True)
+        return {"text": embedded.float(), "text_mask": visible.float()}
+
+    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> "Conditions":
+        import torch
+
+        with torch.no_grad():
+            return self._encode(prompt), self._encode(negative)
+
+    @staticmethod
+    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
+        import torch
+
+        n = x_t.shape[0]
+        tokens, image_ids = _tokens(x_t, cond)
+        mask = torch.cat([_batch(cond["text_mask"], n), cond["text_mask"].new_ones(n, tokens.shape[1])], dim=1)
+        v = transformer(
+            hidden_states=tokens, timestep=t, encoder_hidden_states=_batch(cond["text"], n),
+            txt_ids=x_t.new_zeros(cond["text"].shape[1], 3), img_ids=image_ids, attention_mask=mask,
+        ).sample
+        return _unpack(v, x_t)
+
+
+class FluxFill(Flux):
+    """FLUX.1 Fill: Flux.1 dev whose tokens also carry the inpainting input, the masked
+    image's latent and the mask at the VAE's factor (each f x f block of mask pixels as
+    f^2 channels of its latent pixel), packed 2x2 beside the latent's, as diffusers'
+    FluxFillPipeline; guidance input 30 by default, as there."""
+
+    name = "FLUX.1 Fill"
+    pipelines = ("FluxFillPipeline",)
+    default_cfg = 30.0
+    default_steps = 28
+
+    @classmethod
+    def owns_keys(cls, keys: Collection[str]) -> bool:
+        return False  # its tensors are named as Flux.1's: single Fill files are not told apart; its folder loads
+
+    def kind(self, latent: int) -> str:
+        channels = self.config.in_channels
+        mask = channels // self.pack**2 - 2 * latent  # the mask's channels: the VAE's factor squared
+        if channels % self.pack**2 or mask < 1 or round(mask**0.5) ** 2 != mask:
+            raise InputError(
+                f"--model {self.source}: the transformer takes {self.config.in_channels} channels, which are not the "
+                f"latent's ({latent}), the masked latent's and a mask's at the VAE's factor, each packed 2x2"
+            )
+        return "inpainting"
+
+    @staticmethod
+    def inpainting_input(mask: "Tensor", masked: "Tensor") -> "Tensor":
+        """The masked image's latent (1, C, h, w), then the mask (1, 1, H, W) as
+        (1, (H/h)^2, h, w): FluxFillPipeline's layout, before packing."""
+        import torch
+        import torch.nn.functional as F
+
+        return torch.cat([masked, F.pixel_unshuffle(mask, mask.shape[-1] // masked.shape[-1])], dim=1)
 
     def check_controlnet(self, config: dict[str, Any], latent: int, given: str) -> None:
         super().check_controlnet(config, latent, given)
@@ -516,7 +629,7 @@ class Flux(FlowFamily):
 
 
 # The registry. Each family's owns() and owns_keys() exclude the others', so the order does not matter.
-FAMILIES: tuple[type[Family], ...] = (StableDiffusion, StableDiffusionXL, StableDiffusionXLRefiner, StableDiffusion3, Flux)
+FAMILIES: tuple[type[Family], ...] = (StableDiffusion, StableDiffusionXL, StableDiffusionXLRefiner, StableDiffusion3, Flux, FluxFill, Chroma)
 
 
 def supported() -> str:

@@ -151,17 +151,23 @@ class TransformerVelocity(nn.Module):
 
     ``call`` is the family's way of calling it (see :data:`VelocityCall`; Flux packs the
     latent into tokens there). ``x_t`` (N, C, H, W) and ``t`` (N,) come in the
-    sampler's dtype, ``cond`` is a dict of tensors with batch 1 or N, ``control`` a
-    :class:`~kdiff_differential.models.controlnets.ControlRun`; the transformer
-    runs in its own dtype and v is returned in x_t's.
+    sampler's dtype, ``cond`` is a dict of tensors with batch 1 or N (an inpainting
+    transformer's ``concat``, with ``release_mask``, as :func:`inpainting_channels`),
+    ``control`` a :class:`~kdiff_differential.models.controlnets.ControlRun`; the
+    transformer runs in its own dtype and v is returned in x_t's.
     """
 
     def __init__(self, transformer: nn.Module, call: VelocityCall) -> None:
         super().__init__()
         self.transformer, self.call = transformer, call
 
-    def forward(self, x_t: Tensor, t: Tensor, *, cond: dict[str, Tensor], control: Optional["ControlRun"] = None) -> Tensor:
+    def forward(
+        self, x_t: Tensor, t: Tensor, *, cond: dict[str, Tensor], control: Optional["ControlRun"] = None,
+        release_mask: Optional[Tensor] = None,
+    ) -> Tensor:
         dtype = self.transformer.dtype
+        if "concat" in cond:  # an inpainting input: its channels for this call (see inpainting_channels)
+            cond = {key: value for key, value in cond.items() if key != "concat_kept"} | {"concat": inpainting_channels(cond, release_mask, x_t)}
         cond = {key: value.to(dtype) for key, value in cond.items()}
         # The window is read at t in the sampler's dtype, as it was set (bf16 would round it).
         control = None if control is None else control.at(t)
