@@ -95,17 +95,6 @@ def test_flux_fill_with_everything_released_is_the_diffusers_pipeline(fill: Path
     assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max()
 
 
-@pytest.mark.parametrize("mode", ["fixed", "released"])
-def test_flux_fill_keeps_kept_pixels_with_either_mask(fill: Path, image: np.ndarray, mode: str) -> None:
-    pipe = load_pipeline(fill)
-    latent = pipe.encode(image)
-    args = pipe.extra_args("a cat", "", None, image=image, change_map=halves(HEIGHT, WIDTH), inpaint_mask=mode)
-    edit = differential_edit(pipe.denoiser_for(latent), latent, halves(*latent.shape[-2:]), sampler="dpmpp_2m", steps=3, schedule="model", extra_args=args)
-    half = latent.shape[-1] // 2
-    torch.testing.assert_close(edit.result[..., :half], latent[..., :half], atol=1e-5, rtol=0)
-    assert (edit.result[..., half:] - latent[..., half:]).abs().mean() > 0.05
-
-
 def save_tiny_chroma(folder: Path) -> Path:
     torch.manual_seed(0)
     transformer = diffusers.ChromaTransformer2DModel(
@@ -121,10 +110,15 @@ def save_tiny_chroma(folder: Path) -> Path:
     return folder / "model"
 
 
-def test_chroma_with_everything_released_is_the_diffusers_pipeline(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def chroma(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_chroma(tmp_path_factory.mktemp("chroma"))
+
+
+def test_chroma_with_everything_released_is_the_diffusers_pipeline(chroma: Path) -> None:
     """T5 with its attention mask (the first padding token kept), the mask beside the
     image tokens', guidance with the negative prompt: ChromaPipeline's latent."""
-    folder = save_tiny_chroma(tmp_path)
+    folder = chroma
     pipe = load_pipeline(folder)
     assert pipe.description == "Chroma, text-to-image, flow matching"
     assert (pipe.schedule, pipe.steps, pipe.cfg) == ("model", 20, 5.0)
@@ -144,3 +138,92 @@ def test_chroma_with_everything_released_is_the_diffusers_pipeline(tmp_path: Pat
     expected = diffusers.FluxPipeline._unpack_latents(out, HEIGHT, WIDTH, reference.vae_scale_factor)
     assert (expected - noise).abs().mean() > 0.1
     assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+@pytest.fixture(scope="module")
+def kontext(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("kontext")
+    torch.manual_seed(0)
+    transformer = diffusers.FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+    )
+    randomise_zeros(transformer)
+    diffusers.FluxKontextPipeline(
+        transformer=transformer, scheduler=flux_scheduler(), vae=vae(), text_encoder=clip(32, False),
+        tokenizer=write_tokenizer(folder / "words"), text_encoder_2=t5(32), tokenizer_2=t5_tokenizer(),
+    ).save_pretrained(folder / "model")
+    return folder / "model"
+
+
+def test_flux_kontext_with_everything_released_is_the_diffusers_pipeline(kontext: Path, image: np.ndarray) -> None:
+    """The input image's tokens beside the output latent's (position ids (1, row, col)),
+    the prediction taken on the output tokens: FluxKontextPipeline's latent; without the
+    reference image, one line."""
+    from PIL import Image
+
+    from kdiff_differential.errors import InputError
+
+    pipe = load_pipeline(kontext)
+    assert pipe.description == "FLUX.1 Kontext, text-to-image, flow matching"
+    with pytest.raises(InputError, match="FLUX.1 Kontext edits from a reference image"):
+        pipe.extra_args("a red cat")
+    latent = torch.zeros(1, 4, HEIGHT // 2, WIDTH // 2)
+    edit = differential_edit(
+        pipe.denoiser_for(latent), latent, torch.ones(HEIGHT // 2, WIDTH // 2), sampler="euler", steps=3,
+        schedule="model", extra_args=pipe.extra_args("a red cat", "", 3.0, image=image), seed=5,
+    )
+    noise = edit.wrapper.noise
+    reference = diffusers.FluxKontextPipeline.from_pretrained(kontext, local_files_only=True)
+    reference.set_progress_bar_config(disable=True)
+    out = reference(
+        image=Image.fromarray(image), prompt="a red cat", height=HEIGHT, width=WIDTH, max_area=HEIGHT * WIDTH,
+        _auto_resize=False, latents=diffusers.FluxPipeline._pack_latents(noise, 1, 4, HEIGHT // 2, WIDTH // 2),
+        num_inference_steps=3, guidance_scale=3.0, max_sequence_length=16, output_type="latent",
+    ).images
+    expected = diffusers.FluxPipeline._unpack_latents(out, HEIGHT, WIDTH, reference.vae_scale_factor)
+    assert (expected - noise).abs().mean() > 0.1
+    assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
+FOLDERS = ("fill", "kontext", "chroma")
+
+
+@pytest.fixture(scope="module", params=FOLDERS)
+def folder(request: pytest.FixtureRequest) -> Path:
+    return request.getfixturevalue(request.param)
+
+
+def test_every_sampler_keeps_kept_pixels_and_changes_the_rest(folder: Path, image: np.ndarray) -> None:
+    """Every k-diffusion sampler on one of the families (each family a third of them:
+    the sampler's steps are the same for all, the model call is each family's own),
+    2 steps; FLUX.1 Fill with the released mask."""
+    from conftest import SAMPLERS
+
+    pipe = load_pipeline(folder)
+    latent = pipe.encode(image)
+    options = {"inpaint_mask": "released"} if pipe.inpainting else {}
+    args = pipe.extra_args("a cat", "", 1.0 if pipe.family.guided else None, image=image, change_map=halves(HEIGHT, WIDTH), **options)
+    half = latent.shape[-1] // 2
+    family = FOLDERS.index(folder.parent.name.rstrip("0123456789"))
+    for sampler in SAMPLERS[family :: len(FOLDERS)]:
+        edit = differential_edit(pipe.denoiser_for(latent), latent, halves(*latent.shape[-2:]), sampler=sampler, steps=None if sampler == "dpm_adaptive" else 2, schedule="model", extra_args=args)
+        torch.testing.assert_close(edit.result[..., :half], latent[..., :half], atol=1e-5, rtol=0, msg=sampler)
+        assert (edit.result[..., half:] - latent[..., half:]).abs().mean() > 0.05, sampler
+
+
+@pytest.mark.slow
+def test_the_command_line_runs_flux_fill_and_keeps_kept_pixels_byte_exact(fill: Path, image: np.ndarray, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from test_cli import kdiff, pixels
+
+    Image.fromarray(image).save(tmp_path / "in.png")
+    Image.fromarray((halves(HEIGHT, WIDTH).numpy() * 255).astype(np.uint8)).save(tmp_path / "map.png")
+    done = kdiff(
+        "--model", str(fill), "--image", "in.png", "--map", "map.png", "--steps", "2", "--sampler", "dpmpp_2m",
+        "--inpaint-mask", "released", "--out", "out.png", cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "model: FLUX.1 Fill, inpainting, flow matching" in done.stderr
+    assert np.array_equal(pixels(tmp_path / "out.png")[:, : WIDTH // 2], image[:, : WIDTH // 2])

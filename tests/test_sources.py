@@ -333,6 +333,7 @@ def test_each_family_owns_its_own_index_and_no_other() -> None:
         "Stable Diffusion 3/3.5": {"_class_name": "StableDiffusion3Pipeline"},
         "Flux.1": {"_class_name": "FluxPipeline"},
         "FLUX.1 Fill": {"_class_name": "FluxFillPipeline"},
+        "FLUX.1 Kontext": {"_class_name": "FluxKontextPipeline"},
         "Chroma": {"_class_name": "ChromaPipeline"},
     }
     assert sorted(indexes) == sorted(family.name for family in FAMILIES)

@@ -337,7 +337,8 @@ class DiffusersPipeline:
         ``cfg`` defaults to the checkpoint's (7; Flux.1: 3.5; a few-step UNet: 1).
 
         ``size`` (H, W) in pixels is the output size SDXL is told (default: ``image``'s,
-        else the native size). An inpainting UNet also needs ``image`` (uint8
+        else the native size). A family that edits from a reference (FLUX.1 Kontext)
+        takes ``image`` as it: without one, InputError. An inpainting UNet also needs ``image`` (uint8
         (H, W, 3) or (1, 3, H, W) in [-1, 1]) and ``change_map`` (1 = change): its extra
         channels are the map binarised at 0.5 at latent size and the latent of the image
         with the pixels to change set to mid-grey. ``inpaint_mask`` (default
@@ -371,6 +372,11 @@ class DiffusersPipeline:
         if inpaint_mask not in INPAINT_MASKS:
             raise ValueError(f"inpaint_mask must be one of {', '.join(INPAINT_MASKS)}, got {inpaint_mask!r}")
         cond, uncond = self.family.embed(prompt, negative, size)
+        if self.family.reference:
+            if pixels is None:
+                raise InputError(f"{self.family.name} edits from a reference image: give the input image (image=)")
+            reference = {"reference": self.encode(pixels)}
+            cond, uncond = {**cond, **reference}, None if uncond is None else {**uncond, **reference}
         released = self.inpainting and inpaint_mask == "released"
         if self.inpainting:
             if pixels is None or change_map is None:

@@ -21,6 +21,8 @@ A family class says:
 - ControlNets (:mod:`.controlnets`): ``controlnets``, the diffusers classes that fit the
   network; ``control_fit``, the config keys a ControlNet must share with the network;
   ``control_outputs``, the network's keyword names for a ControlNet's outputs.
+- ``reference``: whether it edits from a reference image (the input image, whose latent
+  the conditions carry as ``reference``; FLUX.1 Kontext).
 
 An adapter is built complete, by the loader, from the loaded parts:
 ``Family(source, index, config, text, device, scheduler)`` (``config``: the network's,
@@ -130,6 +132,7 @@ class Family:
     controlnets: tuple[str, ...] = ()
     control_fit: tuple[str, ...] = ()
     control_outputs: tuple[str, ...] = ()
+    reference = False
 
     def __init__(
         self, source: str, index: dict[str, Any], config: Any, text: dict[str, Any], device: "torch.device",
@@ -493,8 +496,14 @@ class Flux(FlowFamily):
 
     @staticmethod
     def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
+        import torch
+
         n = x_t.shape[0]
         tokens, image_ids = _tokens(x_t, cond)
+        outputs = tokens.shape[1]
+        if "reference" in cond:  # Kontext: the reference's tokens after the latent's, ids (1, row, col)
+            reference, reference_ids = _tokens(_batch(cond["reference"], n), {})
+            tokens, image_ids = torch.cat([tokens, reference], dim=1), torch.cat([image_ids, reference_ids + reference_ids.new_tensor([1, 0, 0])])
         guidance = cond.get("guidance")
         inputs = {
             "hidden_states": tokens, "timestep": t, "guidance": None if guidance is None else guidance.expand(n),
@@ -502,7 +511,7 @@ class Flux(FlowFamily):
             "txt_ids": x_t.new_zeros(cond["text"].shape[1], 3), "img_ids": image_ids,
         }
         residuals = {} if control is None else control.residuals(n, **inputs)
-        return _unpack(transformer(**inputs, **residuals).sample, x_t)
+        return _unpack(transformer(**inputs, **residuals).sample[:, :outputs], x_t)
 
 
 def _tokens(x_t: "Tensor", cond: dict[str, "Tensor"]) -> tuple["Tensor", "Tensor"]:
@@ -523,6 +532,21 @@ def _unpack(v: "Tensor", x_t: "Tensor") -> "Tensor":
     n, channels, height, width = x_t.shape
     v = v.reshape(n, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
     return v.reshape(n, channels, height, width)
+
+
+class FluxKontext(Flux):
+    """FLUX.1 Kontext: Flux.1 dev editing from a reference image, whose latent's tokens
+    go after the output latent's (position ids (1, row, col) against the output's
+    (0, row, col)); only the output tokens are the prediction, so the change map
+    applies to them alone. The reference is the input image at the edit's size."""
+
+    name = "FLUX.1 Kontext"
+    pipelines = ("FluxKontextPipeline", "FluxKontextInpaintPipeline")
+    reference = True
+
+    @classmethod
+    def owns_keys(cls, keys: Collection[str]) -> bool:
+        return False  # its tensors are named as Flux.1's: single Kontext files are not told apart; its folder loads
 
 
 class Chroma(Flux):
@@ -629,7 +653,7 @@ class FluxFill(Flux):
 
 
 # The registry. Each family's owns() and owns_keys() exclude the others', so the order does not matter.
-FAMILIES: tuple[type[Family], ...] = (StableDiffusion, StableDiffusionXL, StableDiffusionXLRefiner, StableDiffusion3, Flux, FluxFill, Chroma)
+FAMILIES: tuple[type[Family], ...] = (StableDiffusion, StableDiffusionXL, StableDiffusionXLRefiner, StableDiffusion3, Flux, FluxFill, FluxKontext, Chroma)
 
 
 def supported() -> str:
