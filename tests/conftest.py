@@ -103,6 +103,21 @@ def gradient_map():
     return torch.linspace(0, 1, SIZE).expand(SIZE, SIZE).clone()
 
 
+def ramp_image(height: int, width: int) -> "np.ndarray":
+    """A smooth uint8 (height, width, 3) image: three ramps, one per channel."""
+    import numpy as np
+
+    ys, xs = np.mgrid[0:height, 0:width]
+    return np.stack([xs * 7, ys * 9, (xs + ys) * 4], axis=2).clip(0, 255).astype(np.uint8)
+
+
+def halves(height: int, width: int) -> torch.Tensor:
+    """A change map: left half keep (0), right half change (1)."""
+    change = torch.zeros(height, width)
+    change[:, width // 2 :] = 1
+    return change
+
+
 WORDS = ("a", "red", "cat", "blurry")
 
 

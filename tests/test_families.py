@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import kdiff, pixels, diffusers_euler, save_tiny_sd_inpainting, save_tiny_sdxl, tiny_clip, tiny_vae, write_tokenizer
+from conftest import kdiff, pixels, diffusers_euler, halves, ramp_image, save_tiny_sd_inpainting, save_tiny_sdxl, tiny_clip, tiny_vae, write_tokenizer
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.cli import main
@@ -62,15 +62,7 @@ def folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
-    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
-    return np.stack([xs * 7, ys * 9, (xs + ys) * 4], axis=2).clip(0, 255).astype(np.uint8)
-
-
-def halves(height: int, width: int) -> torch.Tensor:
-    """Left half keep (0), right half change (1)."""
-    change = torch.zeros(height, width)
-    change[:, width // 2 :] = 1
-    return change
+    return ramp_image(HEIGHT, WIDTH)
 
 
 def test_conditioning_has_the_shapes_the_unet_config_demands(folder: Path, image: np.ndarray) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import save_tiny_sd_inpainting
+from conftest import ramp_image, save_tiny_sd_inpainting
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.cli import main
@@ -27,8 +27,7 @@ def pipe(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
-    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
-    return np.stack([xs * 7, ys * 9, (xs + ys) * 4], axis=2).clip(0, 255).astype(np.uint8)
+    return ramp_image(HEIGHT, WIDTH)
 
 
 def mask_channels(pipe, image: np.ndarray, mode: str, sampler: str = "euler"):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_tokenizer
+from conftest import halves, ramp_image, write_tokenizer
 from test_diffusers_flow import clip, randomise_zeros, t5, t5_tokenizer, vae
 
 from kdiff_differential import load_pipeline
@@ -44,15 +44,7 @@ def save_tiny_flux_fill(folder: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def image() -> np.ndarray:
-    ys, xs = np.mgrid[0:HEIGHT, 0:WIDTH]
-    return np.stack([xs * 7, ys * 8, (xs + ys) * 4], axis=2).clip(0, 255).astype(np.uint8)
-
-
-def halves(height: int, width: int) -> torch.Tensor:
-    """Left half keep (0), right half change (1)."""
-    change = torch.zeros(height, width)
-    change[:, width // 2 :] = 1
-    return change
+    return ramp_image(HEIGHT, WIDTH)
 
 
 @pytest.fixture(scope="module")

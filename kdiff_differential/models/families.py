@@ -178,6 +178,14 @@ class Family:
         ids = words(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
         return ids.input_ids.to(self.device)
 
+    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> "Conditions":
+        """(cond, uncond): the prompt and the negative prompt, each by the family's
+        ``_encode(text) -> dict of tensors`` (families that encode otherwise override this)."""
+        import torch
+
+        with torch.no_grad():
+            return self._encode(prompt), self._encode(negative)
+
     def extra_args(self, cond: dict[str, "Tensor"], uncond: Optional[dict[str, "Tensor"]], cfg: float) -> dict[str, Any]:
         return {"cond": cond, "uncond": uncond, "cfg_scale": cfg}
 
@@ -418,12 +426,6 @@ class StableDiffusion3(FlowFamily):
         clip = F.pad(clip, (0, width - clip.shape[-1]))
         return {"text": torch.cat([clip, t5.to(clip.dtype)], dim=-2).float(), "pooled": torch.cat(pooled, dim=-1).float()}
 
-    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> "Conditions":
-        import torch
-
-        with torch.no_grad():
-            return self._encode(prompt), self._encode(negative)
-
     @staticmethod
     def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
         n = x_t.shape[0]
@@ -581,12 +583,6 @@ class Chroma(Flux):
         # The first padding token stays visible, as the model was trained.
         visible = torch.arange(mask.shape[1], device=self.device)[None] <= mask.sum(dim=1, keepdim=True)
         return {"text": embedded.float(), "text_mask": visible.float()}
-
-    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> "Conditions":
-        import torch
-
-        with torch.no_grad():
-            return self._encode(prompt), self._encode(negative)
 
     @staticmethod
     def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
