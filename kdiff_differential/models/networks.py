@@ -14,6 +14,7 @@ sampler's. diffusers is imported inside the functions.
 
 from __future__ import annotations
 
+import types
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
@@ -109,7 +110,8 @@ def compvis_denoiser(unet: nn.Module, scheduler_config: dict[str, Any]) -> nn.Mo
     denoiser = wrap(DiffusersUNet(unet, alphas_cumprod))
     # The instance's get_sigmas (the 'model' schedule) is the folder's scheduler, not
     # k-diffusion's even spacing in t: few-step checkpoints are trained on its timesteps.
-    denoiser.get_sigmas = lambda n=None: scheduler_sigmas(scheduler_config, denoiser.sigmas, n)
+    # A bound method, so that a copy of the denoiser reads its own levels.
+    denoiser.get_sigmas = types.MethodType(lambda self, n=None: scheduler_sigmas(scheduler_config, self.sigmas, n), denoiser)
     return denoiser
 
 
