@@ -563,6 +563,8 @@ class Chroma(Flux):
     guided = True
     default_cfg = 5.0
     controlnets = ()  # Flux.1's ControlNets take CLIP's pooled projection, which Chroma has not
+    # Guided with a negative prompt, as the UNets and SD3, not as Flux.1 dev.
+    embed = Family.embed
     extra_args = Family.extra_args
 
     @classmethod
