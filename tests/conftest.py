@@ -134,6 +134,60 @@ def write_tokenizer(folder: Path) -> "transformers.CLIPTokenizer":
     return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
 
 
+def t5_tokenizer(length: int = 16) -> "transformers.PreTrainedTokenizerFast":
+    """A word-level fast tokenizer shaped like T5's: pad 0, end-of-text 1 appended, unknown 2."""
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{word: 3 + i for i, word in enumerate(WORDS)}}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=length
+    )
+
+
+def flow_clip(width: int, projection: bool) -> "transformers.PreTrainedModel":
+    """A tiny CLIP text encoder of ``width`` (with projection: SD3's), for the flow pipelines."""
+    import transformers
+
+    config = transformers.CLIPTextConfig(
+        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=100, hidden_size=width, intermediate_size=37,
+        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16, projection_dim=width,
+    )
+    return (transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel)(config)
+
+
+def tiny_t5(width: int) -> "transformers.T5EncoderModel":
+    """A one-layer T5 encoder of ``width``."""
+    import transformers
+
+    return transformers.T5EncoderModel(transformers.T5Config(
+        vocab_size=16, d_model=width, d_ff=37, d_kv=8, num_layers=1, num_heads=2, decoder_start_token_id=0,
+    ))
+
+
+def flow_vae() -> "diffusers.AutoencoderKL":
+    """A tiny VAE with a shift factor and a scale, as the flow models' VAEs have."""
+    import diffusers
+
+    return diffusers.AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        shift_factor=0.1, scaling_factor=1.5,
+    )
+
+
+def randomise_zeros(module: torch.nn.Module) -> None:
+    """Zero-initialised layers (output projections, gates) made random, so that the
+    velocity depends on every input."""
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if not parameter.abs().sum():
+                parameter.normal_(0, 0.05)
+
+
 def save_tiny_sd(folder: Path, prediction: str) -> Path:
     """A tiny random Stable Diffusion 1.x pipeline saved with save_pretrained: folder/model."""
     import diffusers

@@ -15,55 +15,11 @@ import diffusers
 import numpy as np
 import pytest
 import torch
-import transformers
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from kdiff_differential.edit import OWN_STEPS, SAMPLERS, differential_edit
-from conftest import WORDS, kdiff, pixels, write_tokenizer
+from conftest import flow_clip, flow_vae, kdiff, pixels, randomise_zeros, t5_tokenizer, tiny_t5, write_tokenizer
 
 FAMILIES = ("sd3", "flux")
-
-
-def t5_tokenizer(length: int = 16) -> transformers.PreTrainedTokenizerFast:
-    """A word-level fast tokenizer shaped like T5's: pad 0, end-of-text 1 appended, unknown 2."""
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{word: 3 + i for i, word in enumerate(WORDS)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=length
-    )
-
-
-def clip(width: int, projection: bool) -> transformers.PreTrainedModel:
-    config = transformers.CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=100, hidden_size=width, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16, projection_dim=width,
-    )
-    return (transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel)(config)
-
-
-def t5(width: int) -> transformers.T5EncoderModel:
-    return transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=16, d_model=width, d_ff=37, d_kv=8, num_layers=1, num_heads=2, decoder_start_token_id=0,
-    ))
-
-
-def vae() -> diffusers.AutoencoderKL:
-    return diffusers.AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        shift_factor=0.1, scaling_factor=1.5,
-    )
-
-
-def randomise_zeros(module: torch.nn.Module) -> None:
-    """Zero-initialised layers (output projections, gates) made random, so that the
-    velocity depends on every input."""
-    with torch.no_grad():
-        for parameter in module.parameters():
-            if not parameter.abs().sum():
-                parameter.normal_(0, 0.05)
 
 
 def save_tiny_pipeline(folder: Path, family: str, guidance: bool = True) -> Path:
@@ -77,9 +33,9 @@ def save_tiny_pipeline(folder: Path, family: str, guidance: bool = True) -> Path
         )
         randomise_zeros(transformer)
         pipeline = diffusers.StableDiffusion3Pipeline(
-            transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae(),
-            text_encoder=clip(32, True), tokenizer=words, text_encoder_2=clip(32, True), tokenizer_2=words,
-            text_encoder_3=t5(64), tokenizer_3=t5_tokenizer(),
+            transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=flow_vae(),
+            text_encoder=flow_clip(32, True), tokenizer=words, text_encoder_2=flow_clip(32, True), tokenizer_2=words,
+            text_encoder_3=tiny_t5(64), tokenizer_3=t5_tokenizer(),
         )
     else:
         transformer = diffusers.FluxTransformer2DModel(
@@ -92,8 +48,8 @@ def save_tiny_pipeline(folder: Path, family: str, guidance: bool = True) -> Path
             use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
         )
         pipeline = diffusers.FluxPipeline(
-            transformer=transformer, scheduler=scheduler, vae=vae(), text_encoder=clip(32, False), tokenizer=words,
-            text_encoder_2=t5(32), tokenizer_2=t5_tokenizer(),
+            transformer=transformer, scheduler=scheduler, vae=flow_vae(), text_encoder=flow_clip(32, False), tokenizer=words,
+            text_encoder_2=tiny_t5(32), tokenizer_2=t5_tokenizer(),
         )
     pipeline.save_pretrained(folder / "model")
     return folder / "model"

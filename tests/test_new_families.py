@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import halves, ramp_image, write_tokenizer
-from test_diffusers_flow import clip, randomise_zeros, t5, t5_tokenizer, vae
+from conftest import flow_clip, flow_vae, halves, randomise_zeros, ramp_image, t5_tokenizer, tiny_t5, write_tokenizer
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.edit import differential_edit
@@ -35,8 +34,8 @@ def save_tiny_flux_fill(folder: Path) -> Path:
     )
     randomise_zeros(transformer)
     pipeline = diffusers.FluxFillPipeline(
-        transformer=transformer, scheduler=flux_scheduler(), vae=vae(), text_encoder=clip(32, False),
-        tokenizer=write_tokenizer(folder / "words"), text_encoder_2=t5(32), tokenizer_2=t5_tokenizer(),
+        transformer=transformer, scheduler=flux_scheduler(), vae=flow_vae(), text_encoder=flow_clip(32, False),
+        tokenizer=write_tokenizer(folder / "words"), text_encoder_2=tiny_t5(32), tokenizer_2=t5_tokenizer(),
     )
     pipeline.save_pretrained(folder / "model")
     return folder / "model"
@@ -96,7 +95,7 @@ def save_tiny_chroma(folder: Path) -> Path:
     )
     randomise_zeros(transformer)
     pipeline = diffusers.ChromaPipeline(
-        transformer=transformer, scheduler=flux_scheduler(), vae=vae(), text_encoder=t5(32), tokenizer=t5_tokenizer(),
+        transformer=transformer, scheduler=flux_scheduler(), vae=flow_vae(), text_encoder=tiny_t5(32), tokenizer=t5_tokenizer(),
     )
     pipeline.save_pretrained(folder / "model")
     return folder / "model"
@@ -142,8 +141,8 @@ def kontext(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     randomise_zeros(transformer)
     diffusers.FluxKontextPipeline(
-        transformer=transformer, scheduler=flux_scheduler(), vae=vae(), text_encoder=clip(32, False),
-        tokenizer=write_tokenizer(folder / "words"), text_encoder_2=t5(32), tokenizer_2=t5_tokenizer(),
+        transformer=transformer, scheduler=flux_scheduler(), vae=flow_vae(), text_encoder=flow_clip(32, False),
+        tokenizer=write_tokenizer(folder / "words"), text_encoder_2=tiny_t5(32), tokenizer_2=t5_tokenizer(),
     ).save_pretrained(folder / "model")
     return folder / "model"
 
@@ -208,7 +207,7 @@ def test_every_sampler_keeps_kept_pixels_and_changes_the_rest(folder: Path, imag
 def test_the_command_line_runs_flux_fill_and_keeps_kept_pixels_byte_exact(fill: Path, image: np.ndarray, tmp_path: Path) -> None:
     from PIL import Image
 
-    from test_cli import kdiff, pixels
+    from conftest import kdiff, pixels
 
     Image.fromarray(image).save(tmp_path / "in.png")
     Image.fromarray((halves(HEIGHT, WIDTH).numpy() * 255).astype(np.uint8)).save(tmp_path / "map.png")
