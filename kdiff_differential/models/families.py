@@ -515,6 +515,21 @@ class Flux(FlowFamily):
         residuals = {} if control is None else control.residuals(n, **inputs)
         return _unpack(transformer(**inputs, **residuals).sample[:, :outputs], x_t)
 
+    def check_controlnet(self, config: dict[str, Any], latent: int, given: str) -> None:
+        super().check_controlnet(config, latent, given)
+        if config.get("conditioning_embedding_channels") is not None:
+            raise InputError(f"--controlnet {given}: an XLabs-style Flux ControlNet (it embeds the image itself); supported: InstantX-style ones, which take its latent")
+
+    def control_condition(self, image: "Tensor", config: Any, vae: "nn.Module") -> "Tensor":
+        """The control image's latent (its mode; diffusers draws a sample), shifted,
+        scaled and packed into tokens as the latent is."""
+        return _pack(_latent(image, vae, shifted=True))
+
+    @staticmethod
+    def control_inputs(inputs: dict[str, Any], config: Any) -> dict[str, Any]:
+        """The guidance input only for a ControlNet that embeds it, as diffusers."""
+        return inputs if config.get("guidance_embeds", False) else {**inputs, "guidance": None}
+
 
 def _tokens(x_t: "Tensor", cond: dict[str, "Tensor"]) -> tuple["Tensor", "Tensor"]:
     """Flux's tokens of x_t (:func:`_pack`) and their position ids (H/2 * W/2, 3). An
@@ -545,6 +560,7 @@ class FluxKontext(Flux):
     name = "FLUX.1 Kontext"
     pipelines = ("FluxKontextPipeline", "FluxKontextInpaintPipeline")
     reference = True
+    controlnets = ()  # diffusers has no ControlNet pipeline for it
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
@@ -610,6 +626,7 @@ class FluxFill(Flux):
     pipelines = ("FluxFillPipeline",)
     default_cfg = 30.0
     default_steps = 28
+    controlnets = ()  # diffusers has no ControlNet pipeline for it
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
