@@ -651,21 +651,6 @@ class FluxFill(Flux):
 
         return torch.cat([masked, F.pixel_unshuffle(mask, mask.shape[-1] // masked.shape[-1])], dim=1)
 
-    def check_controlnet(self, config: dict[str, Any], latent: int, given: str) -> None:
-        super().check_controlnet(config, latent, given)
-        if config.get("conditioning_embedding_channels") is not None:
-            raise InputError(f"--controlnet {given}: an XLabs-style Flux ControlNet (it embeds the image itself); supported: InstantX-style ones, which take its latent")
-
-    def control_condition(self, image: "Tensor", config: Any, vae: "nn.Module") -> "Tensor":
-        """The control image's latent (its mode; diffusers draws a sample), shifted,
-        scaled and packed into tokens as the latent is."""
-        return _pack(_latent(image, vae, shifted=True))
-
-    @staticmethod
-    def control_inputs(inputs: dict[str, Any], config: Any) -> dict[str, Any]:
-        """The guidance input only for a ControlNet that embeds it, as diffusers."""
-        return inputs if config.get("guidance_embeds", False) else {**inputs, "guidance": None}
-
 
 # The registry. Each family's owns() and owns_keys() exclude the others', so the order does not matter.
 FAMILIES: tuple[type[Family], ...] = (StableDiffusion, StableDiffusionXL, StableDiffusionXLRefiner, StableDiffusion3, Flux, FluxFill, FluxKontext, Chroma)

@@ -15,7 +15,7 @@ sampler's. diffusers is imported inside the functions.
 from __future__ import annotations
 
 import types
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -23,8 +23,16 @@ from torch import Tensor, nn
 from ..errors import InputError
 from ..guidance import Condition
 
-if TYPE_CHECKING:
-    from .controlnets import ControlRun
+
+class ControlCall(Protocol):
+    """A run's ControlNets as the networks call them (a
+    :class:`~kdiff_differential.models.controlnets.ControlRun`): ``at(t)``, those active
+    at the call's timestep (None: none is), and their ``residuals`` for a batch of n."""
+
+    def at(self, t: Tensor) -> Optional["ControlCall"]: ...
+
+    def residuals(self, n: int, **inputs: Any) -> dict[str, Any]: ...
+
 
 # The scheduler config's prediction_type -> the k-diffusion wrapper's name.
 PREDICTIONS = {"epsilon": "CompVisDenoiser", "v_prediction": "CompVisVDenoiser"}
@@ -32,7 +40,7 @@ PREDICTIONS = {"epsilon": "CompVisDenoiser", "v_prediction": "CompVisVDenoiser"}
 ADDED_CONDITIONS = ("text_embeds", "time_ids")
 # (transformer, x_t (N, C, H, W) in its dtype, t (N,) in [0, 1], cond, the ControlNets
 # acting at t or None) -> v like x_t.
-VelocityCall = Callable[[nn.Module, Tensor, Tensor, dict[str, Tensor], Optional["ControlRun"]], Tensor]
+VelocityCall = Callable[[nn.Module, Tensor, Tensor, dict[str, Tensor], Optional[ControlCall]], Tensor]
 
 
 class DiffusersUNet(nn.Module):
@@ -54,7 +62,7 @@ class DiffusersUNet(nn.Module):
         self.register_buffer("alphas_cumprod", alphas_cumprod.detach().float())
 
     def apply_model(
-        self, x: Tensor, t: Tensor, cond: Condition, control: Optional["ControlRun"] = None,
+        self, x: Tensor, t: Tensor, cond: Condition, control: Optional[ControlCall] = None,
         release_mask: Optional[Tensor] = None, **kwargs: Any,
     ) -> Tensor:
         dtype = self.unet.dtype
@@ -164,7 +172,7 @@ class TransformerVelocity(nn.Module):
         self.transformer, self.call = transformer, call
 
     def forward(
-        self, x_t: Tensor, t: Tensor, *, cond: dict[str, Tensor], control: Optional["ControlRun"] = None,
+        self, x_t: Tensor, t: Tensor, *, cond: dict[str, Tensor], control: Optional[ControlCall] = None,
         release_mask: Optional[Tensor] = None,
     ) -> Tensor:
         dtype = self.transformer.dtype
