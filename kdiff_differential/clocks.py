@@ -200,11 +200,12 @@ class DiscreteTimestep(nn.Module):
     def _by_table(self, log_sigma: Tensor) -> Tensor:
         """k-diffusion's own arithmetic, every level against every sigma: fewer kernels
         than the search for the few sigmas of a model call."""
-        dists = log_sigma - self.log_sigmas[:, None]
+        levels = self.log_sigmas  # a buffer read costs a module lookup: once
+        dists = log_sigma - levels[:, None]
         if self.quantize:
             return dists.abs().argmin(dim=0)
-        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=len(self.log_sigmas) - 2)
-        low, high = self.log_sigmas[low_idx], self.log_sigmas[low_idx + 1]
+        low_idx = dists.ge(0).cumsum(dim=0).argmax(dim=0).clamp(max=len(levels) - 2)
+        low, high = levels[low_idx], levels[low_idx + 1]
         w = ((low - log_sigma) / (low - high)).clamp(0, 1)
         return (1 - w) * low_idx + w * (low_idx + 1)
 
@@ -245,8 +246,8 @@ class TimestepClock(Clock):
         self.register_buffer("t_range", ends[0] - ends[1])
 
     def forward(self, sigma: Tensor) -> Tensor:
-        dtype = self.t_to.dtype
-        return (self._timestep(sigma.to(dtype)).to(dtype) - self.t_to) / self.t_range
+        t_to = self.t_to
+        return (self._timestep(sigma.to(t_to.dtype)).to(t_to.dtype) - t_to) / self.t_range
 
 
 class LogSigmaClock(Clock):

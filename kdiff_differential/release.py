@@ -70,7 +70,8 @@ class LevelBelow(nn.Module):
     def forward(self, sigma: Tensor) -> Tensor:
         # searchsorted counts the knots strictly below sigma (by more than the slack):
         # index i is the i-th from the bottom.
-        return self.floors[torch.searchsorted(self.below, sigma.to(self.below.dtype).contiguous())]
+        below = self.below  # a buffer read costs a module lookup: once
+        return self.floors[torch.searchsorted(below, sigma.to(below.dtype).contiguous())]
 
 
 class Floor(LevelBelow):
@@ -85,7 +86,7 @@ class Floor(LevelBelow):
 
     def forward(self, sigma: Tensor, tau: Tensor) -> Tensor:  # type: ignore[override]
         """tau_lo at ``sigma``, given ``tau`` = the clock at ``sigma``."""
-        if self.below is None:
+        if self.floors is None:
             return (tau - RANGE_RAMP).clamp(min=0)
         return super().forward(sigma)
 
@@ -232,9 +233,8 @@ class SmoothRelease(Release):
         per_image = free.shape[:2] + (1, 1, 1)
         weight = change_map - tau_lo.reshape(per_image).to(change_map.dtype)
         weight = weight.mul_(scale.reshape(per_image).to(change_map.dtype)).clamp_(0, 1).masked_fill_(free, 1)
-        if self.soft is None:
-            return weight
-        return self.soft + self.strength * weight
+        soft = self.soft
+        return weight if soft is None else soft + self.strength * weight
 
 
 # The faithful release's ramp is linear in sigma ** FAITHFUL_POWER. Measured on the
