@@ -235,8 +235,8 @@ class DiffusersPipeline:
     the family uses it) as a k-diffusion denoiser for a latent, called as
     ``denoiser(x, sigma, **extra_args(...))``; ``denoiser`` is the one for the native
     size (only Flux's schedule depends on the size). :meth:`encode` and :meth:`decode`
-    are the latent codec (``(z - shift_factor) * scaling_factor`` of the VAE's config,
-    float32). Weights are fp16 on CUDA (bf16 for flow transformers) and fp32 on CPU;
+    are the latent codec (the family's; by default ``(z - shift_factor) * scaling_factor``
+    of the VAE's config, float32). Weights are fp16 on CUDA (bf16 for flow transformers) and fp32 on CPU;
     the VAE stays fp32 where its config asks (``force_upcast``); latents and the sampler
     stay fp32. ``source``, ``config``, ``loras``, ``allow_pickle``, ``dtype``,
     ``offload``, ``vae_tiling`` and ``controlnets`` are as in
@@ -273,14 +273,15 @@ class DiffusersPipeline:
         self.vae, self.network = parts["vae"], parts[kind.network]
         if vae_tiling:
             self.vae.enable_tiling()
-        self.factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         text = {name: parts.get(name) for pair in kind.encoders for name in pair}
         self.scheduler = read_config(root, "scheduler", "scheduler_config.json")
         self.family = kind(source.given, index, self.network.config, text, self.device, self.scheduler)
-        kind_of_model = self.family.kind(self.vae.config.latent_channels)
+        self.factor = self.family.latent_factor(self.vae)
+        channels = self.family.latent_channels(self.vae)
+        kind_of_model = self.family.kind(channels)
         self.inpainting = kind_of_model == "inpainting"
         # ControlNets stay on the device, offload or not: they run at every call, beside the network.
-        self.controlnets = load_controlnets(controlnets, self.family, self.vae.config.latent_channels, self.device, weights, allow_pickle)
+        self.controlnets = load_controlnets(controlnets, self.family, channels, self.device, weights, allow_pickle)
         self.schedule, self.steps, self.cfg = self.family.defaults()
         self._denoisers: dict[tuple[int, int], nn.Module] = {}
         native = kind.native_size // self.factor
@@ -306,24 +307,20 @@ class DiffusersPipeline:
         return tuple(max(step, round(side / step) * step) for side in (height, width))  # type: ignore[return-value]
 
     def encode(self, image: Union[np.ndarray, Tensor]) -> Tensor:
-        """uint8 (H, W, 3) or pixels (1, 3, H, W) in [-1, 1] -> the scaled latent
-        (1, C, h/f, w/f), float32; the image is resized to :meth:`size` first."""
+        """uint8 (H, W, 3) or pixels (1, 3, H, W) in [-1, 1] -> the latent the sampler
+        runs on (1, C, h/f, w/f), float32 (the family's codec, ``Family.vae_encode``); the
+        image is resized to :meth:`size` first."""
         pixels = _pixels(image).to(self.device)
         target = self.size(*pixels.shape[-2:])
         if target != tuple(pixels.shape[-2:]):
             pixels = F.interpolate(pixels, size=target, mode="bicubic", align_corners=False, antialias=True)
         with torch.no_grad():
-            latent = self.vae.encode(pixels.clamp(-1, 1).to(self.vae.dtype)).latent_dist.mode().float()
-        config = self.vae.config
-        return (latent - (config.get("shift_factor") or 0)) * config.scaling_factor
+            return self.family.vae_encode(self.vae, pixels.clamp(-1, 1))
 
     def decode(self, latent: Tensor) -> Tensor:
         """A latent (1, C, h, w) -> pixels (1, 3, h*f, w*f) in [-1, 1], float32."""
-        config = self.vae.config
-        z = latent / config.scaling_factor + (config.get("shift_factor") or 0)
         with torch.no_grad():
-            pixels = self.vae.decode(z.to(self.vae.dtype)).sample.float()
-        return pixels.clamp(-1, 1)
+            return self.family.vae_decode(self.vae, latent).clamp(-1, 1)
 
     def extra_args(
         self, prompt: str, negative: str = "", cfg: Optional[float] = None, *,

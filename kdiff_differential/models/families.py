@@ -24,6 +24,12 @@ A family class says:
 - ``reference``: whether it edits from a reference image (the input image, whose latent
   the conditions carry as ``reference``; FLUX.1 Kontext).
 
+- the latent codec: ``latent_factor(vae)``, ``latent_channels(vae)``,
+  ``vae_encode(vae, pixels)``, ``vae_decode(vae, latent)``: by default the VAE's
+  downsampling and channels, ``(z - shift_factor) * scaling_factor`` of its config (a
+  family whose VAE normalises otherwise, or whose latent the sampler sees patchified,
+  overrides them).
+
 An adapter is built complete, by the loader, from the loaded parts:
 ``Family(source, index, config, text, device, scheduler)`` (``config``: the network's,
 ``text``: the tokenizers and text encoders by folder name, ``scheduler``: the folder's
@@ -171,6 +177,31 @@ class Family:
         """The folders a pipeline of this family is loaded from, those left out excepted."""
         needed = [cls.network, "vae", "scheduler", *(name for pair in cls.encoders for name in pair)]
         return [name for name in needed if not cls.left_out(index, name)]
+
+    @staticmethod
+    def latent_factor(vae: "nn.Module") -> int:
+        """Pixels per latent pixel on each side: the VAE's downsampling."""
+        return 2 ** (len(vae.config.block_out_channels) - 1)
+
+    @staticmethod
+    def latent_channels(vae: "nn.Module") -> int:
+        """The channels of the latent the sampler runs on: the VAE's."""
+        return vae.config.latent_channels
+
+    @staticmethod
+    def vae_encode(vae: "nn.Module", pixels: "Tensor") -> "Tensor":
+        """Pixels (1, 3, H, W) in [-1, 1] -> the latent the sampler runs on (1, C, h, w),
+        float32: the posterior's mode, minus the config's ``shift_factor``, times its
+        ``scaling_factor`` (diffusers' pipelines sample the posterior; the mode keeps an
+        edit reproducible)."""
+        latent = vae.encode(pixels.to(vae.dtype)).latent_dist.mode().float()
+        return (latent - (vae.config.get("shift_factor") or 0)) * vae.config.scaling_factor
+
+    @staticmethod
+    def vae_decode(vae: "nn.Module", latent: "Tensor") -> "Tensor":
+        """The inverse of :meth:`vae_encode`: a latent (1, C, h, w) -> pixels (1, 3, H, W), float32."""
+        z = latent / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0)
+        return vae.decode(z.to(vae.dtype)).sample.float()
 
     def tokens(self, tokenizer: str, text: str, length: Optional[int] = None) -> "Tensor":
         words = self.text[tokenizer]
