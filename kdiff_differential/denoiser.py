@@ -302,10 +302,11 @@ class DifferentialDenoiser(nn.Module):
 
     def _blend_weights(self, sigma: Tensor) -> Tensor:
         """The blend mask (k, B, 1, H, W) for a call's sigma (k*B,)."""
-        free = self._per_image(sigma.to(self.release_sigma.dtype)) <= self.release_sigma
+        release_sigma = self.release_sigma
+        sigma = sigma.to(release_sigma.dtype)
         # .forward, not the module call: its hook machinery costs more than the rule's own
         # arithmetic at this size (the rules and clocks below do the same).
-        return self.rule.forward(self.change_map, free, sigma)
+        return self.rule.forward(self.change_map, release_sigma, sigma, self._per_image(sigma))
 
     def _check_call(self, x: Any, sigma: Any) -> Tensor:
         if not isinstance(x, Tensor):
