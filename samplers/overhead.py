@@ -48,7 +48,8 @@ from samplers.threads import one_thread
 
 SAMPLERS = ("euler", "dpmpp_2m")
 WRAPPERS = {
-    "differential": "DifferentialDenoiser",  # the default, smooth release
+    "faithful": "DifferentialDenoiser(release='faithful')",  # differential_edit's and the CLI's default
+    "differential": "DifferentialDenoiser",  # the wrapper's own default, smooth release
     "binary": "DifferentialDenoiser(release='binary')",
     "comfyui": "ComfyUIReference",
 }
@@ -125,8 +126,8 @@ class Setup:
 
     def wrap(self, name: str, inner: Callable[..., Tensor]) -> Callable[..., Tensor]:
         """Wrapper ``name`` around ``inner``, both built from the same latent, map and noise."""
-        if name in ("differential", "binary"):
-            release = "binary" if name == "binary" else "smooth"
+        if name in ("faithful", "differential", "binary"):
+            release = "smooth" if name == "differential" else name
             return DifferentialDenoiser(inner, self.latent, self.change_map, sigmas=self.sigmas, noise=self.noise,
                                         release=release)
         return ComfyUIReference(inner, self.latent, self.change_map, self.sigmas, self.noise)
@@ -180,12 +181,12 @@ def _synchronizer(device: torch.device) -> Callable[[], None]:
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
 
-def _seconds(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
+def _seconds(fn: Callable[[], Any], sync: Callable[[], None], clock: Callable[[], float] = time.perf_counter) -> float:
     sync()
-    start = time.perf_counter()
+    start = clock()
     fn()
     sync()
-    return time.perf_counter() - start
+    return clock() - start
 
 
 def _rotations(names: Sequence[str], rounds: int) -> Iterator[list]:
@@ -195,9 +196,11 @@ def _rotations(names: Sequence[str], rounds: int) -> Iterator[list]:
         yield list(names[k:]) + list(names[:k])
 
 
-def per_call_us(setup: Setup, wrappers: dict, calls: int, rounds: int = PER_CALL_ROUNDS) -> dict:
+def per_call_us(setup: Setup, wrappers: dict, calls: int, rounds: int = PER_CALL_ROUNDS,
+                clock: Callable[[], float] = time.perf_counter) -> dict:
     """Median over rounds of (wrapped - bare) seconds per call, in us, per wrapper; and
-    the bare call's own cost under ``"inner"``."""
+    the bare call's own cost under ``"inner"``. ``clock``: wall time by default;
+    ``time.thread_time`` (CPU only) leaves out the time the thread waits for a core."""
     x = setup.noise.clone()
     sigma = setup.sigmas[len(setup.sigmas) // 2].reshape(1)
     variants = {"inner": setup.free, **wrappers}
@@ -214,7 +217,7 @@ def per_call_us(setup: Setup, wrappers: dict, calls: int, rounds: int = PER_CALL
         loop(fn)()
     samples: dict = {name: [] for name in variants}
     for order in _rotations(list(variants), rounds):
-        times = {name: _seconds(loop(variants[name]), sync) / calls for name in order}
+        times = {name: _seconds(loop(variants[name]), sync, clock) / calls for name in order}
         for name in variants:
             samples[name].append((times[name] - (times["inner"] if name != "inner" else 0)) * 1e6)
     return {name: statistics.median(values) for name, values in samples.items()}
@@ -499,6 +502,8 @@ def table(report: dict) -> str:
     lines = [head, "  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
     lines.append("primitives, us/op: " + ", ".join(f"{k} {v:.1f}" for k, v in report["primitives_us"].items()))
+    per_call = {name: values["per_call_us"] for name, values in report["wrappers"].items()}
+    lines.append(f"per call, faithful over binary: {per_call['faithful'] / per_call['binary']:.2f} (target <= 1.2)")
     build = report["build"]
     lines.append(
         f"building the wrapper, latent {tuple(build['latent'])}: {build['latent'][-1] ** 2} distinct strengths "
