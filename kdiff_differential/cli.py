@@ -317,7 +317,9 @@ def run(args: argparse.Namespace) -> list[Path]:
         print(f"{PROG}: {region.describe()}", file=sys.stderr)
     box_image, box_strength = region.cut(image), region.cut_map(strength)
     controlnets = [group["source"] for group in args.controls or []]
-    model = load_model(args.model, region.to_work(fill_pixels(box_image, box_strength, args.fill, args.seed)), device, controlnets=controlnets, **options)
+    # Kept loaded: a folder's images run one after another in this process.
+    model = load_model(args.model, region.to_work(fill_pixels(box_image, box_strength, args.fill, args.seed)), device, keep=True,
+                       controlnets=controlnets, **options)
     controls = [replace(control, image=region.align(control.pixels())) for control in controls]
     if model.description and not args.quiet:
         print(f"{PROG}: model: {model.description}", file=sys.stderr)

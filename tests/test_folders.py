@@ -109,3 +109,18 @@ def test_ray_gives_the_same_bytes_as_local(photos, tmp_path):
     assert edit(photos, tmp_path / "ray", "--map", str(tmp_path / "maps"), "--executor", "ray") == 0
     for name in SIZES:
         assert (tmp_path / "ray" / f"{name}.png").read_bytes() == (tmp_path / "local" / f"{name}.png").read_bytes()
+
+
+def test_a_diffusers_model_loads_once_for_the_whole_folder(photos, tmp_path, monkeypatch):
+    """Folder mode edits every image with one loaded pipeline: loading a model can take
+    minutes, fitting it to an image (encoding it) does not."""
+    import kdiff_differential.models as models
+    from conftest import save_tiny_sd
+
+    folder = save_tiny_sd(tmp_path / "sd", "epsilon")
+    loads = []
+    load = models.load_pipeline
+    monkeypatch.setattr(models, "load_pipeline", lambda *args, **kwargs: loads.append(args) or load(*args, **kwargs))
+    assert edit(photos, tmp_path / "out", "--model", str(folder), "--steps", "1") == 0
+    assert sorted(p.stem for p in (tmp_path / "out").iterdir()) == sorted(SIZES)
+    assert len(loads) == 1

@@ -207,6 +207,18 @@ def test_heuns_second_call_is_masked_as_at_the_steps_midpoint(ideal, latent, gra
     assert torch.equal(fresh.rule.previous, sigmas[2].reshape(1))
 
 
+def test_dpm2_ancestrals_second_call_is_masked_three_quarters_up_its_step(ideal, latent, gradient_map, sigmas):
+    """DPM2-ancestral's second call (at the next level) is masked as at
+    sigma_i**0.75 * sigma_i+1**0.25, where it does not band at 5 steps; the first call of
+    the next step, at the same level, as at that level exactly."""
+    dd = build(ideal, latent, gradient_map, sigmas, release="faithful", sampler="dpm_2_ancestral")
+    calls = [sigmas[1], sigmas[2], sigmas[2]]
+    chosen = torch.cat([dd.rule.call_sigma(level.reshape(1)) for level in calls])
+    three_quarters = sigmas[1].double() ** 0.75 * sigmas[2].double() ** 0.25
+    assert chosen[0] == sigmas[1] and chosen[2] == sigmas[2]
+    assert torch.isclose(chosen[1].double(), three_quarters, rtol=1e-6)
+
+
 def test_the_faithful_release_follows_the_sampler_name_and_falls_back_on_ranges(ideal, latent, gradient_map, sigmas):
     assert build(ideal, latent, gradient_map, sigmas, release="faithful", sampler="Heun").rule.previous is not None
     assert build(ideal, latent, gradient_map, sigmas, release="faithful", sampler="dpm_2").rule.previous is None

@@ -110,11 +110,19 @@ def default_schedule(name: str, *, config: Optional[Union[str, Path]] = None, al
     return resolve_source(name, config, allow_pickle).family().default_schedule
 
 
-def load_model(name: str, image: "np.ndarray", device: Optional["torch.device"] = None, **options: Any) -> ImageModel:
+# The last diffusers pipeline load_model(keep=True) loaded, by its source, device and options.
+_KEPT: dict[str, Any] = {}
+
+
+def load_model(name: str, image: "np.ndarray", device: Optional["torch.device"] = None, *, keep: bool = False,
+               **options: Any) -> ImageModel:
     """``name`` ('builtin', or a diffusers model as :func:`load_pipeline` takes it, with
     its keyword ``options``: ``config``, ``loras``, ``allow_pickle``, ``dtype``,
     ``offload``, ``vae_tiling``, ``controlnets``) fitted to ``image``, uint8 (H, W, 3), on ``device``
-    (default: the CPU). Bad input is an InputError that says why."""
+    (default: the CPU). ``keep``: keep the loaded pipeline, one at a time, for the next
+    call with the same source, device and options, which then fits it to its image
+    without loading it again (the command line's folder mode). Bad input is an
+    InputError that says why."""
     import torch
 
     device = torch.device("cpu") if device is None else device
@@ -130,7 +138,13 @@ def load_model(name: str, image: "np.ndarray", device: Optional["torch.device"] 
 
     require_diffusers()
     quiet_loading()
-    return FittedModel(load_pipeline(name, device, **options), image)
+    if not keep:
+        return FittedModel(load_pipeline(name, device, **options), image)
+    key = repr((name, str(device), sorted(options.items())))
+    if key not in _KEPT:
+        _KEPT.clear()  # one at a time: the previous pipeline's memory goes before the next loads
+        _KEPT[key] = load_pipeline(name, device, **options)
+    return FittedModel(_KEPT[key], image)
 
 
 __all__ = ["Control", "FlowDenoiser", "IdealDenoiser", "ImageModel", "default_schedule", "load_model", "load_pipeline", "sd_alphas_cumprod", "start_from_noise"]
