@@ -382,3 +382,40 @@ def save_tiny_controlnet(folder: Path, model: Path, seed: int, kind: str = "Cont
                 parameter.normal_(0, 0.3)
     net.save_pretrained(folder)
     return folder
+
+
+def save_tiny_flow(folder: Path, family: str, guidance: bool = True) -> Path:
+    """A tiny random SD3 (``family`` "sd3") or Flux.1 pipeline (dev; schnell without
+    ``guidance``) saved to ``folder/model``; returns that folder."""
+    import diffusers
+
+    torch.manual_seed(0)
+    words = write_tokenizer(folder / "words")
+    if family == "sd3":
+        transformer = diffusers.SD3Transformer2DModel(
+            sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+            num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=64,
+            pos_embed_max_size=16,
+        )
+        randomise_zeros(transformer)
+        pipeline = diffusers.StableDiffusion3Pipeline(
+            transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=flow_vae(),
+            text_encoder=flow_clip(32, True), tokenizer=words, text_encoder_2=flow_clip(32, True), tokenizer_2=words,
+            text_encoder_3=tiny_t5(64), tokenizer_3=t5_tokenizer(),
+        )
+    else:
+        transformer = diffusers.FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance,
+            axes_dims_rope=(4, 6, 6),
+        )
+        randomise_zeros(transformer)
+        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
+            use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
+        )
+        pipeline = diffusers.FluxPipeline(
+            transformer=transformer, scheduler=scheduler, vae=flow_vae(), text_encoder=flow_clip(32, False), tokenizer=words,
+            text_encoder_2=tiny_t5(32), tokenizer_2=t5_tokenizer(),
+        )
+    pipeline.save_pretrained(folder / "model")
+    return folder / "model"

@@ -133,9 +133,9 @@ def test_sd3_controlnet_equals_diffusers(folders: dict[str, Path], tmp_path: Pat
     StableDiffusion3ControlNetPipeline. diffusers draws a sample of the VAE's posterior for
     the control latent, we take its mode; the reference is made to take the mode too."""
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-    from test_diffusers_flow import randomise_zeros, save_tiny_pipeline
+    from conftest import randomise_zeros, save_tiny_flow
 
-    model = save_tiny_pipeline(tmp_path, "sd3")
+    model = save_tiny_flow(tmp_path, "sd3")
     torch.manual_seed(7)
     # Two blocks: the last one takes no ControlNet residual (it updates no text stream).
     config = {key: value for key, value in diffusers.SD3Transformer2DModel.load_config(model / "transformer").items() if not key.startswith("_")}
@@ -174,9 +174,9 @@ def test_flux_union_controlnet_equals_diffusers(folders: dict[str, Path], tmp_pa
     into tokens, its mode, the guidance input and the position ids; ours equals diffusers'
     FluxControlNetPipeline (its VAE made to take the mode, as ours does)."""
     from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
-    from test_diffusers_flow import randomise_zeros, save_tiny_pipeline
+    from conftest import randomise_zeros, save_tiny_flow
 
-    model = save_tiny_pipeline(tmp_path, "flux")
+    model = save_tiny_flow(tmp_path, "flux")
     torch.manual_seed(8)
     net = diffusers.FluxControlNetModel(
         patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,

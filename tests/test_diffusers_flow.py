@@ -17,47 +17,14 @@ import pytest
 import torch
 
 from kdiff_differential.edit import OWN_STEPS, SAMPLERS, differential_edit
-from conftest import flow_clip, flow_vae, kdiff, pixels, randomise_zeros, t5_tokenizer, tiny_t5, write_tokenizer
+from conftest import kdiff, pixels, save_tiny_flow
 
 FAMILIES = ("sd3", "flux")
 
 
-def save_tiny_pipeline(folder: Path, family: str, guidance: bool = True) -> Path:
-    torch.manual_seed(0)
-    words = write_tokenizer(folder / "words")
-    if family == "sd3":
-        transformer = diffusers.SD3Transformer2DModel(
-            sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
-            num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=64,
-            pos_embed_max_size=16,
-        )
-        randomise_zeros(transformer)
-        pipeline = diffusers.StableDiffusion3Pipeline(
-            transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=flow_vae(),
-            text_encoder=flow_clip(32, True), tokenizer=words, text_encoder_2=flow_clip(32, True), tokenizer_2=words,
-            text_encoder_3=tiny_t5(64), tokenizer_3=t5_tokenizer(),
-        )
-    else:
-        transformer = diffusers.FluxTransformer2DModel(
-            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance,
-            axes_dims_rope=(4, 6, 6),
-        )
-        randomise_zeros(transformer)
-        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
-            use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
-        )
-        pipeline = diffusers.FluxPipeline(
-            transformer=transformer, scheduler=scheduler, vae=flow_vae(), text_encoder=flow_clip(32, False), tokenizer=words,
-            text_encoder_2=tiny_t5(32), tokenizer_2=t5_tokenizer(),
-        )
-    pipeline.save_pretrained(folder / "model")
-    return folder / "model"
-
-
 @pytest.fixture(scope="module", params=FAMILIES)
 def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_tiny_pipeline(tmp_path_factory.mktemp(request.param), request.param)
+    return save_tiny_flow(tmp_path_factory.mktemp(request.param), request.param)
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +122,7 @@ def test_flux_schnell_takes_no_guidance(tmp_path: Path, image_file: Path) -> Non
     from kdiff_differential.images import read_image
     from kdiff_differential.models import load_model
 
-    model = load_model(str(save_tiny_pipeline(tmp_path, "flux", guidance=False)), read_image(str(image_file)))
+    model = load_model(str(save_tiny_flow(tmp_path, "flux", guidance=False)), read_image(str(image_file)))
     args = model.extra_args("a cat", "", 3.5)
     assert "guidance" not in args["cond"]
     edit = differential_edit(model.denoiser, model.latent, torch.ones(16, 18), sampler="euler", steps=2, schedule="model", extra_args=args)
@@ -195,7 +162,7 @@ def test_sd3_without_t5_pads_with_zeros_as_diffusers(tmp_path: Path) -> None:
     T5 part of the text is zeros of T5's length, as diffusers' pipeline makes it."""
     from kdiff_differential import load_pipeline
 
-    folder = save_tiny_pipeline(tmp_path, "sd3")
+    folder = save_tiny_flow(tmp_path, "sd3")
     index = json.loads((folder / "model_index.json").read_text())
     index["text_encoder_3"] = index["tokenizer_3"] = [None, None]
     (folder / "model_index.json").write_text(json.dumps(index))
@@ -210,7 +177,7 @@ def test_sd3_without_t5_pads_with_zeros_as_diffusers(tmp_path: Path) -> None:
 def test_a_class_outside_diffusers_and_transformers_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from kdiff_differential.cli import main
 
-    folder = save_tiny_pipeline(tmp_path, "flux")
+    folder = save_tiny_flow(tmp_path, "flux")
     index = json.loads((folder / "model_index.json").read_text())
     index["transformer"] = ["os", "system"]
     (folder / "model_index.json").write_text(json.dumps(index))

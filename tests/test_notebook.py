@@ -97,9 +97,9 @@ def run_real_model_cell(model: str, steps: int = 2):
 @pytest.mark.parametrize("family", ["sd3", "flux"])
 def test_the_real_model_cell_runs_a_flow_folder_and_shows_the_composite(family, tmp_path):
     """SD3 or Flux folders run on the family's own schedule."""
-    from test_diffusers_flow import save_tiny_pipeline
+    from conftest import save_tiny_flow
 
-    title, namespace = run_real_model_cell(str(save_tiny_pipeline(tmp_path, family)))
+    title, namespace = run_real_model_cell(str(save_tiny_flow(tmp_path, family)))
     assert title.startswith({"sd3": "Stable Diffusion 3/3.5", "flux": "Flux.1"}[family])
     assert namespace["real"].schedule == "model"
 
