@@ -101,7 +101,9 @@ class DifferentialDenoiser(nn.Module):
             ``"faithful"`` eases in over the same step, but linearly in sigma**3 rather
             than in tau (see :class:`~kdiff_differential.release.FaithfulRelease`): at
             few steps each strength then changes about as much as in a converged edit,
-            where smooth changes more; on a range sampler it is the smooth rule.
+            where smooth changes more; on a range sampler, and on a schedule of fewer
+            than 4 steps (but for Heun's family from 2), it is the smooth rule
+            (``release.FAITHFUL_MIN_STEPS``).
             :func:`~kdiff_differential.edit.differential_edit` uses it by default.
         sampler: the k-diffusion sampler that will run the wrapper (a short name or an
             A1111-style one), or ``None``. Only the faithful release reads it: for

@@ -4,7 +4,9 @@ Measures :class:`DifferentialDenoiser` and the ComfyUI-style baseline
 (:class:`samplers.comfyui_reference.ComfyUIReference`) in one run, on the same inputs:
 
 - **per-call us**: a wrapped call minus a bare call of a near-free inner model (a
-  ``CompVisDenoiser`` whose network returns its input), batch 1, no guidance;
+  ``CompVisDenoiser`` whose network returns its input), batch 1, no guidance; on the
+  CPU in the thread's CPU time (``time.thread_time``), so that waiting for a core on a
+  shared machine does not count;
 - **host syncs per call**: on CUDA, the synchronisations that
   ``torch.cuda.set_sync_debug_mode`` reports, wrapped minus bare; on CPU, which has no
   device to wait for, the host reads that would be syncs on a GPU (``Tensor.item``,
@@ -446,7 +448,8 @@ def run(device: torch.device, *, size: int, steps: int, rounds: int, calls: int)
     wrappers = {name: setup.wrap(name, setup.free) for name in WRAPPERS}
     with torch.no_grad(), one_thread() if device.type == "cpu" else nullcontext():
         name = device_name(device)
-        per_call = per_call_us(setup, wrappers, calls)
+        # On the CPU, the thread's own time: a shared machine's waits for a core are not the wrapper's cost.
+        per_call = per_call_us(setup, wrappers, calls, clock=time.thread_time if device.type == "cpu" else time.perf_counter)
         syncs = host_syncs_per_call(setup, wrappers)
         ab = ab_ratios(setup, rounds)
         held = memory(setup)

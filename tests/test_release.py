@@ -219,6 +219,22 @@ def test_dpm2_ancestrals_second_call_is_masked_three_quarters_up_its_step(ideal,
     assert torch.isclose(chosen[1].double(), three_quarters, rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("steps", "sampler", "rule"),
+    [(1, "euler", "smooth"), (3, "euler", "smooth"), (3, None, "smooth"), (4, "euler", "faithful"), (4, None, "faithful"),
+     (1, "heun", "smooth"), (2, "heun", "faithful"), (2, "dpm_2_ancestral", "faithful")],
+)
+def test_the_faithful_release_is_the_smooth_rule_below_four_steps_but_for_heuns_family(ideal, latent, gradient_map, steps, sampler, rule):
+    """Below FAITHFUL_MIN_STEPS steps a step spans most of the noise range, where the
+    sigma**3 ramp loses the map; Heun's family keeps faithful from 2 steps (smooth bands
+    it there), and at 1 step makes no second call."""
+    from kdiff_differential.release import FAITHFUL_MIN_STEPS
+
+    assert FAITHFUL_MIN_STEPS == 4
+    schedule = ideal.get_sigmas(steps).float()
+    assert build(ideal, latent, gradient_map, schedule, release="faithful", sampler=sampler).release == rule
+
+
 def test_the_faithful_release_follows_the_sampler_name_and_falls_back_on_ranges(ideal, latent, gradient_map, sigmas):
     assert build(ideal, latent, gradient_map, sigmas, release="faithful", sampler="Heun").rule.previous is not None
     assert build(ideal, latent, gradient_map, sigmas, release="faithful", sampler="dpm_2").rule.previous is None
