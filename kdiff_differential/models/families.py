@@ -393,6 +393,8 @@ class FlowFamily(Family):
     patch = 2
     pack = 1
     cuda_dtype = "bfloat16"
+    # Whether the pipeline's unshifted times are linspace(1, 1/n, n) (see FlowDenoiser); None: where the shift is mu.
+    one_over_n: Optional[bool] = None
 
     def kind(self, latent: int) -> str:
         channels, expected = self.config.in_channels, latent * self.pack**2
@@ -407,8 +409,12 @@ class FlowFamily(Family):
         from .flow import FlowDenoiser
         from .networks import TransformerVelocity
 
-        tokens = (latent_size[0] // 2) * (latent_size[1] // 2)
-        return FlowDenoiser.from_scheduler_config(TransformerVelocity(network, self.velocity), scheduler, tokens)
+        return FlowDenoiser.from_scheduler_config(TransformerVelocity(network, self.velocity), scheduler, **self.shift_options(latent_size))
+
+    def shift_options(self, latent_size: tuple[int, int]) -> dict[str, Any]:
+        """How the schedule's shift reads a latent of ``latent_size`` (h, w) (see
+        ``FlowDenoiser.from_scheduler_config``): the token count of its 2x2 patches."""
+        return {"image_seq_len": (latent_size[0] // 2) * (latent_size[1] // 2), "one_over_n": self.one_over_n}
 
     @staticmethod
     def prediction(scheduler: dict[str, Any]) -> str:
@@ -683,8 +689,68 @@ class FluxFill(Flux):
         return torch.cat([masked, F.pixel_unshuffle(mask, mask.shape[-1] // masked.shape[-1])], dim=1)
 
 
+def _chat(family: Family, text: str, thinking: bool) -> tuple["Tensor", "Tensor"]:
+    """A prompt as the Qwen3 pipelines tokenise it: the user's message in the tokenizer's
+    chat template, followed by the assistant's turn (``thinking``: Qwen3's thinking mode
+    on, as Z-Image; off, an empty thinking block), padded to the family's
+    ``text_length`` (at most the tokenizer's): (ids, attention mask), each (1, length)."""
+    words = family.text["tokenizer"]
+    chat = words.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
+    length = min(family.text_length, words.model_max_length)
+    ids = words(chat, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+    return ids.input_ids.to(family.device), ids.attention_mask.to(family.device)
+
+
+class ZImage(FlowFamily):
+    """Z-Image and Z-Image Turbo: one stream of text and image tokens. The text is Qwen3's
+    second-to-last hidden state of the chat-templated prompt, its real tokens only (the
+    mask rides along so that prompt and negative batch); the transformer patchifies
+    2x2 itself, counts time from the noise (1 - t) and predicts -v. Classifier-free
+    guidance as ZImagePipeline's defaults (no normalisation or truncation): its
+    guidance_scale g is our cfg g + 1. Turbo is distilled to 8 steps without guidance
+    (its pipelines' guidance_scale 0); its configs are the base's, so it is told by its
+    name (a folder or Hub id with "turbo" in it)."""
+
+    name = "Z-Image"
+    pipelines = ("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline")
+    native_size = 1024
+    # ZImagePipeline's own defaults: 50 steps, guidance_scale 5.
+    default_steps = 50
+    default_cfg = 6.0
+    turbo_steps = 8
+    text_length = 512
+    one_over_n = True
+
+    @classmethod
+    def owns_keys(cls, keys: Collection[str]) -> bool:
+        return _has(keys, "layers.0.adaLN_modulation.") and _has(keys, "noise_refiner.", "context_refiner.")
+
+    def defaults(self) -> tuple[str, int, float]:
+        if "turbo" in self.source.lower():
+            return self.default_schedule, self.turbo_steps, 1.0
+        return super().defaults()
+
+    def _encode(self, text: str) -> dict[str, "Tensor"]:
+        ids, mask = _chat(self, text, thinking=True)
+        hidden = self.text["text_encoder"](input_ids=ids, attention_mask=mask.bool(), output_hidden_states=True).hidden_states[-2]
+        return {"text": hidden.float(), "text_mask": mask.float()}
+
+    @staticmethod
+    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
+        import torch
+
+        n = x_t.shape[0]
+        text, mask = _batch(cond["text"], n), _batch(cond["text_mask"], n).bool()
+        # One (C, frames = 1, h, w) latent and one caption of its real tokens per sample, as lists.
+        out = transformer(list(x_t.unsqueeze(2).unbind(0)), 1 - t, [text[i][mask[i]] for i in range(n)], return_dict=False)[0]
+        return -torch.stack(out).squeeze(2)
+
+
 # The registry. Each family's owns() and owns_keys() exclude the others', so the order does not matter.
-FAMILIES: tuple[type[Family], ...] = (StableDiffusion, StableDiffusionXL, StableDiffusionXLRefiner, StableDiffusion3, Flux, FluxFill, FluxKontext, Chroma)
+FAMILIES: tuple[type[Family], ...] = (
+    StableDiffusion, StableDiffusionXL, StableDiffusionXLRefiner, StableDiffusion3, Flux, FluxFill, FluxKontext, Chroma,
+    ZImage,
+)
 
 
 def supported() -> str:

@@ -51,7 +51,10 @@ class FlowDenoiser(nn.Module):
 
     The schedule is the model's own, shifted: a fixed ``shift`` (SD3, the scheduler
     config's ``shift``), or ``mu`` (Flux, :func:`flux_mu` of the image's token count),
-    ``t -> e^mu / (e^mu + 1/t - 1)``. ``sigma_min`` is the schedule's smallest training
+    ``t -> e^mu / (e^mu + 1/t - 1)``. ``one_over_n``: the unshifted times are ``linspace(1, 1/n, n)``, as the pipelines
+    that pass their own sigmas (Flux.1, Z-Image) have them, rather than the
+    scheduler's spacing down to its smallest training level (SD3); by default, where
+    ``mu`` is given. ``sigma_min`` is the schedule's smallest training
     level, ``sigma_max`` is inf (t = 1). Either shift multiplies sigma by a constant
     (``shift`` or ``e^mu``); ``sigma_to_t`` is the flow time t, so the
     ``timestep`` clock's tau is linear in the shifted flow time, as in ComfyUI.
@@ -64,6 +67,7 @@ class FlowDenoiser(nn.Module):
         shift: float = 1.0,
         mu: Optional[float] = None,
         num_train_timesteps: int = 1000,
+        one_over_n: Optional[bool] = None,
     ) -> None:
         super().__init__()
         if not callable(model):
@@ -74,6 +78,7 @@ class FlowDenoiser(nn.Module):
             raise ValueError(f"mu must be a finite number or None, got {mu!r}")
         self.inner_model = model
         self.shift, self.mu = float(shift), mu
+        self.one_over_n = mu is not None if one_over_n is None else bool(one_over_n)
         # Both shifts are one constant factor on sigma: t -> k t / (1 + (k - 1) t) is sigma -> k sigma.
         self.factor = math.exp(mu) if mu is not None else float(shift)
         self.sigma_min = self.factor * (1 / num_train_timesteps) / (1 - 1 / num_train_timesteps)
@@ -81,26 +86,30 @@ class FlowDenoiser(nn.Module):
 
     @classmethod
     def from_scheduler_config(
-        cls, model: VelocityModel, config: dict[str, Any], image_seq_len: Optional[int] = None
+        cls, model: VelocityModel, config: dict[str, Any], image_seq_len: Optional[int] = None, *,
+        one_over_n: Optional[bool] = None,
     ) -> "FlowDenoiser":
         """The wrapper for a diffusers ``FlowMatchEulerDiscreteScheduler`` config; with
-        ``use_dynamic_shifting`` (Flux), ``image_seq_len`` (packed tokens) sets mu."""
-        steps = config.get("num_train_timesteps", 1000)
+        ``use_dynamic_shifting`` (Flux), ``image_seq_len`` (packed tokens) sets mu.
+        ``one_over_n`` as in the constructor."""
+        train = config.get("num_train_timesteps", 1000)
+        spacing = {"num_train_timesteps": train, "one_over_n": one_over_n}
         if config.get("use_dynamic_shifting", False):
             if image_seq_len is None:
                 raise ValueError("this scheduler shifts with the resolution: give image_seq_len (the packed latent's token count)")
-            return cls(model, mu=flux_mu(image_seq_len, config), num_train_timesteps=steps)
-        return cls(model, shift=config.get("shift", 1.0), num_train_timesteps=steps)
+            return cls(model, mu=flux_mu(image_seq_len, config), **spacing)
+        return cls(model, shift=config.get("shift", 1.0), **spacing)
 
     def get_sigmas(self, n: int) -> Tensor:
         """The model's schedule of ``n`` steps, as diffusers' pipelines build it, in sigma:
         (n + 1,) float64, starting at inf (t = 1), ending in 0.
 
-        SD3 (fixed shift) shifts ``linspace(1, t_min, n)``; Flux (mu) ``linspace(1, 1/n, n)``.
+        SD3 shifts ``linspace(1, t_min, n)``; Flux and Z-Image (``one_over_n``)
+        ``linspace(1, 1/n, n)``.
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive whole number of steps, got {n!r}")
-        end = 1 / n if self.mu is not None else self.sigma_to_t(torch.tensor(self.sigma_min, dtype=torch.float64))
+        end = 1 / n if self.one_over_n else self.sigma_to_t(torch.tensor(self.sigma_min, dtype=torch.float64))
         u = torch.linspace(1, float(end), n, dtype=torch.float64)
         return torch.cat([self.factor * self.t_to_sigma(u), u.new_zeros(1)])
 
