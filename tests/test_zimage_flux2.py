@@ -1,23 +1,27 @@
-"""Z-Image through the one diffusers loader, on tiny random pipelines
+"""Z-Image and FLUX.2 Klein through the one diffusers loader, on tiny random pipelines
 saved to folders (Qwen3 text encoders, a byte-level BPE tokenizer with a chat template
-made here): against diffusers' own pipeline with the map all ones and Euler, to
+made here): each against diffusers' own pipeline with the map all ones and Euler, to
 1e-5 of the latent's largest value; every sampler keeps the kept pixels exact."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import diffusers
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import SAMPLERS, flow_vae, halves, kdiff, pixels, randomise_zeros, ramp_image
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.edit import differential_edit
 
-HEIGHT, WIDTH = 32, 36  # pixels: Z-Image's latent 16 x 18 (VAE factor 2)
+HEIGHT, WIDTH = 32, 36  # pixels: Z-Image's latent 16 x 18 (VAE factor 2), FLUX.2's 8 x 9 (and 2x2 patches)
+IMAGE = ramp_image(HEIGHT, WIDTH)
 LENGTH = 64  # text tokens: the tokenizer's model_max_length, and the pipelines' max_sequence_length
 # Qwen3's chat template, its parts that the pipelines use: the user's turn, the assistant's, thinking on or off.
 CHAT = (
@@ -70,14 +74,50 @@ def save_tiny_zimage(folder: Path) -> Path:
     return folder / "model"
 
 
-@pytest.fixture(scope="module")
-def image() -> np.ndarray:
-    return ramp_image(HEIGHT, WIDTH)
+def save_tiny_klein(folder: Path, distilled: bool) -> Path:
+    """FLUX.2 Klein: a 4-channel VAE (16 channels patchified) with random batch-norm
+    statistics, a Qwen3 with the 27 layers whose hidden states the pipeline reads, and
+    FLUX.2's scheduler config (shifting with the resolution)."""
+    import transformers
+
+    torch.manual_seed(0)
+    vae = diffusers.AutoencoderKLFlux2(
+        block_out_channels=(32, 64), latent_channels=4, layers_per_block=1,
+        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+    )
+    with torch.no_grad():
+        vae.bn.running_mean.normal_(0, 0.5)
+        vae.bn.running_var.uniform_(0.5, 2)
+    transformer = diffusers.Flux2Transformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=48, timestep_guidance_channels=32, axes_dims_rope=(4, 4, 4, 4), guidance_embeds=False,
+    )
+    randomise_zeros(transformer)
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    diffusers.Flux2KleinPipeline(
+        scheduler=scheduler, vae=vae, transformer=transformer, text_encoder=transformers.Qwen3ForCausalLM(qwen3_config(27)),
+        tokenizer=qwen_tokenizer(), is_distilled=distilled,
+    ).save_pretrained(folder / "model")
+    return folder / "model"
 
 
 @pytest.fixture(scope="module")
 def zimage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_tiny_zimage(tmp_path_factory.mktemp("zimage-turbo"))
+
+
+@pytest.fixture(scope="module")
+def klein(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_klein(tmp_path_factory.mktemp("klein"), distilled=True)
+
+
+@pytest.fixture(scope="module")
+def klein_base(klein: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same weights, as a non-distilled Klein (guided)."""
+    folder = shutil.copytree(klein, tmp_path_factory.mktemp("klein-base") / "model")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps(index | {"is_distilled": False}))
+    return folder
 
 
 def edit_everything(pipe, latent: torch.Tensor, args: dict, steps: int = 3):
@@ -118,14 +158,58 @@ def test_zimage_base_defaults_are_its_pipelines(zimage: Path) -> None:
     assert family.defaults() == ("model", 50, 6.0)
 
 
-FOLDERS = ("zimage",)
+def klein_reference(folder: Path, noise: torch.Tensor, steps: int, guidance: float) -> torch.Tensor:
+    """Flux2KleinPipeline's output latent from ``noise`` (our latent: patchified and
+    normalised), brought back into that space; diffusers returns the VAE's latent."""
+    reference = diffusers.Flux2KleinPipeline.from_pretrained(folder, local_files_only=True)
+    reference.set_progress_bar_config(disable=True)
+    raw = reference(
+        prompt="a red cat", height=HEIGHT, width=WIDTH, num_inference_steps=steps, guidance_scale=guidance, latents=noise,
+        max_sequence_length=LENGTH, output_type="latent",
+    ).images
+    bn = reference.vae.bn
+    return (F.pixel_unshuffle(raw, 2) - bn.running_mean.view(1, -1, 1, 1)) / torch.sqrt(bn.running_var.view(1, -1, 1, 1) + bn.eps)
+
+
+def test_flux2_klein_with_everything_released_is_the_diffusers_pipeline(klein: Path, klein_base: Path) -> None:
+    """Qwen3's layers 9, 18 and 27 side by side, 4-axis position ids, FLUX.2's step-
+    dependent shift, the latent patchified and normalised by the VAE's statistics:
+    Flux2KleinPipeline's latent. Distilled: 4 steps, one pass, any cfg ignored (as
+    there); the base: guidance with the empty negative prompt, as there."""
+    latent = torch.zeros(1, 16, HEIGHT // 4, WIDTH // 4)
+    for folder, cfg, steps, defaults in ((klein, 5.0, 4, ("model", 4, 1.0)), (klein_base, 3.0, 3, ("model", 50, 4.0))):
+        pipe = load_pipeline(folder)
+        assert pipe.description == "FLUX.2 Klein, text-to-image, flow matching"
+        assert (pipe.schedule, pipe.steps, pipe.cfg) == defaults
+        assert pipe.encode(IMAGE).shape == latent.shape
+        edit = edit_everything(pipe, latent, pipe.extra_args("a red cat", "", cfg), steps)
+        noise = edit.wrapper.noise
+        expected = klein_reference(folder, noise, steps, cfg)
+        assert (expected - noise).abs().mean() > 0.1
+        assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max(), folder
+
+
+def test_flux2_latent_codec_inverts_the_vae_normalisation(klein: Path) -> None:
+    """Encoding is the posterior's mode patchified 2x2 and normalised by the VAE's running
+    statistics (Flux2KleinPipeline's reference-image latent); decoding undoes both."""
+    pipe = load_pipeline(klein)
+    latent = pipe.encode(IMAGE)
+    reference = diffusers.Flux2KleinPipeline.from_pretrained(klein, local_files_only=True)
+    pixels_ = torch.from_numpy(IMAGE).permute(2, 0, 1)[None].float() / 127.5 - 1
+    torch.testing.assert_close(latent, reference._encode_vae_image(pixels_, None), atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        raw = reference._unpatchify_latents(latent * torch.sqrt(reference.vae.bn.running_var.view(1, -1, 1, 1) + reference.vae.bn.eps) + reference.vae.bn.running_mean.view(1, -1, 1, 1))
+        torch.testing.assert_close(pipe.decode(latent), reference.vae.decode(raw).sample.clamp(-1, 1), atol=1e-5, rtol=1e-5)
+
+
+FOLDERS = ("zimage", "klein")
 
 
 @pytest.mark.parametrize("family", FOLDERS)
-def test_every_sampler_keeps_kept_pixels_and_changes_the_rest(family: str, image: np.ndarray, request: pytest.FixtureRequest) -> None:
+def test_every_sampler_keeps_kept_pixels_and_changes_the_rest(family: str, request: pytest.FixtureRequest) -> None:
     """Every k-diffusion sampler on each family (its share of them), 2 steps."""
     pipe = load_pipeline(request.getfixturevalue(family))
-    latent = pipe.encode(image)
+    latent = pipe.encode(IMAGE)
     args = pipe.extra_args("a cat", "")
     half = latent.shape[-1] // 2
     for sampler in SAMPLERS[FOLDERS.index(family) :: len(FOLDERS)]:
@@ -138,11 +222,11 @@ def test_every_sampler_keeps_kept_pixels_and_changes_the_rest(family: str, image
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("family", "line"), [("zimage", "Z-Image")])
-def test_the_command_line_keeps_kept_pixels_byte_exact(family: str, line: str, image: np.ndarray, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+@pytest.mark.parametrize(("family", "line"), [("zimage", "Z-Image"), ("klein", "FLUX.2 Klein")])
+def test_the_command_line_keeps_kept_pixels_byte_exact(family: str, line: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     from PIL import Image
 
-    Image.fromarray(image).save(tmp_path / "in.png")
+    Image.fromarray(IMAGE).save(tmp_path / "in.png")
     Image.fromarray((halves(HEIGHT, WIDTH).numpy() * 255).astype(np.uint8)).save(tmp_path / "map.png")
     done = kdiff(
         "--model", str(request.getfixturevalue(family)), "--image", "in.png", "--map", "map.png", "--steps", "2",
@@ -150,4 +234,18 @@ def test_the_command_line_keeps_kept_pixels_byte_exact(family: str, line: str, i
     )
     assert done.returncode == 0, done.stderr
     assert f"model: {line}, text-to-image, flow matching" in done.stderr
-    assert np.array_equal(pixels(tmp_path / "out.png")[:, : WIDTH // 2], image[:, : WIDTH // 2])
+    assert np.array_equal(pixels(tmp_path / "out.png")[:, : WIDTH // 2], IMAGE[:, : WIDTH // 2])
+
+
+def test_single_files_zimage_loads_and_klein_is_refused(zimage: Path, klein: Path) -> None:
+    """A Z-Image transformer file with its folder as --config is Z-Image (named Turbo, so
+    Turbo's defaults), its weights the folder's; a Klein transformer file, whose tensors
+    are named as FLUX.2 dev's, is refused in one line."""
+    from kdiff_differential.errors import InputError
+
+    single = load_pipeline(zimage / "transformer" / "diffusion_pytorch_model.safetensors", config=zimage)
+    assert (single.description, single.steps) == ("Z-Image, text-to-image, flow matching", 8)
+    folder = dict(load_pipeline(zimage).network.named_parameters())
+    assert all(torch.equal(value, folder[name]) for name, value in single.network.named_parameters())
+    with pytest.raises(InputError, match="no model family recognises"):
+        load_pipeline(klein / "transformer" / "diffusion_pytorch_model.safetensors", config=klein)

@@ -42,6 +42,17 @@ def flux_mu(image_seq_len: int, config: dict[str, Any]) -> float:
     return low + (high - low) * (image_seq_len - base) / (top - base)
 
 
+def flux2_mu(image_seq_len: int, steps: int) -> float:
+    """FLUX.2's shift, fitted by Black Forest Labs: mu linear in the token count at 10
+    and at 200 steps, and linear in the steps between those two lines; beyond 4300
+    tokens the 200-step line alone."""
+    at_200 = 0.00016927 * image_seq_len + 0.45666666
+    if image_seq_len > 4300:
+        return at_200
+    at_10 = 8.73809524e-05 * image_seq_len + 1.89833333
+    return at_200 + (at_200 - at_10) / 190 * (steps - 200)
+
+
 class FlowDenoiser(nn.Module):
     """A velocity model ``(x_t, t, **kwargs) -> v`` as a k-diffusion denoiser ``(x, sigma) -> x0``.
 
@@ -51,8 +62,10 @@ class FlowDenoiser(nn.Module):
 
     The schedule is the model's own, shifted: a fixed ``shift`` (SD3, the scheduler
     config's ``shift``), or ``mu`` (Flux, :func:`flux_mu` of the image's token count),
-    ``t -> e^mu / (e^mu + 1/t - 1)``. ``one_over_n``: the unshifted times are ``linspace(1, 1/n, n)``, as the pipelines
-    that pass their own sigmas (Flux.1, Z-Image) have them, rather than the
+    ``t -> e^mu / (e^mu + 1/t - 1)``; ``mu_of_steps(n)``, where given, is the mu of an
+    ``n``-step schedule (FLUX.2's, :func:`flux2_mu`), ``mu`` then the range's.
+    ``one_over_n``: the unshifted times are ``linspace(1, 1/n, n)``, as the pipelines
+    that pass their own sigmas (Flux.1, Z-Image, FLUX.2) have them, rather than the
     scheduler's spacing down to its smallest training level (SD3); by default, where
     ``mu`` is given. ``sigma_min`` is the schedule's smallest training
     level, ``sigma_max`` is inf (t = 1). Either shift multiplies sigma by a constant
@@ -67,6 +80,7 @@ class FlowDenoiser(nn.Module):
         shift: float = 1.0,
         mu: Optional[float] = None,
         num_train_timesteps: int = 1000,
+        mu_of_steps: Optional[Callable[[int], float]] = None,
         one_over_n: Optional[bool] = None,
     ) -> None:
         super().__init__()
@@ -76,8 +90,10 @@ class FlowDenoiser(nn.Module):
             raise ValueError(f"shift must be a positive number, got {shift!r}")
         if mu is not None and not (isinstance(mu, (int, float)) and math.isfinite(mu)):
             raise ValueError(f"mu must be a finite number or None, got {mu!r}")
+        if mu_of_steps is not None and not callable(mu_of_steps):
+            raise TypeError(f"mu_of_steps must be a callable (steps) -> mu or None, got {type(mu_of_steps).__name__}")
         self.inner_model = model
-        self.shift, self.mu = float(shift), mu
+        self.shift, self.mu, self.mu_of_steps = float(shift), mu, mu_of_steps
         self.one_over_n = mu is not None if one_over_n is None else bool(one_over_n)
         # Both shifts are one constant factor on sigma: t -> k t / (1 + (k - 1) t) is sigma -> k sigma.
         self.factor = math.exp(mu) if mu is not None else float(shift)
@@ -87,14 +103,19 @@ class FlowDenoiser(nn.Module):
     @classmethod
     def from_scheduler_config(
         cls, model: VelocityModel, config: dict[str, Any], image_seq_len: Optional[int] = None, *,
-        one_over_n: Optional[bool] = None,
+        one_over_n: Optional[bool] = None, mu_of_steps: Optional[Callable[[int], float]] = None, steps: Optional[int] = None,
     ) -> "FlowDenoiser":
         """The wrapper for a diffusers ``FlowMatchEulerDiscreteScheduler`` config; with
-        ``use_dynamic_shifting`` (Flux), ``image_seq_len`` (packed tokens) sets mu.
-        ``one_over_n`` as in the constructor."""
+        ``use_dynamic_shifting`` (Flux), ``image_seq_len`` (packed tokens) sets mu, or
+        ``mu_of_steps`` does (FLUX.2's, which depends on the steps too; the range's mu
+        is that of ``steps``). ``one_over_n`` as in the constructor."""
         train = config.get("num_train_timesteps", 1000)
         spacing = {"num_train_timesteps": train, "one_over_n": one_over_n}
         if config.get("use_dynamic_shifting", False):
+            if mu_of_steps is not None:
+                if steps is None:
+                    raise ValueError("mu_of_steps needs steps, the steps whose mu bounds the range")
+                return cls(model, mu=mu_of_steps(steps), mu_of_steps=mu_of_steps, **spacing)
             if image_seq_len is None:
                 raise ValueError("this scheduler shifts with the resolution: give image_seq_len (the packed latent's token count)")
             return cls(model, mu=flux_mu(image_seq_len, config), **spacing)
@@ -104,14 +125,15 @@ class FlowDenoiser(nn.Module):
         """The model's schedule of ``n`` steps, as diffusers' pipelines build it, in sigma:
         (n + 1,) float64, starting at inf (t = 1), ending in 0.
 
-        SD3 shifts ``linspace(1, t_min, n)``; Flux and Z-Image (``one_over_n``)
+        SD3 shifts ``linspace(1, t_min, n)``; Flux, Z-Image and FLUX.2 (``one_over_n``)
         ``linspace(1, 1/n, n)``.
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive whole number of steps, got {n!r}")
         end = 1 / n if self.one_over_n else self.sigma_to_t(torch.tensor(self.sigma_min, dtype=torch.float64))
+        factor = self.factor if self.mu_of_steps is None else math.exp(self.mu_of_steps(n))
         u = torch.linspace(1, float(end), n, dtype=torch.float64)
-        return torch.cat([self.factor * self.t_to_sigma(u), u.new_zeros(1)])
+        return torch.cat([factor * self.t_to_sigma(u), u.new_zeros(1)])
 
     @staticmethod
     def sigma_to_t(sigma: Tensor) -> Tensor:
