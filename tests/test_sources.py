@@ -335,6 +335,8 @@ def test_each_family_owns_its_own_index_and_no_other() -> None:
         "FLUX.1 Fill": {"_class_name": "FluxFillPipeline"},
         "FLUX.1 Kontext": {"_class_name": "FluxKontextPipeline"},
         "Chroma": {"_class_name": "ChromaPipeline"},
+        "Z-Image": {"_class_name": "ZImagePipeline"},
+        "FLUX.2 Klein": {"_class_name": "Flux2KleinPipeline"},
     }
     assert sorted(indexes) == sorted(family.name for family in FAMILIES)
     for name, index in indexes.items():
