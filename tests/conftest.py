@@ -352,6 +352,39 @@ def pixels(path: Path) -> np.ndarray:
         return np.array(image)
 
 
+def check_samplers_keep_the_kept_half(pipe, image: np.ndarray, args: dict, samplers: list) -> None:
+    """Each of ``samplers`` on ``pipe`` (a loaded diffusers pipeline) editing ``image``'s
+    latent with the halves map, 2 steps on the model's schedule (dpm_adaptive its own),
+    ``args`` its extra arguments: the kept half exact, the rest changed."""
+    from kdiff_differential.edit import differential_edit
+
+    latent = pipe.encode(image)
+    half = latent.shape[-1] // 2
+    for sampler in samplers:
+        edit = differential_edit(
+            pipe.denoiser_for(latent), latent, halves(*latent.shape[-2:]), sampler=sampler,
+            steps=None if sampler == "dpm_adaptive" else 2, schedule="model", extra_args=args,
+        )
+        torch.testing.assert_close(edit.result[..., :half], latent[..., :half], atol=1e-5, rtol=0, msg=sampler)
+        assert (edit.result[..., half:] - latent[..., half:]).abs().mean() > 0.05, sampler
+
+
+def edit_halves_on_the_command_line(model: Path, image: np.ndarray, folder: Path, *options: str) -> subprocess.CompletedProcess:
+    """``kdiff-differential --model model`` on ``image`` with the halves map, 2 steps of
+    dpmpp_2m and ``options``, in ``folder``; asserts that it succeeds and keeps the left
+    half's pixels byte-exact in the written PNG. The run, for its messages."""
+    height, width = image.shape[:2]
+    Image.fromarray(image).save(folder / "in.png")
+    Image.fromarray((halves(height, width).numpy() * 255).astype(np.uint8)).save(folder / "map.png")
+    done = kdiff(
+        "--model", str(model), "--image", "in.png", "--map", "map.png", "--steps", "2", "--sampler", "dpmpp_2m",
+        *options, "--out", "out.png", cwd=folder,
+    )
+    assert done.returncode == 0, done.stderr
+    assert np.array_equal(pixels(folder / "out.png")[:, : width // 2], image[:, : width // 2])
+    return done
+
+
 @pytest.fixture(scope="module")
 def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A smooth 31x37 image: odd sizes, which the VAE's factor 2 does not divide."""

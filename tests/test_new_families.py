@@ -189,32 +189,18 @@ def test_every_sampler_keeps_kept_pixels_and_changes_the_rest(folder: Path, imag
     """Every k-diffusion sampler on one of the families (each family a third of them:
     the sampler's steps are the same for all, the model call is each family's own),
     2 steps; FLUX.1 Fill with the released mask."""
-    from conftest import SAMPLERS
+    from conftest import SAMPLERS, check_samplers_keep_the_kept_half
 
     pipe = load_pipeline(folder)
-    latent = pipe.encode(image)
     options = {"inpaint_mask": "released"} if pipe.inpainting else {}
     args = pipe.extra_args("a cat", "", 1.0 if pipe.family.guided else None, image=image, change_map=halves(HEIGHT, WIDTH), **options)
-    half = latent.shape[-1] // 2
     family = FOLDERS.index(folder.parent.name.rstrip("0123456789"))
-    for sampler in SAMPLERS[family :: len(FOLDERS)]:
-        edit = differential_edit(pipe.denoiser_for(latent), latent, halves(*latent.shape[-2:]), sampler=sampler, steps=None if sampler == "dpm_adaptive" else 2, schedule="model", extra_args=args)
-        torch.testing.assert_close(edit.result[..., :half], latent[..., :half], atol=1e-5, rtol=0, msg=sampler)
-        assert (edit.result[..., half:] - latent[..., half:]).abs().mean() > 0.05, sampler
+    check_samplers_keep_the_kept_half(pipe, image, args, SAMPLERS[family :: len(FOLDERS)])
 
 
 @pytest.mark.slow
 def test_the_command_line_runs_flux_fill_and_keeps_kept_pixels_byte_exact(fill: Path, image: np.ndarray, tmp_path: Path) -> None:
-    from PIL import Image
+    from conftest import edit_halves_on_the_command_line
 
-    from conftest import kdiff, pixels
-
-    Image.fromarray(image).save(tmp_path / "in.png")
-    Image.fromarray((halves(HEIGHT, WIDTH).numpy() * 255).astype(np.uint8)).save(tmp_path / "map.png")
-    done = kdiff(
-        "--model", str(fill), "--image", "in.png", "--map", "map.png", "--steps", "2", "--sampler", "dpmpp_2m",
-        "--inpaint-mask", "released", "--out", "out.png", cwd=tmp_path,
-    )
-    assert done.returncode == 0, done.stderr
+    done = edit_halves_on_the_command_line(fill, image, tmp_path, "--inpaint-mask", "released")
     assert "model: FLUX.1 Fill, inpainting, flow matching" in done.stderr
-    assert np.array_equal(pixels(tmp_path / "out.png")[:, : WIDTH // 2], image[:, : WIDTH // 2])

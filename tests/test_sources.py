@@ -337,6 +337,8 @@ def test_each_family_owns_its_own_index_and_no_other() -> None:
         "Chroma": {"_class_name": "ChromaPipeline"},
         "Z-Image": {"_class_name": "ZImagePipeline"},
         "FLUX.2 Klein": {"_class_name": "Flux2KleinPipeline"},
+        "Qwen-Image": {"_class_name": "QwenImagePipeline"},
+        "Qwen-Image-Edit": {"_class_name": "QwenImageEditPipeline"},
     }
     assert sorted(indexes) == sorted(family.name for family in FAMILIES)
     for name, index in indexes.items():

@@ -148,14 +148,14 @@ def _part_dtype(root: Path, name: str, dtype: torch.dtype) -> torch.dtype:
 
 
 def _configuration(source: Source, family: type[Family], whole: bool) -> tuple[Path, dict[str, Any]]:
-    """The local folder with a single file's configuration (``--config``, or diffusers'
-    default for its family from the Hub cache), and its ``model_index.json``; for a
+    """The local folder with a single file's configuration (``--config``, or the family's
+    ``config_repo``, else diffusers' default for its family, from the Hub cache), and its ``model_index.json``; for a
     network-only file, with the other parts' weights."""
     settings = source.config
     if settings is None:
         from diffusers.loaders.single_file_utils import fetch_diffusers_config
 
-        repo = fetch_diffusers_config(read_checkpoint(source))["pretrained_model_name_or_path"]
+        repo = family.config_repo or fetch_diffusers_config(read_checkpoint(source))["pretrained_model_name_or_path"]
         settings = Source(repo, "hub", repo=repo, allow_pickle=source.allow_pickle)
     try:
         index = settings.index()
@@ -168,7 +168,7 @@ def _configuration(source: Source, family: type[Family], whole: bool) -> tuple[P
 
         where = "is not in the Hub cache and HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else "cannot be fetched"
         raise InputError(
-            f"--model {source.given}: no configuration for this {family.name} checkpoint: diffusers' default, {settings.repo}, "
+            f"--model {source.given}: no configuration for this {family.name} checkpoint: the default, {settings.repo}, "
             f"{where}; pass --config with a diffusers folder or Hub id of the same model"
         ) from None
     if not family.owns(index):
@@ -311,9 +311,7 @@ class DiffusersPipeline:
         runs on (1, C, h/f, w/f), float32 (the family's codec, ``Family.vae_encode``); the
         image is resized to :meth:`size` first."""
         pixels = _pixels(image).to(self.device)
-        target = self.size(*pixels.shape[-2:])
-        if target != tuple(pixels.shape[-2:]):
-            pixels = F.interpolate(pixels, size=target, mode="bicubic", align_corners=False, antialias=True)
+        pixels = _resized(pixels, self.size(*pixels.shape[-2:]))
         with torch.no_grad():
             return self.family.vae_encode(self.vae, pixels.clamp(-1, 1))
 
@@ -334,8 +332,8 @@ class DiffusersPipeline:
         ``cfg`` defaults to the checkpoint's (7; Flux.1: 3.5; a few-step UNet: 1).
 
         ``size`` (H, W) in pixels is the output size SDXL is told (default: ``image``'s,
-        else the native size). A family that edits from a reference (FLUX.1 Kontext)
-        takes ``image`` as it: without one, InputError. An inpainting UNet also needs ``image`` (uint8
+        else the native size). A family that edits from a reference (FLUX.1 Kontext,
+        Qwen-Image-Edit) takes ``image``, at the edit's size, as it: without one, InputError. An inpainting UNet also needs ``image`` (uint8
         (H, W, 3) or (1, 3, H, W) in [-1, 1]) and ``change_map`` (1 = change): its extra
         channels are the map binarised at 0.5 at latent size and the latent of the image
         with the pixels to change set to mid-grey. ``inpaint_mask`` (default
@@ -368,12 +366,13 @@ class DiffusersPipeline:
         inpaint_mask = INPAINT_MASK if inpaint_mask is None else inpaint_mask
         if inpaint_mask not in INPAINT_MASKS:
             raise ValueError(f"inpaint_mask must be one of {', '.join(INPAINT_MASKS)}, got {inpaint_mask!r}")
-        cond, uncond = self.family.embed(prompt, negative, size)
         if self.family.reference:
             if pixels is None:
                 raise InputError(f"{self.family.name} edits from a reference image: give the input image (image=)")
-            reference = {"reference": self.encode(pixels)}
-            cond, uncond = {**cond, **reference}, None if uncond is None else {**uncond, **reference}
+            pixels = _resized(pixels, self.size(*pixels.shape[-2:]))
+            cond, uncond = self.family.embed_reference(prompt, negative, size, pixels, self.encode(pixels))
+        else:
+            cond, uncond = self.family.embed(prompt, negative, size)
         released = self.inpainting and inpaint_mask == "released"
         if self.inpainting:
             if pixels is None or change_map is None:
@@ -393,8 +392,7 @@ class DiffusersPipeline:
         Fixed: the map binarised at 0.5. Released: every pixel the map touches (> 0)
         masked, and ``concat_kept``, nothing masked (mask 0, the image's own latent)."""
         target = self.size(*pixels.shape[-2:])
-        if target != tuple(pixels.shape[-2:]):
-            pixels = F.interpolate(pixels, size=target, mode="bicubic", align_corners=False, antialias=True)
+        pixels = _resized(pixels, target)
         mask = change_mask(change_map, target, self.device, threshold=0.0 if released else 0.5)
         masked = self.encode(pixels * (1 - mask))
         layout = self.family.inpainting_input
@@ -436,6 +434,13 @@ def _pixels(image: Union[np.ndarray, Tensor]) -> Tensor:
             raise ValueError(f"image must be pixels (1, 3, H, W) in [-1, 1], got shape {tuple(image.shape)}")
         return image
     raise TypeError(f"image must be a uint8 numpy array (H, W, 3) or a tensor (1, 3, H, W), got {type(image).__name__}")
+
+
+def _resized(pixels: Tensor, size: tuple[int, int]) -> Tensor:
+    """Pixels (1, 3, H, W) at ``size`` (h, w): as they are, or resized bicubically (antialiased)."""
+    if tuple(pixels.shape[-2:]) == tuple(size):
+        return pixels
+    return F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True)
 
 
 def _latent_size(latent: Union[Tensor, tuple[int, int]], patch: int) -> tuple[int, int]:

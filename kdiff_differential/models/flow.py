@@ -71,6 +71,8 @@ class FlowDenoiser(nn.Module):
     level, ``sigma_max`` is inf (t = 1). Either shift multiplies sigma by a constant
     (``shift`` or ``e^mu``); ``sigma_to_t`` is the flow time t, so the
     ``timestep`` clock's tau is linear in the shifted flow time, as in ComfyUI.
+    ``shift_terminal`` (Qwen-Image's 0.02) stretches a schedule's shifted flow times
+    so that its last one before 0 is that value, as diffusers' scheduler does.
     """
 
     def __init__(
@@ -82,6 +84,7 @@ class FlowDenoiser(nn.Module):
         num_train_timesteps: int = 1000,
         mu_of_steps: Optional[Callable[[int], float]] = None,
         one_over_n: Optional[bool] = None,
+        shift_terminal: Optional[float] = None,
     ) -> None:
         super().__init__()
         if not callable(model):
@@ -93,7 +96,9 @@ class FlowDenoiser(nn.Module):
         if mu_of_steps is not None and not callable(mu_of_steps):
             raise TypeError(f"mu_of_steps must be a callable (steps) -> mu or None, got {type(mu_of_steps).__name__}")
         self.inner_model = model
-        self.shift, self.mu, self.mu_of_steps = float(shift), mu, mu_of_steps
+        if shift_terminal is not None and not (isinstance(shift_terminal, (int, float)) and 0 < shift_terminal < 1):
+            raise ValueError(f"shift_terminal must be a number in (0, 1) or None, got {shift_terminal!r}")
+        self.shift, self.mu, self.mu_of_steps, self.shift_terminal = float(shift), mu, mu_of_steps, shift_terminal
         self.one_over_n = mu is not None if one_over_n is None else bool(one_over_n)
         # Both shifts are one constant factor on sigma: t -> k t / (1 + (k - 1) t) is sigma -> k sigma.
         self.factor = math.exp(mu) if mu is not None else float(shift)
@@ -108,9 +113,10 @@ class FlowDenoiser(nn.Module):
         """The wrapper for a diffusers ``FlowMatchEulerDiscreteScheduler`` config; with
         ``use_dynamic_shifting`` (Flux), ``image_seq_len`` (packed tokens) sets mu, or
         ``mu_of_steps`` does (FLUX.2's, which depends on the steps too; the range's mu
-        is that of ``steps``). ``one_over_n`` as in the constructor."""
+        is that of ``steps``). ``one_over_n`` as in the constructor; the config's
+        ``shift_terminal`` (0 or None: none) stretches the schedule."""
         train = config.get("num_train_timesteps", 1000)
-        spacing = {"num_train_timesteps": train, "one_over_n": one_over_n}
+        spacing = {"num_train_timesteps": train, "one_over_n": one_over_n, "shift_terminal": config.get("shift_terminal") or None}
         if config.get("use_dynamic_shifting", False):
             if mu_of_steps is not None:
                 if steps is None:
@@ -126,14 +132,21 @@ class FlowDenoiser(nn.Module):
         (n + 1,) float64, starting at inf (t = 1), ending in 0.
 
         SD3 shifts ``linspace(1, t_min, n)``; Flux, Z-Image and FLUX.2 (``one_over_n``)
-        ``linspace(1, 1/n, n)``.
+        ``linspace(1, 1/n, n)``; with ``shift_terminal`` the shifted times t become
+        ``1 - (1 - t) (1 - terminal) / (1 - t_last)``.
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive whole number of steps, got {n!r}")
         end = 1 / n if self.one_over_n else self.sigma_to_t(torch.tensor(self.sigma_min, dtype=torch.float64))
         factor = self.factor if self.mu_of_steps is None else math.exp(self.mu_of_steps(n))
         u = torch.linspace(1, float(end), n, dtype=torch.float64)
-        return torch.cat([factor * self.t_to_sigma(u), u.new_zeros(1)])
+        sigmas = factor * self.t_to_sigma(u)
+        kept = 1 - self.sigma_to_t(sigmas)
+        # An affine stretch of 1 - t, which keeps t = 1 (sigma = inf) where it is; one step
+        # (t = 1 alone) has nothing to stretch.
+        if self.shift_terminal is not None and kept[-1] > 0:
+            sigmas = self.t_to_sigma(1 - kept * (1 - self.shift_terminal) / kept[-1])
+        return torch.cat([sigmas, u.new_zeros(1)])
 
     @staticmethod
     def sigma_to_t(sigma: Tensor) -> Tensor:
