@@ -129,6 +129,30 @@ def test_flux_schnell_takes_no_guidance(tmp_path: Path, image_file: Path) -> Non
     assert torch.isfinite(edit.result).all()
 
 
+def test_flux_schnell_on_its_fixed_shift_schedule_is_the_diffusers_pipeline(tmp_path: Path) -> None:
+    """schnell's scheduler shifts by a constant (no dynamic shifting), and FluxPipeline
+    still passes its own sigmas, linspace(1, 1/n, n): the same 4 steps as ours."""
+    import json
+
+    from kdiff_differential import load_pipeline
+
+    folder = save_tiny_flow(tmp_path, "flux", guidance=False)
+    config = folder / "scheduler" / "scheduler_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "use_dynamic_shifting": False, "shift": 1.0}))
+    pipe = load_pipeline(folder)
+    assert (pipe.schedule, pipe.steps) == ("model", 4)
+    latent = torch.zeros(1, 4, 16, 18)
+    edit = differential_edit(pipe.denoiser_for(latent), latent, torch.ones(16, 18), sampler="euler", steps=4, schedule="model",
+                             extra_args=pipe.extra_args("a red cat"), seed=5)
+    reference = diffusers.FluxPipeline.from_pretrained(folder, local_files_only=True)
+    reference.set_progress_bar_config(disable=True)
+    out = reference(prompt="a red cat", height=32, width=36, num_inference_steps=4, max_sequence_length=16, output_type="latent",
+                    latents=diffusers.FluxPipeline._pack_latents(edit.wrapper.noise, 1, 4, 16, 18)).images
+    expected = diffusers.FluxPipeline._unpack_latents(out, 32, 36, reference.vae_scale_factor)
+    assert (expected - edit.wrapper.noise).abs().mean() > 0.1
+    assert (edit.result - expected).abs().max() < 1e-5 * expected.abs().max()
+
+
 def test_euler_with_everything_released_is_the_diffusers_pipeline(model_dir: Path) -> None:
     """End to end against diffusers' own StableDiffusion3Pipeline / FluxPipeline (output
     latents, same initial noise, same steps): the folder's text encoding, guidance, Flux's

@@ -516,6 +516,8 @@ class Flux(FlowFamily):
     # The distilled guidance input is trained around 3.5 (diffusers' FluxPipeline default).
     default_cfg = 3.5
     pack = 2
+    # Its pipelines pass their own times, linspace(1, 1/n, n), whatever the shift (schnell's is fixed).
+    one_over_n = True
     t5_length = 512
     controlnets = ("FluxControlNetModel",)
     control_fit = ("attention_head_dim", "num_attention_heads", "joint_attention_dim", "pooled_projection_dim")
