@@ -345,10 +345,13 @@ def held_bytes(wrapper: Any) -> int:
             for field in dataclasses.fields(value):
                 visit(getattr(value, field.name))
 
-    # nn.Module keeps its buffers in _buffers and its submodules (the inner model) in
-    # _modules: take the buffers, leave the rest of the private state.
+    # nn.Module keeps its buffers in _buffers and its submodules in _modules: take the
+    # buffers of the wrapper and of its own submodules (the release rule's tables), not
+    # the inner model's, and leave the rest of the private state.
     fields = {name: value for name, value in vars(wrapper).items() if not name.startswith("_")}
-    fields.update(getattr(wrapper, "_buffers", {}))
+    if isinstance(wrapper, nn.Module):
+        inner = {id(buffer) for buffer in wrapper.inner_model.buffers()} if isinstance(getattr(wrapper, "inner_model", None), nn.Module) else set()
+        fields.update({name: buffer for name, buffer in wrapper.named_buffers() if id(buffer) not in inner})
     for name, value in fields.items():
         if name not in skip:
             visit(value)
