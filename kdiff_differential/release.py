@@ -44,28 +44,35 @@ _LEVEL_SLACK = 1e-5
 RANGE_RAMP = 0.1
 
 
+def level_tables(span: Span, value: Callable[[Tensor], Tensor], dtype: torch.dtype = torch.float32,
+                 device: Any = None) -> tuple[Optional[Tensor], Optional[Tensor]]:
+    """(below, floors), the tables :class:`LevelBelow` looks ``value`` up in: the
+    schedule's levels ascending, each widened by ``_LEVEL_SLACK``, and ``value`` at each
+    (0 at level 0), after a 0 for "no level below"; ``floors[searchsorted(below, sigma)]``
+    is ``value`` at the next level strictly below sigma. (None, None) without a schedule."""
+    if span.sigmas is None:
+        return None, None
+    knots = span.sigmas.detach().to(device=device, dtype=dtype).flip(0)  # ascending
+    values = torch.zeros_like(knots)
+    positive = knots > 0
+    values[positive] = value(knots[positive])
+    return knots * (1 + _LEVEL_SLACK), torch.cat([values.new_zeros(1), values])
+
+
 class LevelBelow(nn.Module):
     """``value`` at the next schedule level strictly below a call's sigma, 0 where that
     level is 0 or there is none: a table looked up on the device (one searchsorted and
-    one gather), no host sync at call time. A call within a relative 1e-5 above a level
-    counts as at it (see ``_LEVEL_SLACK``). Without a schedule (the range samplers) the
-    table is ``None``.
+    one gather; :func:`level_tables`), no host sync at call time. A call within a
+    relative 1e-5 above a level counts as at it (see ``_LEVEL_SLACK``). Without a
+    schedule (the range samplers) the tables are ``None``.
     """
 
     def __init__(self, span: Span, value: Callable[[Tensor], Tensor], dtype: torch.dtype = torch.float32,
                  device: Any = None) -> None:
         super().__init__()
-        if span.sigmas is None:
-            self.register_buffer("below", None)
-            self.register_buffer("floors", None)
-            return
-        knots = span.sigmas.detach().to(device=device, dtype=dtype).flip(0)  # ascending
-        values = torch.zeros_like(knots)
-        positive = knots > 0
-        values[positive] = value(knots[positive])
-        # floors[i] is the value at the i-th knot from the bottom; floors[0] = 0 for "no level below".
-        self.register_buffer("floors", torch.cat([values.new_zeros(1), values]))
-        self.register_buffer("below", knots * (1 + _LEVEL_SLACK))
+        below, floors = level_tables(span, value, dtype, device)
+        self.register_buffer("below", below)
+        self.register_buffer("floors", floors)
 
     def forward(self, sigma: Tensor) -> Tensor:
         # searchsorted counts the knots strictly below sigma (by more than the slack):
@@ -306,9 +313,9 @@ class FaithfulRelease(Release):
         # function (the same kernel, as multiplications for p = 3): where r = sigma the
         # two are the same float and the weight is exactly 1.
         self.register_buffer("release_power", self.powered(release_sigma.clamp(min=0)))
-        below = LevelBelow(span, self.powered, table_dtype, release_sigma.device)
-        self.register_buffer("below", below.below)
-        self.register_buffer("floors", below.floors)
+        below, floors = level_tables(span, self.powered, table_dtype, release_sigma.device)
+        self.register_buffer("below", below)
+        self.register_buffer("floors", floors)
         self.register_buffer("previous", torch.zeros(1, dtype=table_dtype, device=release_sigma.device) if at_next_level else None)
 
     def powered(self, sigma: Tensor) -> Tensor:
@@ -332,7 +339,7 @@ class FaithfulRelease(Release):
         # CPU, as much as a kernel on these tiny tables.
         tables = self._buffers
         # The step's bottom and top as powers, per image: lo**p (the level below the
-        # call, as LevelBelow finds it) and sigma**p.
+        # call, looked up as LevelBelow does) and sigma**p.
         low = torch.take(tables["floors"], torch.searchsorted(tables["below"], level))
         top = self.powered(level) if self.overflows else level.pow(self.power)  # the same floats either way
         span = top.sub_(low)

@@ -53,7 +53,7 @@ class Flux2Klein(FlowFamily):
 
         from ..flow import flux2_mu
 
-        return {"one_over_n": True, "mu_of_steps": partial(flux2_mu, latent_size[0] * latent_size[1]), "steps": self.defaults()[1]}
+        return {"one_over_n": self.one_over_n, "mu_of_steps": partial(flux2_mu, latent_size[0] * latent_size[1]), "steps": self.defaults()[1]}
 
     def _encode(self, text: str) -> dict[str, "Tensor"]:
         import torch
