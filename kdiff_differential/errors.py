@@ -20,9 +20,11 @@ class OneLineParser(argparse.ArgumentParser):
         raise InputError(message)
 
 
-def command_status(prog: str, work: Callable[[], None], interrupted: str) -> int:
-    """Run a command's ``work`` and return its exit status: 0, 2 after an InputError
-    (reported as one line on stderr) or 130 after Ctrl-C (``interrupted`` says what is left)."""
+def command_status(prog: str, work: Callable[[], None], interrupted: str, translate: Callable[[str], str] = str) -> int:
+    """Run a command's ``work`` and return its exit status: 0, 2 after an InputError (or
+    a library's ValueError or TypeError about a setting; reported as one line on stderr,
+    in the command's words by ``translate``) or 130 after Ctrl-C (``interrupted`` says
+    what is left)."""
     from .quiet import quiet_warnings
 
     try:
@@ -30,7 +32,7 @@ def command_status(prog: str, work: Callable[[], None], interrupted: str) -> int
         with quiet_warnings():
             work()
     except InputError as error:
-        print(f"{prog}: error: {error}", file=sys.stderr)
+        print(f"{prog}: error: {translate(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)

@@ -43,7 +43,7 @@ def labelled(panel: np.ndarray, text: str) -> np.ndarray:
 
 def strip(
     original: np.ndarray,
-    change_map: Tensor,
+    change_map: Any,
     result: np.ndarray,
     keep_map: bool = False,
     decoded: Optional[np.ndarray] = None,
@@ -57,7 +57,7 @@ def strip(
     output before the pixel-space composite, shows what the composite put back.
     """
     height, width = original.shape[:2]
-    grey = F.interpolate(change_map[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)
+    grey = F.interpolate(torch.as_tensor(np.asarray(change_map, dtype=np.float32))[None, None], size=(height, width), mode="bilinear", align_corners=False)
     shown = _grey_to_rgb((((1 - grey) if keep_map else grey)[0, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy())
     panels = [
         (original, "original"),

@@ -156,6 +156,17 @@ def strength_array(change_map: Any, size: Optional[tuple[int, int]] = None) -> n
     return strength.numpy()
 
 
+def change_strength(change_map: Any, size: tuple[int, int], *, keep_map: bool = False) -> np.ndarray:
+    """``change_map`` as the image path holds it from here on: float32 (H, W) in [0, 1], 1 =
+    change, at ``size`` = (H, W) (stretched as :func:`strength_array` does). It takes what
+    :func:`prepare_change_map` takes, with one map for the batch; ``keep_map=True`` reads
+    it as 1 = keep and flips it (the one place a keep-map is read)."""
+    strength = _as_4d(_as_strength(_to_tensor(change_map), torch.float32), 1)[0, 0]
+    if keep_map:
+        strength = 1 - strength
+    return strength_array(strength, size).astype(np.float32)
+
+
 def prepare_change_map(
     change_map: Any,
     latent_shape: Sequence[int],

@@ -350,7 +350,7 @@ def test_a_huge_step_count_is_warned_of_in_one_line_before_it_runs(
     import kdiff_differential.cli as cli
 
     # Stop right after the argument checks: the warning must come before any sampling.
-    monkeypatch.setattr(cli, "_check_outputs", lambda args: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr(cli, "_check_outputs", lambda *args: (_ for _ in ()).throw(KeyboardInterrupt))
     main(["--image", "in.png", "--steps", "100000", "--sampler", "heun", "--out", "out/long.png"])
     warning = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
     assert warning == ["kdiff-differential: warning: --steps 100000 makes 200000 model calls (5000x the default 20 steps' time); results stop improving long before 1000"]

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import kdiff_differential.models as models
 from kdiff_differential.cli import main
 from kdiff_differential.cropping import MIN_PADDING, change_box, plan_crop, whole
-from kdiff_differential.models.builtin import load_example_image
+from kdiff_differential.models.builtin import Builtin, load_example_image
 
 
 def box_map(height: int, width: int, top: int, left: int, side: int) -> np.ndarray:
@@ -68,13 +67,13 @@ def large(tmp_path_factory):
 def run_recording(folder, name, monkeypatch, *options):
     """The result of a run and the size (h, w) of the image the model was fitted to."""
     fitted = []
-    load = models.load_model
+    fit = Builtin.fit
 
-    def recording(model, image, device=None, **options):
+    def recording(model, image):
         fitted.append(image.shape[:2])
-        return load(model, image, device, **options)
+        return fit(model, image)
 
-    monkeypatch.setattr(models, "load_model", recording)
+    monkeypatch.setattr(Builtin, "fit", recording)
     assert main(["--image", str(folder / "in.png"), "--map", str(folder / "map.png"), "--out", str(folder / name),
                  "--steps", "4", *options]) == 0
     with Image.open(folder / name) as result:

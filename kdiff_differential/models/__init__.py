@@ -9,7 +9,10 @@ diffusers (so that ``--help`` can list the families): they load when used.
 from __future__ import annotations
 
 from pathlib import Path
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence, Union
+
+from ..errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -18,6 +21,8 @@ if TYPE_CHECKING:
 
     from .controlnets import Control
     from .diffusers_model import DiffusersPipeline
+    from .families import Family
+    from .sources import Source
     from .flow import FlowDenoiser, start_from_noise
     from .ideal import IdealDenoiser, sd_alphas_cumprod
 
@@ -35,30 +40,111 @@ def __getattr__(name: str) -> Any:
 
 
 class ImageModel(Protocol):
-    """A model fitted to one input image, as the command line uses it.
+    """A model fitted to one input image: what :func:`~kdiff_differential.edit_image` runs.
 
     ``latent`` is the image in the model's space (1, C, h, w); ``denoiser`` a k-diffusion
-    denoiser for such latents; ``extra_args`` what it takes at every call (``cfg`` None:
-    the model's default; an inpainting model also needs the ``change_map``, 1 = change;
-    a diffusers model with ControlNets takes ``controls=`` and ``sigmas=`` too);
-    ``decode`` brings a result latent back to an image of the input's size.
-    ``schedule`` is the model's default noise schedule ('karras'; flow models: 'model',
-    from t = 1) and ``description`` what was detected, for the user ('' when there is
-    nothing to say).
+    denoiser for such latents; ``extra_args`` what it takes at every call, with the same
+    keywords on every model (``cfg`` None: the model's default; an inpainting model reads
+    ``change_map``, 1 = change; ControlNets take ``controls`` and ``sigmas``; a model that
+    has no use for a setting refuses it when given); ``decode`` brings a result latent back
+    to a uint8 image (H, W, 3) of the input's size. ``schedule``, ``steps`` and ``cfg``
+    are the model's defaults (``cfg`` None: it takes no guidance) and ``description`` what
+    was detected, for the user ('' when there is nothing to say).
     """
 
     latent: "Tensor"
     denoiser: "nn.Module"
     schedule: str
+    steps: int
+    cfg: Optional[float]
     description: str
 
-    def extra_args(self, prompt: str, negative: str, cfg: Optional[float] = None, change_map: Any = None) -> dict[str, Any]: ...
+    def extra_args(
+        self, prompt: str = "", negative: str = "", cfg: Optional[float] = None, change_map: Any = None,
+        inpaint_mask: Optional[str] = None, controls: Sequence["Control"] = (), sigmas: Optional["Tensor"] = None,
+    ) -> dict[str, Any]: ...
 
     def decode(self, latent: "Tensor") -> "np.ndarray": ...
 
 
+class Model(Protocol):
+    """A loaded model, fitted to each input image by :meth:`fit`: the built-in model
+    (:class:`~kdiff_differential.models.builtin.Builtin`) or a diffusers one
+    (:class:`~kdiff_differential.models.diffusers_model.DiffusersPipeline`).
+
+    ``schedule``, ``steps``, ``cfg`` and ``description`` as on :class:`ImageModel`;
+    ``native_side`` the side in pixels it was trained at (None: any size, the built-in
+    model); ``flow`` whether it is a flow model, whose schedule starts at t = 1.
+    """
+
+    schedule: str
+    steps: int
+    cfg: Optional[float]
+    description: str
+    native_side: Optional[int]
+    flow: bool
+
+    def fit(self, image: "np.ndarray") -> ImageModel: ...
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A model as given, resolved once without loading it: ``name`` ('builtin', a folder,
+    a Hub id or a single file), its diffusers ``source`` and ``family`` (None for the
+    built-in model). Enough to check settings before a load that can take minutes."""
+
+    name: str
+    source: Optional["Source"] = None
+    family: Optional[type["Family"]] = None
+
+    @property
+    def flow(self) -> bool:
+        return self.schedule == "model"
+
+    @property
+    def native_side(self) -> Optional[int]:
+        return None if self.family is None else self.family.native_size
+
+    @property
+    def schedule(self) -> str:
+        """The family's default schedule (a few-step UNet folder's own is known once loaded)."""
+        return "karras" if self.family is None else self.family.default_schedule
+
+    def load(self, device: Optional[Union[str, "torch.device"]] = None, **options: Any) -> Model:
+        """The model, loaded on ``device`` (default: the CPU) with :func:`load_pipeline`'s
+        keyword ``options``; the built-in model takes none."""
+        import torch
+
+        device = torch.device("cpu") if device is None else torch.device(device)
+        if self.source is None:
+            from .builtin import Builtin
+
+            given = [name for name, value in options.items() if value not in (None, False, (), [])]
+            if given:
+                raise InputError(f"{', '.join(f'{name}={options[name]!r}' for name in given)}: for diffusers models; the built-in model takes none")
+            return Builtin(device)
+        return load_pipeline(self.source, device, **options)
+
+
+def find_model(name: Union[str, Path], *, config: Optional[Union[str, Path]] = None, allow_pickle: bool = False) -> ModelSource:
+    """What model ``name`` is, without loading it: 'builtin', or a diffusers folder, Hub
+    id or single file (``config``, ``allow_pickle`` as :func:`load_pipeline` takes them),
+    its family read from ``model_index.json`` or the file's tensor names. InputError for
+    bad input, or for diffusers missing."""
+    if name == "builtin":
+        if config is not None:
+            raise InputError(f"config={config}: for a single-file diffusers checkpoint; the built-in model takes none")
+        return ModelSource("builtin")
+    from .diffusers_model import require_diffusers
+    from .sources import resolve_source
+
+    require_diffusers()
+    source = resolve_source(name, config, allow_pickle)
+    return ModelSource(str(name), source, source.family())
+
+
 def load_pipeline(
-    path: Union[str, Path], device: Union[str, "torch.device"] = "cpu", *,
+    path: Union[str, Path, "Source"], device: Union[str, "torch.device"] = "cpu", *,
     config: Optional[Union[str, Path]] = None, loras: Loras = (), allow_pickle: bool = False,
     dtype: Optional[Union[str, "torch.dtype"]] = None, offload: bool = False, vae_tiling: bool = False,
     controlnets: Sequence[Union[str, Path]] = (),
@@ -96,55 +182,43 @@ def load_pipeline(
 
 
 def default_schedule(name: str, *, config: Optional[Union[str, Path]] = None, allow_pickle: bool = False) -> str:
-    """The noise schedule model ``name``'s family runs by default: 'karras', or
-    'model' for a flow model (its own shifted schedule from t = 1); a few-step UNet
-    folder's own ('model') is known once it is loaded (``schedule`` of the loaded model). Reads
-    ``model_index.json`` (of a Hub id: that file alone) or a single file's tensor names
-    only; bad input is an InputError."""
-    if name == "builtin":
-        return "karras"
-    from .diffusers_model import require_diffusers
-    from .sources import resolve_source
-
-    require_diffusers()
-    return resolve_source(name, config, allow_pickle).family().default_schedule
+    """The noise schedule model ``name``'s family runs by default: 'karras', or 'model'
+    for a flow model (:attr:`ModelSource.schedule`)."""
+    return find_model(name, config=config, allow_pickle=allow_pickle).schedule
 
 
 # The last diffusers pipeline load_model(keep=True) loaded, by its source, device and options.
 _KEPT: dict[str, Any] = {}
 
 
-def load_model(name: str, image: "np.ndarray", device: Optional["torch.device"] = None, *, keep: bool = False,
-               **options: Any) -> ImageModel:
-    """``name`` ('builtin', or a diffusers model as :func:`load_pipeline` takes it, with
-    its keyword ``options``: ``config``, ``loras``, ``allow_pickle``, ``dtype``,
-    ``offload``, ``vae_tiling``, ``controlnets``) fitted to ``image``, uint8 (H, W, 3), on ``device``
-    (default: the CPU). ``keep``: keep the loaded pipeline, one at a time, for the next
-    call with the same source, device and options, which then fits it to its image
-    without loading it again (the command line's folder mode). Bad input is an
-    InputError that says why."""
+def open_model(name: Union[str, Path, ModelSource], device: Optional[Union[str, "torch.device"]] = None, *, keep: bool = False,
+               **options: Any) -> Model:
+    """Model ``name`` ('builtin', or a diffusers model as :func:`load_pipeline` takes it,
+    with its keyword ``options``: ``config``, ``loras``, ``allow_pickle``, ``dtype``,
+    ``offload``, ``vae_tiling``, ``controlnets``) loaded on ``device`` (default: the
+    CPU), ready to :meth:`~Model.fit` to image after image. ``keep``: keep the loaded
+    diffusers pipeline, one at a time, for the next call with the same source, device
+    and options. Bad input is an InputError that says why."""
     import torch
 
-    device = torch.device("cpu") if device is None else device
-    if name == "builtin":
-        from ..errors import InputError
-        from .builtin import BuiltinModel
-
-        given = [name for name, value in options.items() if value not in (None, False, (), [])]
-        if given:
-            raise InputError(f"{', '.join(given)}: for diffusers models; the built-in model takes none")
-        return BuiltinModel(image, device)
-    from .diffusers_model import FittedModel, quiet_loading, require_diffusers
-
-    require_diffusers()
-    quiet_loading()
-    if not keep:
-        return FittedModel(load_pipeline(name, device, **options), image)
-    key = repr((name, str(device), sorted(options.items())))
+    device = torch.device("cpu") if device is None else torch.device(device)
+    found = name if isinstance(name, ModelSource) else find_model(name, config=options.get("config"), allow_pickle=options.get("allow_pickle", False))
+    if found.source is None or not keep:
+        return found.load(device, **options)
+    key = repr((found.name, str(device), sorted(options.items())))
     if key not in _KEPT:
         _KEPT.clear()  # one at a time: the previous pipeline's memory goes before the next loads
-        _KEPT[key] = load_pipeline(name, device, **options)
-    return FittedModel(_KEPT[key], image)
+        _KEPT[key] = found.load(device, **options)
+    return _KEPT[key]
 
 
-__all__ = ["Control", "FlowDenoiser", "IdealDenoiser", "ImageModel", "default_schedule", "load_model", "load_pipeline", "sd_alphas_cumprod", "start_from_noise"]
+def load_model(name: str, image: "np.ndarray", device: Optional["torch.device"] = None, *, keep: bool = False,
+               **options: Any) -> ImageModel:
+    """:func:`open_model` fitted to ``image``, uint8 (H, W, 3)."""
+    return open_model(name, device, keep=keep, **options).fit(image)
+
+
+__all__ = [
+    "Control", "FlowDenoiser", "IdealDenoiser", "ImageModel", "Model", "ModelSource", "default_schedule", "find_model", "load_model",
+    "load_pipeline", "open_model", "sd_alphas_cumprod", "start_from_noise",
+]

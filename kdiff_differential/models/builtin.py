@@ -13,14 +13,16 @@ regenerated pixels visibly differ from the input.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..images import to_image, to_tensor
+from ..errors import InputError
+from ..images import require_rgb, to_image, to_tensor
+from ..sampler_table import DEFAULT_STEPS
 from .ideal import IdealDenoiser
 
 # Only images inside the scikit-image wheel: skimage.data fetches the others with pooch.
@@ -94,6 +96,26 @@ def builtin_denoiser(height: int, width: int, spread: float = SPREAD, prediction
     return wrap(model)
 
 
+class Builtin:
+    """The built-in model, loaded: nothing to load until :meth:`fit` builds the exact
+    denoiser at an image's working size. It takes no text, guidance or ControlNets and
+    runs at any size (``native_side`` None)."""
+
+    schedule = "karras"
+    steps = DEFAULT_STEPS
+    cfg: Optional[float] = None
+    description = ""  # chosen by name, nothing detected
+    native_side: Optional[int] = None
+    flow = False
+
+    def __init__(self, device: Union[str, torch.device] = "cpu") -> None:
+        self.device = torch.device(device)
+
+    def fit(self, image: np.ndarray) -> "BuiltinModel":
+        """The model fitted to ``image``, uint8 (H, W, 3)."""
+        return BuiltinModel(image, self.device)
+
+
 class BuiltinModel:
     """The built-in model fitted to one input image: pixels in, pixels out.
 
@@ -105,10 +127,10 @@ class BuiltinModel:
     changed them, in the pixel-space composite (:mod:`kdiff_differential.compositing`).
     """
 
-    schedule = "karras"
-    description = ""  # chosen by name, nothing detected
+    schedule, steps, cfg, description = Builtin.schedule, Builtin.steps, Builtin.cfg, Builtin.description
 
     def __init__(self, image: np.ndarray, device: torch.device = torch.device("cpu")) -> None:
+        require_rgb(image, "image")
         self.original = to_tensor(image).to(device)
         self.size = working_size(*image.shape[:2])
         self.latent = self._scale(self.original, self.size)
@@ -120,8 +142,17 @@ class BuiltinModel:
             return pixels
         return F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
 
-    def extra_args(self, prompt: str, negative: str, cfg: Optional[float] = None, change_map: Any = None) -> dict:
-        """No conditioning: the model has none."""
+    def extra_args(
+        self, prompt: str = "", negative: str = "", cfg: Optional[float] = None, change_map: Any = None,
+        inpaint_mask: Optional[str] = None, controls: Sequence[Any] = (), sigmas: Optional[Tensor] = None,
+    ) -> dict:
+        """No conditioning: the model has none. Text and guidance have no effect (the
+        caller is told by :func:`~kdiff_differential.edit_image`); an inpainting mask or
+        ControlNets, which would be silently lost, are refused."""
+        if inpaint_mask is not None:
+            raise InputError(f"inpaint_mask={inpaint_mask}: the built-in model has no inpainting channels")
+        if controls:
+            raise InputError("controls: ControlNets need a diffusers model (model=: a folder, Hub id or .safetensors file); the built-in model takes none")
         return {}
 
     def decode(self, latent: Tensor) -> np.ndarray:

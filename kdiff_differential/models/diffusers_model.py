@@ -287,6 +287,12 @@ class DiffusersPipeline:
         native = kind.native_size // self.factor
         self.denoiser = self.denoiser_for((native, native))
         self.description = f"{kind.name}, {kind_of_model}, {kind.prediction(self.scheduler)}"
+        self.native_side: Optional[int] = kind.native_size
+        self.flow = kind.default_schedule == "model"
+
+    def fit(self, image: np.ndarray) -> "FittedModel":
+        """The model fitted to ``image``, uint8 (H, W, 3): its latent and denoiser."""
+        return FittedModel(self, image)
 
     def denoiser_for(self, latent: Union[Tensor, tuple[int, int]]) -> nn.Module:
         """The k-diffusion denoiser for ``latent`` (1, C, h, w), or its size (h, w)."""
@@ -471,13 +477,12 @@ class FittedModel:
         self.pipeline = pipeline
         self.image = image
         self.description = pipeline.description
-        self.schedule = pipeline.schedule
-        self.steps = pipeline.steps
+        self.schedule, self.steps, self.cfg = pipeline.schedule, pipeline.steps, pipeline.cfg
         self.latent = pipeline.encode(image)
         self.denoiser = pipeline.denoiser_for(self.latent)
 
     def extra_args(
-        self, prompt: str, negative: str, cfg: Optional[float] = None, change_map: Any = None, inpaint_mask: Optional[str] = None,
+        self, prompt: str = "", negative: str = "", cfg: Optional[float] = None, change_map: Any = None, inpaint_mask: Optional[str] = None,
         controls: Sequence[Control] = (), sigmas: Optional[Tensor] = None,
     ) -> dict[str, Any]:
         return self.pipeline.extra_args(

@@ -1,34 +1,55 @@
 """The command line: ``kdiff-differential`` (also ``python -m kdiff_differential``).
 
-Edits an image with a per-pixel change map (white = change) on the built-in model or a
-diffusers model (a folder, a Hub id or a single .safetensors file, with LoRAs). With only
-``--out`` it runs the demo: the bundled example image and a left-to-right gradient. Bad
-input ends the run with one line on stderr and exit status 2; library imports happen
-inside ``main``, so that ``--help`` and argument errors answer at once.
+A thin shell around :func:`~kdiff_differential.edit_image`: parse the flags into its
+settings, load the model once, run the edit per image and per seed, write the files.
+With only ``--out`` it runs the demo: the bundled example image and a left-to-right
+gradient. Bad input ends the run with one line on stderr and exit status 2; this layer
+alone speaks of ``--flags``, translating the library's ``name=value`` at its boundary.
+Library imports happen inside ``run``, so that ``--help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import replace
+import re
+import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 # Only torch-free modules here: --help and argument errors must not wait for torch.
-from .choices import CLOCKS, COMPOSITES, CROPS, EXECUTORS, FILLS, PRESETS, RELEASES, SCHEDULES
-from .errors import InputError, OneLineParser, command_status
-from .files import same_file
-from .sampler_table import DEFAULT_STEPS, OWN_STEPS, SAMPLERS, clock_problem, sampler_named
-
-if TYPE_CHECKING:
-    import torch
+from .. import __version__
+from ..choices import CLOCKS, COMPOSITES, CROPS, EXECUTORS, FILLS, PRESETS, RELEASES, SCHEDULES
+from ..errors import InputError, OneLineParser, command_status
+from ..files import same_file
+from ..sampler_table import DEFAULT_STEPS, OWN_STEPS, SAMPLERS, sampler_named
+from .jobs import Job, ModelSpec, sibling
 
 PROG = "kdiff-differential"
 DEVICES = ("auto", "cpu", "cuda")
-# Above this many steps a run is warned of its cost: an easy typo (--steps 100000) runs for hours.
-MANY_STEPS = 1000
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-inf(inity)?$", re.IGNORECASE)
+# The flags edit_image's settings come from (dashes as underscores), and the library's
+# other names for what a flag gives.
+SETTINGS = (
+    "keep_map", "map_prompt", "segmenter", "grow", "feather", "blur", "fill", "crop", "crop_padding", "prompt", "negative",
+    "cfg", "inpaint_mask", "sampler", "steps", "schedule", "denoise", "strength", "release", "clock", "color_match",
+    "composite",
+)
+RENAMED = {"change_map": "--map", "loras": "--lora", "controlnets": "--controlnet", "controls": "--controlnet"}
+CONTROL = ("control_image", "control_scale", "control_start", "control_end", "control_mode")
+
+
+def as_flags(message: str) -> str:
+    """A library message in the command line's words: each ``name=`` of a setting, the
+    model or its options becomes ``--name `` (``grow=1e9`` reads ``--grow 1e9``)."""
+    names = {**{name: f"--{name.replace('_', '-')}" for name in (*SETTINGS, *CONTROL, "model", "config", "lora", "allow_pickle",
+                                                                   "dtype", "offload", "vae_tiling", "controlnet", "device", "seed", "image")},
+             **RENAMED}
+    pattern = "|".join(sorted(map(re.escape, names), key=len, reverse=True))
+    # name=value reads "--name value"; a bare name= (no value) reads "--name".
+    message = re.sub(rf"(?<![\w.-])({pattern})=(?=[\s,:;)]|$)", lambda match: names[match[1]], message)
+    return re.sub(rf"(?<![\w.-])({pattern})=", lambda match: f"{names[match[1]]} ", message)
 
 
 def _number(kind: Callable[[str], float], check: Callable[[float], bool], requirement: str) -> Callable[[str], float]:
@@ -80,17 +101,25 @@ class _ControlOption(argparse.Action):
             groups[-1][self.const] = value
 
 
+class _Parser(OneLineParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if "required: --out" in message:
+            message += f" (`{PROG} --out result.png` runs the demo; --help lists the options)"
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
+    parser = _Parser(
         prog=PROG,
         description="Differential Diffusion: edit an image with a per-pixel change map (white = change, black = keep).",
         epilog=f"With only --out, runs the demo on a bundled image with the gradient-x map. Map presets: {', '.join(PRESETS)}.",
     )
     parser.add_argument("--image", help="input image, or a folder of images with --out a folder (default: the bundled example)")
     parser.add_argument("--map", default=None, help="change map: an image file (grey levels in the file's own range: 8/16-bit, float 0..1; colour as luminance, alpha over black) or a preset (default: gradient-x; with --map-prompt, full)")
-    parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...")
+    parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...; with --image a folder, a folder")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # The model: where it comes from and what is added to it (see models/sources.py, models/loras.py).
-    from .models.families import INPAINT_MASK, INPAINT_MASKS, supported
+    from ..models.families import INPAINT_MASK, INPAINT_MASKS, supported
 
     parser.add_argument("--model", default="builtin", metavar="SOURCE", help=f"'builtin' (default); a diffusers folder; a Hugging Face Hub id org/name[@revision] (cached; HF_HUB_OFFLINE=1 uses the cache only); or a single .safetensors checkpoint. Families: {supported()}")
     parser.add_argument("--config", metavar="SOURCE", help="for a single-file --model: a diffusers folder or Hub id with its configuration (and, for a transformer-only file, the other parts; default: diffusers' own for the file's family, from the Hub cache)")
@@ -112,9 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
         control.add_argument(flag, dest="controls", action=_ControlOption, const=key, type=kind, default=None, metavar=key.upper() if key != "source" else "SOURCE", help=text)
     parser.add_argument("--sampler", default="dpmpp_2m", type=_sampler, metavar="NAME", help=f"k-diffusion sampler: {', '.join(SAMPLERS)}; A1111's names work too ('DPM++ 2M Karras', 'Euler a'), a trailing Karras or Exponential choosing the schedule (default: dpmpp_2m)")
     parser.add_argument("--steps", type=_number(int, lambda n: n >= 1, "a whole number >= 1"), help=f"sampler steps (default: the model's, {DEFAULT_STEPS}; few-step checkpoints: 4; {', '.join(OWN_STEPS)} chooses its own)")
-    parser.add_argument("--schedule", default=None, choices=SCHEDULES, metavar="NAME", help=f"noise schedule: {', '.join(SCHEDULES)} (default: karras; for SD3/Flux and few-step folders, model: the folder's own scheduler, as diffusers runs it). The last seven are ComfyUI's, for models with discrete training levels")
+    parser.add_argument("--schedule", default=None, type=str.lower, choices=SCHEDULES, metavar="NAME", help=f"noise schedule: {', '.join(SCHEDULES)} (default: karras; for SD3/Flux and few-step folders, model: the folder's own scheduler, as diffusers runs it). The last seven are ComfyUI's, for models with discrete training levels")
     seeds = parser.add_mutually_exclusive_group()
-    seeds.add_argument("--seed", type=_number(int, lambda n: True, "a whole number"), default=0, help="random seed (default: 0)")
+    seeds.add_argument("--seed", type=_number(int, lambda n: n >= -1, "a whole number >= 0, or -1 for a random seed"), default=0, help="random seed; -1: a random one, printed (default: 0)")
     seeds.add_argument("--seeds", type=_seeds, metavar="N,N,...", help="several seeds in one run: one output per seed, OUT-seedN")
     parser.add_argument("--strength", type=_number(float, lambda s: 0 <= s <= 1, "a number in [0, 1]"), default=1.0, help="1: release pixels fully; below 1 blends the map itself into the release mask, a gentler edit (default: 1)")
     parser.add_argument("--release", default="faithful", choices=RELEASES, help="faithful: ease each pixel in over the step before its release, no bands, each strength changing about as much as in a converged edit (default); smooth: the same ease linear in the clock, which changes more than asked at few steps; binary: the paper's and ComfyUI's rule, one band per step")
@@ -122,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threshold", choices=CLOCKS, help=argparse.SUPPRESS)  # the old name of --clock
     parser.add_argument("--keep-map", action="store_true", help="read the map as white = keep, black = change")
     parser.add_argument("--denoise", type=_number(float, lambda d: 0 < d <= 1, "a number in (0, 1]"), default=1.0, help="global denoise: the part of the schedule to run (default: 1)")
-    parser.add_argument("--prompt", default="", help="text prompt (Stable Diffusion)")
-    parser.add_argument("--negative", default="", help="negative prompt (Stable Diffusion)")
+    parser.add_argument("--prompt", default="", help="text prompt (diffusers models; the built-in model takes none)")
+    parser.add_argument("--negative", default="", help="negative prompt (diffusers models with guidance)")
     parser.add_argument("--cfg", type=_number(float, math.isfinite, "a finite number"), default=None, help="classifier-free guidance scale (default: the model family's: 7; Flux.1 dev: its guidance input, 3.5; FLUX.1 Fill 30; Chroma 5; Qwen-Image 4; Z-Image 6; FLUX.2 Klein base 4; few-step and distilled models: 1)")
     parser.add_argument("--inpaint-mask", default=None, choices=INPAINT_MASKS, help=f"an inpainting network's mask channel: fixed (the map binarised at 0.5, the whole run) or released (the pixels released by each call); default: {INPAINT_MASK}")
     parser.add_argument("--composite", default="difference", choices=COMPOSITES, help="put the original back in pixel space: difference (where the model barely changed it; default), mask (the map as opacity) or none")
@@ -145,29 +174,25 @@ def build_parser() -> argparse.ArgumentParser:
     around.add_argument("--address", default=None, help="with --executor ray: the cluster's address (default: start one on this machine)")
     around.add_argument("--map-prompt", default=None, metavar="TEXT", help="also a map from text: how much each pixel matches TEXT (CLIPSeg), multiplied with --map; needs --segmenter")
     around.add_argument("--segmenter", default=None, metavar="SOURCE", help="the CLIPSeg model for --map-prompt: a folder saved by save_pretrained, or a Hub id in the local cache")
+    # Negative numbers in exponent form (--grow -1e3) are values, not flags.
+    parser._negative_number_matcher = NEGATIVE_NUMBER
     return parser
 
 
 def _warn(message: str) -> None:
-    print(f"{PROG}: warning: {message}", file=sys.stderr)
+    print(f"{PROG}: warning: {as_flags(message)}", file=sys.stderr)
 
 
-def _sibling(out: Path, tag: str) -> Path:
-    """OUT-tag.ext beside OUT: where --save-strip and --save-masks write."""
-    return out.with_name(f"{out.stem}-{tag}{out.suffix}")
-
-
-def _outputs(args: argparse.Namespace) -> dict[int, Path]:
-    """Per seed, the result file: OUT, or OUT-seedN for each of --seeds."""
-    out = Path(args.out)
+def _outputs(args: argparse.Namespace) -> tuple[tuple[Optional[int], str], ...]:
+    """(seed, result file) per seed: OUT, or OUT-seedN for each of --seeds; seed None: a random one."""
     if args.seeds is None:
-        return {args.seed: out}
-    return {seed: _sibling(out, f"seed{seed}") for seed in args.seeds}
+        return ((None if args.seed == -1 else args.seed, args.out),)
+    return tuple((seed, str(sibling(args.out, f"seed{seed}"))) for seed in args.seeds)
 
 
-def _check_outputs(args: argparse.Namespace) -> list[Path]:
+def _check_outputs(args: argparse.Namespace, change_map: str) -> list[Path]:
     """The files this run will write, checked before any work is done."""
-    from .images import output_format
+    from ..images import output_format
 
     out = Path(args.out)
     folder = out.parent
@@ -177,12 +202,12 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
         raise InputError(f"--out {args.out} is a folder; give a file name such as result.png")
     output_format(args.out)
     outputs: dict[str, Path] = {}
-    for result in _outputs(args).values():
-        outputs[f"--out ({result.name})"] = result
-        outputs.update({"--save-strip": _sibling(result, "strip")} if args.save_strip else {})
-        outputs.update({"--save-masks": _sibling(result, "masks")} if args.save_masks else {})
+    for _, result in _outputs(args):
+        outputs[f"--out ({Path(result).name})"] = Path(result)
+        outputs.update({"--save-strip": sibling(result, "strip")} if args.save_strip else {})
+        outputs.update({"--save-masks": sibling(result, "masks")} if args.save_masks else {})
     # No input is ever written over, however its path is spelled.
-    inputs = {"--image": args.image, "--map": None if args.map in PRESETS else args.map}
+    inputs = {"--image": args.image, "--map": None if change_map in PRESETS else change_map}
     for flag, path in outputs.items():
         for name, given in inputs.items():
             if given is not None and same_file(path, given):
@@ -190,187 +215,101 @@ def _check_outputs(args: argparse.Namespace) -> list[Path]:
     return list(outputs.values())
 
 
-def _check_arguments(args: argparse.Namespace) -> None:
-    """What argparse cannot check alone: the clock's old name, the clock against the
-    sampler, a sampler that chooses its own steps, a step count that would run for hours."""
+def _settings(args: argparse.Namespace) -> dict[str, Any]:
+    """edit_image's settings from the flags, checked (EditSettings) before any work."""
+    from ..image_edit import EditSettings
+    from ..models.controlnets import Control
+
     if args.threshold is not None:
         _warn("--threshold is deprecated and will be removed: it is now --clock")
         if args.clock is not None and args.clock != args.threshold:
             raise InputError(f"--clock {args.clock} and --threshold {args.threshold} disagree; give --clock alone")
-        args.clock = args.threshold
-    args.clock = args.clock or "timestep"
-    sampler, implied = sampler_named(args.sampler)
-    args.sampler = sampler.name
-    problem = clock_problem(sampler, args.clock)
-    if problem:
-        raise InputError(f"--clock {args.clock}: {problem}")
-    if implied is not None:
-        if args.schedule is not None and args.schedule != implied:
-            raise InputError(f"--sampler names the {implied} schedule and --schedule says {args.schedule}; give one")
-        args.schedule = implied
-    if sampler.own_steps and args.steps is not None:
-        _warn(f"--sampler {sampler.name} chooses its own steps: --steps {args.steps} is ignored")
-        args.steps = None
-    if args.steps is not None and args.steps > MANY_STEPS:
-        calls = args.steps * max(sampler.calls_per_step, 1)
-        _warn(
-            f"--steps {args.steps} makes {calls} model calls ({calls // (DEFAULT_STEPS * max(sampler.calls_per_step, 1))}x "
-            f"the default {DEFAULT_STEPS} steps' time); results stop improving long before {MANY_STEPS}"
-        )
-
-
-def _model_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The model options as load_model's keywords, checked before any work."""
-    from .models.loras import check_loras, parse_lora
-
-    given = {"--config": args.config, "--lora": args.lora, "--dtype": args.dtype, "--offload": args.offload, "--vae-tiling": args.vae_tiling}
-    if args.model == "builtin" and any(given.values()):
-        flags = ", ".join(flag for flag, value in given.items() if value)
-        raise InputError(f"{flags}: for a diffusers model (--model: a folder, Hub id or .safetensors file); the built-in model takes none")
-    loras = check_loras([parse_lora(text) for text in args.lora], args.allow_pickle)
-    options = {"config": args.config, "loras": loras, "allow_pickle": args.allow_pickle}
-    return {**options, "dtype": args.dtype, "offload": args.offload, "vae_tiling": args.vae_tiling}
-
-
-def _controls(args: argparse.Namespace) -> list[Any]:
-    """The ControlNet groups as Controls with their images read, checked before any model loads."""
-    from .models.controlnets import Control
-
-    groups = args.controls or []
-    if groups and args.model == "builtin":
-        raise InputError("--controlnet needs --model (a diffusers folder, Hub id or .safetensors file): the built-in model takes none")
+    settings = {name: getattr(args, name) for name in SETTINGS}
+    settings["clock"] = args.clock or args.threshold or "timestep"
     controls = []
-    for group in groups:
+    for group in args.controls or []:
         if "image" not in group:
             raise InputError(f"--controlnet {group['source']}: no --control-image for it; give --control-image IMAGE after it")
-        settings = {key: group[key] for key in ("scale", "start", "end", "mode") if key in group}
-        controls.append(Control(Control(group["image"]).pixels(), **settings))
-    return controls
+        options = {key: group[key] for key in ("scale", "start", "end", "mode") if key in group}
+        controls.append(Control(Control(group["image"]).pixels(), **options))
+    settings["controls"] = controls
+    settings["progress"] = not args.quiet and sys.stderr.isatty()
+    EditSettings(**settings)
+    return settings
 
 
-def _device(name: str) -> "torch.device":
+def _device(name: str) -> str:
     import torch
 
     if name == "cuda" and not torch.cuda.is_available():
         raise InputError("--device cuda: no CUDA device is available here; use --device cpu (or auto)")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    return name
 
 
 def run(args: argparse.Namespace) -> list[Path]:
     """Do the edit ``args`` describes; returns the files written."""
-    _check_arguments(args)
-    from .segmentation import check_prompt_options
+    import warnings
 
-    check_prompt_options(args.map_prompt, args.segmenter)
-    if args.map is None:
-        args.map = "full" if args.map_prompt is not None else "gradient-x"
-    if args.image is not None and Path(args.image).is_dir():
-        from .folders import run_folder
+    from ..image_edit import EditSettings, EditWarning, load_options
+    from ..models import find_model, open_model
 
-        return run_folder(args, run, PRESETS, _warn, args.address)
-    written = _check_outputs(args)
-    options = _model_options(args)
-    controls = _controls(args)
+    change_map = args.map or ("full" if args.map_prompt is not None else "gradient-x")
+    # The settings' warnings are said once, as they come, before any work; the jobs' repeats are not.
+    said: set[str] = set()
+
+    def checked(step: Callable[[], Any]) -> Any:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EditWarning)
+            value = step()
+        for warning in caught:
+            if issubclass(warning.category, EditWarning) and str(warning.message) not in said:
+                said.add(str(warning.message))
+                _warn(str(warning.message))
+        return value
+
+    settings = checked(lambda: _settings(args))
+    folder = args.image is not None and Path(args.image).is_dir()
+    written = [] if folder else _check_outputs(args, change_map)
+    load = load_options({"config": args.config, "lora": args.lora, "allow_pickle": args.allow_pickle, "dtype": args.dtype,
+                         "offload": args.offload, "vae_tiling": args.vae_tiling,
+                         "controlnet": [group["source"] for group in args.controls or []]})
     device = _device(args.device)
-    from .images import read_image, write_image
-
-    if args.image is None:
-        from .models.builtin import load_example_image
-
-        image = load_example_image()
-    else:
-        image = read_image(args.image)
-    height, width = image.shape[:2]
-    from .presets import resolve_map
-
-    strength = resolve_map(args.map, height, width, args.keep_map, warn=_warn)
-    if args.map_prompt is not None:
-        from .segmentation import prompt_map
-
-        strength = prompt_map(image, args.map_prompt, args.segmenter, device=device, change_map=strength, quiet=True)
-    from .preparation import prepare_map
-
-    strength = prepare_map(strength, grow=args.grow, feather=args.feather, blur=args.blur, size=(height, width))
-    if args.model == "builtin" and (args.prompt or args.negative or args.cfg is not None):
-        _warn("the built-in model takes no text: --prompt, --negative and --cfg are ignored")
-    if args.model == "builtin" and args.inpaint_mask is not None:
-        raise InputError(f"--inpaint-mask {args.inpaint_mask}: the built-in model has no inpainting channels")
-    inpaint = {} if args.inpaint_mask is None else {"inpaint_mask": args.inpaint_mask}
-
-    from .edit import differential_edit
-    from .models import default_schedule, load_model
-
     # Checked before the model loads, which can take minutes.
-    own = default_schedule(args.model, config=options["config"], allow_pickle=options["allow_pickle"])
-    schedule = args.schedule or own
-    if own == "model" and schedule != "model":
-        raise InputError(f"--schedule {schedule}: this flow model's schedule starts at t = 1 (sigma = inf); use --schedule model")
-    if own == "model" and args.clock == "sigma" and args.denoise >= 1:
-        raise InputError("--clock sigma: a flow model's schedule from t = 1 starts at sigma = inf, where log sigma has no range; use --clock timestep or step")
-    from .cropping import native_side, plan_crop
-    from .fills import fill_pixels
+    found = find_model(args.model, config=load["config"], allow_pickle=load["allow_pickle"])
+    checked(lambda: EditSettings(**settings).check_model(found))
 
-    region = plan_crop(strength, args.crop, args.crop_padding, lambda: native_side(args.model, config=options["config"], allow_pickle=options["allow_pickle"]), size=(height, width))
-    if region.cropped and not args.quiet:
-        print(f"{PROG}: {region.describe()}", file=sys.stderr)
-    box_image, box_strength = region.cut(image), region.cut_map(strength)
-    controlnets = [group["source"] for group in args.controls or []]
-    # Kept loaded: a folder's images run one after another in this process.
-    model = load_model(args.model, region.to_work(fill_pixels(box_image, box_strength, args.fill, args.seed)), device, keep=True,
-                       controlnets=controlnets, **options)
-    controls = [replace(control, image=region.align(control.pixels())) for control in controls]
-    if model.description and not args.quiet:
-        print(f"{PROG}: model: {model.description}", file=sys.stderr)
-    # A few-step folder's own schedule is known once it is loaded.
-    schedule = args.schedule or getattr(model, "schedule", schedule)
-    # The model family's own step count where none is given (a sampler choosing its own takes None).
-    steps = args.steps if args.steps is not None or args.sampler in OWN_STEPS else getattr(model, "steps", None)
-    control: dict[str, Any] = {}
-    if controls:
-        from .schedules import make_sigmas
+    def warn(message: str) -> None:  # a folder's messages start with their image's name
+        if not any(message == known or message.endswith(f": {known}") for known in said):
+            _warn(message)
 
-        # The windows are fractions of the schedule differential_edit will run (range samplers: of the same steps').
-        control = {"controls": controls, "sigmas": make_sigmas(model.denoiser, steps or DEFAULT_STEPS, schedule, args.denoise)}
-    extra_args = model.extra_args(args.prompt, args.negative, args.cfg, change_map=box_strength, **inpaint, **control)
-    from .compositing import composite
+    if folder:
+        from .folders import plan, run_folder
 
-    for seed, out in _outputs(args).items():
-        edit = differential_edit(
-            model.denoiser,
-            model.latent,
-            box_strength,
-            sampler=args.sampler,
-            steps=steps,
-            schedule=schedule,
-            denoise=args.denoise,
-            seed=seed,
-            strength=args.strength,
-            clock=args.clock,
-            release=args.release,
-            extra_args=extra_args,
-            progress=not args.quiet and sys.stderr.isatty(),
-        )
-        raw = region.from_work(model.decode(edit.result))
-        if args.color_match:
-            from .color_matching import match_colors
+        jobs = plan(args.image, args.out, change_map, [seed for seed, _ in _outputs(args)], PRESETS, args.save_strip, args.save_masks, _warn, args.quiet)
+        model = ModelSpec(args.model, device, load) if args.executor == "ray" else _open(open_model, found, device, load, args.quiet)
+        return [Path(path) for path in run_folder(jobs, model, settings, args.out, args.executor, args.address, warn, args.quiet)]
+    from .jobs import run_job
 
-            raw = match_colors(raw, box_image, box_strength)
-        result = region.paste(image, composite(box_image, raw, box_strength, args.composite))
-        write_image(result, str(out))
-        if args.save_strip:
-            from .figures import strip
-
-            decoded = region.paste(image, raw) if args.composite != "none" else None
-            figure = strip(image, strength, result, keep_map=args.keep_map, decoded=decoded)
-            write_image(figure, str(_sibling(out, "strip")))
-        if args.save_masks:
-            from .figures import mask_grid
-
-            masks = [edit.wrapper.mask(sigma)[0, 0].cpu() for sigma in edit.step_sigmas]
-            write_image(mask_grid(masks, region.width / region.height, edit.step_sigmas), str(_sibling(out, "masks")))
+    model = _open(open_model, found, device, load, args.quiet)
+    done = run_job(model, settings, Job(args.image, change_map, _outputs(args), args.save_strip, args.save_masks))
+    for message in done.warnings:
+        warn(message)
+    if not args.quiet:
+        if done.region:
+            print(f"{PROG}: {done.region}", file=sys.stderr)
+        if args.seeds is None and args.seed == -1:
+            print(f"{PROG}: seed {done.seeds[0]}", file=sys.stderr)
     return written
+
+
+def _open(open_model: Callable[..., Any], found: Any, device: str, load: dict[str, Any], quiet: bool) -> Any:
+    """The model, loaded once for every image and seed of the run, and said what it is."""
+    model = open_model(found, device, keep=True, **load)
+    if model.description and not quiet:
+        print(f"{PROG}: model: {model.description}", file=sys.stderr)
+    return model
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -379,8 +318,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def work() -> None:
         args = build_parser().parse_args(argv)
         written = run(args)
+        if argv is None:
+            # Run as the program: the files are written, and Ctrl-C during the
+            # interpreter's shutdown (torch takes a while) must not report a failure.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         if not args.quiet:
             for path in written:
                 print(f"wrote {path}")
 
-    return command_status(PROG, work, "interrupted; nothing was written over")
+    return command_status(PROG, work, "interrupted; nothing was written over", translate=as_flags)
