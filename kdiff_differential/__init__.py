@@ -1,6 +1,8 @@
 """Differential Diffusion for every k-diffusion sampler.
 
-Wrap a k-diffusion denoiser in :class:`DifferentialDenoiser` with the original latent
+:func:`edit_image` edits an image where a change map says (per-pixel strength in
+[0, 1], 1 = change, 0 = keep), the whole edit in one call, on the built-in model or a
+diffusers one. Below it: wrap a k-diffusion denoiser in :class:`DifferentialDenoiser` with the original latent
 and a change map (per-pixel strength in [0, 1], 1 = change, 0 = keep), and hand the
 wrapper to any sampler; :func:`differential_edit` does that whole run by the sampler's
 name; :func:`composite` puts the original back in pixel space after decoding.
@@ -24,9 +26,10 @@ if TYPE_CHECKING:
     from .denoiser import DifferentialDenoiser
     from .edit import Edit, differential_edit
     from .fills import fill_pixels
+    from .image_edit import EditSettings, EditWarning, ImageEdit, edit_image
     from .guidance import CFGDenoiser
     from .maps import prepare_change_map
-    from .models import ImageModel, load_model, load_pipeline
+    from .models import ImageModel, Model, load_model, load_pipeline, open_model
     from .models.controlnets import Control
     from .models.flow import FlowDenoiser
     from .preparation import prepare_map
@@ -45,6 +48,12 @@ _EXPORTS = {
     "Control": ".models.controlnets",
     "DifferentialDenoiser": ".denoiser",
     "Edit": ".edit",
+    "EditSettings": ".image_edit",
+    "EditWarning": ".image_edit",
+    "ImageEdit": ".image_edit",
+    "Model": ".models",
+    "edit_image": ".image_edit",
+    "open_model": ".models",
     "FlowDenoiser": ".models.flow",
     "ImageModel": ".models",
     "composite": ".compositing",

@@ -88,7 +88,8 @@ class DifferentialDenoiser(nn.Module):
             ``strength * m + (1 - strength) * s``, as ComfyUI's node does, with m the
             release weight (binary or smooth); 0 gives the map itself as a soft mask
             (under ``compat="comfyui"``, 0 acts as 1, as in ComfyUI's node).
-        release: ``"smooth"`` (default) or ``"binary"``. Binary (the paper's and
+        release: ``"faithful"`` (the default here, in :func:`~kdiff_differential.edit.differential_edit`,
+            :func:`~kdiff_differential.edit_image` and the command line), ``"smooth"`` or ``"binary"``. Binary (the paper's and
             ComfyUI's rule) frees a pixel at the first call with ``s >= tau(sigma)``,
             so every pixel released between two schedule levels is released at the same
             call and the map shows as bands, one per step. Smooth gives a pixel the weight
@@ -103,8 +104,7 @@ class DifferentialDenoiser(nn.Module):
             few steps each strength then changes about as much as in a converged edit,
             where smooth changes more; on a range sampler, and on a schedule of fewer
             than 4 steps (but for Heun's family from 2), it is the smooth rule
-            (``release.FAITHFUL_MIN_STEPS``).
-            :func:`~kdiff_differential.edit.differential_edit` uses it by default.
+            (``release.FAITHFUL_MIN_STEPS``). Tell it the ``sampler`` for Heun's family.
         sampler: the k-diffusion sampler that will run the wrapper (a short name or an
             A1111-style one), or ``None``. Only the faithful release reads it: for
             Heun and the ancestral DPM2 and DPM++ 2S, whose second call of a step comes
@@ -150,7 +150,7 @@ class DifferentialDenoiser(nn.Module):
         clock: str = "timestep",
         compat: Optional[str] = None,
         keep_map: bool = False,
-        release: str = "smooth",
+        release: str = "faithful",
         sampler: Optional[str] = None,
         threshold: Optional[str] = None,
     ) -> None:

@@ -23,7 +23,7 @@ def import_ray() -> Any:
     try:
         import ray
     except ImportError:
-        raise ImportError("--executor ray needs Ray: pip install -e '.[ray]'") from None
+        raise ImportError("executor=ray needs Ray: pip install -e '.[ray]'") from None
     return ray
 
 

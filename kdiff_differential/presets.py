@@ -59,5 +59,5 @@ def resolve_map(
         if abs(columns * height - width * rows) > max(height, width, rows, columns):
             warn(f"the map is {columns}x{rows} but the image {width}x{height}: the map is stretched to fit")
     else:
-        raise InputError(f"--map {spec}: neither an existing file nor a preset ({', '.join(PRESETS)})")
+        raise InputError(f"change_map={spec}: neither an existing file nor a preset ({', '.join(PRESETS)})")
     return 1 - strength if keep_map else strength

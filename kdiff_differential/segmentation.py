@@ -25,16 +25,6 @@ if TYPE_CHECKING:
 INSTALL = "pip install 'kdiff-differential[diffusers]'"
 
 
-def check_prompt_options(map_prompt: Optional[str], segmenter: Optional[str]) -> None:
-    """InputError when ``--map-prompt`` and ``--segmenter`` do not come together."""
-    if map_prompt is not None and not segmenter:
-        raise InputError("--map-prompt needs --segmenter: a CLIPSeg folder (or a cached Hub id such as CIDAS/clipseg-rd64-refined)")
-    if segmenter and map_prompt is None:
-        raise InputError("--segmenter is used with --map-prompt TEXT, the text that names what to change")
-    if map_prompt is not None and not map_prompt.strip():
-        raise InputError("--map-prompt is empty; name what to change, such as 'the sky'")
-
-
 def load_segmenter(source: str, device: Union[str, "torch.device"] = "cpu", quiet: bool = False) -> tuple[Any, Any]:
     """CLIPSeg's model (in eval mode, on ``device``) and processor from ``source``; an
     InputError that says why when transformers is missing or the source cannot be read.
@@ -44,7 +34,7 @@ def load_segmenter(source: str, device: Union[str, "torch.device"] = "cpu", quie
         from transformers import CLIPSegForImageSegmentation, CLIPSegProcessor
         from transformers.utils import logging as transformers_logging
     except ImportError as error:
-        raise InputError(f"--segmenter needs transformers ({error}); install it: {INSTALL}") from None
+        raise InputError(f"segmenter= needs transformers ({error}); install it: {INSTALL}") from None
     if quiet:
         transformers_logging.set_verbosity_error()
         transformers_logging.disable_progress_bar()
@@ -53,7 +43,7 @@ def load_segmenter(source: str, device: Union[str, "torch.device"] = "cpu", quie
         model = CLIPSegForImageSegmentation.from_pretrained(source, local_files_only=True)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"--segmenter {source}: not a CLIPSeg model and processor saved by save_pretrained ({first})") from None
+        raise InputError(f"segmenter={source}: not a CLIPSeg model and processor saved by save_pretrained ({first})") from None
     return model.to(device).eval(), processor
 
 

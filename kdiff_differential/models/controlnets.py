@@ -68,14 +68,14 @@ class Control:
         for name in ("scale", "start", "end"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise InputError(f"--control-{name}: must be a finite number, got {value!r}")
+                raise InputError(f"control_{name}={value!r}: must be a finite number, got {value!r}")
         if not 0 <= self.start < self.end <= 1:
             raise InputError(
-                f"--control-start {self.start:g} --control-end {self.end:g}: the window must satisfy 0 <= start < end <= 1 "
+                f"control_start={self.start:g}, control_end={self.end:g}: the window must satisfy 0 <= start < end <= 1 "
                 "(fractions of the schedule)"
             )
         if self.mode is not None and (isinstance(self.mode, bool) or not isinstance(self.mode, int) or self.mode < 0):
-            raise InputError(f"--control-mode: must be a whole number >= 0, got {self.mode!r}")
+            raise InputError(f"control_mode={self.mode!r}: must be a whole number >= 0, got {self.mode!r}")
         if not isinstance(self.image, (str, Path, np.ndarray)):
             raise TypeError(f"a Control's image must be a path, 'canny:PATH' or a uint8 array (H, W, 3), got {type(self.image).__name__}")
 
@@ -96,7 +96,7 @@ class Control:
 
 def _control_path(path: str) -> str:
     if not Path(path).is_file():
-        raise InputError(f"--control-image {path}: no such file; give an image file or canny:PATH")
+        raise InputError(f"control_image={path}: no such file; give an image file or canny:PATH")
     return path
 
 
@@ -131,20 +131,20 @@ def _load(given: str, family: "Family", latent_channels: int, dtype: torch.dtype
     try:
         config = json.loads((folder / "config.json").read_text())
     except (OSError, ValueError):
-        raise InputError(f"--controlnet {given}: not a ControlNet folder (no readable config.json)") from None
+        raise InputError(f"controlnet={given}: not a ControlNet folder (no readable config.json)") from None
     name = config.get("_class_name")
     if not family.controlnets:
-        raise InputError(f"--controlnet {given}: ControlNets are not supported for {family.name} models")
+        raise InputError(f"controlnet={given}: ControlNets are not supported for {family.name} models")
     if name not in family.controlnets:
         from .families import FAMILIES
 
         others = [other.name for other in FAMILIES if name in other.controlnets]
         what = f"a ControlNet for {' and '.join(others)}" if others else "not a ControlNet"
-        raise InputError(f"--controlnet {given}: a {name} ({what}); this {family.name} model takes {', '.join(family.controlnets)}")
+        raise InputError(f"controlnet={given}: a {name} ({what}); this {family.name} model takes {', '.join(family.controlnets)}")
     family.check_controlnet(config, latent_channels, given)
     files = list(folder.glob("*"))
     if not allow_pickle and any(is_pickle(f) for f in files) and not any(f.suffix == ".safetensors" for f in files):
-        raise InputError(f"--controlnet {given}: its weights are in a pickle file only; refused, {PICKLE_RISK}")
+        raise InputError(f"controlnet={given}: its weights are in a pickle file only; refused, {PICKLE_RISK}")
     cls = getattr(diffusers, name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -152,7 +152,7 @@ def _load(given: str, family: "Family", latent_channels: int, dtype: torch.dtype
             return cls.from_pretrained(folder, torch_dtype=dtype, local_files_only=True)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise InputError(f"--controlnet {given}: cannot load it ({reason[:300]})") from None
+            raise InputError(f"controlnet={given}: cannot load it ({reason[:300]})") from None
 
 
 def _folder(given: str, allow_pickle: bool) -> Path:
@@ -160,10 +160,10 @@ def _folder(given: str, allow_pickle: bool) -> Path:
         return Path(given)
     match = HUB_ID.match(given)
     if match is None or Path(given).suffix:
-        raise InputError(f"--controlnet {given}: no such folder, and not a Hub id (org/name[@revision])")
+        raise InputError(f"controlnet={given}: no such folder, and not a Hub id (org/name[@revision])")
     from huggingface_hub import snapshot_download
 
-    source = Source(given, "hub", repo=match["repo"], revision=match["revision"], allow_pickle=allow_pickle, flag="--controlnet")
+    source = Source(given, "hub", repo=match["repo"], revision=match["revision"], allow_pickle=allow_pickle, flag="controlnet")
     patterns = ["config.json", "*.safetensors"] + (["*.bin"] if allow_pickle else [])
     return Path(_hub(source, lambda: snapshot_download(source.repo, revision=source.revision, allow_patterns=patterns)))
 
@@ -280,9 +280,9 @@ def _check_mode(net: nn.Module, mode: Optional[int]) -> None:
     name = type(net).__name__
     count = getattr(net.config, MODES.get(name, ""), None)
     if count is None and mode is not None:
-        raise InputError(f"--control-mode {mode}: this ControlNet ({name}) has no modes; give --control-mode to union ControlNets only")
+        raise InputError(f"control_mode={mode}: this ControlNet ({name}) has no modes; give control_mode= to union ControlNets only")
     if count is not None and (mode is None or mode >= count):
-        raise InputError(f"--control-mode: this union ControlNet ({name}) needs the mode of its image, a whole number in 0..{count - 1}; got {mode}")
+        raise InputError(f"control_mode=: this union ControlNet ({name}) needs the mode of its image, a whole number in 0..{count - 1}; got {mode}")
 
 
 def _window(control: Control, sigmas: Optional[Tensor], sigma_to_t: Callable[[Tensor], Tensor]) -> Optional[tuple[float, float]]:

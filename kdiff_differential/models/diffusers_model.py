@@ -46,7 +46,7 @@ def load_part(source: str, component: str, load: Callable[[], Any]) -> Any:
         return load()
     except (OSError, ValueError, KeyError, AttributeError, ImportError, RuntimeError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"--model {source}: cannot load {component} ({reason})") from None
+        raise InputError(f"model={source}: cannot load {component} ({reason})") from None
 
 
 def read_config(root: Path, component: str, name: str = "config.json") -> dict[str, Any]:
@@ -60,10 +60,10 @@ def component_class(root: Path, index: dict[str, Any], name: str) -> type:
     entry = index.get(name) or [None, None]
     library, class_name = entry if len(entry) == 2 else (None, None)
     if library not in LIBRARIES or not isinstance(class_name, str):
-        raise InputError(f"--model {root}: model_index.json names {entry!r} for {name}; expected a diffusers or transformers class")
+        raise InputError(f"model={root}: model_index.json names {entry!r} for {name}; expected a diffusers or transformers class")
     cls = getattr(importlib.import_module(library), class_name, None)
     if cls is None:
-        raise InputError(f"--model {root}: {library} has no {class_name} (for {name}/); a newer {library} may")
+        raise InputError(f"model={root}: {library} has no {class_name} (for {name}/); a newer {library} may")
     return cls
 
 
@@ -77,7 +77,7 @@ def load_component(root: Path, index: dict[str, Any], name: str, dtype: torch.dt
         options["torch_dtype"] = dtype
         files = list((root / name).glob("*")) if (root / name).is_dir() else []
         if not allow_pickle and any(is_pickle(f) for f in files) and not any(f.suffix == ".safetensors" for f in files):
-            raise InputError(f"--model {root}: {name}/ has its weights in a pickle file only; refused, {PICKLE_RISK}")
+            raise InputError(f"model={root}: {name}/ has its weights in a pickle file only; refused, {PICKLE_RISK}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # loading advice (unused weights, legacy configs) is not the user's concern
         return load_part(str(root), f"{name}/", lambda: cls.from_pretrained(root, **options))
@@ -94,7 +94,7 @@ def load_parts(source: Source, family: type[Family], dtype: torch.dtype) -> tupl
         root = source.folder()
         missing = [name for name in family.parts(index) if not (root / name).is_dir()]
         if missing:
-            raise InputError(f"--model {source.given}: a {family.name} folder without {', '.join(missing)}/")
+            raise InputError(f"model={source.given}: a {family.name} folder without {', '.join(missing)}/")
         parts = {name: load_component(root, index, name, _part_dtype(root, name, dtype), source.allow_pickle) for name in family.parts(index)}
         return root, index, parts
     import diffusers
@@ -168,11 +168,11 @@ def _configuration(source: Source, family: type[Family], whole: bool) -> tuple[P
 
         where = "is not in the Hub cache and HF_HUB_OFFLINE=1" if constants.HF_HUB_OFFLINE else "cannot be fetched"
         raise InputError(
-            f"--model {source.given}: no configuration for this {family.name} checkpoint: the default, {settings.repo}, "
-            f"{where}; pass --config with a diffusers folder or Hub id of the same model"
+            f"model={source.given}: no configuration for this {family.name} checkpoint: the default, {settings.repo}, "
+            f"{where}; give config= a diffusers folder or Hub id of the same model"
         ) from None
     if not family.owns(index):
-        raise InputError(f"--config {settings.given}: not a {family.name} pipeline, which --model {source.given} is")
+        raise InputError(f"config={settings.given}: not a {family.name} pipeline, which model={source.given} is")
     return root, index
 
 
@@ -185,7 +185,7 @@ def _from_single_file(source: Source, cls: type, file: str, **options: Any) -> A
             return cls.from_single_file(file, **options)
         except Exception as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise InputError(f"--model {source.given}: cannot load the checkpoint ({reason})") from None
+            raise InputError(f"model={source.given}: cannot load the checkpoint ({reason})") from None
 
 
 def require_diffusers() -> None:
@@ -368,7 +368,7 @@ class DiffusersPipeline:
         if size is None:
             size = self.size(*pixels.shape[-2:]) if pixels is not None else (self.family.native_size,) * 2
         if inpaint_mask is not None and not self.inpainting:
-            raise InputError(f"--inpaint-mask {inpaint_mask}: this {self.family.name} network has no inpainting channels")
+            raise InputError(f"inpaint_mask={inpaint_mask}: this {self.family.name} network has no inpainting channels")
         inpaint_mask = INPAINT_MASK if inpaint_mask is None else inpaint_mask
         if inpaint_mask not in INPAINT_MASKS:
             raise ValueError(f"inpaint_mask must be one of {', '.join(INPAINT_MASKS)}, got {inpaint_mask!r}")

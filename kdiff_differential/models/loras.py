@@ -27,7 +27,7 @@ def parse_lora(text: str) -> Lora:
     try:
         value = float(scale)
     except ValueError:
-        raise InputError(f"--lora {text}: the scale {scale!r} is not a number; give FILE or FILE:SCALE") from None
+        raise InputError(f"lora={text}: the scale {scale!r} is not a number; give FILE or FILE:SCALE") from None
     return Path(path), value
 
 
@@ -42,11 +42,11 @@ def check_loras(loras: Sequence[tuple[Union[str, Path], float]], allow_pickle: b
             raise TypeError(f"each of loras must be a (file, scale) pair, got {entry!r}")
         path, scale = Path(entry[0]), entry[1]
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-            raise InputError(f"--lora {path}: the scale must be a finite number, got {scale!r}")
+            raise InputError(f"lora={path}: the scale must be a finite number, got {scale!r}")
         if not path.is_file():
-            raise InputError(f"--lora {path}: no such file")
+            raise InputError(f"lora={path}: no such file")
         if is_pickle(path) and not allow_pickle:
-            raise InputError(f"--lora {path}: refused, {PICKLE_RISK}")
+            raise InputError(f"lora={path}: refused, {PICKLE_RISK}")
         checked.append((path, float(scale)))
     return checked
 
@@ -66,9 +66,9 @@ def apply_loras(pipeline: Any, family: str, loras: Sequence[Lora]) -> None:
                 pipeline.load_lora_weights(str(path), adapter_name=name)
             except Exception as error:  # safetensors, peft and torch raise many kinds for a bad file
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-                raise InputError(f"--lora {path}: does not fit this {family} model ({reason[:300]})") from None
+                raise InputError(f"lora={path}: does not fit this {family} model ({reason[:300]})") from None
         if not any(name in adapters for adapters in pipeline.get_list_adapters().values()):
-            raise InputError(f"--lora {path}: none of its weights matches a layer of this {family} model (a LoRA for another family?)")
+            raise InputError(f"lora={path}: none of its weights matches a layer of this {family} model (a LoRA for another family?)")
         names.append(name)
     pipeline.set_adapters(names, adapter_weights=[scale for _, scale in loras])
     modules = [module for module in pipeline._lora_loadable_modules if getattr(pipeline, module, None) is not None]

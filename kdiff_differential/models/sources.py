@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 PICKLES = (".ckpt", ".pt", ".pth", ".bin", ".pkl")
-PICKLE_RISK = "a pickle runs code when loaded; pass --allow-pickle only for a file you trust, or convert it to .safetensors"
+PICKLE_RISK = "a pickle runs code when loaded; allow it (allow_pickle=) only for a file you trust, or convert it to .safetensors"
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 # A Hub snapshot's configs and tokenizers; weights come from the parts' folders only (a
 # repository's top level often holds multi-GB single-file copies of the same model).
@@ -53,7 +53,7 @@ class Source:
     revision: Optional[str] = None
     config: Optional["Source"] = None
     allow_pickle: bool = False
-    flag: str = "--model"
+    flag: str = "model"
 
     def index(self) -> dict[str, Any]:
         """The pipeline's ``model_index.json`` (for a Hub id, that file alone is fetched)."""
@@ -68,9 +68,9 @@ class Source:
         try:
             return json.loads(path.read_text())
         except FileNotFoundError:
-            raise InputError(f"{self.flag} {self.given}: not a diffusers folder (no model_index.json); give a diffusers folder, a Hub id or a .safetensors file") from None
+            raise InputError(f"{self.flag}={self.given}: not a diffusers folder (no model_index.json); give a diffusers folder, a Hub id or a .safetensors file") from None
         except (OSError, ValueError) as error:
-            raise InputError(f"{self.flag} {self.given}: cannot read model_index.json ({error})") from None
+            raise InputError(f"{self.flag}={self.given}: cannot read model_index.json ({error})") from None
 
     def family(self) -> type[Family]:
         """The family the model is, read from ``model_index.json`` or the file's tensor names."""
@@ -96,7 +96,7 @@ class Source:
         return Path(_hub(self, lambda: snapshot_download(self.repo, revision=self.revision, allow_patterns=patterns, ignore_patterns=VARIANTS)))
 
 
-def resolve_source(given: Union[str, Path], config: Optional[Union[str, Path]] = None, allow_pickle: bool = False, flag: str = "--model") -> Source:
+def resolve_source(given: Union[str, Path], config: Optional[Union[str, Path]] = None, allow_pickle: bool = False, flag: str = "model") -> Source:
     """What ``given`` is: a diffusers folder, a single ``.safetensors`` file (``config``: a
     diffusers folder or Hub id holding its configuration; default: diffusers' own for
     the file's family, from the Hub cache) or a Hub id ``org/name[@revision]``. Nothing
@@ -109,20 +109,20 @@ def resolve_source(given: Union[str, Path], config: Optional[Union[str, Path]] =
         source = Source(text, "folder", path=path, allow_pickle=allow_pickle, flag=flag)
     elif path.is_file():
         if is_pickle(path) and not allow_pickle:
-            raise InputError(f"{flag} {text}: refused, {PICKLE_RISK}")
+            raise InputError(f"{flag}={text}: refused, {PICKLE_RISK}")
         if path.suffix.lower() != ".safetensors" and not is_pickle(path):
-            raise InputError(f"{flag} {text}: not a model file; give a diffusers folder, a Hub id or a .safetensors checkpoint")
-        settings = None if config is None else resolve_source(config, allow_pickle=allow_pickle, flag="--config")
+            raise InputError(f"{flag}={text}: not a model file; give a diffusers folder, a Hub id or a .safetensors checkpoint")
+        settings = None if config is None else resolve_source(config, allow_pickle=allow_pickle, flag="config")
         if settings is not None and settings.kind == "file":
-            raise InputError(f"--config {config}: give a diffusers folder or Hub id with the configuration, not a file")
+            raise InputError(f"config={config}: give a diffusers folder or Hub id with the configuration, not a file")
         return Source(text, "file", path=path, config=settings, allow_pickle=allow_pickle, flag=flag)
     elif HUB_ID.match(text) and path.suffix.lower() not in (".safetensors", *PICKLES):
         match = HUB_ID.match(text)
         source = Source(text, "hub", repo=match["repo"], revision=match["revision"], allow_pickle=allow_pickle, flag=flag)
     else:
-        raise InputError(f"{flag} {text}: no such file or folder, and not a Hub id (org/name[@revision])")
+        raise InputError(f"{flag}={text}: no such file or folder, and not a Hub id (org/name[@revision])")
     if config is not None:
-        raise InputError(f"--config {config} is for single-file checkpoints; --model {text} is a diffusers pipeline with its own")
+        raise InputError(f"config={config} is for single-file checkpoints; model={text} is a diffusers pipeline with its own")
     return source
 
 
@@ -139,14 +139,14 @@ def read_checkpoint(source: Source) -> dict[str, "Tensor"]:
             with safe_open(str(source.path), "pt") as file:
                 return {key: torch.empty(file.get_slice(key).get_shape(), device="meta") for key in file.keys()}
         if not source.allow_pickle:  # checked at resolution too: never unpickle by accident
-            raise InputError(f"{source.flag} {source.given}: refused, {PICKLE_RISK}")
+            raise InputError(f"{source.flag}={source.given}: refused, {PICKLE_RISK}")
         checkpoint = torch.load(source.path, map_location="cpu", weights_only=True, mmap=True)
         return checkpoint.get("state_dict", checkpoint)
     except InputError:
         raise
     except Exception as error:  # safetensors and torch.load raise many kinds for a bad file
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{source.flag} {source.given}: cannot read the checkpoint ({reason})") from None
+        raise InputError(f"{source.flag}={source.given}: cannot read the checkpoint ({reason})") from None
 
 
 def _hub(source: Source, fetch: Any) -> str:
@@ -162,16 +162,16 @@ def _hub(source: Source, fetch: Any) -> str:
         return fetch()
     except LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
-            raise InputError(f"{source.flag} {source.given}: not (wholly) in the Hub cache, and HF_HUB_OFFLINE=1; download it once online, or give a local folder") from None
-        raise InputError(f"{source.flag} {source.given}: cannot reach the Hub, and it is not (wholly) in the cache; check the connection, or give a local folder") from None
+            raise InputError(f"{source.flag}={source.given}: not (wholly) in the Hub cache, and HF_HUB_OFFLINE=1; download it once online, or give a local folder") from None
+        raise InputError(f"{source.flag}={source.given}: cannot reach the Hub, and it is not (wholly) in the cache; check the connection, or give a local folder") from None
     except EntryNotFoundError:
-        raise InputError(f"{source.flag} {source.given}: not a diffusers repository (no model_index.json); give a single .safetensors file from it instead") from None
+        raise InputError(f"{source.flag}={source.given}: not a diffusers repository (no model_index.json); give a single .safetensors file from it instead") from None
     except RevisionNotFoundError:
-        raise InputError(f"{source.flag} {source.given}: the Hub repository has no revision {source.revision}") from None
+        raise InputError(f"{source.flag}={source.given}: the Hub repository has no revision {source.revision}") from None
     except GatedRepoError:
-        raise InputError(f"{source.flag} {source.given}: a gated Hub repository; accept its licence on the Hub and log in (hf auth login)") from None
+        raise InputError(f"{source.flag}={source.given}: a gated Hub repository; accept its licence on the Hub and log in (hf auth login)") from None
     except RepositoryNotFoundError:
-        raise InputError(f"{source.flag} {source.given}: no such Hub repository (or a private one: log in with hf auth login)") from None
+        raise InputError(f"{source.flag}={source.given}: no such Hub repository (or a private one: log in with hf auth login)") from None
     except (HfHubHTTPError, HFValidationError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InputError(f"{source.flag} {source.given}: the Hub refused it ({reason})") from None
+        raise InputError(f"{source.flag}={source.given}: the Hub refused it ({reason})") from None

@@ -97,7 +97,7 @@ def family_of_index(index: dict[str, Any], source: str) -> type[Family]:
         if family.owns(index):
             return family
     pipeline = str(index.get("_class_name", "?"))
-    raise InputError(f"--model {source}: a {pipeline} folder, which is not supported; supported: {supported()}")
+    raise InputError(f"model={source}: a {pipeline} folder, which is not supported; supported: {supported()}")
 
 
 def family_of_keys(keys: Collection[str], source: str) -> type[Family]:
@@ -106,7 +106,7 @@ def family_of_keys(keys: Collection[str], source: str) -> type[Family]:
     owners = [family for family in FAMILIES if family.owns_keys(keys)]
     if len(owners) != 1:
         found = "no" if not owners else " and ".join(family.name for family in owners)
-        raise InputError(f"--model {source}: {found} model family recognises this checkpoint's tensors; supported: {supported()}")
+        raise InputError(f"model={source}: {found} model family recognises this checkpoint's tensors; supported: {supported()}")
     return owners[0]
 
 

@@ -199,11 +199,11 @@ class Family:
         width, text width or added conditioning than the network's, or other channels."""
         channels = config.get("in_channels")
         if channels != self.control_channels(latent):
-            raise InputError(f"--controlnet {given}: it takes {channels} latent channels, this {self.name} model has {self.control_channels(latent)} (a ControlNet for another family?)")
+            raise InputError(f"controlnet={given}: it takes {channels} latent channels, this {self.name} model has {self.control_channels(latent)} (a ControlNet for another family?)")
         for key in self.control_fit:
             theirs, ours = _plain(config.get(key)), _plain(self.config.get(key))
             if theirs != ours:
-                raise InputError(f"--controlnet {given}: its {key} is {theirs}, this {self.name} network's {ours} (a ControlNet for another family?)")
+                raise InputError(f"controlnet={given}: its {key} is {theirs}, this {self.name} network's {ours} (a ControlNet for another family?)")
 
     def control_condition(self, image: "Tensor", config: Any, vae: "nn.Module") -> "Tensor":
         """What a ControlNet (of ``config``) takes for the control ``image`` (1, 3, H, W)
@@ -248,7 +248,7 @@ class FlowFamily(Family):
         channels, expected = self.config.in_channels, latent * self.pack**2
         if channels != expected:
             raise InputError(
-                f"--model {self.source}: the transformer takes {channels} channels and the VAE gives {latent}; "
+                f"model={self.source}: the transformer takes {channels} channels and the VAE gives {latent}; "
                 f"supported: {expected} (text-to-image)"
             )
         return "text-to-image"

@@ -82,7 +82,7 @@ class Flux(FlowFamily):
     def check_controlnet(self, config: dict[str, Any], latent: int, given: str) -> None:
         super().check_controlnet(config, latent, given)
         if config.get("conditioning_embedding_channels") is not None:
-            raise InputError(f"--controlnet {given}: an XLabs-style Flux ControlNet (it embeds the image itself); supported: InstantX-style ones, which take its latent")
+            raise InputError(f"controlnet={given}: an XLabs-style Flux ControlNet (it embeds the image itself); supported: InstantX-style ones, which take its latent")
 
     def control_condition(self, image: "Tensor", config: Any, vae: "nn.Module") -> "Tensor":
         """The control image's latent (its mode; diffusers draws a sample), shifted,
@@ -194,7 +194,7 @@ class FluxFill(Flux):
         mask = channels // self.pack**2 - 2 * latent  # the mask's channels: the VAE's factor squared
         if channels % self.pack**2 or mask < 1 or round(mask**0.5) ** 2 != mask:
             raise InputError(
-                f"--model {self.source}: the transformer takes {self.config.in_channels} channels, which are not the "
+                f"model={self.source}: the transformer takes {self.config.in_channels} channels, which are not the "
                 f"latent's ({latent}), the masked latent's and a mask's at the VAE's factor, each packed 2x2"
             )
         return "inpainting"

@@ -48,7 +48,7 @@ class StableDiffusion(Family):
         channels = self.config.in_channels
         if channels not in (latent, 2 * latent + 1):
             raise InputError(
-                f"--model {self.source}: the UNet takes {channels} channels and the VAE gives {latent}; "
+                f"model={self.source}: the UNet takes {channels} channels and the VAE gives {latent}; "
                 f"supported: {latent} (text-to-image) or {2 * latent + 1} (inpainting)"
             )
         return "inpainting" if channels == 2 * latent + 1 else "text-to-image"

@@ -1,0 +1,174 @@
+"""edit_image, the whole edit as one library call: the command line's pixels, its settings
+checked up front by name, a model loaded once and reused, and the edge cases of a map."""
+
+from __future__ import annotations
+
+import ast
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import pixels, ramp_image, save_tiny_sd
+from kdiff_differential import edit_image
+from kdiff_differential.cli import as_flags, main
+from kdiff_differential.image_edit import EditWarning
+from kdiff_differential.models.builtin import Builtin, load_example_image
+
+PACKAGE = Path(__file__).resolve().parents[1] / "kdiff_differential"
+
+
+def disk(height: int, width: int, centre: tuple[int, int], radius: float) -> np.ndarray:
+    ys, xs = np.mgrid[0:height, 0:width]
+    return ((ys - centre[0]) ** 2 + (xs - centre[1]) ** 2 <= radius**2).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 320x240 photo and a small disk to change in it, so that crop auto cuts a box."""
+    folder = tmp_path_factory.mktemp("edit-image")
+    image = np.asarray(Image.fromarray(load_example_image()).resize((320, 240), Image.BICUBIC))
+    Image.fromarray(image).save(folder / "in.png")
+    Image.fromarray((disk(240, 320, (120, 200), 24) * 255).astype(np.uint8)).save(folder / "map.png")
+    return folder
+
+
+def test_the_same_settings_give_the_command_lines_pixels_on_the_builtin_model(photo: Path) -> None:
+    flags = ["--grow", "4", "--feather", "10", "--fill", "noise", "--color-match", "--crop", "auto", "--crop-padding", "0.5",
+             "--sampler", "euler", "--steps", "4", "--seed", "7"]
+    assert main(["--image", str(photo / "in.png"), "--map", str(photo / "map.png"), "--out", str(photo / "cli.png"), "--quiet", *flags]) == 0
+    image = pixels(photo / "in.png")
+    done = edit_image("builtin", image, str(photo / "map.png"), grow=4, feather=10, fill="noise", color_match=True, crop="auto",
+                      crop_padding=0.5, sampler="euler", steps=4, seed=7)
+    assert done.region.cropped  # the crop and its paste-back are part of what is compared
+    assert np.array_equal(done.image, pixels(photo / "cli.png"))
+    outside = np.asarray(done.change_map) == 0
+    assert np.array_equal(done.image[outside], image[outside])
+    assert np.abs(done.image.astype(int) - image).max() > 20
+
+
+def test_the_same_settings_give_the_command_lines_pixels_on_a_diffusers_folder(tmp_path: Path) -> None:
+    model = save_tiny_sd(tmp_path, "epsilon")
+    image = ramp_image(32, 40)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    flags = ["--prompt", "a cat", "--negative", "a dog", "--cfg", "3", "--steps", "2", "--sampler", "dpmpp_2m", "--map", "gradient-y"]
+    assert main(["--model", str(model), "--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "cli.png"), "--quiet", *flags]) == 0
+    done = edit_image(str(model), image, "gradient-y", prompt="a cat", negative="a dog", cfg=3, steps=2, sampler="dpmpp_2m", device="cpu")
+    assert np.array_equal(done.image, pixels(tmp_path / "cli.png"))
+    assert not np.array_equal(done.image, image)
+
+
+def test_edit_image_is_the_readme_recipe_put_together() -> None:
+    """With nothing around the model call, the result is load_model, differential_edit
+    and composite, as the README's lower-level example runs them."""
+    from kdiff_differential import composite, differential_edit, load_model
+
+    image = load_example_image()[::2, ::2]
+    change = np.tile(np.linspace(0, 1, image.shape[1], dtype=np.float32), (image.shape[0], 1))
+    model = load_model("builtin", image)
+    edit = differential_edit(model.denoiser, model.latent, change, sampler="dpmpp_2m", steps=6, seed=3)
+    expected = composite(image, model.decode(edit.result), change)
+    done = edit_image("builtin", image, change, steps=6, seed=3)
+    assert np.array_equal(done.image, expected)
+
+
+def test_a_model_loaded_once_gives_what_its_name_gives() -> None:
+    from kdiff_differential import open_model
+
+    image = ramp_image(40, 48)
+    model = open_model("builtin")
+    once = [edit_image(model, image, "radial", steps=3, seed=seed).image for seed in (0, 1)]
+    assert np.array_equal(once[0], edit_image("builtin", image, "radial", steps=3, seed=0).image)
+    assert not np.array_equal(once[0], once[1])
+
+
+def test_a_keep_map_is_the_flipped_change_map() -> None:
+    image = ramp_image(40, 48)
+    change = np.tile(np.linspace(0, 1, 48, dtype=np.float32), (40, 1))
+    flipped = edit_image("builtin", image, 1 - change, keep_map=True, steps=3)
+    assert np.array_equal(flipped.image, edit_image("builtin", image, change, steps=3).image)
+    np.testing.assert_allclose(flipped.change_map, change, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "settings, error, says",
+    [
+        ({"grow": float("nan")}, TypeError, "grow=nan"),
+        ({"feather": -1}, ValueError, "feather=-1"),
+        ({"crop_padding": -0.5}, ValueError, "crop_padding=-0.5"),
+        ({"fill": "paint"}, ValueError, "fill='paint'"),
+        ({"sampler": "euler_b"}, ValueError, "sampler='euler_b'"),
+        ({"sampler": "DPM++ 2M Karras", "schedule": "exponential"}, ValueError, "schedule=exponential"),
+        ({"steps": 0}, ValueError, "steps=0"),
+        ({"steps": 2.5}, TypeError, "steps=2.5"),
+        ({"denoise": 0}, ValueError, "denoise=0"),
+        ({"strength": 1.5}, ValueError, "strength=1.5"),
+        ({"seed": -3}, ValueError, "seed=-3"),
+        ({"clock": "step", "sampler": "dpm_fast"}, ValueError, "clock=step"),
+        ({"map_prompt": "the sky"}, ValueError, "segmenter="),
+        ({"color_match": "yes"}, TypeError, "color_match='yes'"),
+        ({"inpaint_mask": "fixed"}, ValueError, "inpaint_mask=fixed"),
+        ({"lora": ["missing.safetensors"]}, ValueError, "lora=missing.safetensors"),
+        ({"colour_match": True}, TypeError, "colour_match"),
+    ],
+)
+def test_bad_settings_are_refused_before_any_work_naming_the_keyword(monkeypatch: pytest.MonkeyPatch, settings: dict,
+                                                                      error: type, says: str) -> None:
+    monkeypatch.setattr(Builtin, "fit", lambda *args: pytest.fail("the model ran"))
+    with pytest.raises(error, match=None) as raised:
+        edit_image("builtin", ramp_image(16, 16), "full", **settings)
+    assert says in str(raised.value)
+
+
+def test_a_map_that_changes_nothing_skips_the_model_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(Builtin, "fit", lambda *args: pytest.fail("the model ran"))
+    image = ramp_image(24, 24)
+    grown_away = np.zeros((24, 24), np.float32)
+    grown_away[10, 10] = 1
+    for change_map, settings in (("none", {}), (grown_away, {"grow": -2})):
+        with pytest.warns(EditWarning, match="nothing changes"):
+            done = edit_image("builtin", image, change_map, **settings)
+        assert np.array_equal(done.image, image) and done.edit is None
+
+
+def test_seed_none_draws_a_seed_and_says_which() -> None:
+    image = ramp_image(24, 32)
+    drawn = edit_image("builtin", image, "full", steps=2, seed=None)
+    assert isinstance(drawn.seed, int)
+    assert np.array_equal(drawn.image, edit_image("builtin", image, "full", steps=2, seed=drawn.seed).image)
+
+
+def test_no_library_module_names_a_flag_in_an_error_or_warning() -> None:
+    """Only the command-line layer (cli/) speaks of --flags; the library names keywords."""
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        if "cli" in path.relative_to(PACKAGE).parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            called = isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in ("warn", "_warn", "InputError")
+            if isinstance(node, ast.Raise) or called:
+                for text in ast.walk(node):
+                    if isinstance(text, ast.Constant) and isinstance(text.value, str) and " --" in f" {text.value}":
+                        found.append(f"{path.name}:{node.lineno}: {text.value}")
+    assert found == []
+
+
+def test_the_command_line_speaks_of_flags_where_the_library_names_keywords() -> None:
+    assert as_flags("grow=1e9: out of range") == "--grow 1e9: out of range"
+    assert as_flags("map_prompt= needs segmenter=, a CLIPSeg folder") == "--map-prompt needs --segmenter, a CLIPSeg folder"
+    assert as_flags("change_map=x.png: neither a file nor a preset") == "--map x.png: neither a file nor a preset"
+    assert as_flags("the image=3 is not a setting: grown=2") == "the --image 3 is not a setting: grown=2"
+
+
+def test_old_and_new_entry_points_agree_and_old_ones_warn_nothing() -> None:
+    """load_model (fit once) is open_model(...).fit: the README's recipe keeps working."""
+    from kdiff_differential import load_model, open_model
+
+    image = ramp_image(16, 20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fitted = load_model("builtin", image)
+    torch.testing.assert_close(fitted.latent, open_model("builtin").fit(image).latent)
