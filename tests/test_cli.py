@@ -365,3 +365,69 @@ def test_the_default_release_is_faithful(files: Path, monkeypatch: pytest.Monkey
     assert main(["--image", "in.png", "--release", "smooth", "--out", "out/smooth.png", *four]) == 0
     assert (files / "out/default.png").read_bytes() == (files / "out/faithful.png").read_bytes()
     assert (files / "out/default.png").read_bytes() != (files / "out/smooth.png").read_bytes()
+
+
+def test_version_and_a_bare_command_say_what_to_do(capsys: pytest.CaptureFixture) -> None:
+    from kdiff_differential import __version__
+
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out == f"kdiff-differential {__version__}\n"
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out result.png" in err and "demo" in err
+
+
+def test_case_and_negative_numbers_parse_as_a_user_types_them(files: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--schedule Karras is karras (as --sampler 'Euler a' is euler_ancestral), and
+    --grow -1e3 is a number, not a flag."""
+    from kdiff_differential.cli import build_parser
+
+    args = build_parser().parse_args(["--out", "x.png", "--schedule", "Karras", "--grow", "-1e3", "--feather", "1e1"])
+    assert (args.schedule, args.grow, args.feather) == ("karras", -1000.0, 10.0)
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--schedule", "Exponential", "--out", "out/case.png", *FAST]) == 0
+    assert main(["--image", "in.png", "--schedule", "exponential", "--out", "out/lower.png", *FAST]) == 0
+    assert (files / "out/case.png").read_bytes() == (files / "out/lower.png").read_bytes()
+
+
+def test_seed_minus_one_draws_a_seed_and_prints_it(files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--seed", "-1", "--steps", "3", "--out", "out/random.png"]) == 0
+    said = re.search(r"^kdiff-differential: seed (\d+)$", capsys.readouterr().err, re.M)
+    assert said is not None
+    assert main(["--image", "in.png", "--seed", said.group(1), "--out", "out/again.png", *FAST]) == 0
+    assert (files / "out/random.png").read_bytes() == (files / "out/again.png").read_bytes()
+    assert main(["--image", "in.png", "--seed", "-2", "--out", "out/bad.png", *FAST]) == 2
+
+
+def test_a_map_that_changes_nothing_is_said_and_the_input_written(files: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--map", "none", "--out", "out/nothing.png", "--steps", "3"]) == 0
+    assert "nothing changes, and the model is not run" in capsys.readouterr().err
+    assert np.array_equal(pixels(files / "out/nothing.png"), pixels(files / "in.png"))
+
+
+def test_folder_warnings_name_their_image(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b"):
+        Image.fromarray(np.full((24, 36, 3), 90, np.uint8)).save(photos / f"{name}.png")
+    Image.fromarray(np.full((30, 30), 255, np.uint8)).save(tmp_path / "square.png")
+    assert main(["--image", str(photos), "--map", str(tmp_path / "square.png"), "--out", str(tmp_path / "out"), *FAST]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "stretched" in line]
+    assert len(warnings) == 2 and warnings[0].startswith("kdiff-differential: warning: a.png: the map is 30x30")
+
+
+@pytest.mark.slow
+def test_ctrl_c_after_the_files_are_written_is_not_a_failure(tmp_path: Path) -> None:
+    """Once 'wrote' is printed the run has succeeded: Ctrl-C while the interpreter shuts
+    down (torch takes a while) must not turn it into exit 130."""
+    import signal
+
+    run = subprocess.Popen([sys.executable, "-m", "kdiff_differential", "--out", "r.png", "--steps", "2"], cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert run.stdout.readline().startswith("wrote")
+    run.send_signal(signal.SIGINT)
+    assert run.wait(timeout=120) == 0, run.stderr.read()

@@ -77,6 +77,7 @@ def run_job(model: Any, settings: dict[str, Any], job: Job) -> Done:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EditWarning)
         for seed, out in job.outputs:
+            strip_file, masks_file = str(sibling(out, "strip")), str(sibling(out, "masks"))
             edit = edit_image(model, image, job.change_map, **{**settings, "seed": seed})
             write_image(edit.image, out)
             done.files.append(out)
@@ -87,12 +88,12 @@ def run_job(model: Any, settings: dict[str, Any], job: Job) -> Done:
 
                 decoded = edit.decoded if settings.get("composite", "difference") != "none" else None
                 figure = strip(image, edit.change_map, edit.image, keep_map=settings.get("keep_map", False), decoded=decoded)
-                write_image(figure, str(sibling(out, "strip")))
+                write_image(figure, strip_file)
             if job.save_masks and edit.edit is not None:
                 from ..figures import mask_grid
 
                 masks = [edit.edit.wrapper.mask(sigma)[0, 0].cpu() for sigma in edit.edit.step_sigmas]
-                write_image(mask_grid(masks, edit.region.width / edit.region.height, edit.edit.step_sigmas), str(sibling(out, "masks")))
+                write_image(mask_grid(masks, edit.region.width / edit.region.height, edit.edit.step_sigmas), masks_file)
     for warning in caught:
         if issubclass(warning.category, EditWarning):
             done.warnings.append(str(warning.message))
