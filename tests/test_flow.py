@@ -141,7 +141,7 @@ def test_the_start_releases_only_full_strength_and_step_clock_counts_it_as_a_ste
         )
         assert dd.mask(math.inf)[0, 0, 0, :4].tolist() == [1, 0, 0, 0], clock
         # Smooth release eases pixels in over the first step, from t = 1 down to the second level.
-        smooth = DifferentialDenoiser(denoiser, latent, strengths, sigmas=dd.sigmas, noise=noise, clock=clock)
+        smooth = DifferentialDenoiser(denoiser, latent, strengths, sigmas=dd.sigmas, noise=noise, clock=clock, release="smooth")
         tau_1 = dd.clock(dd.sigmas[1:2])
         expected = ((strengths[0, :4] - tau_1) / (1 - tau_1)).clamp(0, 1)
         torch.testing.assert_close(smooth.mask(math.inf)[0, 0, 0, :4], expected, atol=1e-5, rtol=0)

@@ -19,7 +19,7 @@ def sigmas(ideal):
 def test_the_weight_eases_a_pixel_in_over_the_step_before_its_release(ideal, latent, gradient_map, sigmas):
     """At a call between two levels, m = clamp((s - tau_lo) / (tau_hi - tau_lo), 0, 1),
     written out by hand from the clock; 1 wherever the binary rule frees the pixel."""
-    dd = build(ideal, latent, gradient_map, sigmas)
+    dd = build(ideal, latent, gradient_map, sigmas, release="smooth")
     binary = build(ideal, latent, gradient_map, sigmas, release="binary")
     sigma = (sigmas[2] * sigmas[3]).sqrt()  # between levels 2 and 3
     tau_hi, tau_lo = dd.clock(sigma.reshape(1)), dd.clock(sigmas[3:4])
@@ -36,7 +36,7 @@ def test_a_call_an_ulp_off_a_level_weighs_as_at_the_level(ideal, latent, gradien
     """DPM2-ancestral and DPM++ 2S-ancestral call at sqrt(sigma_i * sigma_down), which is
     sigma_{i+1} up to rounding: a few ulps either side of the level, the weights are the
     level's (one ulp above, the ramp once collapsed into a hard edge)."""
-    dd = build(ideal, latent, gradient_map, sigmas)
+    dd = build(ideal, latent, gradient_map, sigmas, release="smooth")
     level = sigmas[3:4].float()
     nudged = level.clone()
     for _ in range(abs(ulps)):
@@ -105,7 +105,7 @@ def test_smooth_equals_binary_when_every_strength_sits_on_a_schedule_level(ideal
 
 @pytest.mark.parametrize("sampler", SCHEDULED)
 def test_kept_pixels_stay_exact_under_smooth_release(ideal, latent, gradient_map, sigmas, sampler):
-    dd = build(ideal, latent, gradient_map, sigmas)
+    dd = build(ideal, latent, gradient_map, sigmas, release="smooth")
     torch.manual_seed(0)
     out = getattr(sampling, f"sample_{sampler}")(dd, dd.noisy_latent(), sigmas, disable=True)
     assert torch.allclose(out[..., 0], latent[..., 0], atol=1e-5)
@@ -176,7 +176,7 @@ def test_the_faithful_weight_is_linear_in_sigma_cubed_over_the_step(ideal, laten
     assert mask[binary.mask(sigma.item()) == 1].eq(1).all()
     assert mask[gradient_map.reshape(mask.shape) == 0].eq(0).all()
     # Eased in later than smooth's tau ramp: a half-freed pixel gets less than smooth gives it.
-    smooth = build(ideal, latent, gradient_map, sigmas).mask(sigma.item())
+    smooth = build(ideal, latent, gradient_map, sigmas, release="smooth").mask(sigma.item())
     between = (mask > 0) & (mask < 1)
     assert (mask[between] <= smooth[between] + 1e-6).all() and (mask[between] < smooth[between]).any()
 
