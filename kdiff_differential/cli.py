@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seed", type=_number(int, lambda n: True, "a whole number"), default=0, help="random seed (default: 0)")
     seeds.add_argument("--seeds", type=_seeds, metavar="N,N,...", help="several seeds in one run: one output per seed, OUT-seedN")
     parser.add_argument("--strength", type=_number(float, lambda s: 0 <= s <= 1, "a number in [0, 1]"), default=1.0, help="1: release pixels fully; below 1 blends the map itself into the release mask, a gentler edit (default: 1)")
-    parser.add_argument("--release", default="faithful", choices=RELEASES, help="faithful: ease each pixel in over the step before its release, no bands, each strength changing about as much as in a converged edit (default); smooth: the same ease linear in the clock, which changes more than asked at few steps; binary: the paper's and ComfyUI's rule, one band per step")
+    parser.add_argument("--release", default="faithful", choices=RELEASES, help="faithful: ease each pixel in over the step before its release, no bands, each strength changing about as much as in a converged edit (default); smooth: the same ease linear in the clock, which changes more than asked at few steps; binary: ComfyUI's rule, one band per step")
+    parser.add_argument("--compat", choices=("comfyui", "diffusers"), help="follow another tool's rule exactly: ComfyUI's node, or the diffusers Differential Diffusion pipelines' (SDXL/SD3 pre-blend, Flux.1/Z-Image post-blend; docs/peers.md)")
     parser.add_argument("--clock", default=None, choices=CLOCKS, help="the clock that releases pixels (default: timestep)")
     parser.add_argument("--threshold", choices=CLOCKS, help=argparse.SUPPRESS)  # the old name of --clock
     parser.add_argument("--keep-map", action="store_true", help="read the map as white = keep, black = change")
@@ -204,6 +205,10 @@ def _check_arguments(args: argparse.Namespace) -> None:
     problem = clock_problem(sampler, args.clock)
     if problem:
         raise InputError(f"--clock {args.clock}: {problem}")
+    if args.compat == "diffusers" and sampler.takes_range:
+        raise InputError(f"--compat diffusers releases by step index: --sampler {sampler.name} runs a noise range, not a schedule")
+    if args.compat == "diffusers" and args.strength != 1:
+        raise InputError(f"--compat diffusers: the pipelines have no blend strength; --strength must be 1, got {args.strength:g}")
     if implied is not None:
         if args.schedule is not None and args.schedule != implied:
             raise InputError(f"--sampler names the {implied} schedule and --schedule says {args.schedule}; give one")
@@ -349,6 +354,7 @@ def run(args: argparse.Namespace) -> list[Path]:
             strength=args.strength,
             clock=args.clock,
             release=args.release,
+            compat=args.compat,
             extra_args=extra_args,
             progress=not args.quiet and sys.stderr.isatty(),
         )

@@ -66,7 +66,7 @@ def test_each_pipeline_is_reproduced_from_its_frozen_outputs(family) -> None:
             assert difference <= TOLERANCE, (map_name, steps, difference)
     frozen = {**shared, **GOLDEN["cases"][case_id(name, "gradient", 8)]}
     step_clock = our_run(model, name, frozen, MAPS["gradient"], clock="step", release="binary")
-    assert relative(step_clock, frozen["result"]) > 0.05
+    assert relative(step_clock, frozen["result"]) > 0.2  # measured 0.25 (Flux.1) to 0.54 (SDXL)
 
 
 def pipeline_loop(denoiser, latent, noise, keep, sigmas, rule, steps=None):
@@ -167,3 +167,47 @@ def test_each_pipeline_live_equals_ours_and_its_frozen_outputs(family) -> None:
             frozen = GOLDEN["cases"][case_id(name, map_name, steps)]
             assert relative(our_run(model, name, run, keep), run["result"]) <= TOLERANCE, (map_name, steps)
             assert relative(run["result"], frozen["result"]) <= TOLERANCE, (map_name, steps)
+
+
+def test_the_invokeai_peer_is_its_loop_on_a_closed_form_model(ideal, latent) -> None:
+    """samplers/peers.py's InvokeAI rule against a loop restating it: Euler, and after each
+    step the pixels with mask < t_prev + 1e-4 set to the original noised to t_prev, with
+    t our timestep clock (0 at the schedule's end)."""
+    from kdiff_differential.schedules import make_sigmas
+    from samplers.peers import INVOKEAI_EPSILON, peer_edit
+
+    change = torch.linspace(0, 1, 16).expand(16, 16).clone()
+    ours = peer_edit("invokeai", ideal, latent, change, "euler", 6, seed=3)
+    sigmas = make_sigmas(ideal, 6, "karras", 1.0)
+    reference = DifferentialDenoiser(ideal, latent, change, sigmas=sigmas, generator=torch.Generator().manual_seed(3))
+    noise, t = reference.noise, [float(reference.clock(s.reshape(1))) if s > 0 else 0.0 for s in sigmas]
+    x = latent + noise * sigmas[0]
+    for i in range(len(sigmas) - 1):
+        x = x + (sigmas[i + 1] - sigmas[i]) * (x - ideal(x, sigmas[i].reshape(1))) / sigmas[i]
+        held = (change < t[i + 1] + INVOKEAI_EPSILON).float()
+        x = (latent + noise * sigmas[i + 1]) * held + x * (1 - held)
+    torch.testing.assert_close(ours, x, rtol=0, atol=1e-5)
+    torch.testing.assert_close(ours[..., 0], latent[..., 0], rtol=0, atol=1e-6)  # strength 0 keeps the original
+
+
+def test_the_banding_benchmark_takes_the_peers_as_rows(capsys) -> None:
+    from samplers.banding import main
+
+    assert main(["--samplers", "euler", "--steps", "3", "--seeds", "0", "--release", "diffusers-pre,diffusers-post"]) == 0
+    printed = capsys.readouterr().out
+    assert "| sampler | diffusers-pre 3 | diffusers-post 3 |" in printed
+
+
+def test_the_command_line_takes_compat_diffusers(image_file: Path, tmp_path: Path) -> None:
+    """--compat diffusers runs an edit; with a range sampler or a blend strength, which
+    the pipelines have no counterpart of, it is one line and exit status 2."""
+    from conftest import kdiff, pixels
+
+    out = tmp_path / "out.png"
+    done = kdiff("--image", str(image_file), "--map", "gradient-x", "--compat", "diffusers", "--sampler", "euler", "--steps", "5",
+                 "--out", str(out), cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert pixels(out).shape == pixels(image_file).shape
+    for option, says in ((["--sampler", "dpm_fast"], "--sampler dpm_fast runs a noise range"), (["--strength", "0.5"], "--strength must be 1")):
+        refused = kdiff("--image", str(image_file), "--map", "gradient-x", "--compat", "diffusers", *option, "--out", str(out), cwd=tmp_path)
+        assert refused.returncode == 2 and says in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
