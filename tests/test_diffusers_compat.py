@@ -198,6 +198,7 @@ def test_the_banding_benchmark_takes_the_peers_as_rows(capsys) -> None:
     assert "| sampler | diffusers-pre 3 | diffusers-post 3 |" in printed
 
 
+@pytest.mark.slow
 def test_the_command_line_takes_compat_diffusers(image_file: Path, tmp_path: Path) -> None:
     """--compat diffusers runs an edit; with a range sampler or a blend strength, which
     the pipelines have no counterpart of, it is one line and exit status 2."""
