@@ -4,6 +4,8 @@ them before loading anything heavy; the modules that implement each choice impor
 names from here. (Samplers have a table of their own: :mod:`.sampler_table`.)"""
 
 CLOCKS = ("timestep", "step", "sigma")
+# The tools whose rule compat= reproduces exactly (compat.py holds each policy).
+COMPAT_NAMES = ("comfyui", "diffusers")
 RELEASES = ("smooth", "binary", "faithful")
 # k-diffusion's two, the model's own, and ComfyUI's scheduler names (computed as ComfyUI
 # computes them, on a model with discrete training levels).

@@ -14,8 +14,9 @@ The clocks (the ``clock=`` argument of :class:`DifferentialDenoiser`):
 ``"sigma"``
     tau is linear in log sigma.
 ``"step"``
-    the paper's step-index ramp: step i of N has tau = 1 - i/N, interpolated in log
-    sigma for calls between two schedule entries.
+    a step-index ramp: step i of N has tau = 1 - i/N, interpolated in log sigma for
+    calls between two schedule entries. The diffusers pipelines index steps too, but
+    free a pixel a call earlier or later than this (``compat="diffusers"``).
 """
 
 from __future__ import annotations
@@ -269,7 +270,7 @@ class LogSigmaClock(Clock):
 
 
 class StepClock(Clock):
-    """The paper's step-index ramp: step i of N has tau = 1 - i/N, interpolated in log
+    """The step-index ramp: step i of N has tau = 1 - i/N, interpolated in log
     sigma between schedule levels."""
 
     def __init__(self, sigmas: Tensor) -> None:

@@ -24,7 +24,11 @@ class Compat:
     freed at a last call at the ramp's end. ``range_ends_at_model_floor``: a
     ``sigma_min=``/``sigma_max=`` ramp ends at the model's sigma_min.
     ``unit_variance_start``: the start at the model's sigma_max is scaled to
-    ``sqrt(1 + sigma^2)``.
+    ``sqrt(1 + sigma^2)``. ``step_rule``: the diffusers pipelines' release by step
+    index (see :func:`~kdiff_differential.release.step_release_map`), ``"pre"`` or
+    ``"post"``; ``None`` for the clock's. ``empty_last_step``: the pipeline's N steps
+    end with a call at t = 0 that changes nothing, which a sampler's schedule leaves
+    out: its thresholds count one step more than the schedule has.
     """
 
     name: Optional[str] = None
@@ -36,6 +40,8 @@ class Compat:
     frees_strength_zero: bool = False
     range_ends_at_model_floor: bool = False
     unit_variance_start: bool = False
+    step_rule: Optional[str] = None
+    empty_last_step: bool = False
 
     def start_level(self, sigma: float, model_sigma_max: Optional[float], latent: Tensor) -> Any:
         """The noise scale of the sampler's start at ``sigma``: ``sigma`` itself, or
@@ -68,11 +74,36 @@ COMFYUI = Compat(
     range_ends_at_model_floor=True,
     unit_variance_start=True,
 )
-COMPATS: dict[Optional[str], Compat] = {policy.name: policy for policy in (DEFAULT, COMFYUI)}
+# The diffusers community Differential Diffusion pipelines (huggingface/diffusers
+# examples/community, read at 58eb52c0), one policy per pipeline, all named "diffusers":
+# the keep-map thresholded against arange(N)/N by step index, the whole map free at the
+# last call. SDXL and SD3 blend the re-noised original in before each call ("pre"),
+# Flux.1 and Z-Image after each step ("post"); Z-Image's schedule, linspace(1, 0, N)
+# shifted, ends with a step from t = 0 to 0. SDXL resizes the map with torchvision's
+# Resize (bilinear, no antialiasing on tensors); the others with F.interpolate's default,
+# nearest.
+DIFFUSERS_PIPELINES: dict[str, Compat] = {
+    "sdxl": Compat(name="diffusers", map_resize="bilinear", release="binary", step_rule="pre"),
+    "sd3": Compat(name="diffusers", map_resize="nearest", release="binary", step_rule="pre"),
+    "flux": Compat(name="diffusers", map_resize="nearest", release="binary", step_rule="post"),
+    "z-image": Compat(name="diffusers", map_resize="nearest", release="binary", step_rule="post", empty_last_step=True),
+}
+COMPATS: dict[Optional[str], Compat] = {
+    policy.name: policy for policy in (DEFAULT, COMFYUI, DIFFUSERS_PIPELINES["sdxl"])
+}
 
 
-def compat_named(name: Any) -> Compat:
-    """The policy ``name`` (``None`` or ``"comfyui"``); ValueError otherwise."""
+def compat_named(name: Any, pipeline: Optional[str] = None) -> Compat:
+    """The policy ``name`` (``None``, ``"comfyui"`` or ``"diffusers"``); ValueError
+    otherwise. ``"diffusers"`` is the rule of the community pipeline ``pipeline`` (a key
+    of :data:`DIFFUSERS_PIPELINES`, the denoiser's ``diffusers_pipeline`` attribute),
+    SDXL's when ``None``."""
     if name not in COMPATS:
         raise ValueError(f"compat must be one of {', '.join(map(repr, COMPATS))}, got {name!r}")
-    return COMPATS[name]
+    if name != "diffusers" or pipeline is None:
+        return COMPATS[name]
+    if pipeline not in DIFFUSERS_PIPELINES:
+        raise ValueError(
+            f"the denoiser's diffusers_pipeline must be one of {', '.join(map(repr, DIFFUSERS_PIPELINES))}, got {pipeline!r}"
+        )
+    return DIFFUSERS_PIPELINES[pipeline]

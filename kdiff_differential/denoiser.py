@@ -13,7 +13,7 @@ from torch import Tensor, nn
 from .clocks import CLOCKS, Span, find_attribute, inner_models, make_clock, make_span, model_timestep
 from .compat import COMPATS, compat_named
 from .maps import prepare_change_map
-from .release import RELEASES, make_release, release_map
+from .release import RELEASES, make_release, release_map, step_release_map
 from .sampler_table import sampler_named
 
 # The keyword by which an inner denoiser asks for each call's release mask (see DifferentialDenoiser).
@@ -89,8 +89,9 @@ class DifferentialDenoiser(nn.Module):
             release weight (binary or smooth); 0 gives the map itself as a soft mask
             (under ``compat="comfyui"``, 0 acts as 1, as in ComfyUI's node).
         release: ``"faithful"`` (the default here, in :func:`~kdiff_differential.edit.differential_edit`,
-            :func:`~kdiff_differential.edit_image` and the command line), ``"smooth"`` or ``"binary"``. Binary (the paper's and
-            ComfyUI's rule) frees a pixel at the first call with ``s >= tau(sigma)``,
+            :func:`~kdiff_differential.edit_image` and the command line), ``"smooth"`` or ``"binary"``.
+            Binary (ComfyUI's rule; the diffusers pipelines' is binary on a step-index grid,
+            ``compat="diffusers"``) frees a pixel at the first call with ``s >= tau(sigma)``,
             so every pixel released between two schedule levels is released at the same
             call and the map shows as bands, one per step. Smooth gives a pixel the weight
             ``m = clamp((s - tau_lo) / (tau_hi - tau_lo), 0, 1)``, with tau_hi = tau(sigma)
@@ -114,8 +115,19 @@ class DifferentialDenoiser(nn.Module):
             sigma**3 (``release.FAITHFUL_POWERS``).
         clock: ``"timestep"`` (the model's ``sigma_to_t``, found on ``inner`` or its
             ``inner_model`` chain, else log sigma), ``"sigma"`` (log sigma) or ``"step"``
-            (the paper's step-index ramp). ``threshold=`` is its deprecated old name.
-        compat: ``None``, or ``"comfyui"`` for ComfyUI's node exactly: plain bilinear map
+            (a step-index ramp, tau = 1 - i/N; not the diffusers pipelines' rule,
+            which frees a pixel a call earlier (SDXL, SD3) or at ``keep <= i/N`` (Flux.1,
+            Z-Image), see ``compat``). ``threshold=`` is its deprecated old name.
+        compat: ``None``; ``"diffusers"`` for the diffusers community Differential
+            Diffusion pipelines exactly (see ``docs/peers.md``): the binary rule by step
+            index on ``sigmas`` (:func:`~kdiff_differential.release.step_release_map`),
+            pre-blend for SDXL and SD3, post-blend for Flux.1 and Z-Image, every pixel
+            free at the last call (Z-Image's: a call at t = 0 after the schedule's
+            end), the pipeline's map resizing; the denoiser's
+            ``diffusers_pipeline`` (set by the model families) picks the pipeline, SDXL's
+            where it has none (any eps/v UNet). ``clock`` plays no part; strength must be
+            1. On another sampler it is the same rule on the same grid. Or ``"comfyui"``
+            for ComfyUI's node exactly: plain bilinear map
             resizing; the nearest training timestep as the clock (ComfyUI's
             ``model_sampling.timestep``) whatever the denoiser's ``quantize``; strength 0
             as 1; strength-0 pixels freed at a last call at the model's sigma_min; a
@@ -160,7 +172,7 @@ class DifferentialDenoiser(nn.Module):
         clock = renamed_clock(clock, threshold)
         if clock not in CLOCKS:
             raise ValueError(f"clock must be one of {', '.join(map(repr, CLOCKS))}, got {clock!r}")
-        self.policy = policy = compat_named(compat)
+        self.policy = policy = compat_named(compat, find_attribute(inner, "diffusers_pipeline"))
         if policy.clocks is not None and clock not in policy.clocks:
             raise ValueError(f"compat={compat!r} reproduces the {' and '.join(policy.clocks)} clock only; got clock={clock!r}")
         if release not in RELEASES:
@@ -174,6 +186,10 @@ class DifferentialDenoiser(nn.Module):
                 stacklevel=2,
             )
         self.strength = _check_strength(strength)
+        if policy.step_rule is not None and self.strength != 1:
+            raise ValueError(f"compat={compat!r} reproduces pipelines that have no blend strength: strength must be 1, got {strength}")
+        if policy.step_rule is not None and sigmas is None:
+            raise ValueError(f"compat={compat!r} releases by step index: give the schedule as sigmas=, not sigma_min=/sigma_max=")
         self.clock_name = clock
 
         given = _check_latent(latent)
@@ -217,13 +233,22 @@ class DifferentialDenoiser(nn.Module):
         self.clock = make_clock(clock, self.span, timestep, clock_dtype, device)
 
         # Per pixel, the largest call sigma at which it is free.
-        strengths = prepare_change_map(
-            change_map, latent.shape, keep_map=keep_map, resize=policy.map_resize, dtype=clock_dtype, device=device
-        )
+        if policy.step_rule is None:
+            strengths = prepare_change_map(
+                change_map, latent.shape, keep_map=keep_map, resize=policy.map_resize, dtype=clock_dtype, device=device
+            )
+            release_sigma = release_map(self.clock, self.span, strengths, frees_strength_zero=policy.frees_strength_zero)
+        else:
+            # In float64, where 1 - keep is exact for a float32 keep-map: the pipelines'
+            # float32 comparisons with i/N then come out the same, ties included.
+            exact = prepare_change_map(
+                change_map, latent.shape, keep_map=keep_map, resize=policy.map_resize, dtype=torch.float64, device=device
+            )
+            strengths = exact.to(clock_dtype)
+            steps = len(self.span.sigmas) - (0 if policy.empty_last_step else 1)
+            release_sigma = step_release_map(1 - exact, self.span.sigmas.to(clock_dtype), policy.step_rule, steps)
         self.register_buffer("change_map", strengths.to(dtype))
-        self.register_buffer(
-            "release_sigma", release_map(self.clock, self.span, strengths, frees_strength_zero=policy.frees_strength_zero)
-        )
+        self.register_buffer("release_sigma", release_sigma)
 
         # The rule that turns "free" into a call's blend mask.
         blend = 1.0 if policy.zero_strength_is_one and self.strength == 0 else self.strength
@@ -239,7 +264,7 @@ class DifferentialDenoiser(nn.Module):
 
     @property
     def compat(self) -> Optional[str]:
-        """The compatibility policy's name: ``None`` or ``"comfyui"``."""
+        """The compatibility policy's name: ``None``, ``"comfyui"`` or ``"diffusers"``."""
         return self.policy.name
 
     @property

@@ -50,6 +50,7 @@ def differential_edit(
     extra_args: Optional[dict[str, Any]] = None,
     progress: bool = False,
     threshold: Optional[str] = None,
+    compat: Optional[str] = None,
 ) -> Edit:
     """Edit ``latent`` (B, C, H, W) with per-pixel strength ``change_map`` (1 = change).
 
@@ -61,6 +62,7 @@ def differential_edit(
     to 20; ``dpm_adaptive`` chooses its own and warns (once) when given a step count.
     ``release`` defaults to ``"faithful"``, told the sampler (see
     :class:`DifferentialDenoiser`). ``threshold=`` is the deprecated name of ``clock=``.
+    ``compat`` goes to the wrapper (``"diffusers"``: the diffusers pipelines' rule).
     """
     chosen, _ = sampler_named(sampler)
     clock = renamed_clock(clock, threshold)
@@ -89,6 +91,7 @@ def differential_edit(
         dd = build_wrapper(
             denoiser, latent, change_map, chosen, sigmas,
             generator=torch.Generator(device=latent.device).manual_seed(seed), strength=strength, clock=clock, release=release,
+            compat=compat,
         )
         # A flow model's schedule from t = 1 starts at sigma = inf: its first step is taken
         # by the wrapper (see models/flow.py), the sampler runs from the second level on.

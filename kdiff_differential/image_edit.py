@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .choices import CLOCKS, COMPOSITES, CROPS, FILLS, RELEASES, SCHEDULES
+from .choices import CLOCKS, COMPAT_NAMES, COMPOSITES, CROPS, FILLS, RELEASES, SCHEDULES
 from .errors import InputError
 from .sampler_table import DEFAULT_STEPS, clock_problem, sampler_named
 
@@ -101,6 +101,7 @@ class EditSettings:
     strength: float = 1.0
     release: str = "faithful"
     clock: str = "timestep"
+    compat: Optional[str] = None
     # After decoding.
     color_match: bool = False
     composite: str = "difference"
@@ -137,6 +138,12 @@ class EditSettings:
         self._check_sampler()
         _number("denoise", self.denoise, 0, 1, open_low=True)
         _number("strength", self.strength, 0, 1)
+        if self.compat is not None:
+            _choice("compat", self.compat, COMPAT_NAMES)
+        if self.compat == "diffusers" and sampler_named(self.sampler)[0].takes_range:
+            raise InputError(f"compat=diffusers releases by step index: sampler={self.sampler} runs a noise range, not a schedule")
+        if self.compat == "diffusers" and self.strength != 1:
+            raise InputError(f"compat=diffusers: the pipelines have no blend strength; strength={self.strength:g} must be 1")
         if self.seed is not None:
             _number("seed", self.seed, 0, whole=True)
 
@@ -319,7 +326,7 @@ def edit_image(
     edit = differential_edit(
         fitted.denoiser, fitted.latent, box_strength, sampler=settings.sampler, steps=steps, schedule=schedule,
         denoise=settings.denoise, seed=seed, strength=settings.strength, clock=settings.clock, release=settings.release,
-        extra_args=extra_args, progress=settings.progress,
+        compat=settings.compat, extra_args=extra_args, progress=settings.progress,
     )
     # 6. Decoded at the box's size, colour-matched, composited over the original, pasted back.
     decoded = region.from_work(fitted.decode(edit.result))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
 
-RESIZES = ("antialias", "bilinear")
+RESIZES = ("antialias", "bilinear", "nearest")
 
 
 # The largest value of each integer image mode: a pixel is read as value / FULL_SCALE.
@@ -182,7 +182,8 @@ def prepare_change_map(
     a float tensor in [0, 1], an integer tensor of 8-bit grey levels (0..255), a bool
     tensor, an array, or a PIL image of any mode (read as :func:`image_strength` says). ``latent_shape`` is the latent's (B, C, H, W).
     The map is resized to H x W: ``resize="antialias"`` (bilinear, area-weighted when
-    shrinking) or ``"bilinear"`` (plain, ``align_corners=False``, as ComfyUI does).
+    shrinking), ``"bilinear"`` (plain, ``align_corners=False``, as ComfyUI does) or
+    ``"nearest"`` (``F.interpolate``'s default, as most diffusers pipelines do).
     ``keep_map=True`` reads the map as 1 = keep, 0 = change, and flips it.
     """
     if resize not in RESIZES:
@@ -193,11 +194,14 @@ def prepare_change_map(
     if keep_map:
         strength = 1 - strength
     if strength.shape[-2:] != (height, width):
-        strength = F.interpolate(
-            strength.to(device),
-            size=(height, width),
-            mode="bilinear",
-            align_corners=False,
-            antialias=resize == "antialias",
-        ).clamp(0, 1)
+        if resize == "nearest":
+            strength = F.interpolate(strength.to(device), size=(height, width))
+        else:
+            strength = F.interpolate(
+                strength.to(device),
+                size=(height, width),
+                mode="bilinear",
+                align_corners=False,
+                antialias=resize == "antialias",
+            ).clamp(0, 1)
     return strength.to(device=device, dtype=dtype)

@@ -6,8 +6,9 @@ A pixel of strength s is free at a call when ``s >= tau(sigma)`` (tau: the clock
 when the wrapper is built, so that a model call costs a single comparison.
 
 A release rule turns "free or not" into the blend weight m of a call, by name
-(:data:`RELEASES`): :class:`BinaryRelease` (the paper's and ComfyUI's: m = 1 where
-free, else 0), :class:`SmoothRelease` (each pixel eased in over the step before its
+(:data:`RELEASES`): :class:`BinaryRelease` (ComfyUI's: m = 1 where free, else 0;
+the diffusers pipelines' rule, :func:`step_release_map`, is binary too, on another
+clock), :class:`SmoothRelease` (each pixel eased in over the step before its
 binary release, linearly in tau) and :class:`FaithfulRelease` (the same step, linearly
 in sigma**3, told the sampler). Below ``strength`` 1 all blend the map in,
 ``m' = strength * m + (1 - strength) * s``.
@@ -173,6 +174,38 @@ def release_map(tau: Callable[[Tensor], Tensor], span: Span, strength: Tensor, *
         release = torch.where(values >= 1, top, release.clamp(max=span.sigma_from))
         release = torch.where(values <= 0, float("-inf"), release)
     return release[index]
+
+
+def step_release_map(keep: Tensor, sigmas: Tensor, rule: str, steps: Optional[int] = None) -> Tensor:
+    """Per pixel, the largest call sigma at which the diffusers community Differential
+    Diffusion pipelines use its prediction, for the keep-map ``keep`` (1 = keep) on the
+    schedule ``sigmas`` (N calls, at its first N levels); returned in ``sigmas``' dtype.
+
+    The pipelines threshold ``keep`` against ``arange(N) / N`` (in float32, as they do) by
+    step index. ``rule="pre"`` (SDXL, SD3): before call i >= 1 the pixels with
+    ``keep > i/N`` are set to the original noised to step i, so a pixel's prediction
+    first counts at the first call i with ``keep <= (i+1)/N``. ``"post"`` (Flux.1,
+    Z-Image): after step i < N - 1 the pixels with ``keep > i/N`` are set to the
+    original noised to step i + 1, so the first call with ``keep <= i/N`` counts. Under
+    both, every pixel is free at the pipeline's last call, N - 1. ``steps`` is N where
+    the schedule leaves that call out (Z-Image's, at t = 0): the pixels held through
+    the calls it has are then never freed. Frozen pixels then follow the original
+    exactly, which is what those resets do, and a call between two levels (another
+    sampler) is masked as the level above it: the same rule on the same grid.
+    """
+    steps = len(sigmas) - 1 if steps is None else steps
+    thresholds = (torch.arange(steps, dtype=torch.float32) / steps).to(device=keep.device, dtype=keep.dtype)
+    if rule == "pre":
+        counted = thresholds[1:]
+    elif rule == "post":
+        counted = thresholds[:-1]
+    else:
+        raise ValueError(f"rule must be 'pre' or 'post', got {rule!r}")
+    # The resets cover a prefix of the calls: count the ones a pixel is held through.
+    index = (keep.unsqueeze(-1) > counted).sum(-1)
+    levels = torch.cat([sigmas.detach().to(keep.device), sigmas.new_zeros(1).to(keep.device)])
+    # Widened as LevelBelow widens levels: a call a few ulps above a level counts as at it.
+    return levels[index] * (1 + _LEVEL_SLACK)
 
 
 # Two schedule levels closer than this in tau (a quantised clock can map neighbours to

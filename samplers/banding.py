@@ -7,6 +7,8 @@ prints four Markdown tables (samplers/metrics.py, defined in the README), each t
 with its unit and which way is better: ``banding`` (the largest jump between
 neighbouring map levels of the mean change, in 8-bit levels), and ``cam``, ``dam`` and
 ``calibration`` of the edit strength per map level against the converged edit's.
+``--release`` also takes the peers' rules (``samplers/peers.py``: ComfyUI's, the diffusers
+pipelines' pre- and post-blend, InvokeAI's) as rows beside ours.
 ``--figure PATH`` also draws the edits side by side: binary above smooth, one column a
 step count.
 """
@@ -23,6 +25,8 @@ import numpy as np
 from kdiff_differential.edit import RANGE_SAMPLERS, SAMPLERS
 from kdiff_differential.errors import InputError, OneLineParser, command_status
 from kdiff_differential.files import write_atomically
+
+from samplers.peers import PEERS, peer_edit
 
 PROG = "python -m samplers.banding"
 RELEASES = ("faithful", "smooth", "binary")
@@ -64,9 +68,12 @@ def measure(samplers: Sequence[str], steps: Sequence[int], releases: Sequence[st
         for release in releases:
             for sampler in samplers:
                 for count in steps:
-                    edit = differential_edit(model.denoiser, model.latent, strength, sampler=sampler, steps=count,
-                                             seed=seed, release=release)
-                    out = model.decode(edit.result)
+                    if release in PEERS:
+                        result = peer_edit(release, model.denoiser, model.latent, strength, sampler, count, seed)
+                    else:
+                        result = differential_edit(model.denoiser, model.latent, strength, sampler=sampler, steps=count,
+                                                   seed=seed, release=release).result
+                    out = model.decode(result)
                     table[release, sampler, count] = banding(out, image, strength.numpy())
                     if images is not None:
                         images[release, sampler, count] = out
@@ -171,7 +178,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = OneLineParser(prog=PROG, description="Banding and fidelity (CAM, DAM, calibration) of smooth and binary release per sampler and step count.")
     parser.add_argument("--samplers", type=_list_of(str, "samplers", SAMPLERS), default=listed, help="default: every schedule sampler")
     parser.add_argument("--steps", type=_list_of(_positive, "whole numbers >= 1"), default=[5, 10, 20], help="default: 5,10,20")
-    parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=list(RELEASES), help="default: faithful,smooth,binary")
+    parser.add_argument("--release", type=_list_of(str, "releases", RELEASES + PEERS), default=list(RELEASES),
+                        help=f"default: faithful,smooth,binary; peers: {','.join(PEERS)}")
     parser.add_argument("--seeds", type=_list_of(int, "whole numbers"), default=[0, 1, 2], help="the edit strength is measured over these (default: 0,1,2)")
     parser.add_argument("--figure", metavar="PATH.png", help="also draw the first sampler's edits (first seed), release modes side by side")
 

@@ -92,8 +92,15 @@ def test_bad_maps_are_named(change_map, error, words):
 
 
 def test_unknown_resize_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="'antialias', 'bilinear'"):
-        prepare_change_map(torch.ones(8, 8), SHAPE, resize="nearest")
+    with pytest.raises(ValueError, match="'antialias', 'bilinear', 'nearest'"):
+        prepare_change_map(torch.ones(8, 8), SHAPE, resize="bicubic")
+
+
+def test_nearest_resize_takes_the_top_left_pixel_of_each_block():
+    """As F.interpolate's default in the diffusers pipelines: halving picks pixel (2i, 2j)."""
+    values = torch.rand(16, 16, generator=torch.Generator().manual_seed(0))
+    halved = prepare_change_map(values, (1, 4, 8, 8), resize="nearest")
+    assert torch.equal(halved[0, 0], values[::2, ::2])
 
 
 # Map files in every mode Pillow opens, written here and read back as the CLI reads them.

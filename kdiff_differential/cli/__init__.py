@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional, Sequence
 
 # Only torch-free modules here: --help and argument errors must not wait for torch.
 from .. import __version__
-from ..choices import CLOCKS, COMPOSITES, CROPS, EXECUTORS, FILLS, PRESETS, RELEASES, SCHEDULES
+from ..choices import CLOCKS, COMPAT_NAMES, COMPOSITES, CROPS, EXECUTORS, FILLS, PRESETS, RELEASES, SCHEDULES
 from ..errors import InputError, OneLineParser, command_status
 from ..files import same_file
 from ..sampler_table import DEFAULT_STEPS, OWN_STEPS, SAMPLERS, sampler_named
@@ -34,7 +34,7 @@ NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-inf(inity)?$",
 SETTINGS = (
     "keep_map", "map_prompt", "segmenter", "grow", "feather", "blur", "fill", "crop", "crop_padding", "prompt", "negative",
     "cfg", "inpaint_mask", "sampler", "steps", "schedule", "denoise", "strength", "release", "clock", "color_match",
-    "composite",
+    "composite", "compat",
 )
 RENAMED = {"change_map": "--map", "loras": "--lora", "controlnets": "--controlnet", "controls": "--controlnet"}
 CONTROL = ("control_image", "control_scale", "control_start", "control_end", "control_mode")
@@ -146,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     seeds.add_argument("--seed", type=_number(int, lambda n: n >= -1, "a whole number >= 0, or -1 for a random seed"), default=0, help="random seed; -1: a random one, printed (default: 0)")
     seeds.add_argument("--seeds", type=_seeds, metavar="N,N,...", help="several seeds in one run: one output per seed, OUT-seedN")
     parser.add_argument("--strength", type=_number(float, lambda s: 0 <= s <= 1, "a number in [0, 1]"), default=1.0, help="1: release pixels fully; below 1 blends the map itself into the release mask, a gentler edit (default: 1)")
-    parser.add_argument("--release", default="faithful", choices=RELEASES, help="faithful: ease each pixel in over the step before its release, no bands, each strength changing about as much as in a converged edit (default); smooth: the same ease linear in the clock, which changes more than asked at few steps; binary: the paper's and ComfyUI's rule, one band per step")
+    parser.add_argument("--release", default="faithful", choices=RELEASES, help="faithful: ease each pixel in over the step before its release, no bands, each strength changing about as much as in a converged edit (default); smooth: the same ease linear in the clock, which changes more than asked at few steps; binary: ComfyUI's rule, one band per step")
+    parser.add_argument("--compat", choices=COMPAT_NAMES, help="follow another tool's rule exactly: ComfyUI's node, or the diffusers Differential Diffusion pipelines' (SDXL/SD3 pre-blend, Flux.1/Z-Image post-blend; docs/peers.md)")
     parser.add_argument("--clock", default=None, choices=CLOCKS, help="the clock that releases pixels (default: timestep)")
     parser.add_argument("--threshold", choices=CLOCKS, help=argparse.SUPPRESS)  # the old name of --clock
     parser.add_argument("--keep-map", action="store_true", help="read the map as white = keep, black = change")

@@ -94,6 +94,10 @@ class Family:
     cuda_dtype = "float16"
     patch = 1
     guided = True
+    # The diffusers community Differential Diffusion pipeline whose rule compat="diffusers"
+    # follows (a key of compat.DIFFUSERS_PIPELINES): SDXL's for the UNets; a family without
+    # a pipeline of its own takes its kind's.
+    diffusers_pipeline = "sdxl"
     # ControlNets: the diffusers classes that fit the network, the config keys they
     # must share with it, and the network's keyword names for their outputs, in order.
     controlnets: tuple[str, ...] = ()
@@ -241,6 +245,7 @@ class FlowFamily(Family):
     patch = 2
     pack = 1
     cuda_dtype = "bfloat16"
+    diffusers_pipeline = "flux"
     # Whether the pipeline's unshifted times are linspace(1, 1/n, n) (see FlowDenoiser); None: where the shift is mu.
     one_over_n: Optional[bool] = None
 
@@ -257,7 +262,9 @@ class FlowFamily(Family):
         from ..flow import FlowDenoiser
         from ..networks import TransformerVelocity
 
-        return FlowDenoiser.from_scheduler_config(TransformerVelocity(network, self.velocity), scheduler, **self.shift_options(latent_size))
+        model = FlowDenoiser.from_scheduler_config(TransformerVelocity(network, self.velocity), scheduler, **self.shift_options(latent_size))
+        model.diffusers_pipeline = self.diffusers_pipeline
+        return model
 
     def shift_options(self, latent_size: tuple[int, int]) -> dict[str, Any]:
         """How the schedule's shift reads a latent of ``latent_size`` (h, w) (see

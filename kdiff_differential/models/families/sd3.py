@@ -20,6 +20,7 @@ class StableDiffusion3(FlowFamily):
     name = "Stable Diffusion 3/3.5"
     pipelines = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline", "StableDiffusion3InpaintPipeline")
     native_size = 1024
+    diffusers_pipeline = "sd3"
     encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"), ("tokenizer_3", "text_encoder_3"))
     optional = ("tokenizer_3", "text_encoder_3")
     t5_length = 256

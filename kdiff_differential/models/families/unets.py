@@ -56,7 +56,9 @@ class StableDiffusion(Family):
     def denoiser(self, network: "nn.Module", scheduler: dict[str, Any], latent_size: tuple[int, int]) -> "nn.Module":
         from ..networks import compvis_denoiser
 
-        return compvis_denoiser(network, scheduler)
+        model = compvis_denoiser(network, scheduler)
+        model.diffusers_pipeline = self.diffusers_pipeline
+        return model
 
     @staticmethod
     def prediction(scheduler: dict[str, Any]) -> str:

@@ -24,6 +24,7 @@ class ZImage(FlowFamily):
     name = "Z-Image"
     pipelines = ("ZImagePipeline", "ZImageImg2ImgPipeline", "ZImageInpaintPipeline")
     native_size = 1024
+    diffusers_pipeline = "z-image"
     # ZImagePipeline's own defaults: 50 steps, guidance_scale 5.
     default_steps = 50
     default_cfg = 6.0
