@@ -209,6 +209,6 @@ def test_the_command_line_takes_compat_diffusers(image_file: Path, tmp_path: Pat
                  "--out", str(out), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert pixels(out).shape == pixels(image_file).shape
-    for option, says in ((["--sampler", "dpm_fast"], "--sampler dpm_fast runs a noise range"), (["--strength", "0.5"], "--strength must be 1")):
+    for option, says in ((["--sampler", "dpm_fast"], "--sampler dpm_fast runs a noise range"), (["--strength", "0.5"], "--strength 0.5 must be 1")):
         refused = kdiff("--image", str(image_file), "--map", "gradient-x", "--compat", "diffusers", *option, "--out", str(out), cwd=tmp_path)
         assert refused.returncode == 2 and says in refused.stderr and len(refused.stderr.strip().splitlines()) == 1, refused.stderr
