@@ -62,6 +62,14 @@ def test_the_notebook_runs_top_to_bottom_and_its_edits_do_what_it_says(tmp_path)
     assert fresh == images(stored)
 
 
+def test_the_real_model_cell_names_every_family():
+    from kdiff_differential.models.families import FAMILIES
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    text = " ".join(notebook.cells[-2].source.split())
+    assert [family.name for family in FAMILIES if family.name not in text] == []
+
+
 def _set_repository():
     import importlib.util
 

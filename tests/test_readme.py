@@ -117,6 +117,14 @@ def test_every_command_line_parses(page):
         assert lines
 
 
+def test_the_command_line_page_names_every_option():
+    from kdiff_differential.cli import build_parser
+
+    page = (ROOT / "docs" / "cli.md").read_text()
+    options = [option for action in build_parser()._actions for option in action.option_strings if option.startswith("--")]
+    assert options and [option for option in options if not re.search(rf"{re.escape(option)}(?![\w-])", page)] == []
+
+
 def test_a_command_that_does_not_parse_is_caught():
     """The check above sees a wrong flag in a page."""
     from kdiff_differential.cli import build_parser
