@@ -34,7 +34,7 @@ def test_the_notebook_is_committed_with_its_outputs_small():
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     # Run once, top to bottom, every cell: execution counts 1, 2, ..., N.
-    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), "run python notebooks/store_outputs.py"
     assert not [output for cell in code for output in cell.outputs if output.output_type == "error"]
     assert sum(images(notebook).values()) >= 8  # every figure cell but the optional real model's
     assert NOTEBOOK.stat().st_size < 2_000_000
@@ -59,7 +59,7 @@ def test_the_notebook_runs_top_to_bottom_and_its_edits_do_what_it_says(tmp_path)
     # The stored outputs are the notebook's as it stands: the same cells show pictures.
     fresh = images(notebook)
     fresh.pop(len(notebook.cells) - 1)
-    assert fresh == images(stored)
+    assert fresh == images(stored), "run python notebooks/store_outputs.py"
 
 
 def test_the_real_model_cell_names_every_family():
