@@ -1,32 +1,73 @@
-"""The quick-start notebook runs top to bottom, and is committed without outputs."""
+"""The quick-start notebook runs top to bottom, its edits do what its text says, and it is
+committed with its outputs (so GitHub shows its pictures), small."""
 
+import copy
 from pathlib import Path
 
 import nbformat
 import pytest
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
+# Appended to the notebook in the test's run: what its cells show, checked in its kernel.
+CHECKS = """
+assert set(release for release, _, _ in table) == {"faithful", "smooth", "binary"}
+# The demo: the gradient's kept column is the input's, its changed column is not.
+assert np.array_equal(done_demo.image[:, 0], image[:, 0]) and np.abs(done_demo.image[:, -4:].astype(int) - image[:, -4:]).mean() > 20
+# The composite on the larger input: the kept column exact, though the model ran below its resolution.
+assert np.array_equal(large_done.image[:, 0], large[:, 0]) and not np.array_equal(large_done.decoded[:, 0], large[:, 0])
+# The whole edit: the disk, feathered by 12 px, is all that changes, and the model ran on its box.
+distance = np.hypot(*np.mgrid[:height, :width] - np.array([65, 112])[:, None, None])
+assert np.array_equal(done.image[distance > 28 + 12 + 1], image[distance > 28 + 12 + 1])
+assert np.abs(done.image[distance < 20].astype(int) - image[distance < 20]).mean() > 20
+assert done.region.cropped and done.edit.result.shape[-1] < width
+assert len(masks) == len(edit.step_sigmas) == 20
+"""
 
 
-def test_the_notebook_is_committed_without_outputs():
+def images(notebook) -> dict[int, int]:
+    """How many pictures each code cell shows, by cell index."""
+    return {index: sum(1 for output in cell.get("outputs", []) if {"image/png", "image/jpeg"} & set(output.get("data", {})))
+            for index, cell in enumerate(notebook.cells) if cell.cell_type == "code"}
+
+
+def test_the_notebook_is_committed_with_its_outputs_small():
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
-    assert code and all(cell.outputs == [] and cell.execution_count is None for cell in code)
+    # Run once, top to bottom, every cell: execution counts 1, 2, ..., N.
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1)), "run python notebooks/store_outputs.py"
+    assert not [output for cell in code for output in cell.outputs if output.output_type == "error"]
+    assert sum(images(notebook).values()) >= 8  # every figure cell but the optional real model's
+    assert NOTEBOOK.stat().st_size < 2_000_000
     assert "colab-badge" in notebook.cells[0].source
     assert "USE_REAL_MODEL = False" in notebook.cells[-1].source
 
 
-def test_the_notebook_runs_top_to_bottom(tmp_path):
+def test_the_notebook_runs_top_to_bottom_and_its_edits_do_what_it_says(tmp_path):
     from nbclient import NotebookClient
 
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    stored = nbformat.read(NOTEBOOK, as_version=4)
+    notebook = copy.deepcopy(stored)
+    # The demo cell's result under its own name, before the last cells reuse "done".
+    demo = next(cell for cell in notebook.cells if cell.cell_type == "code" and "edit = done.edit" in cell.source)
+    demo.source += "\ndone_demo = done"
+    notebook.cells.append(nbformat.v4.new_code_cell(CHECKS))
     # The kernel is this test environment's Python (ipykernel's own "python3" spec).
     client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}})
     client.execute()
-    errors = [output for cell in notebook.cells for output in cell.get("outputs", []) if output.output_type == "error"]
-    assert not errors
-    images = [output for cell in notebook.cells for output in cell.get("outputs", []) if "image/png" in output.get("data", {})]
-    assert len(images) >= 4  # the demo strip, the strength row, the masks, the comparison grid
+    errors = [f"{output.ename}: {output.evalue}" for cell in notebook.cells for output in cell.get("outputs", []) if output.output_type == "error"]
+    assert not errors, errors
+    # The stored outputs are the notebook's as it stands: the same cells show pictures.
+    fresh = images(notebook)
+    fresh.pop(len(notebook.cells) - 1)
+    assert fresh == images(stored), "run python notebooks/store_outputs.py"
+
+
+def test_the_real_model_cell_names_every_family():
+    from kdiff_differential.models.families import FAMILIES
+
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    text = " ".join(notebook.cells[-2].source.split())
+    assert [family.name for family in FAMILIES if family.name not in text] == []
 
 
 def _set_repository():
@@ -69,10 +110,8 @@ def run_real_model_cell(model: str, steps: int = 2):
     import numpy as np
     import torch
 
-    from kdiff_differential import composite
-    from kdiff_differential.edit import differential_edit
+    from kdiff_differential import edit_image, open_model
     from kdiff_differential.figures import strip
-    from kdiff_differential.models import load_model
     from kdiff_differential.presets import preset_map
 
     source = nbformat.read(NOTEBOOK, as_version=4).cells[-1].source
@@ -82,15 +121,16 @@ def run_real_model_cell(model: str, steps: int = 2):
     image = np.random.default_rng(0).integers(0, 256, (24, 28, 3), dtype=np.uint8)
     shown = []
     namespace = {
-        "Path": Path, "torch": torch, "image": image, "gradient": preset_map("gradient-x", 24, 28),
-        "load_model": load_model, "differential_edit": differential_edit, "strip": strip, "composite": composite,
+        "torch": torch, "image": image, "gradient": preset_map("gradient-x", 24, 28),
+        "edit_image": edit_image, "open_model": open_model, "strip": strip,
         "show": lambda picture, title=None, size=8: shown.append((picture, title)),
     }
     exec(compile(source, "quickstart.ipynb:last cell", "exec"), namespace)
     (picture, title), = shown
     assert "composite" in title and picture.shape[1] > 4 * image.shape[1]  # four panels side by side
-    # The kept column is exact after the composite.
-    assert np.array_equal(composite(image, namespace["real_decoded"], namespace["gradient"])[:, 0], image[:, 0])
+    done = namespace["real_done"]
+    # The kept column is exact after the composite; the changed side is the model's.
+    assert np.array_equal(done.image[:, 0], image[:, 0]) and not np.array_equal(done.image[:, -1], image[:, -1])
     return title, namespace
 
 

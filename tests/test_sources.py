@@ -312,7 +312,7 @@ def test_the_help_and_the_readme_list_the_registrys_families(capsys: pytest.Capt
         main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert all(family.name in text for family in FAMILIES)
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[1] / "docs" / "models.md").read_text()
     lines = readme.splitlines()
     start = lines.index("| family (`_class_name`) | network | conditioning |")
     rows = []
