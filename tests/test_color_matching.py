@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -46,6 +48,39 @@ def test_kept_pixels_are_not_touched(original):
     shifted = cast(original, np.ones(change.shape, bool))  # shifted everywhere, kept pixels too
     matched = match_colors(shifted, original, change)
     assert np.array_equal(matched[change == 0], shifted[change == 0])
+
+
+def test_pixels_the_model_barely_touched_keep_their_colour(original):
+    # The model regenerated the core (s >= 0.5) with a cast and left the feather's faint
+    # tail as it was: the match must not carry the core's correction out there as a halo.
+    change = feather_map(disk(), 12)
+    result = cast(original, change >= 0.5)
+    matched = match_colors(result, original, change).astype(int)
+    faint = (change > 0) & (change <= 0.01)
+    assert faint.sum() > 100
+    assert np.abs(matched - result)[faint].max() <= 1
+    core = change >= 0.5  # still corrected
+    assert np.abs(matched - original)[core].mean() < 0.7 * np.abs(result.astype(int) - original)[core].mean()
+
+
+def test_colours_beyond_the_gamut_are_clipped_as_lab2rgb_would_without_a_warning():
+    # Dark result pixels with a strong yellow cast, matched to an original of black and yellow,
+    # land at b* > 200 (L* + 16) / 116, where CIE XYZ's Z is negative.
+    from skimage.color import lab2rgb, rgb2lab
+
+    original = np.zeros((8, 8, 3), np.uint8)
+    original[::2] = (255, 255, 0)
+    result = np.zeros((8, 8, 3), np.uint8)
+    result[::2], result[1::2] = (200, 200, 255), (60, 60, 0)
+    change = np.ones((8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        matched = match_colors(result, original, change)
+    lab, lab_original = rgb2lab(result / 255), rgb2lab(original / 255)
+    transformed = (lab - lab.mean((0, 1))) * lab_original.std((0, 1)) / lab.std((0, 1)) + lab_original.mean((0, 1))
+    with pytest.warns(UserWarning, match="negative Z values"):
+        expected = np.clip(np.rint(lab2rgb(transformed) * 255), 0, 255)
+    assert np.array_equal(matched, expected)
 
 
 def test_the_band_is_the_soft_edge_or_the_inner_rim_of_a_binary_map():
