@@ -4,6 +4,7 @@ release masks over the steps, each panel with a label above it."""
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional, Sequence
 
 import numpy as np
@@ -32,12 +33,18 @@ def labelled(panel: np.ndarray, text: str) -> np.ndarray:
     largest font size up to 12 that fits the width: (H + LABEL, W, 3)."""
     from PIL import Image, ImageDraw, ImageFont
 
+    # Pillow's default font draws a hyphen edge to edge, so that "--grow" reads as one
+    # dash: each hyphen is drawn on its own, with a pixel after it.
+    pieces = [piece for piece in re.split(r"(-)", text) if piece]
     band = Image.new("RGB", (panel.shape[1], LABEL), "white")
     for size in range(12, 5, -1):
         font = ImageFont.load_default(size=size)
-        if font.getlength(text) <= panel.shape[1] - 4:
+        if sum(font.getlength(piece) for piece in pieces) + text.count("-") <= panel.shape[1] - 4:
             break
-    ImageDraw.Draw(band).text((2, LABEL // 2), text, fill="black", font=font, anchor="lm")
+    draw, left = ImageDraw.Draw(band), 2.0
+    for piece in pieces:
+        draw.text((left, LABEL // 2), piece, fill="black", font=font, anchor="lm")
+        left += font.getlength(piece) + (piece == "-")
     return np.concatenate([np.asarray(band), panel], axis=0)
 
 
@@ -89,11 +96,14 @@ def mask_grid(masks: Sequence[Tensor], aspect: float, sigmas: Optional[Sequence[
     band = 0 if sigmas is None else LABEL
     columns = math.ceil(math.sqrt(len(masks)))
     rows = math.ceil(len(masks) / columns)
-    # A colour between tiles, so that the border of an all-white tile shows.
-    grid = np.full((rows * (band + height + GAP) - GAP, columns * (width + GAP) - GAP, 3), (200, 60, 60), np.uint8)
-    for index, mask in enumerate(masks):
-        row, column = divmod(index, columns)
-        top, left = row * (band + height + GAP), column * (width + GAP)
+    # A colour between tiles, so that the border of an all-white tile shows; the cells
+    # after the last tile stay the white background.
+    grid = np.full((rows * (band + height + GAP) - GAP, columns * (width + GAP) - GAP, 3), 255, np.uint8)
+    corners = [(row * (band + height + GAP), column * (width + GAP))
+               for row, column in (divmod(index, columns) for index in range(len(masks)))]
+    for top, left in corners:
+        grid[max(0, top - GAP) : top + band + height + GAP, max(0, left - GAP) : left + width + GAP] = (200, 60, 60)
+    for index, (mask, (top, left)) in enumerate(zip(masks, corners)):
         tile = _grey_to_rgb(_resize_grey(mask, height, width))
         if sigmas is not None:
             tile = labelled(tile, f"step {index + 1}, sigma {sigmas[index]:.3g}")

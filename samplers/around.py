@@ -92,13 +92,13 @@ def grow_feather_figure() -> np.ndarray:
 
 
 def fill_figure() -> np.ndarray:
-    """Each --fill on the built-in model with a feathered region of strength 0.4: what the
+    """Each --fill on the built-in model with a region of strength 1 feathered by 16 px: what the
     model sees (above) and the result (below)."""
     from kdiff_differential.fills import FILLS, fill_pixels
     from kdiff_differential.preparation import prepare_map
 
     image, change = _example()
-    change = prepare_map(change * 0.4, feather=16)
+    change = prepare_map(change, feather=16)
     seen, results = [], []
     for fill in FILLS:
         seen.append(_panel(fill_pixels(image, change, fill), f"--fill {fill}: model input"))

@@ -1,14 +1,14 @@
 """Banding and fidelity benchmark: ``python -m samplers.banding``.
 
 Edits a smooth synthetic landscape (sky, sun glow, hills; no edges for a band to hide
-behind) with a linear left-to-right change map on the built-in model, for both release
-modes, every sampler that runs a schedule, several step counts and a few seeds, and
-prints four Markdown tables (samplers/metrics.py, defined in the README), each titled
+behind) with a linear left-to-right change map on the built-in model, for each release rule
+(faithful, the default; smooth; binary), every sampler that runs a schedule, several
+step counts and a few seeds, and prints four Markdown tables (samplers/metrics.py, defined in the README), each titled
 with its unit and which way is better: ``banding`` (the largest jump between
 neighbouring map levels of the mean change, in 8-bit levels), and ``cam``, ``dam`` and
 ``calibration`` of the edit strength per map level against the converged edit's.
-``--figure PATH`` also draws the edits side by side: binary above smooth, one column a
-step count.
+``--figure PATH`` also draws the first sampler's edits, one row a release rule and one
+column a step count.
 """
 
 from __future__ import annotations
@@ -168,7 +168,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from samplers.compare import _list_of, _positive
 
     listed = [name for name in SAMPLERS if name not in RANGE_SAMPLERS]
-    parser = OneLineParser(prog=PROG, description="Banding and fidelity (CAM, DAM, calibration) of smooth and binary release per sampler and step count.")
+    parser = OneLineParser(prog=PROG, description="Banding and fidelity (CAM, DAM, calibration) of each release rule "
+                                                   "(faithful, the default; smooth; binary) per sampler and step count.")
     parser.add_argument("--samplers", type=_list_of(str, "samplers", SAMPLERS), default=listed, help="default: every schedule sampler")
     parser.add_argument("--steps", type=_list_of(_positive, "whole numbers >= 1"), default=[5, 10, 20], help="default: 5,10,20")
     parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=list(RELEASES), help="default: faithful,smooth,binary")
@@ -194,6 +195,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             buffer = io.BytesIO()
             figure.savefig(buffer, format="png", dpi=80)
             write_atomically(args.figure, lambda file: file.write(buffer.getvalue()), binary=True)
+            print(f"wrote {args.figure}")
 
     return command_status(PROG, work, "interrupted")
 

@@ -156,6 +156,17 @@ def test_the_banding_command_prints_four_titled_tables(capsys):
     assert "higher is better" in titles[1]
 
 
+def test_the_banding_command_names_its_default_release_and_says_what_it_wrote(capsys, tmp_path):
+    from samplers.banding import main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "faithful, the default" in " ".join(capsys.readouterr().out.split())
+    figure = tmp_path / "bands.png"
+    assert main(["--samplers", "euler", "--steps", "2", "--release", "faithful", "--seeds", "0", "--figure", str(figure)]) == 0
+    assert f"wrote {figure}" in capsys.readouterr().out.splitlines() and figure.stat().st_size > 0
+
+
 # The faithful release: eased in over the same step, linearly in sigma**3; Heun's second call.
 
 
