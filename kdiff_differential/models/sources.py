@@ -149,6 +149,19 @@ def read_checkpoint(source: Source) -> dict[str, "Tensor"]:
         raise InputError(f"{source.flag} {source.given}: cannot read the checkpoint ({reason})") from None
 
 
+def cached_folder(source: Source) -> Path:
+    """The folder of the Hub id ``source`` in the local Hub cache, found without the
+    network; an InputError saying plainly when it is not there."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(source.repo, revision=source.revision, local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise InputError(f"{source.flag} {source.given}: not in the local Hub cache; download it once (hf download {source.repo}), "
+                         "or give a local folder") from None
+
+
 def _hub(source: Source, fetch: Any) -> str:
     """Run a huggingface_hub ``fetch``; its errors (offline and not cached, no such
     repository, revision or file, gated, the Hub failing) become one InputError line."""
