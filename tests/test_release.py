@@ -266,6 +266,21 @@ def test_differential_edit_releases_faithfully_told_the_sampler(ideal, latent, g
         assert (edit.wrapper.rule.previous is not None) == tracks
 
 
+@pytest.mark.slow
+def test_dpm2s_faithful_ramp_is_linear_in_sigma_where_the_cube_bands(monkeypatch):
+    """Issue 31: DPM2 at 5 steps banded above 8 on a scene it was not tuned on. Linear in
+    sigma, its faithful ramp bands less and follows the converged edit closer than the
+    default cube does, on the benchmark's small scene (measured, not assumed)."""
+    from kdiff_differential import release
+    from samplers.banding import fidelity_table
+
+    assert release.FAITHFUL_POWERS["dpm_2"] == 1.0
+    linear = fidelity_table(["dpm_2"], [5], ["faithful"], seeds=[0], height=64, width=160)["faithful", "dpm_2", 5]
+    monkeypatch.setitem(release.FAITHFUL_POWERS, "dpm_2", release.FAITHFUL_POWER)
+    cube = fidelity_table(["dpm_2"], [5], ["faithful"], seeds=[0], height=64, width=160)["faithful", "dpm_2", 5]
+    assert linear["banding"] < cube["banding"] - 1 and linear["dam"] < cube["dam"] - 1
+
+
 def test_faithful_release_follows_the_converged_edit_closer_than_binary_at_5_steps():
     """The benchmark's DAM on a small scene: the target of issue 21 for the samplers
     whose smooth release over-changes most (measured, not assumed)."""
