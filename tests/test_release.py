@@ -266,6 +266,19 @@ def test_differential_edit_releases_faithfully_told_the_sampler(ideal, latent, g
         assert (edit.wrapper.rule.previous is not None) == tracks
 
 
+def test_the_banding_scenes_are_the_landscape_reordered():
+    import numpy as np
+
+    from samplers.banding import scene_image, smooth_scene
+
+    landscape = smooth_scene(24, 48)
+    assert np.array_equal(scene_image("mirrored", 24, 48), landscape[:, ::-1])
+    assert np.array_equal(scene_image("upside-down", 24, 48), landscape[::-1])
+    assert np.array_equal(scene_image("recoloured", 24, 48), landscape[..., ::-1])
+    with pytest.raises(ValueError, match="scene must be one of landscape, mirrored"):
+        scene_image("sideways")
+
+
 @pytest.mark.slow
 def test_dpm2s_faithful_ramp_is_linear_in_sigma_where_the_cube_bands(monkeypatch):
     """Issue 31: DPM2 at 5 steps banded above 8 on a scene it was not tuned on. Linear in
