@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .maps import strength_array
 
 GAP = 4  # pixels of white between panels
 TILE = 128  # the longest side of one mask in the grid
@@ -50,7 +52,7 @@ def labelled(panel: np.ndarray, text: str) -> np.ndarray:
 
 def strip(
     original: np.ndarray,
-    change_map: Tensor,
+    change_map: Any,
     result: np.ndarray,
     keep_map: bool = False,
     decoded: Optional[np.ndarray] = None,
@@ -59,12 +61,13 @@ def strip(
     uint8 (LABEL + H, n W + (n - 1) GAP, 3) for n panels.
 
     ``original`` and ``result`` are uint8 (H, W, 3); ``change_map`` is the strength
-    (h, w) in [0, 1] at any size (1 = change, shown white). With ``keep_map`` the map
+    (h, w) in [0, 1] at any size (a tensor or an array) (1 = change, shown white). With ``keep_map`` the map
     is shown as the user gave it, white = keep, and labelled so. ``decoded``, the model's
     output before the pixel-space composite, shows what the composite put back.
     """
     height, width = original.shape[:2]
-    grey = F.interpolate(change_map[None, None].float(), size=(height, width), mode="bilinear", align_corners=False)
+    values = torch.from_numpy(strength_array(change_map)).float()
+    grey = F.interpolate(values[None, None], size=(height, width), mode="bilinear", align_corners=False)
     shown = _grey_to_rgb((((1 - grey) if keep_map else grey)[0, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy())
     panels = [
         (original, "original"),
