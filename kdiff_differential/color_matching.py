@@ -10,7 +10,11 @@ the result's channels so that its statistics there become the original's:
     lab' = (lab - mean_result) * std_original / std_result + mean_original
 
 on every pixel of strength > 0 (one transform for the whole region, so that it stays
-consistent inside). The band is where the map is between 0 and 1 (a feathered or blurred
+consistent inside), in part: a pixel of strength s moves by the share max(s, min(1, m / c))
+of its correction, c the correction's size and m how far the model moved the pixel from
+the original (Euclidean distances in L*a*b*). A pixel the model barely changed, in the
+faint tail of a feathered map, so keeps its colour instead of taking the region's
+correction as a halo. The band is where the map is between 0 and 1 (a feathered or blurred
 edge); for a binary map, the changed pixels within ``band`` pixels of a kept one; for a
 map that changes everything, the whole image. Pixels of strength 0 are not touched, and
 the composite that follows puts the original's bytes there.
@@ -71,7 +75,17 @@ def match_colors(result: np.ndarray, original: np.ndarray, change_map: Any, *, b
     mean_result, mean_original = lab_result[where].mean(axis=0), lab_original[where].mean(axis=0)
     std_result, std_original = lab_result[where].std(axis=0), lab_original[where].std(axis=0)
     scale = np.where(std_result > FLAT, std_original / np.maximum(std_result, FLAT), 1.0)
-    matched = (lab_result[changed] - mean_result) * scale + mean_original
+    before = lab_result[changed]
+    correction = (before - mean_result) * scale + mean_original - before
+    # A pixel takes its strength's share of the correction, and more only as far as the
+    # model moved it from the original: one the model barely touched (a feather's faint
+    # tail) keeps its colour, where the region's one transform would draw a halo.
+    moved = np.linalg.norm(before - lab_original[changed], axis=-1)
+    reach = np.minimum(1, moved / np.maximum(np.linalg.norm(correction, axis=-1), 1e-12))
+    matched = before + correction * np.maximum(strength[changed], reach)[:, None]
+    # Where b* > 200 (L* + 16) / 116 the colour's Z would be negative; lab2rgb would clip
+    # it to 0 with a warning, so clip here to the same colour, quietly.
+    matched[:, 2] = np.minimum(matched[:, 2], 200 * (matched[:, 0] + 16) / 116)
     rgb = lab2rgb(matched[:, None, :])[:, 0, :]
     out = result.copy()
     out[changed] = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)

@@ -4,12 +4,15 @@ release masks over the steps, each panel with a label above it."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+import re
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .maps import strength_array
 
 GAP = 4  # pixels of white between panels
 TILE = 128  # the longest side of one mask in the grid
@@ -32,12 +35,18 @@ def labelled(panel: np.ndarray, text: str) -> np.ndarray:
     largest font size up to 12 that fits the width: (H + LABEL, W, 3)."""
     from PIL import Image, ImageDraw, ImageFont
 
+    # Pillow's default font draws a hyphen edge to edge, so that "--grow" reads as one
+    # dash: each hyphen is drawn on its own, with a pixel after it.
+    pieces = [piece for piece in re.split(r"(-)", text) if piece]
     band = Image.new("RGB", (panel.shape[1], LABEL), "white")
     for size in range(12, 5, -1):
         font = ImageFont.load_default(size=size)
-        if font.getlength(text) <= panel.shape[1] - 4:
+        if sum(font.getlength(piece) for piece in pieces) + text.count("-") <= panel.shape[1] - 4:
             break
-    ImageDraw.Draw(band).text((2, LABEL // 2), text, fill="black", font=font, anchor="lm")
+    draw, left = ImageDraw.Draw(band), 2.0
+    for piece in pieces:
+        draw.text((left, LABEL // 2), piece, fill="black", font=font, anchor="lm")
+        left += font.getlength(piece) + (piece == "-")
     return np.concatenate([np.asarray(band), panel], axis=0)
 
 
@@ -52,12 +61,13 @@ def strip(
     uint8 (LABEL + H, n W + (n - 1) GAP, 3) for n panels.
 
     ``original`` and ``result`` are uint8 (H, W, 3); ``change_map`` is the strength
-    (h, w) in [0, 1] at any size (1 = change, shown white). With ``keep_map`` the map
+    (h, w) in [0, 1] at any size (a tensor or an array) (1 = change, shown white). With ``keep_map`` the map
     is shown as the user gave it, white = keep, and labelled so. ``decoded``, the model's
     output before the pixel-space composite, shows what the composite put back.
     """
     height, width = original.shape[:2]
-    grey = F.interpolate(torch.as_tensor(np.asarray(change_map, dtype=np.float32))[None, None], size=(height, width), mode="bilinear", align_corners=False)
+    values = torch.from_numpy(strength_array(change_map)).float()
+    grey = F.interpolate(values[None, None], size=(height, width), mode="bilinear", align_corners=False)
     shown = _grey_to_rgb((((1 - grey) if keep_map else grey)[0, 0] * 255).round().clamp(0, 255).to(torch.uint8).numpy())
     panels = [
         (original, "original"),
@@ -89,11 +99,14 @@ def mask_grid(masks: Sequence[Tensor], aspect: float, sigmas: Optional[Sequence[
     band = 0 if sigmas is None else LABEL
     columns = math.ceil(math.sqrt(len(masks)))
     rows = math.ceil(len(masks) / columns)
-    # A colour between tiles, so that the border of an all-white tile shows.
-    grid = np.full((rows * (band + height + GAP) - GAP, columns * (width + GAP) - GAP, 3), (200, 60, 60), np.uint8)
-    for index, mask in enumerate(masks):
-        row, column = divmod(index, columns)
-        top, left = row * (band + height + GAP), column * (width + GAP)
+    # A colour between tiles, so that the border of an all-white tile shows; the cells
+    # after the last tile stay the white background.
+    grid = np.full((rows * (band + height + GAP) - GAP, columns * (width + GAP) - GAP, 3), 255, np.uint8)
+    corners = [(row * (band + height + GAP), column * (width + GAP))
+               for row, column in (divmod(index, columns) for index in range(len(masks)))]
+    for top, left in corners:
+        grid[max(0, top - GAP) : top + band + height + GAP, max(0, left - GAP) : left + width + GAP] = (200, 60, 60)
+    for index, (mask, (top, left)) in enumerate(zip(masks, corners)):
         tile = _grey_to_rgb(_resize_grey(mask, height, width))
         if sigmas is not None:
             tile = labelled(tile, f"step {index + 1}, sigma {sigmas[index]:.3g}")

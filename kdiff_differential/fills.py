@@ -14,10 +14,12 @@ the region first (as InvokeAI and Krita do) gives the model room to move:
 ``"mean"``
     The region's mean colour (weighted by strength).
 
-The fill is blended by the map, ``image + s * (fill - image)``, so that a strength of 0.2
-is barely filled, and pixels of strength 0 are the input's bytes. The fill only feeds the
-model: the composite lays the result over the unfilled input, so kept pixels stay exact in
-the output whatever the fill.
+The fill is blended by the map, ``image + w(s) * (fill - image)``, with the weight w(s) 0
+up to s = 0.65 and a smoothstep from there to 1 at s = 1: only pixels released early
+enough to be regenerated are filled, because what a later-released pixel is given
+survives into the result (noise as speckle, blur as softness). Pixels of strength up to
+0.65 are the input's bytes. The fill only feeds the model: the composite lays the result
+over the unfilled input, so kept pixels stay exact in the output whatever the fill.
 """
 
 from __future__ import annotations
@@ -32,6 +34,17 @@ from .maps import strength_array
 
 # The blur fill's standard deviation, as a fraction of the image's longest side.
 BLUR_FRACTION = 1 / 16
+# The fill reaches only pixels of strength above this: below it a pixel is released late
+# enough that the model refines what it is given rather than regenerating it, and any
+# fill there would survive into the result (samplers/fill_residue.py).
+FILL_FROM = 0.65
+
+
+def fill_weight(strength: np.ndarray) -> np.ndarray:
+    """How much of the fill a pixel of strength s gets: 0 up to FILL_FROM, then a
+    smoothstep up to 1 at s = 1."""
+    t = np.clip((strength - FILL_FROM) / (1 - FILL_FROM), 0, 1)
+    return t * t * (3 - 2 * t)
 
 
 def region_statistics(image: np.ndarray, strength: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +62,8 @@ def fill_pixels(image: np.ndarray, change_map: Any, fill: str, seed: int = 0) ->
 
     ``image`` is uint8 (H, W, 3); ``change_map`` the strengths (h, w) in [0, 1], 1 =
     change, a tensor or an array, stretched to (H, W) when its size differs. The result is
-    ``image + s * (fill - image)``, rounded: pixels of strength 0 are ``image``'s bytes.
+    ``image + fill_weight(s) * (fill - image)``, rounded: pixels of strength up to
+    FILL_FROM are ``image``'s bytes.
     ``seed`` draws the noise fill.
     """
     if fill not in FILLS:
@@ -57,7 +71,8 @@ def fill_pixels(image: np.ndarray, change_map: Any, fill: str, seed: int = 0) ->
     require_rgb(image, "image")
     height, width = image.shape[:2]
     strength = strength_array(change_map, (height, width))
-    if fill == "original" or not strength.any():
+    weight = fill_weight(strength)
+    if fill == "original" or not weight.any():
         return image
     if fill == "blur":
         from scipy.ndimage import gaussian_filter
@@ -73,6 +88,5 @@ def fill_pixels(image: np.ndarray, change_map: Any, fill: str, seed: int = 0) ->
             factor = np.linalg.cholesky(covariance + 1e-6 * np.eye(3))
             draws = np.random.default_rng(seed).standard_normal((height, width, 3))
             filled = mean + draws @ factor.T
-    blended = image + strength[..., None] * (filled - image)
-    out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    return np.where((strength > 0)[..., None], out, image)
+    blended = image + weight[..., None] * (filled - image)
+    return np.clip(np.rint(blended), 0, 255).astype(np.uint8)

@@ -17,6 +17,11 @@ In the order :func:`prepare_map` applies them:
     region to 0 at ``feather`` pixels. Pixels of the region keep their strengths.
 ``blur`` (pixels, >= 0)
     A plain Gaussian blur of that standard deviation, inside and out.
+
+Every pixel lies within the image's diagonal of every other, so a grow (or shrink) beyond
+the diagonal gives the map's largest (or smallest) strength everywhere, as the diagonal
+does. A blur wider than the diagonal is refused: its kernel would outgrow memory long
+before it changed the result meaningfully.
 """
 
 from __future__ import annotations
@@ -25,17 +30,16 @@ import math
 from typing import Any, Optional
 
 import numpy as np
-import torch
-from torch import Tensor
 
+from .errors import InputError
 from .maps import strength_array
 
 
 def _number(name: str, value: Any, negative: bool) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name} must be a finite number of pixels, got {value!r}")
+        raise TypeError(f"{name}={value!r}: give a finite number of pixels")
     if value < 0 and not negative:
-        raise ValueError(f"{name} must be >= 0 pixels, got {value!r}")
+        raise InputError(f"{name}={value!r}: give a number of pixels >= 0")
     return float(value)
 
 
@@ -45,6 +49,8 @@ def _disk_extreme(values: np.ndarray, radius: float, largest: bool) -> np.ndarra
     along x per row half-width, then the extreme of those over the rows, O(pixels x radius)."""
     from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
+    if radius >= math.hypot(values.shape[0] - 1, values.shape[1] - 1):
+        return np.full_like(values, values.max() if largest else values.min())
     reach = int(math.floor(radius))
     if reach < 1:
         return values
@@ -62,16 +68,16 @@ def _disk_extreme(values: np.ndarray, radius: float, largest: bool) -> np.ndarra
     return out
 
 
-def grow_map(change_map: Any, pixels: float) -> Tensor:
+def grow_map(change_map: Any, pixels: float) -> np.ndarray:
     """``change_map`` (H, W) in [0, 1] dilated by a disk of ``pixels`` (grey-level: each
     pixel takes the largest strength within that distance); a negative ``pixels``
     erodes it (the smallest). Returns float32 (H, W)."""
     pixels = _number("grow", pixels, negative=True)
     values = strength_array(change_map)
-    return torch.from_numpy(_disk_extreme(values, abs(pixels), largest=pixels > 0).astype(np.float32))
+    return _disk_extreme(values, abs(pixels), largest=pixels > 0).astype(np.float32)
 
 
-def feather_map(change_map: Any, pixels: float) -> Tensor:
+def feather_map(change_map: Any, pixels: float) -> np.ndarray:
     """``change_map`` (H, W) in [0, 1] feathered outward by ``pixels``: a strength-0
     pixel at distance d < ``pixels`` from the nearest pixel of strength > 0 gets that
     pixel's strength times 1 - smoothstep(d / ``pixels``); every pixel of strength > 0
@@ -82,23 +88,31 @@ def feather_map(change_map: Any, pixels: float) -> Tensor:
     values = strength_array(change_map)
     outside = values == 0
     if pixels == 0 or outside.all() or not outside.any():
-        return torch.from_numpy(values.astype(np.float32))
+        return values.astype(np.float32)
     distance, (rows, columns) = distance_transform_edt(outside, return_indices=True)
     t = np.clip(distance / pixels, 0, 1)
     ramp = values[rows, columns] * (1 - t * t * (3 - 2 * t))
-    return torch.from_numpy(np.where(outside, ramp, values).astype(np.float32))
+    return np.where(outside, ramp, values).astype(np.float32)
 
 
-def blur_map(change_map: Any, pixels: float) -> Tensor:
+def _check_blur(pixels: float, shape: tuple[int, ...]) -> None:
+    diagonal = math.hypot(*shape)
+    if pixels > diagonal:
+        raise InputError(f"blur={pixels:g}: give at most the image's diagonal ({diagonal:.0f} pixels)")
+
+
+def blur_map(change_map: Any, pixels: float) -> np.ndarray:
     """``change_map`` (H, W) in [0, 1] blurred by a Gaussian of standard deviation
-    ``pixels``, the border extended with its edge values. Returns float32 (H, W)."""
+    ``pixels`` (at most the map's diagonal), the border extended with its edge values.
+    Returns float32 (H, W)."""
     from scipy.ndimage import gaussian_filter
 
     pixels = _number("blur", pixels, negative=False)
     values = strength_array(change_map)
+    _check_blur(pixels, values.shape)
     if pixels > 0:
         values = np.clip(gaussian_filter(values, pixels, mode="nearest"), 0, 1)
-    return torch.from_numpy(values.astype(np.float32))
+    return values.astype(np.float32)
 
 
 def prepare_map(
@@ -108,7 +122,7 @@ def prepare_map(
     feather: float = 0,
     blur: float = 0,
     size: Optional[tuple[int, int]] = None,
-) -> Tensor:
+) -> np.ndarray:
     """``change_map`` (H', W') in [0, 1] (1 = change; a tensor or an array) grown, then
     feathered, then blurred (module docstring), float32 (H, W) in [0, 1].
 
@@ -120,8 +134,9 @@ def prepare_map(
     feather = _number("feather", feather, negative=False)
     blur = _number("blur", blur, negative=False)
     if not (grow or feather or blur):
-        return torch.from_numpy(strength_array(change_map).astype(np.float32))
+        return strength_array(change_map).astype(np.float32)
     strength = strength_array(change_map, size)
+    _check_blur(blur, strength.shape)
     if grow:
         strength = grow_map(strength, grow)
     if feather:

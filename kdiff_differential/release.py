@@ -289,8 +289,10 @@ class SmoothRelease(Release):
 FAITHFUL_POWER = 3.0
 # Where power 3 bands at 5 steps (banding above 8 on the benchmark): DPM2-ancestral's
 # edges in the step's top third (13.1, against 9.5 at power 1, the same DAM) and DPM++
-# 3M SDE's (8.2, against 7.6 at power 1).
-FAITHFUL_POWERS = {"dpm_2_ancestral": 1.0, "dpmpp_3m_sde": 1.0}
+# 3M SDE's (8.2, against 7.6 at power 1). DPM2 at power 1 bands less on the benchmark's
+# scene and on its mirrored, flipped and recoloured versions, with a lower DAM at 5, 10
+# and 20 steps (samplers/PERFORMANCE.md, issue 31).
+FAITHFUL_POWERS = {"dpm_2": 1.0, "dpm_2_ancestral": 1.0, "dpmpp_3m_sde": 1.0}
 # Where a sampler's second call of a step, at the next level, is masked (``at_next_level``):
 # this far up the step, in log sigma. 0.5 is the geometric midpoint, where DPM2 makes its
 # own second call. DPM2-ancestral, whose update then runs from sigma_i down to

@@ -38,9 +38,16 @@ def load_segmenter(source: str, device: Union[str, "torch.device"] = "cpu", quie
     if quiet:
         transformers_logging.set_verbosity_error()
         transformers_logging.disable_progress_bar()
+    from .models.sources import cached_folder, resolve_source
+
+    # As --model names them: a folder that is not there, or a Hub id not in the cache.
+    resolved = resolve_source(source, flag="segmenter")
+    if resolved.kind == "file":
+        raise InputError(f"segmenter={source}: a single file; give a CLIPSeg folder saved by save_pretrained, or a Hub id")
+    folder = resolved.path if resolved.kind == "folder" else cached_folder(resolved)
     try:
-        processor = CLIPSegProcessor.from_pretrained(source, local_files_only=True)
-        model = CLIPSegForImageSegmentation.from_pretrained(source, local_files_only=True)
+        processor = CLIPSegProcessor.from_pretrained(folder, local_files_only=True)
+        model = CLIPSegForImageSegmentation.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"segmenter={source}: not a CLIPSeg model and processor saved by save_pretrained ({first})") from None

@@ -1,16 +1,16 @@
 """Banding and fidelity benchmark: ``python -m samplers.banding``.
 
 Edits a smooth synthetic landscape (sky, sun glow, hills; no edges for a band to hide
-behind) with a linear left-to-right change map on the built-in model, for both release
-modes, every sampler that runs a schedule, several step counts and a few seeds, and
-prints four Markdown tables (samplers/metrics.py, defined in the README), each titled
+behind; ``--scene`` gives it mirrored, upside down or recoloured) with a linear left-to-right change map on the built-in model, for each release rule
+(faithful, the default; smooth; binary), every sampler that runs a schedule, several
+step counts and a few seeds, and prints four Markdown tables (samplers/metrics.py, defined in the README), each titled
 with its unit and which way is better: ``banding`` (the largest jump between
 neighbouring map levels of the mean change, in 8-bit levels), and ``cam``, ``dam`` and
 ``calibration`` of the edit strength per map level against the converged edit's.
 ``--release`` also takes the peers' rules (``samplers/peers.py``: ComfyUI's, the diffusers
 pipelines' pre- and post-blend, InvokeAI's) as rows beside ours.
-``--figure PATH`` also draws the edits side by side: binary above smooth, one column a
-step count.
+``--figure PATH`` also draws the first sampler's edits, one row a release rule and one
+column a step count.
 """
 
 from __future__ import annotations
@@ -47,10 +47,23 @@ def smooth_scene(height: int = 192, width: int = 384) -> np.ndarray:
     return (np.clip(picture, 0, 1) * 255).round().astype(np.uint8)
 
 
+# The landscape and variants of it that no rule was tuned on: the map then crosses the
+# same smooth content in another order, or other colours.
+SCENES = {"landscape": lambda image: image, "mirrored": lambda image: image[:, ::-1],
+          "upside-down": lambda image: image[::-1], "recoloured": lambda image: image[..., ::-1]}
+
+
+def scene_image(scene: str = "landscape", height: int = 192, width: int = 384) -> np.ndarray:
+    """The scene ``scene`` (one of SCENES), uint8 (height, width, 3)."""
+    if scene not in SCENES:
+        raise ValueError(f"scene must be one of {', '.join(SCENES)}, got {scene!r}")
+    return np.ascontiguousarray(SCENES[scene](smooth_scene(height, width)))
+
+
 def measure(samplers: Sequence[str], steps: Sequence[int], releases: Sequence[str] = RELEASES,
             seed: int = 0, height: int = 192, width: int = 384,
-            images: Optional[dict[tuple[str, str, int], np.ndarray]] = None) -> dict[tuple[str, str, int], float]:
-    """Banding of each (release, sampler, steps) on :func:`smooth_scene` with a linear
+            images: Optional[dict[tuple[str, str, int], np.ndarray]] = None, scene: str = "landscape") -> dict[tuple[str, str, int], float]:
+    """Banding of each (release, sampler, steps) on :func:`scene_image` with a linear
     left-to-right map, on the built-in model. ``images``, when given, receives each edit,
     uint8 (height, width, 3), under the same key."""
 
@@ -60,7 +73,7 @@ def measure(samplers: Sequence[str], steps: Sequence[int], releases: Sequence[st
     from samplers.metrics import banding
     from samplers.threads import one_thread
 
-    image = smooth_scene(height, width)
+    image = scene_image(scene, height, width)
     strength = preset_map("gradient-x", height, width)
     model = BuiltinModel(image)
     table = {}
@@ -86,7 +99,8 @@ REFERENCE = ("euler", 100)
 
 def fidelity_table(samplers: Sequence[str], steps: Sequence[int], releases: Sequence[str] = RELEASES,
                    seeds: Sequence[int] = (0, 1, 2), height: int = 192, width: int = 384,
-                   images: Optional[dict[tuple[str, str, int], np.ndarray]] = None) -> dict[tuple[str, str, int], dict[str, float]]:
+                   images: Optional[dict[tuple[str, str, int], np.ndarray]] = None,
+                   scene: str = "landscape") -> dict[tuple[str, str, int], dict[str, float]]:
     """Per (release, sampler, steps): ``banding`` (the median over ``seeds``) and
     ``cam``, ``dam`` and ``calibration`` (samplers/metrics.py) of the edit strength
     measured over ``seeds`` against the converged edit's over the same seeds (Euler, 100
@@ -97,19 +111,19 @@ def fidelity_table(samplers: Sequence[str], steps: Sequence[int], releases: Sequ
 
     if not seeds:
         raise ValueError("seeds must name at least one seed, got none")
-    scene, strength = smooth_scene(height, width), preset_map("gradient-x", height, width).numpy()
+    name, scene, strength = scene, scene_image(scene, height, width), preset_map("gradient-x", height, width).numpy()
     bandings: dict[tuple[str, str, int], list[float]] = {}
     outs: dict[tuple[str, str, int], list[np.ndarray]] = {}
     references = []
     for seed in seeds:
         edits: dict[tuple[str, str, int], np.ndarray] = {}
-        for key, value in measure(samplers, steps, releases, seed, height, width, images=edits).items():
+        for key, value in measure(samplers, steps, releases, seed, height, width, images=edits, scene=name).items():
             bandings.setdefault(key, []).append(value)
             outs.setdefault(key, []).append(edits[key])
         if images is not None and seed == seeds[0]:
             images.update(edits)
         converged: dict[tuple[str, str, int], np.ndarray] = {}
-        measure([REFERENCE[0]], [REFERENCE[1]], ["smooth"], seed, height, width, images=converged)
+        measure([REFERENCE[0]], [REFERENCE[1]], ["smooth"], seed, height, width, images=converged, scene=name)
         references.append(converged["smooth", *REFERENCE])
     reference = edit_strength(references, scene, strength)
     return {key: {"banding": float(np.median(bandings[key])), **fidelity(edit_strength(outs[key], scene, strength), reference)}
@@ -175,12 +189,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from samplers.compare import _list_of, _positive
 
     listed = [name for name in SAMPLERS if name not in RANGE_SAMPLERS]
-    parser = OneLineParser(prog=PROG, description="Banding and fidelity (CAM, DAM, calibration) of smooth and binary release per sampler and step count.")
+    parser = OneLineParser(prog=PROG, description="Banding and fidelity (CAM, DAM, calibration) of each release rule "
+                                                   "(faithful, the default; smooth; binary) per sampler and step count.")
     parser.add_argument("--samplers", type=_list_of(str, "samplers", SAMPLERS), default=listed, help="default: every schedule sampler")
     parser.add_argument("--steps", type=_list_of(_positive, "whole numbers >= 1"), default=[5, 10, 20], help="default: 5,10,20")
     parser.add_argument("--release", type=_list_of(str, "releases", RELEASES + PEERS), default=list(RELEASES),
                         help=f"default: faithful,smooth,binary; peers: {','.join(PEERS)}")
     parser.add_argument("--seeds", type=_list_of(int, "whole numbers"), default=[0, 1, 2], help="the edit strength is measured over these (default: 0,1,2)")
+    parser.add_argument("--scene", choices=list(SCENES), default="landscape", help="the landscape (default) or a variant of it")
     parser.add_argument("--figure", metavar="PATH.png", help="also draw the first sampler's edits (first seed), release modes side by side")
 
     def work() -> None:
@@ -188,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.figure and not Path(args.figure).resolve().parent.is_dir():
             raise InputError(f"--figure {args.figure}: the folder does not exist")
         images: dict = {}
-        table = fidelity_table(args.samplers, args.steps, args.release, args.seeds, images=images)
+        table = fidelity_table(args.samplers, args.steps, args.release, args.seeds, images=images, scene=args.scene)
         for index, (name, title) in enumerate(titles(args.seeds).items()):
             print(("\n" if index else "") + title + "\n")
             print(markdown({key: values[name] for key, values in table.items()}, DIGITS[name]))
@@ -197,11 +213,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             from samplers.metrics import banding
 
             shown = {key: image for key, image in images.items() if key[1] == args.samplers[0]}
-            scene, strength = smooth_scene(), preset_map("gradient-x", *smooth_scene().shape[:2]).numpy()
+            scene = scene_image(args.scene)
+            strength = preset_map("gradient-x", *scene.shape[:2]).numpy()
             figure = side_by_side(shown, {key: banding(image, scene, strength) for key, image in shown.items()})
             buffer = io.BytesIO()
             figure.savefig(buffer, format="png", dpi=80)
             write_atomically(args.figure, lambda file: file.write(buffer.getvalue()), binary=True)
+            print(f"wrote {args.figure}")
 
     return command_status(PROG, work, "interrupted")
 

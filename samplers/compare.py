@@ -1,6 +1,6 @@
 """Compare k-diffusion samplers under Differential Diffusion: ``python -m samplers.compare``.
 
-Runs every (sampler, steps, release, seed, threshold) on one image and map, measures each run
+Runs every (sampler, steps, release, seed, clock) on one image and map, measures each run
 (see samplers/metrics.py and the README) and writes DIR/results.csv (one row a run,
 rewritten as runs finish, so an interrupted sweep keeps what it finished),
 DIR/results.md (per sampler and step count, one run or a median), DIR/grid.png (outputs: samplers
@@ -152,7 +152,9 @@ def sweep(args: argparse.Namespace) -> Path:
 
     (out / "images").mkdir(parents=True, exist_ok=True)
     csv_path = out / "results.csv"
-    rows = {report.run_of(row).key: row for row in report.read_csv(csv_path)} if csv_path.exists() else {}
+    inputs = {"model": args.model, "image": args.image or "example", "image_sha256": report.digest(original),
+              "map": args.map, "map_sha256": report.digest(strength.numpy())}
+    rows = {report.run_of(row).key: row for row in report.read_resumable(csv_path, inputs)} if csv_path.exists() else {}
     todo = [run for run in runs if run.key not in rows]
     order = {run.key: index for index, run in enumerate(runs)}
 
@@ -174,6 +176,7 @@ def sweep(args: argparse.Namespace) -> Path:
     for run, row, image in execute(args.executor, setup, todo, args.address):
         write_image(image, str(image_of(run)))
         row.update(fidelity(change_curve(image, original, strength.numpy()), curves[converged_run(run).key]))
+        row.update(inputs)
         rows[run.key] = row
         report.write_csv(csv_path, sorted(rows.values(), key=lambda r: order.get(report.run_of(r).key, len(order))))
         progress.update()

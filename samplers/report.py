@@ -15,12 +15,15 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
+from kdiff_differential.errors import InputError
 from kdiff_differential.files import write_atomically
 from samplers.metrics import FIDELITY, METRICS, UNITS
 from samplers.sweep import Run
 
 PLOTTED = [*METRICS, *FIDELITY]
-COLUMNS = ["sampler", "steps", "seed", "threshold", "strength", "release", "nfe", "seconds", *PLOTTED]
+# What the sweep ran on: each row records it, so that --resume can refuse rows of another sweep.
+INPUTS = ["model", "image", "image_sha256", "map", "map_sha256"]
+COLUMNS = ["sampler", "steps", "seed", "clock", "strength", "release", "nfe", "seconds", *PLOTTED, *INPUTS]
 SUMMARY = ["nfe", "seconds", *PLOTTED]
 # tradeoff.png: the smallest y-range a panel shows (metrics are on pixel values in [0, 1]),
 # and the line styles and markers that tell coinciding samplers apart.
@@ -28,7 +31,8 @@ MIN_SPAN = 0.05
 LINES = ["-", "--", ":", "-."]
 PANELS_PER_ROW = 4
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "p", "h", "*", "d"]
-_TYPES: dict[str, Callable[[str], Any]] = {"sampler": str, "threshold": str, "release": str, "steps": int, "seed": int, "nfe": int}
+_TYPES: dict[str, Callable[[str], Any]] = {"sampler": str, "clock": str, "release": str, "steps": int, "seed": int, "nfe": int,
+                                           **{column: str for column in INPUTS}}
 
 
 def write_csv(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -46,8 +50,34 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
         return [{key: _TYPES.get(key, float)(value) for key, value in row.items()} for row in csv.DictReader(file)]
 
 
+def digest(values: np.ndarray) -> str:
+    """A content hash of an image or a map (its shape, type and values), hex."""
+    import hashlib
+
+    values = np.ascontiguousarray(values)
+    return hashlib.sha256(f"{values.shape} {values.dtype}".encode() + values.tobytes()).hexdigest()
+
+
+def read_resumable(path: Path, inputs: dict[str, str]) -> list[dict[str, Any]]:
+    """The rows of the results.csv at ``path`` that a sweep on ``inputs`` (one value per
+    column of INPUTS) may continue; an InputError when they were made from other inputs."""
+    with open(path, newline="") as file:
+        header = csv.DictReader(file).fieldnames or []
+    if not set(INPUTS) <= set(header) or "clock" not in header:
+        raise InputError(f"{path} does not record the model, image and map its runs were made from (an older sweep); "
+                         "choose another --out")
+    rows = read_csv(path)
+    for row in rows:
+        differ = [column for column in INPUTS if row[column] != inputs[column]]
+        if differ:
+            given = ", ".join(f"{column} {row[column]!r} there, {inputs[column]!r} now" for column in differ)
+            raise InputError(f"{path} holds runs made from other inputs ({given}); --resume continues only the same "
+                             "model, image and map: choose another --out")
+    return rows
+
+
 def run_of(row: dict[str, Any]) -> Run:
-    return Run(row["sampler"], row["steps"], row["seed"], row["threshold"], row["strength"], row["release"])
+    return Run(row["sampler"], row["steps"], row["seed"], row["clock"], row["strength"], row["release"])
 
 
 def _median(values: list[float]) -> float:
@@ -80,7 +110,7 @@ def _listed(values: Iterable[Any]) -> str:
 
 def summary_header(rows: list[dict[str, Any]]) -> str:
     """What each row of results.md aggregates, in words: one run, or the median of how
-    many, over which of the run's other axes (seed, threshold, ...)."""
+    many, over which of the run's other axes (seed, clock, ...)."""
     axes = [field.name for field in dataclasses.fields(Run) if field.name not in ("sampler", "steps")]
     values = {axis: list(dict.fromkeys(row[axis] for row in rows)) for axis in axes}
     if len(values["release"]) > 1:  # each release mode has rows of its own

@@ -1,6 +1,6 @@
 """One sweep: the list of runs, and how one run is done and measured.
 
-A run is one (sampler, steps, seed, threshold, strength, release) on the sweep's (image, map,
+A run is one (sampler, steps, seed, clock, strength, release) on the sweep's (image, map,
 model). Runs are independent: an executor may do them in any order, anywhere, and
 gets the same numbers back, because each run seeds itself and uses one CPU thread.
 """
@@ -39,21 +39,21 @@ class Run:
     sampler: str
     steps: int
     seed: int
-    threshold: str
+    clock: str
     strength: float
     release: str = "smooth"
 
     @property
     def key(self) -> tuple[str, int, int, str, float, str]:
-        return (self.sampler, self.steps, self.seed, self.threshold, self.strength, self.release)
+        return (self.sampler, self.steps, self.seed, self.clock, self.strength, self.release)
 
     @property
     def name(self) -> str:
-        return (f"{self.sampler}-{self.steps}steps-seed{self.seed}-{self.threshold}-strength{self.strength:g}"
+        return (f"{self.sampler}-{self.steps}steps-seed{self.seed}-{self.clock}-strength{self.strength:g}"
                 f"-{self.release}")
 
 
-def plan(samplers: list[str], steps: list[int], seeds: list[int], thresholds: list[str], strength: float,
+def plan(samplers: list[str], steps: list[int], seeds: list[int], clocks: list[str], strength: float,
          releases: tuple[str, ...] = ("smooth",)) -> list[Run]:
     """Every combination, samplers outermost: the row order of results.csv. The step
     clock counts schedule steps, which the range samplers (dpm_fast, dpm_adaptive) do not
@@ -61,9 +61,9 @@ def plan(samplers: list[str], steps: list[int], seeds: list[int], thresholds: li
     runs once, under the first step count."""
     from kdiff_differential.edit import OWN_STEPS, RANGE_SAMPLERS
 
-    return [Run(sampler, count, seed, threshold, strength, release)
-            for sampler, count, release, seed, threshold in itertools.product(samplers, steps, releases, seeds, thresholds)
-            if not (threshold == "step" and sampler in RANGE_SAMPLERS) and not (sampler in OWN_STEPS and count != steps[0])]
+    return [Run(sampler, count, seed, clock, strength, release)
+            for sampler, count, release, seed, clock in itertools.product(samplers, steps, releases, seeds, clocks)
+            if not (clock == "step" and sampler in RANGE_SAMPLERS) and not (sampler in OWN_STEPS and count != steps[0])]
 
 
 # The converged edit that a run's fidelity (cam, dam, calibration) is measured against.
@@ -74,7 +74,7 @@ def converged_run(run: Run) -> Run:
     """The converged edit for ``run``: Euler, 100 steps, smooth release, with the run's
     seed, clock and strength."""
     sampler, steps = CONVERGED
-    return Run(sampler, steps, run.seed, run.threshold, run.strength, "smooth")
+    return Run(sampler, steps, run.seed, run.clock, run.strength, "smooth")
 
 
 class CountingDenoiser(nn.Module):
@@ -121,7 +121,7 @@ def perform(setup: Setup, run: Run) -> tuple[dict[str, Any], np.ndarray]:
             steps=None if run.sampler in OWN_STEPS else run.steps,  # compare.sweep warns once
             seed=run.seed,
             strength=run.strength,
-            clock=run.threshold,
+            clock=run.clock,
             release=run.release,
             schedule=getattr(model, "schedule", "karras"),  # flow models: their own, from t = 1
             extra_args=model.extra_args("", "", 1.0, change_map=strength),

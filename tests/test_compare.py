@@ -1,6 +1,7 @@
 """The sampler comparison harness, run as a user runs it: ``python -m samplers.compare``."""
 
 import csv
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -54,9 +55,19 @@ def test_a_small_sweep_writes_all_four_outputs(sweep):
         *((sampler, steps) for sampler in ("euler", "dpmpp_2m") for steps in ("4", "8")), ("dpm_adaptive", "4"),
     ]
     assert list(table[0]) == [
-        "sampler", "steps", "seed", "threshold", "strength", "release", "nfe", "seconds",
+        "sampler", "steps", "seed", "clock", "strength", "release", "nfe", "seconds",
         "preserve_max_err", "regen_mean", "monotonicity", "banding", "cam", "dam", "calibration",
+        "model", "image", "image_sha256", "map", "map_sha256",
     ]
+    # What the runs were made from: the example image and the preset map, by content.
+    from kdiff_differential.models.builtin import load_example_image
+    from kdiff_differential.presets import resolve_map
+
+    example = load_example_image()
+    preset = resolve_map("gradient-x", *example.shape[:2]).numpy()
+    assert {(row["model"], row["image"], row["map"]) for row in table} == {("builtin", "example", "gradient-x")}
+    assert {row["image_sha256"] for row in table} == {hashlib.sha256(f"{example.shape} uint8".encode() + example.tobytes()).hexdigest()}
+    assert {row["map_sha256"] for row in table} == {hashlib.sha256(f"{preset.shape} {preset.dtype}".encode() + preset.tobytes()).hexdigest()}
     for name in ("grid.png", "tradeoff.png"):
         with Image.open(sweep / name) as image:
             image.verify()
@@ -65,19 +76,19 @@ def test_a_small_sweep_writes_all_four_outputs(sweep):
     table_lines = [line for line in markdown.splitlines() if line.startswith("|")]
     assert len({line.count("|") for line in table_lines}) == 1  # every row has the header's columns
     # One seed and one clock: each row is one run, and the header says so.
-    assert markdown.startswith("Each row is one run (seed 0; threshold timestep; strength 1; release faithful).")
+    assert markdown.startswith("Each row is one run (seed 0; clock timestep; strength 1; release faithful).")
 
 
 def test_the_results_header_says_what_a_row_aggregates():
     from samplers.report import summary_header
 
-    def row(sampler, steps, seed, threshold):
-        return {"sampler": sampler, "steps": steps, "seed": seed, "threshold": threshold, "strength": 1.0, "release": "smooth"}
+    def row(sampler, steps, seed, clock):
+        return {"sampler": sampler, "steps": steps, "seed": seed, "clock": clock, "strength": 1.0, "release": "smooth"}
 
     seeds = [row("euler", 10, seed, "timestep") for seed in (0, 1, 2)]
-    assert summary_header(seeds) == "Each row is the median of its 3 runs, over seed 0, 1, 2 (threshold timestep; strength 1; release smooth throughout)."
+    assert summary_header(seeds) == "Each row is the median of its 3 runs, over seed 0, 1, 2 (clock timestep; strength 1; release smooth throughout)."
     both = [row("euler", 10, seed, clock) for seed in (0, 1) for clock in ("timestep", "step")]
-    assert summary_header(both) == "Each row is the median of its 4 runs, over seed 0, 1; threshold timestep, step (strength 1; release smooth throughout)."
+    assert summary_header(both) == "Each row is the median of its 4 runs, over seed 0, 1; clock timestep, step (strength 1; release smooth throughout)."
 
 
 def test_tradeoff_axes_include_zero_and_a_minimum_span():
@@ -138,6 +149,31 @@ def test_resume_skips_finished_runs(sweep, tmp_path):
     assert refused.returncode == 2 and "--resume" in refused.stderr
 
 
+def test_resume_refuses_rows_made_from_another_image_or_map(tmp_path):
+    from kdiff_differential.models.builtin import load_example_image
+
+    image = load_example_image()[::4, ::4].copy()
+    Image.fromarray(image).save(tmp_path / "in.png")
+    out = tmp_path / "out"
+    run = ["--out", out, "--samplers", "euler", "--steps", "3", "--seeds", "0", "--quiet", "--image", tmp_path / "in.png"]
+    compare(*run)
+    before = (out / "results.csv").read_bytes()
+    result = compare(*run, "--resume", "--map", "radial", check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "made from other inputs (map 'gradient-x' there, 'radial' now, map_sha256" in result.stderr
+    image[0, 0] = 255 - image[0, 0]  # the same file name, other pixels
+    Image.fromarray(image).save(tmp_path / "in.png")
+    result = compare(*run, "--resume", check=False)
+    assert result.returncode == 2 and "made from other inputs (image_sha256" in result.stderr
+    assert (out / "results.csv").read_bytes() == before
+    # A results.csv from before the inputs were recorded (the clock was then "threshold").
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "results.csv").write_text("sampler,steps,seed,threshold,strength,release\neuler,3,0,timestep,1.0,smooth\n")
+    result = compare("--out", old, "--samplers", "euler", "--steps", "3", "--quiet", "--resume", check=False)
+    assert result.returncode == 2 and "does not record the model, image and map" in result.stderr
+
+
 def test_a_release_axis_compares_smooth_and_binary(tmp_path):
     out = tmp_path / "out"
     compare("--out", out, "--samplers", "euler", "--steps", "4", "--release", "smooth,binary", "--quiet")
@@ -182,7 +218,7 @@ def test_the_step_clock_leaves_out_the_range_samplers_and_says_so(tmp_path):
     out = tmp_path / "out"
     result = compare("--out", out, "--samplers", "euler,dpm_fast", "--steps", "3", "--clock", "step,timestep", "--quiet")
     assert result.stderr == "python -m samplers.compare: warning: dpm_fast run without steps: their runs with the step clock are left out\n"
-    assert sorted((row["sampler"], row["threshold"]) for row in rows(out)) == [
+    assert sorted((row["sampler"], row["clock"]) for row in rows(out)) == [
         ("dpm_fast", "timestep"), ("euler", "step"), ("euler", "timestep"),
     ]
     assert "| dpm_fast | 3 | 1 |" in (out / "results.md").read_text() and "| euler | 3 | 2 |" in (out / "results.md").read_text()

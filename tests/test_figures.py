@@ -42,3 +42,24 @@ def test_the_masks_grid_labels_each_tile_with_its_step_and_sigma():
     assert len({band.tobytes() for band in bands}) == 5  # each says something else
     with pytest.raises(ValueError, match="one noise level per mask"):
         mask_grid(masks, 1.0, sigmas=[1.0])
+
+
+def test_the_masks_grid_leaves_its_empty_cells_blank_and_frames_its_tiles():
+    masks = [torch.full((20, 20), 1.0) for _ in range(5)]  # 3 columns, 2 rows: one cell empty
+    grid = mask_grid(masks, 1.0)
+    tile = (grid.shape[1] + GAP) // 3 - GAP
+    empty = grid[tile + 2 * GAP :, 2 * (tile + GAP) + GAP :]  # the last cell, past the frame of its neighbours
+    assert empty.size and (empty == 255).all()
+    separator = grid[:tile, tile : tile + GAP]  # between the first two tiles
+    assert (separator != 255).any(axis=-1).all()
+
+
+def test_a_label_draws_each_hyphen_of_a_flag_apart():
+    from kdiff_differential.figures import labelled
+
+    band = labelled(np.zeros((4, 80, 3), np.uint8), "--grow")[:LABEL].min(axis=-1)
+    # The row through the hyphens, left of the first letter: two runs of ink, not one.
+    ink = band < 128
+    row = ink[:, :9][np.argmax(ink[:, :9].sum(axis=1))]
+    runs = np.count_nonzero(np.diff(np.concatenate([[0], row.astype(int), [0]])) == 1)
+    assert runs == 2

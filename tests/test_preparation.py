@@ -30,7 +30,7 @@ def disk(radius: int) -> np.ndarray:
 @pytest.mark.parametrize("pixels", [1, 3, 6])
 def test_growing_by_n_changes_pixels_within_n_and_nothing_beyond(pixels):
     change = square()
-    grown = grow_map(change, pixels).numpy()
+    grown = grow_map(change, pixels)
     distance = distance_to(change > 0)
     assert (grown[distance <= pixels] == 1).all()
     assert (grown[distance > pixels] == 0).all()
@@ -40,12 +40,12 @@ def test_growing_a_soft_map_is_a_grey_level_dilation():
     rng = np.random.default_rng(0)
     soft = rng.random((30, 37))
     expected = grey_dilation(soft, footprint=disk(4), mode="nearest")
-    assert np.allclose(grow_map(soft, 4).numpy(), expected, atol=1e-6)
+    assert np.allclose(grow_map(soft, 4), expected, atol=1e-6)
 
 
 def test_shrinking_narrows_the_region_and_keeps_its_core():
     change = square()
-    shrunk = grow_map(change, -3).numpy()
+    shrunk = grow_map(change, -3)
     inside_distance = distance_transform_edt(change > 0)  # to the nearest kept pixel
     assert (shrunk[inside_distance <= 3] == 0).all()
     assert (shrunk[inside_distance > 3] == 1).all()
@@ -55,7 +55,7 @@ def test_shrinking_narrows_the_region_and_keeps_its_core():
 def test_feathering_keeps_the_region_and_ramps_down_to_zero_outside():
     change = square() * 0.6
     change[20, 20] = 0.9  # a soft region: its own strengths stay as they are
-    feathered = feather_map(change, 5).numpy()
+    feathered = feather_map(change, 5)
     region = change > 0
     assert np.array_equal(feathered[region], change[region].astype(np.float32))
     distance = distance_to(region)
@@ -72,24 +72,45 @@ def test_no_step_draws_a_seam_along_the_border():
     band = np.zeros((40, 30))
     band[18:22] = 0.8
     for prepared in (grow_map(band, 5), grow_map(band, -1), feather_map(band, 6), blur_map(band, 3)):
-        columns = prepared.numpy()
-        assert np.array_equal(columns, np.repeat(columns[:, :1], 30, axis=1))
+        assert np.array_equal(prepared, np.repeat(prepared[:, :1], 30, axis=1))
 
 
 def test_prepare_map_works_in_pixels_of_the_input_and_in_order():
     half_size = square(21, 8, 13)  # the same square on a map half the image's size
-    prepared = prepare_map(half_size, grow=2, size=(42, 42)).numpy()
+    prepared = prepare_map(half_size, grow=2, size=(42, 42))
     assert prepared.shape == (42, 42)
-    assert np.array_equal(prepare_map(square(), grow=2, feather=3).numpy(), feather_map(grow_map(square(), 2), 3).numpy())
-    assert np.array_equal(prepare_map(square()).numpy(), square().astype(np.float32))
+    assert np.array_equal(prepare_map(square(), grow=2, feather=3), feather_map(grow_map(square(), 2), 3))
+    assert np.array_equal(prepare_map(square()), square().astype(np.float32))
+
+
+def test_prepare_map_returns_a_float32_array_like_the_other_tools():
+    for prepared in (prepare_map(square()), prepare_map(square(), grow=2, feather=3, blur=1)):
+        assert type(prepared) is np.ndarray and prepared.dtype == np.float32 and prepared.shape == (41, 41)
+
+
+@pytest.mark.parametrize("pixels", [1e9, -1e9])
+def test_a_grow_beyond_the_diagonal_is_the_diagonal(pixels):
+    # Every pixel lies within the diagonal of every other: a disk that wide covers the map.
+    soft = square() * 0.7
+    soft[0, 0] = 0.2
+    expected = np.full((41, 41), 0.7 if pixels > 0 else 0.0, np.float32)
+    assert np.array_equal(prepare_map(soft, grow=pixels), expected)
+    # Just under the diagonal (56.57), the disk is still drawn row by row, and covers the same.
+    assert np.array_equal(grow_map(soft, np.sign(pixels) * 56.5), expected)
+
+
+def test_an_absurd_blur_is_refused_by_name_before_any_work():
+    with pytest.raises(ValueError, match=r"blur=1e\+09: give at most the image's diagonal \(58 pixels\)"):
+        prepare_map(square(), grow=1e9, blur=1e9)
+    assert prepare_map(square(), feather=1e9).shape == (41, 41)
 
 
 @pytest.mark.parametrize(
     "call, words",
     [
-        (lambda: feather_map(square(), -1), "feather must be >= 0"),
-        (lambda: blur_map(square(), -2), "blur must be >= 0"),
-        (lambda: grow_map(square(), float("nan")), "grow must be a finite number"),
+        (lambda: feather_map(square(), -1), "feather=-1: give a number of pixels >= 0"),
+        (lambda: blur_map(square(), -2), "blur=-2: give a number of pixels >= 0"),
+        (lambda: grow_map(square(), float("nan")), "grow=nan: give a finite number"),
         (lambda: grow_map(square() * 2, 1), "strengths in [0, 1]"),
     ],
 )

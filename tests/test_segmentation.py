@@ -91,7 +91,7 @@ def test_the_command_line_changes_what_the_text_map_says(clipseg, photo, tmp_pat
     [
         (["--map-prompt", "the sky"], "--map-prompt needs --segmenter"),
         (["--segmenter", "somewhere"], "--segmenter is used with --map-prompt"),
-        (["--map-prompt", "the sky", "--segmenter", "no-such-folder"], "--segmenter no-such-folder: not a CLIPSeg model"),
+        (["--map-prompt", "the sky", "--segmenter", "./no-such-folder"], "--segmenter ./no-such-folder: no such file or folder"),
     ],
 )
 def test_bad_text_map_options_are_one_line(photo, tmp_path, capsys, args, words):
@@ -99,3 +99,15 @@ def test_bad_text_map_options_are_one_line(photo, tmp_path, capsys, args, words)
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and words in error
     assert not (tmp_path / "out.png").exists()
+
+
+def test_an_uncached_hub_segmenter_says_so_at_once(photo, tmp_path, capsys, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # no network here: nothing may be tried
+    assert main(["--image", str(photo / "in.png"), "--out", str(tmp_path / "out.png"), "--map-prompt", "the sky",
+                 "--segmenter", "CIDAS/clipseg-rd64-refined"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--segmenter CIDAS/clipseg-rd64-refined: not in the local Hub cache" in error
+    assert "Retrying" not in error

@@ -64,6 +64,30 @@ def test_an_unknown_id_offline_is_one_line(given: str, says: str, offline_cache:
     assert says in one_line(["--model", given], capsys, tmp_path)
 
 
+@pytest.fixture
+def unreachable_hub(offline_cache: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The empty cache, HF_HUB_OFFLINE unset, and a Hub endpoint that refuses connections."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the discard port: nothing listens
+    return offline_cache
+
+
+def test_an_uncached_id_without_the_hub_fails_at_once(unreachable_hub: Path, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    import time
+
+    start = time.perf_counter()
+    err = one_line(["--model", "tiny-org/not-there"], capsys, tmp_path)
+    assert "not (wholly) in the local Hub cache, and the Hub (http://127.0.0.1:9) cannot be reached" in err
+    assert time.perf_counter() - start < 10  # huggingface_hub's five retries took about 23 s
+
+
+def test_a_cached_id_without_the_hub_loads_from_the_cache(sd_folder: Path, unreachable_hub: Path) -> None:
+    cache_as_download(sd_folder, unreachable_hub, "tiny-org/tiny-sd")
+    assert torch.equal(edited(load_pipeline("tiny-org/tiny-sd")), edited(load_pipeline(sd_folder)))
+
+
 # What diffusers' single-file loader maps from, inverted: original (CompVis/SGM) name
 # fragments for diffusers' UNet resnets and VAE attention layers.
 RESNET = {"norm1": "in_layers.0", "conv1": "in_layers.2", "norm2": "out_layers.0", "conv2": "out_layers.3",

@@ -165,7 +165,7 @@ def _folder(given: str, allow_pickle: bool) -> Path:
 
     source = Source(given, "hub", repo=match["repo"], revision=match["revision"], allow_pickle=allow_pickle, flag="controlnet")
     patterns = ["config.json", "*.safetensors"] + (["*.bin"] if allow_pickle else [])
-    return Path(_hub(source, lambda: snapshot_download(source.repo, revision=source.revision, allow_patterns=patterns)))
+    return Path(_hub(source, lambda **local: snapshot_download(source.repo, revision=source.revision, allow_patterns=patterns, **local)))
 
 
 def _image_input(condition: Tensor, mode: Optional[int], net: nn.Module) -> Callable[[int], dict[str, Any]]:

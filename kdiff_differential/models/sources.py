@@ -4,7 +4,8 @@
 anything: an existing folder is a diffusers folder; an existing ``.safetensors`` file a
 single-file checkpoint (its configuration from ``--config``, or from the Hub cache);
 ``org/name[@revision]`` a Hub id, fetched through huggingface_hub's cache (offline with
-``HF_HUB_OFFLINE=1``; downloaded with the hub's own progress bar otherwise). Pickles
+``HF_HUB_OFFLINE=1``, or when the Hub does not answer at once; downloaded with the hub's
+own progress bar otherwise). Pickles
 (``.ckpt``, ``.pt``, ``.pth``, ``.bin``) can run code when loaded: they are refused
 unless ``allow_pickle`` is given, and nothing is unpickled before that check.
 :class:`Source` then says which family the model is (reading ``model_index.json`` or
@@ -13,6 +14,7 @@ the file's tensor names only) and gives the local folder to load from.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -62,7 +64,7 @@ class Source:
         if self.kind == "hub":
             from huggingface_hub import hf_hub_download
 
-            path = Path(_hub(self, lambda: hf_hub_download(self.repo, "model_index.json", revision=self.revision)))
+            path = Path(_hub(self, lambda **local: hf_hub_download(self.repo, "model_index.json", revision=self.revision, **local)))
         else:
             path = self.path / "model_index.json"
         try:
@@ -93,7 +95,8 @@ class Source:
         if weights is None:
             weights = ["*/*.safetensors"] + (["*/*.bin"] if self.allow_pickle else [])
         patterns = CONFIGS + weights
-        return Path(_hub(self, lambda: snapshot_download(self.repo, revision=self.revision, allow_patterns=patterns, ignore_patterns=VARIANTS)))
+        return Path(_hub(self, lambda **local: snapshot_download(self.repo, revision=self.revision, allow_patterns=patterns,
+                                                                 ignore_patterns=VARIANTS, **local)))
 
 
 def resolve_source(given: Union[str, Path], config: Optional[Union[str, Path]] = None, allow_pickle: bool = False, flag: str = "model") -> Source:
@@ -149,21 +152,59 @@ def read_checkpoint(source: Source) -> dict[str, "Tensor"]:
         raise InputError(f"{source.flag}={source.given}: cannot read the checkpoint ({reason})") from None
 
 
+def cached_folder(source: Source) -> Path:
+    """The folder of the Hub id ``source`` in the local Hub cache, found without the
+    network; an InputError saying plainly when it is not there."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(source.repo, revision=source.revision, local_files_only=True))
+    except LocalEntryNotFoundError:
+        raise InputError(f"{source.flag}={source.given}: not in the local Hub cache; download it once (hf download {source.repo}), "
+                         "or give a local folder") from None
+
+
+# Seconds the Hub's endpoint has to accept a connection before it counts as unreachable.
+PROBE_SECONDS = 3
+
+
+@functools.lru_cache(maxsize=None)
+def hub_reachable(endpoint: str) -> bool:
+    """Whether ``endpoint`` (the Hub's URL) accepts a TCP connection within PROBE_SECONDS,
+    asked once per process. Behind a proxy the answer is yes: the proxy decides."""
+    import socket
+    import urllib.request
+    from urllib.parse import urlparse
+
+    url = urlparse(endpoint)
+    if url.scheme in urllib.request.getproxies() or not url.hostname:
+        return True
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), PROBE_SECONDS).close()
+    except OSError:
+        return False
+    return True
+
+
 def _hub(source: Source, fetch: Any) -> str:
-    """Run a huggingface_hub ``fetch``; its errors (offline and not cached, no such
-    repository, revision or file, gated, the Hub failing) become one InputError line."""
+    """Run a huggingface_hub ``fetch`` (which takes ``local_files_only``), from the cache
+    alone when the Hub cannot be reached, so that huggingface_hub's retries never start;
+    its errors (not cached, no such repository, revision or file, gated, the Hub failing)
+    become one InputError line."""
     from huggingface_hub import constants
     from huggingface_hub.errors import (
         EntryNotFoundError, GatedRepoError, HfHubHTTPError, HFValidationError, LocalEntryNotFoundError, RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
+    reachable = not constants.HF_HUB_OFFLINE and hub_reachable(constants.ENDPOINT)
     try:
-        return fetch()
+        return fetch() if reachable else fetch(local_files_only=True)
     except LocalEntryNotFoundError:
         if constants.HF_HUB_OFFLINE:
             raise InputError(f"{source.flag}={source.given}: not (wholly) in the Hub cache, and HF_HUB_OFFLINE=1; download it once online, or give a local folder") from None
-        raise InputError(f"{source.flag}={source.given}: cannot reach the Hub, and it is not (wholly) in the cache; check the connection, or give a local folder") from None
+        raise InputError(f"{source.flag}={source.given}: not (wholly) in the local Hub cache, and the Hub ({constants.ENDPOINT}) cannot be reached; check the connection, or give a local folder") from None
     except EntryNotFoundError:
         raise InputError(f"{source.flag}={source.given}: not a diffusers repository (no model_index.json); give a single .safetensors file from it instead") from None
     except RevisionNotFoundError:
