@@ -50,6 +50,21 @@ def transition_band(strength: np.ndarray, band: float = BAND) -> np.ndarray:
     return changed & (distance_transform_edt(changed) <= band)
 
 
+def quiet_lab2rgb(lab: np.ndarray) -> np.ndarray:
+    """scikit-image's ``lab2rgb`` of colours (N, 3), without its warning: where b* >
+    200 (L* + 16) / 116 a colour's Z would be negative, which lab2rgb clips to 0 with a
+    warning; b* is clipped here to the same colour, quietly."""
+    from skimage.color import lab2rgb
+
+    lab = lab.copy()
+    y = (lab[:, 0] + 16.0) / 116.0
+    b = np.minimum(lab[:, 2], 200 * y)
+    for _ in range(4):  # 200 * y / 200 can round a ulp above y: step b down until lab2rgb's own test passes
+        b = np.where(y - b / 200.0 < 0, np.nextafter(b, -np.inf), b)
+    lab[:, 2] = b
+    return lab2rgb(lab[:, None, :])[:, 0, :]
+
+
 def match_colors(result: np.ndarray, original: np.ndarray, change_map: Any, *, band: float = BAND) -> np.ndarray:
     """``result`` with its colours matched to ``original``'s in the transition band (module
     docstring), uint8 (H, W, 3).
@@ -58,7 +73,7 @@ def match_colors(result: np.ndarray, original: np.ndarray, change_map: Any, *, b
     strength (h, w) in [0, 1], 1 = change (a tensor or an array), stretched to (H, W)
     when its size differs. Pixels of strength 0 come back as ``result``'s bytes.
     """
-    from skimage.color import lab2rgb, rgb2lab
+    from skimage.color import rgb2lab
 
     require_rgb(result, "result")
     require_rgb(original, "original")
@@ -83,10 +98,7 @@ def match_colors(result: np.ndarray, original: np.ndarray, change_map: Any, *, b
     moved = np.linalg.norm(before - lab_original[changed], axis=-1)
     reach = np.minimum(1, moved / np.maximum(np.linalg.norm(correction, axis=-1), 1e-12))
     matched = before + correction * np.maximum(strength[changed], reach)[:, None]
-    # Where b* > 200 (L* + 16) / 116 the colour's Z would be negative; lab2rgb would clip
-    # it to 0 with a warning, so clip here to the same colour, quietly.
-    matched[:, 2] = np.minimum(matched[:, 2], 200 * (matched[:, 0] + 16) / 116)
-    rgb = lab2rgb(matched[:, None, :])[:, 0, :]
+    rgb = quiet_lab2rgb(matched)
     out = result.copy()
     out[changed] = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
     return out

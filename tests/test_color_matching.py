@@ -108,3 +108,19 @@ def test_end_to_end_kept_pixels_stay_the_inputs_bytes(original, tmp_path):
     kept = np.asarray(Image.open(tmp_path / "map.png")) == 0
     assert np.array_equal(result[kept], original[kept])
     assert not np.array_equal(result[~kept], original[~kept])
+
+
+def test_colours_on_the_z_bound_convert_without_a_warning():
+    """b* clipped to 200 (L* + 16) / 116 can round a ulp past lab2rgb's Z = 0 test: across
+    every L*, colours far beyond the bound come back quietly, as lab2rgb's own clip."""
+    from skimage.color import lab2rgb
+
+    from kdiff_differential.color_matching import quiet_lab2rgb
+
+    lab = np.stack([np.linspace(0, 100, 20001), np.zeros(20001), np.full(20001, 500.0)], axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        quiet = quiet_lab2rgb(lab)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_allclose(quiet, lab2rgb(lab[:, None, :])[:, 0, :], atol=1e-6)
