@@ -28,11 +28,11 @@ if TYPE_CHECKING:
     from .fills import fill_pixels
     from .image_edit import EditSettings, EditWarning, ImageEdit, edit_image
     from .guidance import CFGDenoiser
-    from .maps import prepare_change_map
+    from .maps import latent_map
     from .models import ImageModel, Model, load_model, load_pipeline, open_model
     from .models.controlnets import Control
     from .models.flow import FlowDenoiser
-    from .preparation import prepare_map
+    from .preparation import shape_map
     from .quiet import quiet_warnings
     from .sampler_table import SAMPLERS
     from .schedules import make_sigmas
@@ -61,9 +61,9 @@ _EXPORTS = {
     "load_model": ".models",
     "load_pipeline": ".models",
     "make_sigmas": ".schedules",
-    "prepare_change_map": ".maps",
+    "latent_map": ".maps",
     "quiet_warnings": ".quiet",
-    "prepare_map": ".preparation",
+    "shape_map": ".preparation",
     "fill_pixels": ".fills",
     "match_colors": ".color_matching",
     "plan_crop": ".cropping",
@@ -74,7 +74,15 @@ __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
 
 
+# Old names, each warned of once: the map's two steps are named for what they do.
+_RENAMED = {"prepare_map": "shape_map", "prepare_change_map": "latent_map"}
+
+
 def __getattr__(name: str) -> Any:
+    if name in _RENAMED:
+        from .deprecation import renamed
+
+        return renamed(name, _RENAMED[name], getattr(import_module(_EXPORTS[_RENAMED[name]], __name__), _RENAMED[name]))
     if name not in _EXPORTS:
         raise AttributeError(f"module 'kdiff_differential' has no attribute {name!r}")
     value = getattr(import_module(_EXPORTS[name], __name__), name)

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from .clocks import CLOCKS, Span, find_attribute, inner_models, make_clock, make_span, model_timestep
 from .compat import COMPATS, compat_named
-from .maps import prepare_change_map
+from .maps import latent_map
 from .release import RELEASES, make_release, release_map, step_release_map
 from .sampler_table import sampler_named
 
@@ -234,14 +234,14 @@ class DifferentialDenoiser(nn.Module):
 
         # Per pixel, the largest call sigma at which it is free.
         if policy.step_rule is None:
-            strengths = prepare_change_map(
+            strengths = latent_map(
                 change_map, latent.shape, keep_map=keep_map, resize=policy.map_resize, dtype=clock_dtype, device=device
             )
             release_sigma = release_map(self.clock, self.span, strengths, frees_strength_zero=policy.frees_strength_zero)
         else:
             # In float64, where 1 - keep is exact for a float32 keep-map: the pipelines'
             # float32 comparisons with i/N then come out the same, ties included.
-            exact = prepare_change_map(
+            exact = latent_map(
                 change_map, latent.shape, keep_map=keep_map, resize=policy.map_resize, dtype=torch.float64, device=device
             )
             strengths = exact.to(clock_dtype)

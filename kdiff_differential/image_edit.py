@@ -243,7 +243,7 @@ def change_map_at(image: np.ndarray, change_map: Any, settings: EditSettings, de
     if ``settings.keep_map``, times the text map of ``settings.map_prompt``, then grown,
     feathered and blurred."""
     from .maps import change_strength
-    from .preparation import prepare_map
+    from .preparation import shape_map
 
     height, width = image.shape[:2]
     if isinstance(change_map, (str, Path)):
@@ -255,7 +255,7 @@ def change_map_at(image: np.ndarray, change_map: Any, settings: EditSettings, de
         from .segmentation import prompt_map
 
         strength = prompt_map(image, settings.map_prompt, settings.segmenter, device=device or "cpu", change_map=strength, quiet=True)
-    shaped = prepare_map(strength, grow=settings.grow, feather=settings.feather, blur=settings.blur)
+    shaped = shape_map(strength, grow=settings.grow, feather=settings.feather, blur=settings.blur)
     return np.asarray(shaped, dtype=np.float32)
 
 

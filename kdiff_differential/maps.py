@@ -159,7 +159,7 @@ def strength_array(change_map: Any, size: Optional[tuple[int, int]] = None) -> n
 def change_strength(change_map: Any, size: tuple[int, int], *, keep_map: bool = False) -> np.ndarray:
     """``change_map`` as the image path holds it from here on: float32 (H, W) in [0, 1], 1 =
     change, at ``size`` = (H, W) (stretched as :func:`strength_array` does). It takes what
-    :func:`prepare_change_map` takes, with one map for the batch; ``keep_map=True`` reads
+    :func:`latent_map` takes, with one map for the batch; ``keep_map=True`` reads
     it as 1 = keep and flips it (the one place a keep-map is read)."""
     strength = _as_4d(_as_strength(_to_tensor(change_map), torch.float32), 1)[0, 0]
     if keep_map:
@@ -167,7 +167,7 @@ def change_strength(change_map: Any, size: tuple[int, int], *, keep_map: bool = 
     return strength_array(strength, size).astype(np.float32)
 
 
-def prepare_change_map(
+def latent_map(
     change_map: Any,
     latent_shape: Sequence[int],
     *,
@@ -205,3 +205,11 @@ def prepare_change_map(
                 antialias=resize == "antialias",
             ).clamp(0, 1)
     return strength.to(device=device, dtype=dtype)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "prepare_change_map":
+        from .deprecation import renamed
+
+        return renamed("prepare_change_map", "latent_map", latent_map)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,7 +5,7 @@ Convention: 1 = change, 0 = keep. Every step works in pixels of the input image,
 maps as well as binary ones, and treats the image border as if the map went on beyond
 it with its edge values, so that no step draws a seam along the border.
 
-In the order :func:`prepare_map` applies them:
+In the order :func:`shape_map` applies them:
 
 ``grow`` (pixels; negative shrinks)
     Grey-level dilation by a disk of that radius: each pixel takes the largest strength
@@ -115,7 +115,7 @@ def blur_map(change_map: Any, pixels: float) -> np.ndarray:
     return values.astype(np.float32)
 
 
-def prepare_map(
+def shape_map(
     change_map: Any,
     *,
     grow: float = 0,
@@ -144,3 +144,11 @@ def prepare_map(
     if blur:
         strength = blur_map(strength, blur)
     return strength
+
+
+def __getattr__(name: str) -> Any:
+    if name == "prepare_map":
+        from .deprecation import renamed
+
+        return renamed("prepare_map", "shape_map", shape_map)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -77,14 +77,14 @@ def _example() -> tuple[np.ndarray, np.ndarray]:
 def grow_feather_figure() -> np.ndarray:
     """Map preparation: the map as given, grown, shrunk, feathered and blurred (above)
     and the results on the built-in model (below)."""
-    from kdiff_differential.preparation import prepare_map
+    from kdiff_differential.preparation import shape_map
 
     image, change = _example()
     settings = [("map as given", {}), ("--grow 16", {"grow": 16}), ("--grow -16", {"grow": -16}),
                 ("--feather 32", {"feather": 32}), ("--blur 12", {"blur": 12})]
     maps, results = [], []
     for label, options in settings:
-        prepared = prepare_map(change, **options)
+        prepared = shape_map(change, **options)
         maps.append(_panel((prepared * 255).round().astype(np.uint8), label))
         flags = [part for name, value in options.items() for part in (f"--{name}", str(value))]
         results.append(_panel(run_cli(image, change, "--steps", "10", "--quiet", *flags)[0], "result"))
@@ -95,10 +95,10 @@ def fill_figure() -> np.ndarray:
     """Each --fill on the built-in model with a region of strength 1 feathered by 16 px: what the
     model sees (above) and the result (below)."""
     from kdiff_differential.fills import FILLS, fill_pixels
-    from kdiff_differential.preparation import prepare_map
+    from kdiff_differential.preparation import shape_map
 
     image, change = _example()
-    change = prepare_map(change, feather=16)
+    change = shape_map(change, feather=16)
     seen, results = [], []
     for fill in FILLS:
         seen.append(_panel(fill_pixels(image, change, fill), f"--fill {fill}: model input"))

@@ -38,12 +38,12 @@ def scenes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def measure(feather: float = 24, steps: int = 10) -> dict[tuple[str, bool], list[float]]:
     """Mean change per strength band (BANDS), keyed by (scene, colour match)."""
-    from kdiff_differential.preparation import prepare_map
+    from kdiff_differential.preparation import shape_map
     from samplers.around import run_cli
 
     table = {}
     for name, (image, change) in scenes().items():
-        strength = prepare_map(change, feather=feather)
+        strength = shape_map(change, feather=feather)
         for matched in (False, True):
             options = ["--steps", str(steps), "--quiet", "--feather", str(feather)] + (["--color-match"] if matched else [])
             result, _ = run_cli(image, change, *options)

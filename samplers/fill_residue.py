@@ -35,11 +35,11 @@ def high_pass(difference: np.ndarray, sigma: float = 1.5) -> np.ndarray:
 def measure(steps: int = 10) -> dict[str, list[float]]:
     """Each row (a fill, or ``original, seed 1``): the residue per band of BANDS, then
     the mean change where s = 1."""
-    from kdiff_differential.preparation import prepare_map
+    from kdiff_differential.preparation import shape_map
     from samplers.around import _example, run_cli
 
     image, change = _example()
-    strength = prepare_map(change, feather=FEATHER)
+    strength = shape_map(change, feather=FEATHER)
 
     def edit(fill: str, seed: int) -> np.ndarray:
         options = ["--steps", str(steps), "--quiet", "--feather", str(FEATHER), "--fill", fill, "--seed", str(seed)]

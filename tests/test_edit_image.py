@@ -165,10 +165,33 @@ def test_the_command_line_speaks_of_flags_where_the_library_names_keywords() -> 
 
 def test_old_and_new_entry_points_agree_and_old_ones_warn_nothing() -> None:
     """load_model (fit once) is open_model(...).fit: the README's recipe keeps working."""
-    from kdiff_differential import load_model, open_model
+    from kdiff_differential import load_model, open_model, quiet_warnings
 
+    with quiet_warnings():
+        import k_diffusion  # noqa: F401  (its own import warnings are not ours)
     image = ramp_image(16, 20)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fitted = load_model("builtin", image)
     torch.testing.assert_close(fitted.latent, open_model("builtin").fit(image).latent)
+
+
+def test_the_maps_old_names_still_work_and_warn_once() -> None:
+    """prepare_map is now shape_map (grow, feather, blur in image pixels) and
+    prepare_change_map latent_map (to the latent's size): the old names do the same."""
+    import kdiff_differential
+    from kdiff_differential import deprecation, latent_map, shape_map
+
+    deprecation._WARNED.clear()
+    change = np.zeros((12, 16), np.float32)
+    change[4:8, 6:10] = 1
+    with pytest.warns(FutureWarning, match="prepare_map is now shape_map"):
+        old = kdiff_differential.prepare_map(change, grow=2)
+    assert np.array_equal(old, shape_map(change, grow=2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kdiff_differential.prepare_map(change, grow=2)  # once only
+    from kdiff_differential.maps import prepare_change_map
+
+    with pytest.warns(FutureWarning, match="prepare_change_map is now latent_map"):
+        torch.testing.assert_close(prepare_change_map(change, (1, 4, 6, 8)), latent_map(change, (1, 4, 6, 8)))

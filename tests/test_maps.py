@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from kdiff_differential import prepare_change_map
+from kdiff_differential import latent_map
 
 SHAPE = (2, 4, 8, 8)
 
@@ -16,39 +16,39 @@ SHAPE = (2, 4, 8, 8)
     [((8, 8), 1), ((1, 8, 8), 1), ((2, 8, 8), 2), ((1, 1, 8, 8), 1), ((2, 1, 8, 8), 2)],
 )
 def test_accepted_shapes_become_b1hw(shape, batch):
-    out = prepare_change_map(torch.full(shape, 0.25), SHAPE)
+    out = latent_map(torch.full(shape, 0.25), SHAPE)
     assert out.shape == (batch, 1, 8, 8)
     assert torch.all(out == 0.25)
 
 
 def test_per_image_maps_stay_per_image():
     maps = torch.stack([torch.zeros(8, 8), torch.ones(8, 8)])
-    out = prepare_change_map(maps, SHAPE)
+    out = latent_map(maps, SHAPE)
     assert torch.all(out[0] == 0) and torch.all(out[1] == 1)
 
 
 def test_integer_maps_are_8_bit_grey_levels():
-    out = prepare_change_map(torch.tensor([[0, 51], [255, 128]], dtype=torch.uint8), (1, 1, 2, 2))
+    out = latent_map(torch.tensor([[0, 51], [255, 128]], dtype=torch.uint8), (1, 1, 2, 2))
     assert torch.allclose(out.flatten(), torch.tensor([0, 0.2, 1, 128 / 255]))
-    out = prepare_change_map(torch.tensor([[0, 255]]), (1, 1, 1, 2))  # int64 too
+    out = latent_map(torch.tensor([[0, 255]]), (1, 1, 1, 2))  # int64 too
     assert out.flatten().tolist() == [0.0, 1.0]
 
 
 def test_bool_numpy_and_pil_maps():
-    assert prepare_change_map(torch.tensor([[True, False]]), (1, 1, 1, 2)).flatten().tolist() == [1.0, 0.0]
-    assert prepare_change_map(np.array([[0.5, 1.0]]), (1, 1, 1, 2)).flatten().tolist() == [0.5, 1.0]
+    assert latent_map(torch.tensor([[True, False]]), (1, 1, 1, 2)).flatten().tolist() == [1.0, 0.0]
+    assert latent_map(np.array([[0.5, 1.0]]), (1, 1, 1, 2)).flatten().tolist() == [0.5, 1.0]
     grey = Image.fromarray(np.array([[0, 255]], dtype=np.uint8))
-    assert prepare_change_map(grey, (1, 1, 1, 2)).flatten().tolist() == [0.0, 1.0]
+    assert latent_map(grey, (1, 1, 1, 2)).flatten().tolist() == [0.0, 1.0]
 
 
 def test_keep_map_flips_the_convention():
     keep = torch.tensor([[1.0, 0.0, 0.25]])
-    assert prepare_change_map(keep, (1, 1, 1, 3), keep_map=True).flatten().tolist() == [0.0, 1.0, 0.75]
+    assert latent_map(keep, (1, 1, 1, 3), keep_map=True).flatten().tolist() == [0.0, 1.0, 0.75]
 
 
 def test_resizing_to_the_latent_stays_in_range_and_keeps_the_mean():
     big = torch.rand(64, 48, generator=torch.Generator().manual_seed(0))
-    out = prepare_change_map(big, SHAPE)
+    out = latent_map(big, SHAPE)
     assert out.shape == (1, 1, 8, 8)
     assert 0 <= out.min() and out.max() <= 1
     assert abs(out.mean() - big.mean()) < 0.02
@@ -58,15 +58,15 @@ def test_shrinking_averages_by_default_and_samples_under_comfyui():
     # A fine checkerboard: area-weighted shrinking averages it to grey, plain bilinear
     # sampling (ComfyUI's) does not.
     board = (torch.arange(64)[:, None] + torch.arange(64)[None, :]) % 2
-    averaged = prepare_change_map(board.float(), (1, 1, 8, 8))
+    averaged = latent_map(board.float(), (1, 1, 8, 8))
     assert torch.allclose(averaged, torch.full_like(averaged, 0.5), atol=0.02)
-    sampled = prepare_change_map(board.float(), (1, 1, 8, 8), resize="bilinear")
+    sampled = latent_map(board.float(), (1, 1, 8, 8), resize="bilinear")
     expected = F.interpolate(board.float()[None, None], size=(8, 8), mode="bilinear", align_corners=False)
     assert torch.equal(sampled, expected)
 
 
 def test_dtype_and_device_follow_the_request():
-    out = prepare_change_map(torch.ones(4, 4), (1, 1, 4, 4), dtype=torch.float16)
+    out = latent_map(torch.ones(4, 4), (1, 1, 4, 4), dtype=torch.float16)
     assert out.dtype == torch.float16
 
 
@@ -87,19 +87,19 @@ def test_dtype_and_device_follow_the_request():
 )
 def test_bad_maps_are_named(change_map, error, words):
     with pytest.raises(error, match="change_map") as raised:
-        prepare_change_map(change_map, SHAPE)
+        latent_map(change_map, SHAPE)
     assert words in str(raised.value)
 
 
 def test_unknown_resize_lists_the_valid_ones():
     with pytest.raises(ValueError, match="'antialias', 'bilinear', 'nearest'"):
-        prepare_change_map(torch.ones(8, 8), SHAPE, resize="bicubic")
+        latent_map(torch.ones(8, 8), SHAPE, resize="bicubic")
 
 
 def test_nearest_resize_takes_the_top_left_pixel_of_each_block():
     """As F.interpolate's default in the diffusers pipelines: halving picks pixel (2i, 2j)."""
     values = torch.rand(16, 16, generator=torch.Generator().manual_seed(0))
-    halved = prepare_change_map(values, (1, 4, 8, 8), resize="nearest")
+    halved = latent_map(values, (1, 4, 8, 8), resize="nearest")
     assert torch.equal(halved[0, 0], values[::2, ::2])
 
 
@@ -144,7 +144,7 @@ def test_map_files_are_read_by_the_range_of_their_mode(tmp_path, name, make, mod
     assert np.abs(strength.numpy() - expected).max() <= tolerance
     # A PIL image given to the library is read the same way.
     with Image.open(path) as image:
-        assert torch.equal(prepare_change_map(image, (1, 1, 4, 64))[0, 0], strength)
+        assert torch.equal(latent_map(image, (1, 1, 4, 64))[0, 0], strength)
 
 
 def test_colour_maps_are_read_as_luminance_and_alpha_as_coverage_over_black(tmp_path):
@@ -195,7 +195,7 @@ def test_map_files_of_unclear_range_are_refused_in_one_line(tmp_path, name, valu
     message = str(raised.value)
     assert words in message and name in message and "\n" not in message
     with Image.open(path) as image, pytest.raises(ValueError, match="change_map"):
-        prepare_change_map(image, (1, 1, 4, 64))
+        latent_map(image, (1, 1, 4, 64))
 
 
 def test_a_colour_array_is_read_as_its_luminance_as_a_map_file_is():
@@ -204,13 +204,13 @@ def test_a_colour_array_is_read_as_its_luminance_as_a_map_file_is():
     rng = np.random.default_rng(0)
     colour = rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)
     expected = np.asarray(Image.fromarray(colour).convert("L"), dtype=np.float32) / 255
-    got = prepare_change_map(colour, (1, 4, 12, 10))
+    got = latent_map(colour, (1, 4, 12, 10))
     assert torch.allclose(got[0, 0], torch.from_numpy(expected))
     # Alpha is coverage over black, as in a map file.
     rgba = np.concatenate([colour, np.zeros((12, 10, 1), np.uint8)], axis=-1)
-    assert prepare_change_map(rgba, (1, 4, 12, 10)).max() == 0
+    assert latent_map(rgba, (1, 4, 12, 10)).max() == 0
 
 
 def test_a_colour_tensor_is_named_not_read_as_a_batch():
     with pytest.raises(ValueError, match=r"looks like a colour image \(H, W, 3\)"):
-        prepare_change_map(torch.rand(32, 32, 3), (1, 4, 8, 8))
+        latent_map(torch.rand(32, 32, 3), (1, 4, 8, 8))

@@ -8,7 +8,7 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt, grey_dilation
 
 from kdiff_differential.cli import main
-from kdiff_differential.preparation import blur_map, feather_map, grow_map, prepare_map
+from kdiff_differential.preparation import blur_map, feather_map, grow_map, shape_map
 
 
 def square(size: int = 41, low: int = 15, high: int = 26) -> np.ndarray:
@@ -77,14 +77,14 @@ def test_no_step_draws_a_seam_along_the_border():
 
 def test_prepare_map_works_in_pixels_of_the_input_and_in_order():
     half_size = square(21, 8, 13)  # the same square on a map half the image's size
-    prepared = prepare_map(half_size, grow=2, size=(42, 42))
+    prepared = shape_map(half_size, grow=2, size=(42, 42))
     assert prepared.shape == (42, 42)
-    assert np.array_equal(prepare_map(square(), grow=2, feather=3), feather_map(grow_map(square(), 2), 3))
-    assert np.array_equal(prepare_map(square()), square().astype(np.float32))
+    assert np.array_equal(shape_map(square(), grow=2, feather=3), feather_map(grow_map(square(), 2), 3))
+    assert np.array_equal(shape_map(square()), square().astype(np.float32))
 
 
 def test_prepare_map_returns_a_float32_array_like_the_other_tools():
-    for prepared in (prepare_map(square()), prepare_map(square(), grow=2, feather=3, blur=1)):
+    for prepared in (shape_map(square()), shape_map(square(), grow=2, feather=3, blur=1)):
         assert type(prepared) is np.ndarray and prepared.dtype == np.float32 and prepared.shape == (41, 41)
 
 
@@ -94,15 +94,15 @@ def test_a_grow_beyond_the_diagonal_is_the_diagonal(pixels):
     soft = square() * 0.7
     soft[0, 0] = 0.2
     expected = np.full((41, 41), 0.7 if pixels > 0 else 0.0, np.float32)
-    assert np.array_equal(prepare_map(soft, grow=pixels), expected)
+    assert np.array_equal(shape_map(soft, grow=pixels), expected)
     # Just under the diagonal (56.57), the disk is still drawn row by row, and covers the same.
     assert np.array_equal(grow_map(soft, np.sign(pixels) * 56.5), expected)
 
 
 def test_an_absurd_blur_is_refused_by_name_before_any_work():
     with pytest.raises(ValueError, match=r"blur=1e\+09: give at most the image's diagonal \(58 pixels\)"):
-        prepare_map(square(), grow=1e9, blur=1e9)
-    assert prepare_map(square(), feather=1e9).shape == (41, 41)
+        shape_map(square(), grow=1e9, blur=1e9)
+    assert shape_map(square(), feather=1e9).shape == (41, 41)
 
 
 @pytest.mark.parametrize(

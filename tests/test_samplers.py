@@ -5,7 +5,7 @@ import torch
 from k_diffusion import external, layers, sampling
 
 from kdiff_differential import DifferentialDenoiser
-from kdiff_differential.maps import prepare_change_map
+from kdiff_differential.maps import latent_map
 from samplers.comfyui_reference import ComfyUIReference
 
 from conftest import ADAPTIVE, SAMPLERS, SCHEDULED, SIZE, TinyCompVisNet, TinyEDMNet, ideal_denoiser, smooth_images
@@ -111,7 +111,7 @@ def test_a_split_schedule_equals_an_unsplit_one(ideal, latent, gradient_map, sig
 
 def comfyui_reference(name, inner, latent, change_map, sigmas, noise, strength):
     # For dpm_fast/adaptive too, ComfyUI's node sees the full schedule, ending in 0.
-    mask = prepare_change_map(change_map, latent.shape, resize="bilinear")
+    mask = latent_map(change_map, latent.shape, resize="bilinear")
     return ComfyUIReference(inner, latent, mask, sigmas, noise, strength)
 
 
