@@ -225,17 +225,32 @@ def test_benchmark_script_writes_its_report(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [path]  # the temporary file was renamed, not left
 
 
-def test_the_default_release_costs_at_most_1_2x_binary_per_call_on_cpu():
-    """Issue 21's CPU target, as the benchmark measures it (a call over a near-free
-    inner, minus the bare call; SD 1.5's 64x64 latent; one thread): the faithful release
-    (differential_edit's and the CLI's default) at most 1.2x the binary one. A ratio of
-    short interleaved rounds timed in the thread's CPU time, so that a busy machine
-    slows both alike and time spent waiting for a core counts for neither; the median of 301."""
+@pytest.fixture(scope="module")
+def per_call_cost():
+    """Each release rule's cost per call as the benchmark measures it (a call over a
+    near-free inner, minus the bare call; SD 1.5's 64x64 latent; one thread): short
+    interleaved rounds timed in the thread's CPU time, so that a busy machine slows
+    every rule alike and time spent waiting for a core counts for none; the median of 201."""
     setup = overhead.build(torch.device("cpu"), 64, 20)
-    wrappers = {name: setup.wrap(name, setup.free) for name in ("faithful", "binary")}
+
+    def rule(release: str, sampler: str | None = None) -> DifferentialDenoiser:
+        return DifferentialDenoiser(setup.free, setup.latent, setup.change_map, sigmas=setup.sigmas,
+                                    noise=setup.noise, release=release, sampler=sampler)
+
+    wrappers = {"binary": rule("binary"), **{"-".join(filter(None, r)): rule(*r) for r in RULES if r[0] != "binary"}}
     with torch.no_grad(), one_thread():
-        cost = overhead.per_call_us(setup, wrappers, calls=20, rounds=301, clock=time.thread_time)
-    assert cost["faithful"] <= 1.2 * cost["binary"], cost
+        return overhead.per_call_us(setup, wrappers, calls=20, rounds=201, clock=time.thread_time)
+
+
+# Per call, at most this many times the binary rule. Faithful (differential_edit's and the
+# CLI's default): issue 21's CPU target. The others: measured on a shared 2-core CPU
+# (smooth 1.88-1.93x, faithful told Heun 1.34-1.37x), with a fifth for a noisy machine.
+PER_CALL_BOUNDS = {"faithful": 1.2, "faithful-heun": 1.65, "smooth": 2.3}
+
+
+@pytest.mark.parametrize("rule", PER_CALL_BOUNDS)
+def test_each_release_rule_costs_a_bounded_multiple_of_binary_per_call_on_cpu(rule, per_call_cost):
+    assert per_call_cost[rule] <= PER_CALL_BOUNDS[rule] * per_call_cost["binary"], per_call_cost
 
 
 @pytest.mark.parametrize(
