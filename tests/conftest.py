@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import settings
 from PIL import Image
 from torch import nn
 
@@ -22,6 +23,10 @@ from kdiff_differential.edit import SAMPLERS as ALL_SAMPLERS
 from kdiff_differential.models import IdealDenoiser, sd_alphas_cumprod
 
 SIZE = 16
+
+# No example database: hypothesis would write one into the work tree (.hypothesis/).
+settings.register_profile("kdiff", database=None)
+settings.load_profile("kdiff")
 
 # Every k-diffusion sampler: those that run a schedule, and the two that take a range.
 ADAPTIVE = list(RANGE_SAMPLERS)

@@ -20,13 +20,22 @@ def test_the_notebook_runs_top_to_bottom(tmp_path):
     from nbclient import NotebookClient
 
     notebook = nbformat.read(NOTEBOOK, as_version=4)
+    # A last cell, added here: how much the first edit changed the image's left and right
+    # tenths, where the gradient map says keep (0) and change (1).
+    notebook.cells.append(nbformat.v4.new_code_cell(
+        "import numpy as np\n"
+        "_change = np.abs(result.astype(int) - image.astype(int)).mean(axis=(0, 2))\n"
+        "print('KEEP-CHANGE', _change[: width // 10].mean(), _change[-(width // 10):].mean())"
+    ))
     # The kernel is this test environment's Python (ipykernel's own "python3" spec).
     client = NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOK.parent)}})
     client.execute()
     errors = [output for cell in notebook.cells for output in cell.get("outputs", []) if output.output_type == "error"]
     assert not errors
-    images = [output for cell in notebook.cells for output in cell.get("outputs", []) if "image/png" in output.get("data", {})]
+    images = [output for cell in notebook.cells[:-1] for output in cell.get("outputs", []) if "image/png" in output.get("data", {})]
     assert len(images) >= 4  # the demo strip, the strength row, the masks, the comparison grid
+    keep, change = map(float, notebook.cells[-1].outputs[0]["text"].split()[1:])
+    assert keep < 3 and change > 10, (keep, change)
 
 
 def _set_repository():
