@@ -9,8 +9,9 @@ Measures :class:`DifferentialDenoiser` and the ComfyUI-style baseline
   shared machine does not count;
 - **host syncs per call**: on CUDA, the synchronisations that
   ``torch.cuda.set_sync_debug_mode`` reports, wrapped minus bare; on CPU, which has no
-  device to wait for, the host reads that would be syncs on a GPU (``Tensor.item``,
-  ``bool(tensor)``, ``Tensor.cpu``), counted the same way;
+  device to wait for, the host reads that would be syncs on a GPU (``item``, ``float``,
+  ``bool``, ``tolist``, ``nonzero``, boolean indexing, ...: :func:`count_host_reads`),
+  counted the same way;
 - **A/B ratio**: a full sampling run (Euler and DPM++ 2M) with the wrapper over the same
   run without it, in interleaved rounds whose order rotates, so that drift on a shared
   machine hits every variant alike; median, min and max over the rounds;
@@ -225,33 +226,77 @@ def per_call_us(setup: Setup, wrappers: dict, calls: int, rounds: int = PER_CALL
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
+# Torch functions that hand a tensor's values to Python, or whose output's shape depends
+# on its values: on a GPU each makes the host wait for the device.
+_READS = frozenset({
+    "item", "tolist", "numpy", "__array__", "__bool__", "__float__", "__int__", "__index__", "__complex__",
+    "__format__", "__repr__", "is_nonzero", "equal", "allclose", "cpu",
+    "nonzero", "argwhere", "masked_select", "unique", "unique_consecutive", "bincount",
+})
+
+
+def _indexes_by_mask(index: Any) -> bool:
+    """Whether a ``__getitem__``/``__setitem__`` index holds a boolean (or uint8) tensor."""
+    parts = index if isinstance(index, (tuple, list)) else (index,)
+    return any(isinstance(part, Tensor) and part.dtype in (torch.bool, torch.uint8) for part in parts)
+
+
+def _host_read(func: Callable[..., Any], args: tuple, kwargs: dict) -> Optional[str]:
+    """The name under which a call of ``func`` reads back to the host, or ``None``."""
+    name = getattr(func, "__name__", "")
+    if name in _READS:
+        return name
+    if name in ("__getitem__", "__setitem__") and len(args) > 1 and _indexes_by_mask(args[1]):
+        return "boolean indexing"
+    if name == "where" and len(args) + len(kwargs) == 1:
+        return "where"  # the one-argument form is nonzero
+    if name == "repeat_interleave" and kwargs.get("output_size") is None:
+        # Tensor repeats (the one-argument form: the tensor itself) without output_size.
+        repeats = args[1] if len(args) > 1 else kwargs.get("repeats", args[0] if args else None)
+        if isinstance(repeats, Tensor):
+            return "repeat_interleave"
+    if name == "to" and args and isinstance(args[0], Tensor) and args[0].device.type != "cpu":
+        targets = [*args[1:], kwargs.get("device")]
+        if any(isinstance(t, (str, torch.device)) and torch.device(t).type == "cpu" for t in targets):
+            return "to(cpu)"  # a copy from the device to the host (on the CPU alone there is none)
+    if name == "copy_" and len(args) > 1 and isinstance(args[1], Tensor):
+        if args[0].device.type == "cpu" and args[1].device.type != "cpu":
+            return "copy_ to cpu"
+    return None
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts, by name, the torch calls in the block that read a tensor back to the host."""
+
+    def __init__(self, counts: dict) -> None:
+        super().__init__()
+        self.counts = counts
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = _host_read(func, args, kwargs)
+        if name is not None:
+            self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **kwargs)
+
+
 @contextmanager
-def count_host_reads() -> Iterator[dict]:
-    """Count ``Tensor.item``, ``bool(tensor)`` and ``Tensor.cpu`` calls in the block:
-    the reads that make the host wait for the device on a GPU. Yields a live dict."""
-    counts = {"item": 0, "__bool__": 0, "cpu": 0}
-    # These live on torch._C.TensorBase; torch.Tensor's own dict holds them only once patched.
-    owned = {name: torch.Tensor.__dict__.get(name) for name in counts}
-
-    def counting(name: str) -> Callable[..., Any]:
-        original = getattr(torch.Tensor, name)
-
-        def method(self: Tensor, *args: Any, **kwargs: Any) -> Any:
-            counts[name] += 1
-            return original(self, *args, **kwargs)
-
-        return method
-
-    for name in counts:
-        setattr(torch.Tensor, name, counting(name))
-    try:
+def count_host_reads(device: Any = "cpu") -> Iterator[dict]:
+    """Count the reads from a tensor back to the host in the block, by name: the values
+    handed to Python (``item``, ``float``, ``int``, ``bool``, ``tolist``, ``numpy``, ...),
+    copies to the host (``cpu``), and ops whose output's size depends on the values
+    (``nonzero``, boolean indexing, ``masked_select``, ``unique``, ...). Each makes
+    the host wait for the device on a GPU; on the CPU they are seen by a
+    ``TorchFunctionMode``, whatever tensor they act on. On a CUDA ``device`` the
+    synchronisations ``torch.cuda.set_sync_debug_mode`` reports are added under
+    ``"cuda synchronisation"`` when the block ends, which also catches reads made
+    below torch's Python functions. Yields the dict (empty: nothing read)."""
+    counts: dict = {}
+    cuda = torch.device(device).type == "cuda"
+    with _HostReads(counts), (count_cuda_syncs() if cuda else nullcontext([])) as syncs:
         yield counts
-    finally:
-        for name, original in owned.items():
-            if original is None:
-                delattr(torch.Tensor, name)
-            else:
-                setattr(torch.Tensor, name, original)
+    if syncs:
+        counts["cuda synchronisation"] = len(syncs)
 
 
 @contextmanager

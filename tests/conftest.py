@@ -3,17 +3,21 @@ random diffusers pipelines saved to folders (tokenizers written here, nothing fr
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from PIL import Image
 from torch import nn
 
@@ -22,6 +26,14 @@ from kdiff_differential.edit import SAMPLERS as ALL_SAMPLERS
 from kdiff_differential.models import IdealDenoiser, sd_alphas_cumprod
 
 SIZE = 16
+
+# Hypothesis writes nothing into the work tree (.hypothesis/): no example database, and
+# its other caches (the constants it collects from the source) in a folder removed at exit.
+settings.register_profile("kdiff", database=None)
+settings.load_profile("kdiff")
+_HYPOTHESIS_HOME = tempfile.mkdtemp(prefix="kdiff-hypothesis-")
+set_hypothesis_home_dir(_HYPOTHESIS_HOME)
+atexit.register(shutil.rmtree, _HYPOTHESIS_HOME, ignore_errors=True)
 
 # Every k-diffusion sampler: those that run a schedule, and the two that take a range.
 ADAPTIVE = list(RANGE_SAMPLERS)

@@ -3,8 +3,9 @@
 Runs ComfyUI's Differential Diffusion node and sampler (see ``comfyui_harness.py``)
 on every case of ``comfyui_harness.CASES`` and its scheduler on every
 ``SCHEDULE_CASES``, and writes the numbers (not the code) to
-``tests/data/comfyui_golden.pt``. From the repository root, with a ComfyUI checkout
-at the commit named in ``comfyui_harness.COMFYUI_COMMIT``::
+``tests/data/comfyui_golden.pt`` (the start only for ``START_CASES``, to keep the file
+small). From the repository root, with a ComfyUI checkout at the commit named in
+``comfyui_harness.COMFYUI_COMMIT``::
 
     git clone https://github.com/Comfy-Org/ComfyUI /work/comfyui-src
     git -C /work/comfyui-src checkout a125cd84
@@ -20,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from comfyui_harness import CASES, COMFYUI_COMMIT, SCHEDULE_CASES, comfyui_named_schedule, comfyui_run, comfyui_schedule, comfyui_start, load_comfyui  # noqa: E402
+from comfyui_harness import CASES, COMFYUI_COMMIT, SCHEDULE_CASES, START_CASES, comfyui_named_schedule, comfyui_run, comfyui_schedule, comfyui_start, load_comfyui  # noqa: E402
 
 from kdiff_differential.files import write_atomically  # noqa: E402
 
@@ -40,9 +41,9 @@ def main() -> int:
     golden = {"commit": commit, "torch": str(torch.__version__), "cases": {}, "schedules": {}}
     for case in CASES:
         sigmas = comfyui_schedule(comfy, case)
-        golden["cases"][case.id] = {
-            "sigmas": sigmas, "start": comfyui_start(comfy, case, sigmas), "result": comfyui_run(comfy, case, sigmas),
-        }
+        golden["cases"][case.id] = {"sigmas": sigmas, "result": comfyui_run(comfy, case, sigmas)}
+        if case in START_CASES:
+            golden["cases"][case.id]["start"] = comfyui_start(comfy, case, sigmas)
     for name, steps in SCHEDULE_CASES:
         golden["schedules"][f"{name}-{steps}"] = comfyui_named_schedule(comfy, name, steps)
     write_atomically(OUT, lambda handle: torch.save(golden, handle), binary=True)

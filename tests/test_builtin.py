@@ -97,6 +97,18 @@ def test_presets_are_change_strengths(name: str) -> None:
     assert strengths[0, 0] == expected_corner
 
 
+def test_each_preset_runs_the_way_its_name_says() -> None:
+    """gradient-x: keep (0) at the left edge to change (1) at the right, the same down each
+    column; gradient-y: top to bottom; radial: change at the centre, keep at the corners."""
+    height, width = 30, 50
+    across, down = np.linspace(0, 1, width), np.linspace(0, 1, height)
+    np.testing.assert_allclose(preset_map("gradient-x", height, width).numpy(), np.tile(across, (height, 1)), atol=1e-6)
+    np.testing.assert_allclose(preset_map("gradient-y", height, width).numpy(), np.tile(down[:, None], (1, width)), atol=1e-6)
+    radial = preset_map("radial", 31, 51).numpy()
+    assert radial[15, 25] == pytest.approx(1) and radial[0, 0] == radial[-1, -1] == 0
+    assert (np.diff(radial[15, :26]) >= 0).all() and (np.diff(radial[:16, 25]) >= 0).all()  # rising toward the centre
+
+
 def test_dpm_adaptive_warns_once_that_it_ignores_steps(model: BuiltinModel) -> None:
     halves = torch.zeros(SIDE, SIDE)
     halves[:, SIDE // 2 :] = 1

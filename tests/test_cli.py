@@ -24,11 +24,13 @@ from conftest import kdiff, pixels
 FAST = ["--steps", "3", "--quiet"]
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+@pytest.fixture
+def files(tmp_path: Path) -> Path:
     """A 48x40 input image, a same-aspect map (left half keep, right half change), a
-    narrower map, and things that are not images or models."""
-    folder = tmp_path_factory.mktemp("cli")
+    narrower map, and things that are not images or models; made afresh for each test
+    (a few small files), so that no test sees another's outputs."""
+    folder = tmp_path / "cli"
+    folder.mkdir()
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / "in.png")
     halves = np.zeros((20, 24), np.uint8)
@@ -220,8 +222,7 @@ OVER_INPUTS = {
 def test_no_input_file_is_written_over(files: Path, case: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     # in-masks.png and map-strip.png are inputs only here: copies made for these cases.
     for name, source in (("in-masks.png", "in.png"), ("map-strip.png", "map.png")):
-        if not (files / name).exists():
-            (files / name).write_bytes((files / source).read_bytes())
+        (files / name).write_bytes((files / source).read_bytes())
     before = {path: path.read_bytes() for path in files.iterdir() if path.is_file()}
     monkeypatch.chdir(files)
     assert main([*OVER_INPUTS[case], *FAST]) == 2
@@ -267,18 +268,31 @@ def test_readme_quick_start_is_clone_install_demo_tests_and_ci_installs_the_same
     assert positions == sorted(positions)
 
 
+def refusal(sampler: str, steps: int, denoise: str, clock: str) -> str:
+    """Why the command line refuses these settings ('' where it must run them): the step
+    clock with a sampler that runs a sigma range without steps, and a partial denoise
+    whose one kept step (one of 1 / 0.2 = 5) is the one from the model's sigma_min to 0 (karras and
+    exponential schedules end at sigma_min), which no clock but the step clock can ramp
+    over. dpm_adaptive chooses its own steps and ignores --steps."""
+    if clock == "step" and sampler in ("dpm_fast", "dpm_adaptive"):
+        return "the step clock counts schedule steps"
+    if clock != "step" and denoise == "0.2" and steps == 1 and sampler != "dpm_adaptive":
+        return "give more steps or a larger denoise"
+    return ""
+
+
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     sampler=st.sampled_from(SAMPLERS), steps=st.integers(1, 3), denoise=st.sampled_from(["1", "0.6", "0.2"]),
     clock=st.sampled_from(CLOCKS), release=st.sampled_from(RELEASES), strength=st.sampled_from(["0", "0.5", "1"]),
     schedule=st.sampled_from(["karras", "exponential"]),
 )
-def test_any_combination_of_settings_runs_or_is_refused_in_one_line(
+def test_any_combination_of_settings_runs_unless_refused_in_one_line(
     files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
     sampler: str, steps: int, denoise: str, clock: str, release: str, strength: str, schedule: str,
 ) -> None:
-    """No setting the parser accepts ends in a traceback: a run writes its file, or one
-    line says why not."""
+    """Every setting the parser accepts runs and writes its file, but for the stated
+    refusals (:func:`refusal`), each refused in one line that says why, writing nothing."""
     monkeypatch.chdir(files)
     out = files / "out" / "any.png"
     out.unlink(missing_ok=True)
@@ -288,10 +302,47 @@ def test_any_combination_of_settings_runs_or_is_refused_in_one_line(
         "--save-masks", "--quiet", "--out", "out/any.png",
     ])
     err = capsys.readouterr().err
-    if status == 0:
-        assert out.exists()
+    why = refusal(sampler, steps, denoise, clock)
+    if why:
+        assert status == 2 and err.count("\n") == 1 and why in err and not out.exists(), err
     else:
-        assert status == 2 and err.count("\n") == 1 and not out.exists(), err
+        assert status == 0 and out.exists(), err
+
+
+@pytest.mark.parametrize("settings", [("dpm_fast", 3, "1", "step"), ("euler", 1, "0.2", "timestep"), ("heun", 1, "0.2", "sigma")])
+def test_the_stated_refusals_are_refused(files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, settings) -> None:
+    sampler, steps, denoise, clock = settings
+    monkeypatch.chdir(files)
+    status = main(["--image", "in.png", "--sampler", sampler, "--steps", str(steps), "--denoise", denoise, "--clock", clock,
+                   "--quiet", "--out", "out/refused.png"])
+    assert status == 2 and refusal(*settings) in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("interrupt", ["ctrl-c", "kill"])
+def test_an_interrupted_run_leaves_an_existing_out_intact(files: Path, interrupt: str) -> None:
+    """A run interrupted while it writes --out (its bytes written, not yet on disk) leaves
+    the old file as it was: after Ctrl-C (exit 130) no temporary file is left beside it;
+    after a SIGKILL, which no code can clean up after, at most a hidden temporary one."""
+    out = files / "out" / "result.png"
+    out.write_bytes((files / "in.png").read_bytes())
+    before = out.read_bytes()
+    stop = "raise KeyboardInterrupt" if interrupt == "ctrl-c" else "os.kill(os.getpid(), signal.SIGKILL)"
+    code = (
+        "import os, signal, sys\n"
+        f"def interrupted(fd):\n    {stop}\n"
+        "os.fsync = interrupted\n"
+        "from kdiff_differential.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, "--image", "in.png", "--out", "out/result.png", *FAST],
+                          cwd=files, capture_output=True, text=True, timeout=300)
+    assert done.returncode == (130 if interrupt == "ctrl-c" else -9), done.stderr
+    assert out.read_bytes() == before
+    left = sorted(p.name for p in out.parent.iterdir() if p != out)
+    if interrupt == "ctrl-c":
+        assert left == []
+    else:
+        assert all(name.startswith(".result.png.") and name.endswith(".tmp") for name in left), left
 
 
 def test_help_and_argument_errors_do_not_import_torch() -> None:

@@ -1,7 +1,8 @@
-"""Threshold clocks: tau's shape, and the release sigmas that replace it at call time."""
+"""Threshold clocks: tau's shape and values, and the release sigmas that replace it at call time."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -246,13 +247,84 @@ def flow_clock():
 
     flow = FlowDenoiser(lambda x, t: x, shift=3.0)
     span = make_span(flow.get_sigmas(8).float(), model_sigma_min=flow.sigma_min)
-    return make_clock("timestep", span, model_timestep(flow))
+    return span, make_clock("timestep", span, model_timestep(flow))
 
 
 @pytest.mark.parametrize("name", ["timestep", "timestep-quantized", "sigma", "step", "flow"])
 def test_bracketed_boundaries_equal_the_bisection_over_all_floats(name):
     """Exact: the same float for every strength, many distinct ones, the ends included."""
-    tau = flow_clock() if name == "flow" else CLOCKS[name][1]
+    tau = flow_clock()[1] if name == "flow" else CLOCKS[name][1]
     g = torch.Generator().manual_seed(1)
     strengths = torch.cat([torch.rand(5000, generator=g), torch.linspace(0, 1, 257), torch.tensor([0.0, 1.0, 1e-7, 1 - 1e-7])])
     assert torch.equal(release_sigmas(tau, strengths), bisection_over_all_floats(tau, strengths))
+
+
+# tau's values against its definition, tau(sigma) = (t(sigma) - t_to) / (t_from - t_to),
+# with t(sigma) written here in float64 from the model's training levels (numpy's
+# interpolation, not the code under test), and the release levels against its inverse.
+
+
+def reference_t(name: str, sigma: np.ndarray) -> np.ndarray:
+    """The model's timestep at ``sigma`` (float64): k-diffusion's interpolation in log
+    sigma over the training levels, the nearest level, or the flow time sigma / (1 + sigma)."""
+    if name == "flow":
+        return 1 / (1 + 1 / sigma)  # 1 at sigma = inf, a flow schedule's start
+    log_levels = DENOISER.log_sigmas.double().numpy()  # ascending
+    if name == "timestep-quantized":
+        return np.abs(np.log(sigma)[None, :] - log_levels[:, None]).argmin(axis=0).astype(np.float64)
+    return np.interp(np.log(sigma), log_levels, np.arange(len(log_levels), dtype=np.float64))
+
+
+def reference_sigma(name: str, t: np.ndarray) -> np.ndarray:
+    """The largest sigma whose timestep is at most ``t`` (the inverse of reference_t)."""
+    if name == "flow":
+        return t / (1 - t)
+    log_levels = DENOISER.log_sigmas.double().numpy()
+    if name == "timestep-quantized":
+        # The nearest level is at most k up to the log midpoint between k and k + 1.
+        k = np.floor(t).astype(int)
+        return np.exp((log_levels[k] + log_levels[np.minimum(k + 1, len(log_levels) - 1)]) / 2)
+    return np.exp(np.interp(t, np.arange(len(log_levels), dtype=np.float64), log_levels))
+
+
+TIMESTEP_CLOCKS = ("timestep", "timestep-quantized", "flow")
+
+
+def timestep_clock(name: str):
+    return flow_clock() if name == "flow" else CLOCKS[name]
+
+
+@pytest.mark.parametrize("name", TIMESTEP_CLOCKS)
+def test_tau_is_the_normalised_timestep_at_every_sigma(name):
+    span, tau = timestep_clock(name)
+    t_from, t_to = reference_t(name, np.array([span.sigma_from, span.sigma_to]))
+    g = torch.Generator().manual_seed(2)
+    sigmas = torch.cat([torch.exp(torch.empty(3000).uniform_(-5, 4, generator=g)), SIGMAS[:-1]])
+    sigma = sigmas.double().numpy()
+    expected = (reference_t(name, sigma) - t_to) / (t_from - t_to)
+    if name == "timestep-quantized":
+        # Drop sigmas within float32 rounding of a tie between two levels.
+        log_levels = DENOISER.log_sigmas.double().numpy()
+        midpoints = (log_levels[1:] + log_levels[:-1]) / 2
+        keep = np.abs(np.log(sigma)[:, None] - midpoints[None, :]).min(axis=1) > 1e-5
+        sigmas, expected = sigmas[torch.from_numpy(keep)], expected[keep]
+    assert len(expected) > 2900
+    np.testing.assert_allclose(tau(sigmas).double().numpy(), expected, rtol=0, atol=2e-5)
+
+
+def test_the_log_sigma_clock_is_linear_in_log_sigma():
+    span, tau = CLOCKS["sigma"]
+    sigmas = torch.exp(torch.linspace(-5, 4, 2000))
+    expected = np.log(sigmas.double().numpy() / span.sigma_to) / math.log(span.sigma_from / span.sigma_to)
+    np.testing.assert_allclose(tau(sigmas).double().numpy(), expected, rtol=0, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", TIMESTEP_CLOCKS)
+def test_release_levels_invert_the_normalised_timestep(name):
+    """Strength s is released at the largest sigma with t(sigma) <= t_to + s (t_from - t_to)."""
+    span, tau = timestep_clock(name)
+    t_from, t_to = reference_t(name, np.array([span.sigma_from, span.sigma_to]))
+    strengths = torch.linspace(0.005, 0.995, 199)
+    expected = reference_sigma(name, t_to + strengths.double().numpy() * (t_from - t_to))
+    release = release_map(tau, span, strengths).double().numpy()
+    np.testing.assert_allclose(release, expected, rtol=1e-4)

@@ -6,10 +6,12 @@ produced for each case of ``comfyui_harness.CASES``: the schedule, the sampler's
 and the result. ``tests/make_comfyui_golden.py`` regenerates it from a checkout;
 ``tests/test_comfyui_source.py`` runs the same cases live against one.
 
-Our side runs the wrapper under upstream k-diffusion, as users do. Two samplers differ
-from ComfyUI by ComfyUI's fork of them, not by the wrapper (the fork ends ``lms`` with
-``x = denoised`` and queries ``dpmpp_sde``'s Brownian tree a few ulps away); live, under
-the fork, they match to 1e-5 too. Here they are held to the samplers' own difference.
+Our side runs the wrapper under upstream k-diffusion, as users do. ComfyUI's fork of
+``lms`` and ``dpmpp_sde`` differs from upstream (it ends ``lms`` with ``x = denoised``
+and queries ``dpmpp_sde``'s Brownian tree a few ulps away), so for those two the frozen
+results come from ComfyUI's node and KSAMPLER driving upstream's samplers: every case
+is held to 1e-5. Maps with exact 0 and 1 catch the last-call freeing of strength-0
+pixels; quantised cases run ComfyUI's own eps and v denoised calculation.
 """
 
 from pathlib import Path
@@ -17,13 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfyui_harness import CASES, COMFYUI_COMMIT, FORK_ONLY, SCHEDULE_CASES, our_run, our_schedule, our_start
+from comfyui_harness import CASES, COMFYUI_COMMIT, PREDICTION_PAIRS, SCHEDULE_CASES, START_CASES, our_run, our_schedule, our_start
 
 GOLDEN = torch.load(Path(__file__).parent / "data" / "comfyui_golden.pt", weights_only=True)
 TOLERANCE = 1e-5
-# Upstream k-diffusion against ComfyUI's fork of these two samplers (measured: lms 1.3e-3
-# on 20 karras steps, dpmpp_sde 1.5e-4), with room for the platform's rounding.
-FORK_TOLERANCE = {"lms": 3e-3, "dpmpp_sde": 5e-4}
 
 
 def test_the_golden_file_is_comfyuis_and_covers_every_case():
@@ -35,12 +34,28 @@ def test_the_golden_file_is_comfyuis_and_covers_every_case():
 @pytest.mark.parametrize("case", CASES, ids=[f"comfyui_golden-{case.id}" for case in CASES])
 def test_each_case_matches_comfyuis_frozen_result(case):
     frozen = GOLDEN["cases"][case.id]
-    tolerance = FORK_TOLERANCE.get(case.name, TOLERANCE) if case.name in FORK_ONLY else TOLERANCE
     difference = (our_run(case, frozen["sigmas"]) - frozen["result"]).abs().max().item()
-    assert difference <= tolerance, difference
+    assert difference <= TOLERANCE, difference
 
 
-@pytest.mark.parametrize("case", CASES[:1] + CASES[-2:], ids=lambda case: f"comfyui_golden-start-{case.id}")
+def test_the_cases_include_maps_with_exact_zero_and_one():
+    from comfyui_harness import case_inputs
+
+    exact = [case for case in CASES if case.map_kind != "rand"]
+    assert {case.map_kind for case in exact} == {"gradient", "halves", "levels"}
+    for case in exact:
+        change_map = case_inputs(case)[2]
+        assert change_map.min() == 0 and change_map.max() == 1, case.id
+
+
+@pytest.mark.parametrize("eps, v", PREDICTION_PAIRS, ids=[eps.name for eps, _ in PREDICTION_PAIRS])
+def test_eps_and_v_cases_give_different_results(eps, v):
+    """The flawed network's error enters ComfyUI's eps and v calculations differently."""
+    apart = (GOLDEN["cases"][eps.id]["result"] - GOLDEN["cases"][v.id]["result"]).abs().max().item()
+    assert apart > 0.05, apart
+
+
+@pytest.mark.parametrize("case", START_CASES, ids=lambda case: f"comfyui_golden-start-{case.id}")
 def test_the_start_is_comfyuis(case):
     """Full denoise starts at latent + noise * sqrt(1 + sigma^2); a partial one at noise * sigma."""
     frozen = GOLDEN["cases"][case.id]

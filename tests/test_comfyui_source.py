@@ -11,10 +11,11 @@ a125cd84 (2025-10-11); get it with
     KDIFF_COMFYUI_SRC=/work/comfyui-src python -m pytest -q -s tests/test_comfyui_source.py
 
 Our side runs the wrapper with upstream k-diffusion's samplers, as users do, and once
-more with ComfyUI's fork of them, which isolates the wrapper: the fork ends ``lms``
+more with ComfyUI's fork of them, which isolates the wrapper. The fork ends ``lms``
 with ``x = denoised`` and queries ``dpmpp_sde``'s Brownian tree a few ulps away from
-upstream, so those two are compared under the fork only. ``-s`` prints each case's
-largest difference. The harness is ``tests/comfyui_harness.py``.
+upstream, so for those two ComfyUI's KSAMPLER drives upstream's samplers and they are
+compared under upstream only. ``-s`` prints each case's largest difference. The
+harness is ``tests/comfyui_harness.py``.
 """
 
 import inspect
@@ -48,9 +49,9 @@ def comfy():
 def test_each_case_matches_comfyui(comfy, case):
     sigmas = comfyui_schedule(comfy, case)
     theirs = comfyui_run(comfy, case, sigmas)
-    diffs = {"fork": (our_run(case, sigmas, fork=comfy) - theirs).abs().max().item()}
+    diffs = {"upstream": (our_run(case, sigmas) - theirs).abs().max().item()}
     if case.name not in FORK_ONLY:
-        diffs["upstream"] = (our_run(case, sigmas) - theirs).abs().max().item()
+        diffs["fork"] = (our_run(case, sigmas, fork=comfy) - theirs).abs().max().item()
     print(f"\n{case.id}: " + ", ".join(f"{key} {value:.1e}" for key, value in diffs.items()), end="")
     assert max(diffs.values()) <= TOLERANCE, diffs
 

@@ -1,5 +1,8 @@
-"""Memory options for the diffusers families, wired on the CPU with the tiny Stable
-Diffusion pipeline: --dtype, --offload (diffusers' model CPU offload) and --vae-tiling."""
+"""Memory options for the diffusers families, on the CPU with the tiny Stable Diffusion
+pipeline: --dtype (measured: the bytes the weights hold), --vae-tiling (measured: the
+decoder's largest activation, by forward hooks; on CUDA, the peak allocation) and
+--offload (diffusers' model CPU offload, which on a CPU-only machine has nowhere to
+offload to: checked for its hooks and for changing no number)."""
 
 from __future__ import annotations
 
@@ -34,15 +37,77 @@ def plain(folder: Path) -> torch.Tensor:
     return edited(load_pipeline(folder))
 
 
-def test_fp32_is_the_cpu_default_and_bf16_is_close(folder: Path, plain: torch.Tensor) -> None:
+def weight_bytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def test_fp32_is_the_cpu_default(folder: Path, plain: torch.Tensor) -> None:
     assert torch.equal(edited(load_pipeline(folder, dtype="fp32")), plain)
-    half = load_pipeline(folder, dtype="bf16")
-    assert half.network.dtype == torch.bfloat16 and half.family.text["text_encoder"].dtype == torch.bfloat16
-    assert half.vae.dtype == torch.float32  # its config says force_upcast
-    # bf16 keeps 8 bits of mantissa: the picture moves, a little, in [-1, 1].
-    assert 0 < (edited(half) - plain).abs().mean() < 0.05
     with pytest.raises(ValueError, match="dtype must be one of fp16, bf16, fp32"):
         load_pipeline(folder, dtype="int8")
+
+
+@pytest.mark.parametrize("dtype, torch_dtype", [("bf16", torch.bfloat16), ("fp16", torch.float16)])
+def test_half_precision_halves_the_weights_and_stays_close(folder: Path, plain: torch.Tensor, dtype: str, torch_dtype) -> None:
+    full, half = load_pipeline(folder), load_pipeline(folder, dtype=dtype)
+    for part in ("network", "text"):
+        ours = half.network if part == "network" else half.family.text["text_encoder"]
+        theirs = full.network if part == "network" else full.family.text["text_encoder"]
+        assert {p.dtype for p in ours.parameters()} == {torch_dtype}
+        assert 2 * weight_bytes(ours) == weight_bytes(theirs)
+    assert half.vae.dtype == torch.float32  # its config says force_upcast
+    # 8 (bf16) or 11 (fp16) bits of mantissa: the picture moves, a little, in [-1, 1].
+    result = edited(half)
+    assert torch.isfinite(result).all()
+    assert 0 < (result - plain).abs().mean() < 0.05
+
+
+def largest_decoder_activation(pipe, latent: torch.Tensor) -> int:
+    """The most elements any one of the VAE decoder's layers outputs at once while ``pipe``
+    decodes ``latent``: the activation memory that tiling bounds."""
+    largest = [0]
+
+    def record(module, inputs, output) -> None:
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output.numel())
+
+    hooks = [module.register_forward_hook(record) for module in pipe.vae.decoder.modules()]
+    try:
+        with torch.no_grad():
+            pipe.decode(latent)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return largest[0]
+
+
+def test_vae_tiling_bounds_the_decoders_largest_activation(folder: Path) -> None:
+    """On a 48x48 latent, three of the tiny VAE's 16-latent tiles across: untiled, the
+    largest activation grows with the latent's area (9x one tile's); tiled, it stays
+    that of one tile."""
+    plain, tiled = load_pipeline(folder), load_pipeline(folder, vae_tiling=True)
+    assert tiled.vae.tile_latent_min_size == 16
+    one_tile, large = torch.randn(1, 4, 16, 16), torch.randn(1, 4, 48, 48)
+    per_tile = largest_decoder_activation(plain, one_tile)
+    assert largest_decoder_activation(plain, large) == 9 * per_tile
+    assert largest_decoder_activation(tiled, large) == per_tile
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for torch.cuda.max_memory_allocated")
+def test_vae_tiling_lowers_the_peak_allocation_on_cuda(folder: Path) -> None:
+    peaks = {}
+    latent = torch.randn(1, 4, 128, 128, device="cuda")
+    for tiling in (False, True):
+        pipe = load_pipeline(folder, vae_tiling=tiling, device="cuda")
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = torch.cuda.memory_allocated()
+        with torch.no_grad():
+            pipe.decode(latent)
+        torch.cuda.synchronize()
+        peaks[tiling] = torch.cuda.max_memory_allocated() - start
+        del pipe
+    assert peaks[True] < peaks[False] / 4, peaks
 
 
 def test_offload_hooks_every_part_and_changes_no_number(folder: Path, plain: torch.Tensor) -> None:

@@ -1,7 +1,9 @@
 """The wrapper stays out of the way: it compiles whole, never reads a tensor back to the
-host at call time, captures into a CUDA graph, and its benchmark script runs.
+host at call time, captures into a CUDA graph, costs each release rule a bounded
+multiple of the binary rule per call, and its benchmark script runs.
 
-Nothing here is timed: the cost per call is measured by ``samplers/overhead.py``.
+The per-call bounds are timed: interleaved rounds in the thread's CPU time
+(``samplers/overhead.py``, which measures the cost per call for the report).
 """
 
 from __future__ import annotations
@@ -108,7 +110,50 @@ def test_a_call_reads_nothing_back_to_the_host(strength, k, sigma, release, samp
     with torch.no_grad(), overhead.count_host_reads() as counts:
         for _ in range(3):
             dd(x, sigma)
-    assert counts == {"item": 0, "__bool__": 0, "cpu": 0}
+    assert counts == {}
+
+
+T, MASK = torch.tensor([1.5, 2.5]), torch.tensor([True, False])
+ONE = torch.tensor(2.5)
+# Every way from a tensor to the host, and the name the counter gives it.
+HOST_READS = {
+    "item": lambda: ONE.item(),
+    "__float__": lambda: float(ONE),
+    "__int__": lambda: int(ONE),
+    "__bool__": lambda: 1 if ONE > 1 else 0,
+    "__index__": lambda: [0, 1, 2, 3][ONE.long()],
+    "tolist": lambda: T.tolist(),
+    "numpy": lambda: T.numpy(),
+    "__array__": lambda: __import__("numpy").asarray(T),
+    "__format__": lambda: f"{ONE:.2f}",
+    "cpu": lambda: T.cpu(),
+    "nonzero": lambda: torch.nonzero(T),
+    "where": lambda: torch.where(MASK),
+    "boolean indexing": lambda: T[MASK],
+    "masked_select": lambda: T.masked_select(MASK),
+    "unique": lambda: torch.unique(T),
+    "equal": lambda: torch.equal(T, T),
+    "repeat_interleave": lambda: torch.repeat_interleave(torch.tensor([1, 2])),
+}
+
+
+@pytest.mark.parametrize("name", HOST_READS)
+def test_the_host_read_counter_sees_every_way_to_the_host(name):
+    with overhead.count_host_reads() as counts:
+        HOST_READS[name]()
+    assert counts.get(name, 0) >= 1, counts
+
+
+def test_the_host_read_counter_sees_boolean_assignment_and_ignores_device_work():
+    x = T.clone()
+    with overhead.count_host_reads() as counts:
+        x[MASK] = 0.0
+    assert counts == {"boolean indexing": 1}
+    with overhead.count_host_reads() as counts:
+        y = torch.where(MASK, T, -T).lerp(T, 0.5)
+        y = y.index_select(0, torch.searchsorted(T, y.contiguous()).clamp(max=1))
+        y = y[0] + y[torch.tensor([1])] + T.sum() * T.max()
+    assert counts == {}
 
 
 def test_the_host_read_counter_sees_the_comfyui_baselines_branch():
@@ -180,17 +225,32 @@ def test_benchmark_script_writes_its_report(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == [path]  # the temporary file was renamed, not left
 
 
-def test_the_default_release_costs_at_most_1_2x_binary_per_call_on_cpu():
-    """Issue 21's CPU target, as the benchmark measures it (a call over a near-free
-    inner, minus the bare call; SD 1.5's 64x64 latent; one thread): the faithful release
-    (differential_edit's and the CLI's default) at most 1.2x the binary one. A ratio of
-    short interleaved rounds timed in the thread's CPU time, so that a busy machine
-    slows both alike and time spent waiting for a core counts for neither; the median of 301."""
+@pytest.fixture(scope="module")
+def per_call_cost():
+    """Each release rule's cost per call as the benchmark measures it (a call over a
+    near-free inner, minus the bare call; SD 1.5's 64x64 latent; one thread): short
+    interleaved rounds timed in the thread's CPU time, so that a busy machine slows
+    every rule alike and time spent waiting for a core counts for none; the median of 201."""
     setup = overhead.build(torch.device("cpu"), 64, 20)
-    wrappers = {name: setup.wrap(name, setup.free) for name in ("faithful", "binary")}
+
+    def rule(release: str, sampler: str | None = None) -> DifferentialDenoiser:
+        return DifferentialDenoiser(setup.free, setup.latent, setup.change_map, sigmas=setup.sigmas,
+                                    noise=setup.noise, release=release, sampler=sampler)
+
+    wrappers = {"binary": rule("binary"), **{"-".join(filter(None, r)): rule(*r) for r in RULES if r[0] != "binary"}}
     with torch.no_grad(), one_thread():
-        cost = overhead.per_call_us(setup, wrappers, calls=20, rounds=301, clock=time.thread_time)
-    assert cost["faithful"] <= 1.2 * cost["binary"], cost
+        return overhead.per_call_us(setup, wrappers, calls=20, rounds=201, clock=time.thread_time)
+
+
+# Per call, at most this many times the binary rule. Faithful (differential_edit's and the
+# CLI's default): issue 21's CPU target. The others: measured on a shared 2-core CPU
+# (smooth 1.88-1.93x, faithful told Heun 1.34-1.37x), with a fifth for a noisy machine.
+PER_CALL_BOUNDS = {"faithful": 1.2, "faithful-heun": 1.65, "smooth": 2.3}
+
+
+@pytest.mark.parametrize("rule", PER_CALL_BOUNDS)
+def test_each_release_rule_costs_a_bounded_multiple_of_binary_per_call_on_cpu(rule, per_call_cost):
+    assert per_call_cost[rule] <= PER_CALL_BOUNDS[rule] * per_call_cost["binary"], per_call_cost
 
 
 @pytest.mark.parametrize(

@@ -75,7 +75,7 @@ def test_no_step_draws_a_seam_along_the_border():
         assert np.array_equal(prepared, np.repeat(prepared[:, :1], 30, axis=1))
 
 
-def test_prepare_map_works_in_pixels_of_the_input_and_in_order():
+def test_shape_map_works_in_pixels_of_the_input_and_in_order():
     half_size = square(21, 8, 13)  # the same square on a map half the image's size
     prepared = shape_map(half_size, grow=2, size=(42, 42))
     assert prepared.shape == (42, 42)
@@ -83,7 +83,7 @@ def test_prepare_map_works_in_pixels_of_the_input_and_in_order():
     assert np.array_equal(shape_map(square()), square().astype(np.float32))
 
 
-def test_prepare_map_returns_a_float32_array_like_the_other_tools():
+def test_shape_map_returns_a_float32_array_like_the_other_tools():
     for prepared in (shape_map(square()), shape_map(square(), grow=2, feather=3, blur=1)):
         assert type(prepared) is np.ndarray and prepared.dtype == np.float32 and prepared.shape == (41, 41)
 
