@@ -281,13 +281,15 @@ def edit_image(
     from .edit import differential_edit
     from .fills import fill_pixels
     from .images import require_rgb
-    from .models import ModelSource, find_model, open_model
+    from .models import ModelSource, find_model, open_model, refuse_for_builtin
 
     loading = {name: options.pop(name) for name in LOAD_OPTIONS if name in options}
     settings = EditSettings(**options)
     require_rgb(image, "image")
     seed = random.SystemRandom().randrange(2**32) if settings.seed is None else settings.seed
     if isinstance(model, (str, Path)):
+        if model == "builtin":
+            refuse_for_builtin(loading)
         load = load_options(loading)
         model = find_model(model, config=load["config"], allow_pickle=load["allow_pickle"])
     elif loading:

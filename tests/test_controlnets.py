@@ -123,7 +123,7 @@ def test_sdxl_controlnet_and_union_controlnet_equal_diffusers(xl: dict[str, Path
     assert (union.result - expected).abs().max() < 1e-5 * expected.abs().max()
     with pytest.raises(InputError, match="union ControlNet .* needs the mode of its image, a whole number in 0..[0-9]+; got None"):
         pipe.extra_args("a cat", controls=[Control(image), Control(image)])
-    with pytest.raises(InputError, match="--control-mode 2: this ControlNet .ControlNetModel. has no modes"):
+    with pytest.raises(InputError, match="control_mode=2: this ControlNet .ControlNetModel. has no modes"):
         pipe.extra_args("a cat", controls=[Control(image, mode=2), Control(image, mode=3)])
 
 
@@ -295,7 +295,7 @@ def test_a_hub_id_from_the_offline_cache_loads_the_same_controlnet(folders: dict
     by_id = load_pipeline(folders["model"], controlnets=["tiny/controlnet"]).controlnets[0].state_dict()
     by_folder = load_pipeline(folders["model"], controlnets=[folders["one"]]).controlnets[0].state_dict()
     assert by_id.keys() == by_folder.keys() and all(torch.equal(by_id[key], by_folder[key]) for key in by_id)
-    with pytest.raises(InputError, match=r"--controlnet tiny/missing: not \(wholly\) in the Hub cache, and HF_HUB_OFFLINE=1"):
+    with pytest.raises(InputError, match=r"controlnet=tiny/missing: not \(wholly\) in the Hub cache, and HF_HUB_OFFLINE=1"):
         load_pipeline(folders["model"], controlnets=["tiny/missing"])
 
 

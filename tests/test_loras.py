@@ -130,7 +130,7 @@ def bad_loras(peft_lora: Path, folder: Path) -> dict[str, Path]:
 @pytest.mark.parametrize("case", ["other shapes", "another family", "corrupt"])
 def test_a_lora_that_does_not_fit_is_one_line_before_sampling(case: str, folder: Path, peft_lora: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     lora = bad_loras(peft_lora, tmp_path)[case]
-    with pytest.raises(InputError, match=f"--lora {lora}"):
+    with pytest.raises(InputError, match=f"lora={lora}"):
         load_pipeline(folder, loras=[(lora, 1.0)])
     capsys.readouterr()
     status = main(["--model", str(folder), "--lora", str(lora), "--out", str(tmp_path / "x.png"), "--quiet"])

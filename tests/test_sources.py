@@ -259,7 +259,7 @@ def test_a_network_only_file_takes_the_other_parts_from_its_configuration(sd_fol
 def test_a_single_file_offline_without_a_configuration_is_one_line(sd_folder: Path, offline_cache: Path, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     checkpoint = write_original(sd_folder, "sd", tmp_path / "model.safetensors")
     err = one_line(["--model", str(checkpoint)], capsys, tmp_path)
-    assert "pass --config" in err and "HF_HUB_OFFLINE=1" in err
+    assert "give --config" in err and "HF_HUB_OFFLINE=1" in err
 
 
 def test_a_single_file_with_another_familys_configuration_is_one_line(sd_folder: Path, sdxl_folder: Path, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:

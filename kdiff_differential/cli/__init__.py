@@ -254,7 +254,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     import warnings
 
     from ..image_edit import EditSettings, EditWarning, load_options
-    from ..models import find_model, open_model
+    from ..models import find_model, open_model, refuse_for_builtin
 
     change_map = args.map or ("full" if args.map_prompt is not None else "gradient-x")
     # The settings' warnings are said once, as they come, before any work; the jobs' repeats are not.
@@ -273,9 +273,11 @@ def run(args: argparse.Namespace) -> list[Path]:
     settings = checked(lambda: _settings(args))
     folder = args.image is not None and Path(args.image).is_dir()
     written = [] if folder else _check_outputs(args, change_map)
-    load = load_options({"config": args.config, "lora": args.lora, "allow_pickle": args.allow_pickle, "dtype": args.dtype,
-                         "offload": args.offload, "vae_tiling": args.vae_tiling,
-                         "controlnet": [group["source"] for group in args.controls or []]})
+    loading = {"config": args.config, "lora": args.lora, "dtype": args.dtype, "offload": args.offload, "vae_tiling": args.vae_tiling,
+               "controlnet": [group["source"] for group in args.controls or []]}
+    if args.model == "builtin":
+        refuse_for_builtin(loading)
+    load = load_options({**loading, "allow_pickle": args.allow_pickle})
     device = _device(args.device)
     # Checked before the model loads, which can take minutes.
     found = find_model(args.model, config=load["config"], allow_pickle=load["allow_pickle"])

@@ -119,11 +119,21 @@ class ModelSource:
         if self.source is None:
             from .builtin import Builtin
 
-            given = [name for name, value in options.items() if value not in (None, False, (), [])]
-            if given:
-                raise InputError(f"{', '.join(f'{name}={options[name]!r}' for name in given)}: for diffusers models; the built-in model takes none")
+            refuse_for_builtin(options)
             return Builtin(device)
+        from .diffusers_model import quiet_loading
+
+        quiet_loading()
         return load_pipeline(self.source, device, **options)
+
+
+def refuse_for_builtin(options: dict[str, Any]) -> None:
+    """InputError naming the model-loading ``options`` given (not None, False or empty),
+    which the built-in model has no use for."""
+    given = [name for name, value in options.items() if value not in (None, False, (), [])]
+    if given:
+        raise InputError(f"{', '.join(f'{name}=' for name in given)}: for a diffusers model (model=: a folder, Hub id or "
+                         ".safetensors file); the built-in model takes none")
 
 
 def find_model(name: Union[str, Path], *, config: Optional[Union[str, Path]] = None, allow_pickle: bool = False) -> ModelSource:
@@ -132,8 +142,7 @@ def find_model(name: Union[str, Path], *, config: Optional[Union[str, Path]] = N
     its family read from ``model_index.json`` or the file's tensor names. InputError for
     bad input, or for diffusers missing."""
     if name == "builtin":
-        if config is not None:
-            raise InputError(f"config={config}: for a single-file diffusers checkpoint; the built-in model takes none")
+        refuse_for_builtin({"config": config, "allow_pickle": allow_pickle})
         return ModelSource("builtin")
     from .diffusers_model import require_diffusers
     from .sources import resolve_source
