@@ -4,7 +4,6 @@ family's folder built once per session (``tiny_family``)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -22,10 +21,10 @@ from kdiff_differential.edit import RANGE_SAMPLERS
 from kdiff_differential.edit import SAMPLERS as ALL_SAMPLERS
 from kdiff_differential.models import IdealDenoiser, sd_alphas_cumprod
 
-# The tiny pipelines' builders, which the test modules import from here.
+# The tiny pipelines' builders; the test modules import those they need from here.
 from families_tiny import (  # noqa: F401
-    BUILDERS, WORDS, as_klein_base, flow_clip, flow_vae, randomise_zeros, save_tiny_controlnet, save_tiny_flow, save_tiny_sd,
-    save_tiny_sd_inpainting, save_tiny_sdxl, t5_tokenizer, tiny_clip, tiny_t5, tiny_vae, write_tokenizer,
+    BUILDERS, as_klein_base, randomise_zeros, save_tiny_controlnet, save_tiny_flow, save_tiny_sd, save_tiny_sd_inpainting,
+    save_tiny_sdxl,
 )
 
 SIZE = 16
@@ -204,23 +203,6 @@ def kdiff(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def pixels(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.array(image)
-
-
-def check_samplers_keep_the_kept_half(pipe, image: np.ndarray, args: dict, samplers: list) -> None:
-    """Each of ``samplers`` on ``pipe`` (a loaded diffusers pipeline) editing ``image``'s
-    latent with the halves map, 2 steps on the model's schedule (dpm_adaptive its own),
-    ``args`` its extra arguments: the kept half exact, the rest changed."""
-    from kdiff_differential.edit import differential_edit
-
-    latent = pipe.encode(image)
-    half = latent.shape[-1] // 2
-    for sampler in samplers:
-        edit = differential_edit(
-            pipe.denoiser_for(latent), latent, halves(*latent.shape[-2:]), sampler=sampler,
-            steps=None if sampler == "dpm_adaptive" else 2, schedule="model", extra_args=args,
-        )
-        torch.testing.assert_close(edit.result[..., :half], latent[..., :half], atol=1e-5, rtol=0, msg=sampler)
-        assert (edit.result[..., half:] - latent[..., half:]).abs().mean() > 0.05, sampler
 
 
 def edit_halves_on_the_command_line(model: Path, image: np.ndarray, folder: Path, *options: str) -> subprocess.CompletedProcess:

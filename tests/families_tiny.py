@@ -509,7 +509,7 @@ BUILDERS = {
     "flux-fill": save_tiny_flux_fill,
     "kontext": save_tiny_kontext,
     "chroma": save_tiny_chroma,
-    "zimage": save_tiny_zimage,
+    "zimage-turbo": save_tiny_zimage,  # named Turbo: Turbo's defaults
     "klein": save_tiny_klein,
     "qwen": save_tiny_qwen,
     "qwen-edit": save_tiny_qwen_edit,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 import diffusers
@@ -115,6 +115,8 @@ class Family:
     steps: int
     ours: Callable[[Any, np.ndarray], dict]
     theirs: Callable[[np.ndarray], dict]
+    # max |ours - theirs| over the largest |theirs|, at most; measured at most 2.7e-6 on
+    # any row (the v-prediction UNets; the flow models ~3e-7), map all ones or graded.
     tolerance: float = 1e-5
     flow: bool = True  # flow matching (x_t = (1 - t) x0 + t noise), else a UNet on a k-diffusion schedule
     pack: Optional[Callable[[torch.Tensor], torch.Tensor]] = None  # our latent -> the pipeline's latents
@@ -123,8 +125,6 @@ class Family:
     patch: Optional[Callable[[pytest.MonkeyPatch], None]] = None  # what diffusers is told first
     range_steps: Optional[int] = None  # FLUX.2: the steps whose shift ends the clock's range (the default steps)
     img2img: bool = False  # the pipeline noises the latent it is given as ``image`` (SDXL's refiner)
-    description: Optional[str] = None
-    defaults: dict = field(default_factory=dict)  # our pipeline's attributes that are the family's defaults
 
 
 def sd_row(folder: str, size: tuple[int, int]) -> Family:
@@ -176,20 +176,20 @@ FAMILIES = {
     ),
     # The folder's text encoding, guidance, and the model's shifted schedule.
     "sd3": Family(
-        "sd3", "StableDiffusion3Pipeline", SIZE, 4, tolerance=1e-4,
+        "sd3", "StableDiffusion3Pipeline", SIZE, 4,
         ours=lambda pipe, image: pipe.extra_args("a red cat", "blurry", 3.0),
         theirs=lambda image: dict(prompt="a red cat", negative_prompt="blurry", height=32, width=36, guidance_scale=3.0, max_sequence_length=16),
     ),
     # Flux.1 dev: the guidance embedded, the latent packed, the schedule shifted by the resolution.
     "flux": flux_like(
         "flux", "FluxPipeline", 4, lambda pipe, image: pipe.extra_args("a red cat", "blurry", 3.0),
-        lambda image: dict(prompt="a red cat", height=32, width=36, guidance_scale=3.0), tolerance=1e-4,
+        lambda image: dict(prompt="a red cat", height=32, width=36, guidance_scale=3.0),
     ),
     # schnell's scheduler shifts by a constant (no dynamic shifting), and FluxPipeline
     # still passes its own sigmas, linspace(1, 1/n, n): the same 4 steps as ours.
     "flux-schnell-fixed": flux_like(
         "flux-schnell-fixed", "FluxPipeline", 4, lambda pipe, image: pipe.extra_args("a red cat"),
-        lambda image: dict(prompt="a red cat", height=32, width=36), defaults={"schedule": "model", "steps": 4},
+        lambda image: dict(prompt="a red cat", height=32, width=36),
     ),
     # The inpainting input (the masked image's packed latent and the half mask at the
     # VAE's factor, packed) as FluxFillPipeline builds it.
@@ -197,30 +197,27 @@ FAMILIES = {
         "flux-fill", "FluxFillPipeline", 3,
         lambda pipe, image: pipe.extra_args("a red cat", "", 3.0, image=image, change_map=halves(*SIZE)),
         lambda image: dict(prompt="a red cat", image=as_pil(image), mask_image=halves_pil(*SIZE), height=32, width=36, guidance_scale=3.0),
-        patch=fill_patch, description="FLUX.1 Fill, inpainting, flow matching", defaults={"schedule": "model", "steps": 28, "cfg": 30.0},
+        patch=fill_patch,
     ),
     # T5 with its attention mask (the first padding token kept), the mask beside the image
     # tokens', guidance with the negative prompt.
     "chroma": flux_like(
         "chroma", "ChromaPipeline", 3, lambda pipe, image: pipe.extra_args("a red cat", "blurry", 3.0),
         lambda image: dict(prompt="a red cat", negative_prompt="blurry", height=32, width=36, guidance_scale=3.0),
-        description="Chroma, text-to-image, flow matching", defaults={"schedule": "model", "steps": 20, "cfg": 5.0},
     ),
     # The input image's tokens beside the output latent's (position ids (1, row, col)),
     # the prediction taken on the output tokens.
     "kontext": flux_like(
         "kontext", "FluxKontextPipeline", 3, lambda pipe, image: pipe.extra_args("a red cat", "", 3.0, image=image),
         lambda image: dict(image=as_pil(image), prompt="a red cat", height=32, width=36, max_area=32 * 36, _auto_resize=False, guidance_scale=3.0),
-        description="FLUX.1 Kontext, text-to-image, flow matching",
     ),
     # Qwen3's chat-templated prompt (second-to-last layer, real tokens only), the
     # transformer's reversed clock and negated prediction, guidance with the negative
     # prompt (ZImagePipeline's guidance_scale 2 is our cfg 3), the shifted linspace(1, 1/n)
     # schedule. A Turbo folder runs 8 steps without guidance.
-    "zimage": Family(
-        "zimage", "ZImagePipeline", SIZE, 3, ours=lambda pipe, image: pipe.extra_args("a red cat", "blurry", 3.0),
+    "zimage-turbo": Family(
+        "zimage-turbo", "ZImagePipeline", SIZE, 3, ours=lambda pipe, image: pipe.extra_args("a red cat", "blurry", 3.0),
         theirs=lambda image: dict(prompt="a red cat", negative_prompt="blurry", height=32, width=36, guidance_scale=2.0, max_sequence_length=QWEN3_LENGTH),
-        description="Z-Image, text-to-image, flow matching", defaults={"schedule": "model", "steps": 8, "cfg": 1.0},
     ),
     # Qwen3's layers 9, 18 and 27 side by side, 4-axis position ids, FLUX.2's step-
     # dependent shift, the latent patchified and normalised by the VAE's statistics.
@@ -230,13 +227,11 @@ FAMILIES = {
         "klein", "Flux2KleinPipeline", SIZE, 4, ours=lambda pipe, image: pipe.extra_args("a red cat", "", 5.0),
         theirs=lambda image: dict(prompt="a red cat", height=32, width=36, guidance_scale=5.0, max_sequence_length=QWEN3_LENGTH),
         pack=klein_pack, packs_the_start=True, unpack=klein_latent, range_steps=4,
-        description="FLUX.2 Klein, text-to-image, flow matching", defaults={"schedule": "model", "steps": 4, "cfg": 1.0},
     ),
     "klein-base": Family(
         "klein-base", "Flux2KleinPipeline", SIZE, 3, ours=lambda pipe, image: pipe.extra_args("a red cat", "", 3.0),
         theirs=lambda image: dict(prompt="a red cat", height=32, width=36, guidance_scale=3.0, max_sequence_length=QWEN3_LENGTH),
         pack=klein_pack, packs_the_start=True, unpack=klein_latent, range_steps=50,
-        description="FLUX.2 Klein, text-to-image, flow matching", defaults={"schedule": "model", "steps": 50, "cfg": 4.0},
     ),
     # The template's tokens dropped, true guidance with the negative prompt and the guided
     # velocity rescaled to the prompt's norm, the schedule's dynamic shift and terminal
@@ -245,7 +240,6 @@ FAMILIES = {
         "qwen", "QwenImagePipeline", SIZE, 3, ours=lambda pipe, image: pipe.extra_args("a red cat", "blurry", 3.0),
         theirs=lambda image: dict(prompt="a red cat", negative_prompt="blurry", true_cfg_scale=3.0, height=32, width=36),
         pack=pack_2x2, unpack=lambda reference: unpack_qwen(*SIZE),
-        description="Qwen-Image, text-to-image, flow matching", defaults={"schedule": "model", "steps": 50, "cfg": 4.0},
     ),
     # The input image's latent tokens after the output latent's (a second image to the
     # positions), the prediction taken on the output tokens, the prompt read with the image
@@ -254,7 +248,6 @@ FAMILIES = {
         "qwen-edit", "QwenImageEditPipeline", SIZE, 3, ours=lambda pipe, image: pipe.extra_args("a red cat", "blurry", 3.0, image=image),
         theirs=lambda image: dict(prompt="a red cat", negative_prompt="blurry", true_cfg_scale=3.0, height=32, width=36, image=as_pil(image)),
         pack=pack_2x2, unpack=lambda reference: unpack_qwen(*SIZE), patch=qwen_edit_patch(*SIZE),
-        description="Qwen-Image-Edit, text-to-image, flow matching", defaults={"schedule": "model", "steps": 50, "cfg": 4.0},
     ),
 }
 
@@ -338,7 +331,6 @@ def test_euler_with_everything_released_is_the_diffusers_pipeline(family: Family
         assert (expected - noise).abs().mean() > 0.1
         if not family.flow:
             assert (expected - noise * edit.wrapper.sigmas[0]).abs().mean() > 0.1
-    print("ONES", family.folder, float((edit.result - expected).abs().max() / expected.abs().max()))
     assert (edit.result - expected).abs().max() < family.tolerance * expected.abs().max()
 
 
@@ -400,10 +392,6 @@ def differential_step(family: Family, latent: torch.Tensor, noise: torch.Tensor,
     return step
 
 
-# Measured (max |ours - theirs| over the largest |theirs|): at most 2e-6 on every row.
-GRADED_TOLERANCE = 1e-5
-
-
 def test_a_graded_map_is_the_differential_loop_around_the_diffusers_pipeline(family: Family, tiny_family, monkeypatch: pytest.MonkeyPatch) -> None:
     """A map with exact 0 and 1 and a ramp between, the binary release and the timestep
     clock: our family's denoiser, wrapper and k-diffusion Euler give diffusers' pipeline
@@ -429,8 +417,7 @@ def test_a_graded_map_is_the_differential_loop_around_the_diffusers_pipeline(fam
     torch.testing.assert_close(expected[..., kept], latent[..., kept], rtol=0, atol=1e-5)  # the loop's own check
     assert (expected[..., changed] - latent[..., changed]).abs().mean() > 0.05
     error = (edit.result - expected).abs().max() / expected.abs().max()
-    print("GRADED", family.folder, float(error), step.taus)
-    assert error < GRADED_TOLERANCE, error
+    assert error < family.tolerance, error
 
 
 def inpainting_row(folder: str, kind: str) -> Family:
@@ -471,5 +458,4 @@ def test_an_inpainting_unet_with_a_binary_map_is_the_diffusers_inpainting_pipeli
     torch.testing.assert_close(expected[..., :half], latent[..., :half], rtol=0, atol=1e-5)
     assert (expected[..., half:] - latent[..., half:]).abs().mean() > 0.05
     error = (edit.result - expected).abs().max() / expected.abs().max()
-    print("INPAINT", name, float(error))
-    assert error < GRADED_TOLERANCE, error
+    assert error < family.tolerance, error
