@@ -359,7 +359,8 @@ def differential_step(family: Family, latent: torch.Tensor, noise: torch.Tensor,
     (``k u / (1 + (k - 1) u)``, k the shift or e^mu; FLUX.2's mu depends on the steps,
     and its range's is that of the family's default steps). The re-noised original at level
     sigma: ``x0 + sigma * noise`` (a UNet); at flow time t: ``(1 - t) x0 + t noise``.
-    The callback records each step's tau (``.taus``).
+    The callback records each step's tau (``.taus``); :func:`theirs` hands it the mu the
+    pipeline gives its scheduler (``.shifts``).
     """
 
     def step(pipe, i: int, timestep, kwargs: dict) -> dict:
