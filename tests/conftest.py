@@ -1,10 +1,10 @@
 """Models built for the tests: the closed-form denoiser, tiny random networks, and tiny
-random diffusers pipelines saved to folders (tokenizers written here, nothing from a hub)."""
+random diffusers pipelines saved to folders (their builders in families_tiny.py), each
+family's folder built once per session (``tiny_family``)."""
 
 from __future__ import annotations
 
 import atexit
-import json
 import os
 import shutil
 import subprocess
@@ -24,6 +24,12 @@ from torch import nn
 from kdiff_differential.edit import RANGE_SAMPLERS
 from kdiff_differential.edit import SAMPLERS as ALL_SAMPLERS
 from kdiff_differential.models import IdealDenoiser, sd_alphas_cumprod
+
+# The tiny pipelines' builders; the test modules import those they need from here.
+from families_tiny import (  # noqa: F401
+    BUILDERS, as_klein_base, randomise_zeros, save_tiny_controlnet, save_tiny_flow, save_tiny_sd, save_tiny_sd_inpainting,
+    save_tiny_sdxl,
+)
 
 SIZE = 16
 
@@ -130,110 +136,11 @@ def halves(height: int, width: int) -> torch.Tensor:
     return change
 
 
-WORDS = ("a", "red", "cat", "blurry")
-
-
-def write_tokenizer(folder: Path) -> "transformers.CLIPTokenizer":
-    """A CLIP tokenizer over a few whole words and the letters: no merges needed."""
-    import transformers
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for token in [*"abcdefghijklmnopqrstuvwxyz", *(f"{c}</w>" for c in "abcdefghijklmnopqrstuvwxyz"), *(f"{w}</w>" for w in WORDS)]:
-        vocab.setdefault(token, len(vocab))
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.json").write_text(json.dumps(vocab))
-    (folder / "merges.txt").write_text("#version: 0.2\n")
-    return transformers.CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=16)
-
-
-def t5_tokenizer(length: int = 16) -> "transformers.PreTrainedTokenizerFast":
-    """A word-level fast tokenizer shaped like T5's: pad 0, end-of-text 1 appended, unknown 2."""
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{word: 3 + i for i, word in enumerate(WORDS)}}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", model_max_length=length
-    )
-
-
-def flow_clip(width: int, projection: bool) -> "transformers.PreTrainedModel":
-    """A tiny CLIP text encoder of ``width`` (with projection: SD3's), for the flow pipelines."""
-    import transformers
-
-    config = transformers.CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=100, hidden_size=width, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16, projection_dim=width,
-    )
-    return (transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel)(config)
-
-
-def tiny_t5(width: int) -> "transformers.T5EncoderModel":
-    """A one-layer T5 encoder of ``width``."""
-    import transformers
-
-    return transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=16, d_model=width, d_ff=37, d_kv=8, num_layers=1, num_heads=2, decoder_start_token_id=0,
-    ))
-
-
-def flow_vae() -> "diffusers.AutoencoderKL":
-    """A tiny VAE with a shift factor and a scale, as the flow models' VAEs have."""
-    import diffusers
-
-    return diffusers.AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        shift_factor=0.1, scaling_factor=1.5,
-    )
-
-
-def randomise_zeros(module: torch.nn.Module) -> None:
-    """Zero-initialised layers (output projections, gates) made random, so that the
-    velocity depends on every input."""
-    with torch.no_grad():
-        for parameter in module.parameters():
-            if not parameter.abs().sum():
-                parameter.normal_(0, 0.05)
-
-
-def save_tiny_sd(folder: Path, prediction: str) -> Path:
-    """A tiny random Stable Diffusion 1.x pipeline saved with save_pretrained: folder/model."""
-    import diffusers
-    import transformers
-
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=4,
-    )
-    vae = diffusers.AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-    )
-    text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=100, hidden_size=32, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=16,
-    ))
-    scheduler = diffusers.DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction, clip_sample=False,
-        steps_offset=1,
-    )
-    pipeline = diffusers.StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=write_tokenizer(folder / "words"),
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    pipeline.save_pretrained(folder / "model")
-    return folder / "model"
-
-
-def diffusers_euler(kind: type, folder: Path, edit, prepare=None, **settings) -> torch.Tensor:
+def diffusers_euler(kind: type, folder: Path, edit, prepare=None, start=None, **settings) -> torch.Tensor:
     """diffusers' own pipeline ``kind`` on ``folder`` with its EulerDiscreteScheduler on
     Karras sigmas, over the steps of ``edit`` and from its noise: the output latent.
+    ``start``, when given, is the clean latent that noise is added to (the wrapper's
+    start, ``latent + noise * sigma_max``); by default the start is the noise alone.
 
     Karras over the model's whole range is our default schedule. "linspace" spacing gives
     diffusers that whole range (the tiny SD folder's DDIM config says "leading", whose
@@ -251,69 +158,15 @@ def diffusers_euler(kind: type, folder: Path, edit, prepare=None, **settings) ->
     )
     reference.set_progress_bar_config(disable=True)
     steps = len(edit.wrapper.sigmas) - 1
-    out = reference(latents=edit.wrapper.noise, num_inference_steps=steps, output_type="latent", **settings).images
+    latents = edit.wrapper.noise
+    if start is not None:  # the pipeline multiplies the latents it is given by init_noise_sigma
+        reference.scheduler.set_timesteps(steps)
+        latents = start / reference.scheduler.init_noise_sigma + latents
+    out = reference(latents=latents, num_inference_steps=steps, output_type="latent", **settings).images
     # k-diffusion computes the Karras levels in float32, diffusers in float64 rounded once:
     # they differ by ~3e-7 relative, which moves the UNet's timesteps by up to ~2e-4 (of 999).
     torch.testing.assert_close(edit.wrapper.sigmas, reference.scheduler.sigmas, rtol=1e-6, atol=0)
     return out
-
-
-def tiny_clip(projection: bool, hidden: int = 32):
-    import transformers
-
-    config = transformers.CLIPTextConfig(
-        bos_token_id=0, eos_token_id=1, pad_token_id=1, vocab_size=100, hidden_size=hidden, intermediate_size=37,
-        num_attention_heads=4, num_hidden_layers=3, max_position_embeddings=16, projection_dim=16,
-    )
-    return (transformers.CLIPTextModelWithProjection if projection else transformers.CLIPTextModel)(config)
-
-
-def tiny_vae(force_upcast: bool):
-    import diffusers
-
-    return diffusers.AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3, latent_channels=4, force_upcast=force_upcast,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-    )
-
-
-def save_tiny_sdxl(folder: Path, prediction: str, in_channels: int = 4) -> Path:
-    """A tiny SDXL pipeline: encoders of width 32 and 24 (crossattn 56), pooled 16, time
-    embedding 8 per id (projection 16 + 6 * 8 = 64)."""
-    import diffusers
-
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=in_channels, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=56, attention_head_dim=4, addition_embed_type="text_time", addition_time_embed_dim=8,
-        projection_class_embeddings_input_dim=64, transformer_layers_per_block=1,
-    )
-    scheduler = diffusers.EulerDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction, steps_offset=1,
-    )
-    kind = diffusers.StableDiffusionXLInpaintPipeline if in_channels == 9 else diffusers.StableDiffusionXLPipeline
-    pipeline = kind(
-        vae=tiny_vae(True), text_encoder=tiny_clip(False), text_encoder_2=tiny_clip(True, hidden=24),
-        tokenizer=write_tokenizer(folder / "words"), tokenizer_2=write_tokenizer(folder / "words2"), unet=unet,
-        scheduler=scheduler,
-    )
-    pipeline.save_pretrained(folder / "model")
-    return folder / "model"
-
-
-def save_tiny_sd_inpainting(folder: Path) -> Path:
-    """The SD 1.x tiny pipeline with a 9-channel UNet, saved as an inpainting pipeline."""
-    import diffusers
-
-    model = save_tiny_sd(folder, "epsilon")
-    config = json.loads((model / "unet" / "config.json").read_text())
-    torch.manual_seed(1)
-    unet = diffusers.UNet2DConditionModel(**{k: v for k, v in config.items() if not k.startswith("_")} | {"in_channels": 9})
-    unet.save_pretrained(model / "unet")
-    index = json.loads((model / "model_index.json").read_text())
-    (model / "model_index.json").write_text(json.dumps(index | {"_class_name": "StableDiffusionInpaintPipeline"}))
-    return model
 
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
@@ -364,23 +217,6 @@ def pixels(path: Path) -> np.ndarray:
         return np.array(image)
 
 
-def check_samplers_keep_the_kept_half(pipe, image: np.ndarray, args: dict, samplers: list) -> None:
-    """Each of ``samplers`` on ``pipe`` (a loaded diffusers pipeline) editing ``image``'s
-    latent with the halves map, 2 steps on the model's schedule (dpm_adaptive its own),
-    ``args`` its extra arguments: the kept half exact, the rest changed."""
-    from kdiff_differential.edit import differential_edit
-
-    latent = pipe.encode(image)
-    half = latent.shape[-1] // 2
-    for sampler in samplers:
-        edit = differential_edit(
-            pipe.denoiser_for(latent), latent, halves(*latent.shape[-2:]), sampler=sampler,
-            steps=None if sampler == "dpm_adaptive" else 2, schedule="model", extra_args=args,
-        )
-        torch.testing.assert_close(edit.result[..., :half], latent[..., :half], atol=1e-5, rtol=0, msg=sampler)
-        assert (edit.result[..., half:] - latent[..., half:]).abs().mean() > 0.05, sampler
-
-
 def edit_halves_on_the_command_line(model: Path, image: np.ndarray, folder: Path, *options: str) -> subprocess.CompletedProcess:
     """``kdiff-differential --model model`` on ``image`` with the halves map, 2 steps of
     dpmpp_2m and ``options``, in ``folder``; asserts that it succeeds and keeps the left
@@ -407,60 +243,19 @@ def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder / "in.png"
 
 
-def save_tiny_controlnet(folder: Path, model: Path, seed: int, kind: str = "ControlNetModel", **config) -> Path:
-    """A tiny random ControlNet (diffusers class ``kind``, configured ``from_unet`` and
-    ``config``) for the UNet of the pipeline at ``model``, saved to ``folder``; its
-    zero-initialised layers (the zero convs, the conditioning embedding's last conv) made
-    random, so that it changes the result; its conditioning embedding downsamples by the
-    VAE's factor 2."""
-    import diffusers
+@pytest.fixture(scope="session")
+def tiny_family(tmp_path_factory: pytest.TempPathFactory):
+    """``tiny_family(name)``: the folder of the tiny pipeline ``name`` (a key of
+    :data:`families_tiny.BUILDERS`, or "klein-base"), built on first use, shared by the
+    session: a test that changes a folder builds its own."""
+    built: dict[str, Path] = {}
 
-    unet = diffusers.UNet2DConditionModel.from_pretrained(model / "unet")
-    torch.manual_seed(seed)
-    cls = getattr(diffusers, kind)
-    settings = {**cls.from_unet(unet, conditioning_embedding_out_channels=(8, 16)).config, **config}
-    settings.pop("_use_default_values", None)  # which would put the defaults back over ``config``
-    net = cls.from_config(settings)
-    with torch.no_grad():
-        for parameter in net.parameters():
-            if not parameter.any():
-                parameter.normal_(0, 0.3)
-    net.save_pretrained(folder)
+    def folder(name: str) -> Path:
+        if name not in built:
+            if name == "klein-base":  # the same weights as Klein's: a copy told it is not distilled
+                built[name] = as_klein_base(folder("klein"), tmp_path_factory.mktemp(name))
+            else:
+                built[name] = BUILDERS[name](tmp_path_factory.mktemp(name))
+        return built[name]
+
     return folder
-
-
-def save_tiny_flow(folder: Path, family: str, guidance: bool = True) -> Path:
-    """A tiny random SD3 (``family`` "sd3") or Flux.1 pipeline (dev; schnell without
-    ``guidance``) saved to ``folder/model``; returns that folder."""
-    import diffusers
-
-    torch.manual_seed(0)
-    words = write_tokenizer(folder / "words")
-    if family == "sd3":
-        transformer = diffusers.SD3Transformer2DModel(
-            sample_size=16, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
-            num_attention_heads=2, joint_attention_dim=64, caption_projection_dim=16, pooled_projection_dim=64,
-            pos_embed_max_size=16,
-        )
-        randomise_zeros(transformer)
-        pipeline = diffusers.StableDiffusion3Pipeline(
-            transformer=transformer, scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0), vae=flow_vae(),
-            text_encoder=flow_clip(32, True), tokenizer=words, text_encoder_2=flow_clip(32, True), tokenizer_2=words,
-            text_encoder_3=tiny_t5(64), tokenizer_3=t5_tokenizer(),
-        )
-    else:
-        transformer = diffusers.FluxTransformer2DModel(
-            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=guidance,
-            axes_dims_rope=(4, 6, 6),
-        )
-        randomise_zeros(transformer)
-        scheduler = diffusers.FlowMatchEulerDiscreteScheduler(
-            use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096,
-        )
-        pipeline = diffusers.FluxPipeline(
-            transformer=transformer, scheduler=scheduler, vae=flow_vae(), text_encoder=flow_clip(32, False), tokenizer=words,
-            text_encoder_2=tiny_t5(32), tokenizer_2=t5_tokenizer(),
-        )
-    pipeline.save_pretrained(folder / "model")
-    return folder / "model"

@@ -59,7 +59,7 @@ MAPS = _maps()
 
 
 def _zimage(folder: Path) -> Path:
-    from test_zimage_flux2 import save_tiny_zimage
+    from families_tiny import save_tiny_zimage
 
     return save_tiny_zimage(folder)
 

@@ -74,7 +74,7 @@ def test_a_network_without_inpainting_channels_refuses_it(tmp_path: Path, capsys
     from conftest import save_tiny_sdxl
 
     plain = load_pipeline(save_tiny_sdxl(tmp_path, "epsilon"))
-    with pytest.raises(InputError, match="--inpaint-mask released: this Stable Diffusion XL network has no inpainting channels"):
+    with pytest.raises(InputError, match="inpaint_mask=released: this Stable Diffusion XL network has no inpainting channels"):
         plain.extra_args("a cat", inpaint_mask="released")
     capsys.readouterr()
     status = main(["--inpaint-mask", "fixed", "--out", str(tmp_path / "x.png"), "--quiet"])
