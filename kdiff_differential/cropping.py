@@ -59,10 +59,12 @@ class Region:
 
     def cut_map(self, change_map: Any) -> Any:
         """The box of ``change_map`` (h, w) in [0, 1], stretched to the image's size
-        first; the map as it is when nothing is cropped."""
+        first (a float32 array of that size, as :func:`~kdiff_differential.edit_image`
+        holds it, is cut as it is); the map as it is when nothing is cropped."""
         if not self.cropped:
             return change_map
-        return self.cut(strength_array(change_map, self.size).astype(np.float32))
+        held = isinstance(change_map, np.ndarray) and change_map.dtype == np.float32 and change_map.shape == tuple(self.size)
+        return self.cut(change_map if held else strength_array(change_map, self.size).astype(np.float32))
 
     def _resize(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
         if image.shape[:2] == (height, width):
@@ -111,9 +113,12 @@ def change_box(change_map: Any, padding: float = PADDING) -> Optional[tuple[int,
     """(top, left, height, width) of the pixels of strength > 0 in ``change_map`` (H, W),
     widened by ``padding`` times the longer side (at least MIN_PADDING pixels) and
     clipped to the map; None when no pixel changes."""
+    return _box(strength_array(change_map) > 0, padding)
+
+
+def _box(changed: np.ndarray, padding: float) -> Optional[tuple[int, int, int, int]]:
     if isinstance(padding, bool) or not isinstance(padding, (int, float)) or not 0 <= padding < math.inf:
         raise ValueError(f"padding must be a number >= 0 (a fraction of the box's longer side), got {padding!r}")
-    changed = strength_array(change_map) > 0
     rows, columns = np.flatnonzero(changed.any(axis=1)), np.flatnonzero(changed.any(axis=0))
     if rows.size == 0:
         return None
@@ -144,7 +149,7 @@ def plan_crop(
         raise ValueError(f"crop must be one of {', '.join(map(repr, CROPS))}, got {crop!r}")
     strength = strength_array(change_map, size)
     height, width = strength.shape
-    box = change_box(strength, padding) if crop == "auto" else None
+    box = _box(strength > 0, padding) if crop == "auto" else None
     if box is None or box[2] * box[3] > AUTO_FRACTION * height * width:
         return whole(height, width)
     top, left, box_height, box_width = box

@@ -68,13 +68,29 @@ def _disk_extreme(values: np.ndarray, radius: float, largest: bool) -> np.ndarra
     return out
 
 
+def _feather(values: np.ndarray, pixels: float) -> np.ndarray:
+    from scipy.ndimage import distance_transform_edt
+
+    outside = values == 0
+    if pixels == 0 or outside.all() or not outside.any():
+        return values
+    distance, (rows, columns) = distance_transform_edt(outside, return_indices=True)
+    t = np.clip(distance / pixels, 0, 1)
+    ramp = values[rows, columns] * (1 - t * t * (3 - 2 * t))
+    return np.where(outside, ramp, values)
+
+
+def _blur(values: np.ndarray, pixels: float) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return np.clip(gaussian_filter(values, pixels, mode="nearest"), 0, 1)
+
+
 def grow_map(change_map: Any, pixels: float) -> np.ndarray:
     """``change_map`` (H, W) in [0, 1] dilated by a disk of ``pixels`` (grey-level: each
     pixel takes the largest strength within that distance); a negative ``pixels``
     erodes it (the smallest). Returns float32 (H, W)."""
-    pixels = _number("grow", pixels, negative=True)
-    values = strength_array(change_map)
-    return _disk_extreme(values, abs(pixels), largest=pixels > 0).astype(np.float32)
+    return shape_map(change_map, grow=pixels)
 
 
 def feather_map(change_map: Any, pixels: float) -> np.ndarray:
@@ -82,37 +98,14 @@ def feather_map(change_map: Any, pixels: float) -> np.ndarray:
     pixel at distance d < ``pixels`` from the nearest pixel of strength > 0 gets that
     pixel's strength times 1 - smoothstep(d / ``pixels``); every pixel of strength > 0
     keeps its own. Returns float32 (H, W)."""
-    from scipy.ndimage import distance_transform_edt
-
-    pixels = _number("feather", pixels, negative=False)
-    values = strength_array(change_map)
-    outside = values == 0
-    if pixels == 0 or outside.all() or not outside.any():
-        return values.astype(np.float32)
-    distance, (rows, columns) = distance_transform_edt(outside, return_indices=True)
-    t = np.clip(distance / pixels, 0, 1)
-    ramp = values[rows, columns] * (1 - t * t * (3 - 2 * t))
-    return np.where(outside, ramp, values).astype(np.float32)
-
-
-def _check_blur(pixels: float, shape: tuple[int, ...]) -> None:
-    diagonal = math.hypot(*shape)
-    if pixels > diagonal:
-        raise InputError(f"blur={pixels:g}: give at most the image's diagonal ({diagonal:.0f} pixels)")
+    return shape_map(change_map, feather=pixels)
 
 
 def blur_map(change_map: Any, pixels: float) -> np.ndarray:
     """``change_map`` (H, W) in [0, 1] blurred by a Gaussian of standard deviation
     ``pixels`` (at most the map's diagonal), the border extended with its edge values.
     Returns float32 (H, W)."""
-    from scipy.ndimage import gaussian_filter
-
-    pixels = _number("blur", pixels, negative=False)
-    values = strength_array(change_map)
-    _check_blur(pixels, values.shape)
-    if pixels > 0:
-        values = np.clip(gaussian_filter(values, pixels, mode="nearest"), 0, 1)
-    return values.astype(np.float32)
+    return shape_map(change_map, blur=pixels)
 
 
 def shape_map(
@@ -133,17 +126,18 @@ def shape_map(
     grow = _number("grow", grow, negative=True)
     feather = _number("feather", feather, negative=False)
     blur = _number("blur", blur, negative=False)
-    if not (grow or feather or blur):
-        return strength_array(change_map).astype(np.float32)
-    strength = strength_array(change_map, size)
-    _check_blur(blur, strength.shape)
+    # Checked once here, before any step runs; each step then works on the array.
+    strength = strength_array(change_map, size if (grow or feather or blur) else None)
+    diagonal = math.hypot(*strength.shape)
+    if blur > diagonal:
+        raise InputError(f"blur={blur:g}: give at most the image's diagonal ({diagonal:.0f} pixels)")
     if grow:
-        strength = grow_map(strength, grow)
+        strength = _disk_extreme(strength, abs(grow), largest=grow > 0)
     if feather:
-        strength = feather_map(strength, feather)
+        strength = _feather(strength, feather)
     if blur:
-        strength = blur_map(strength, blur)
-    return strength
+        strength = _blur(strength, blur)
+    return strength.astype(np.float32)
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""The README's figures for what runs around the model call: ``python -m samplers.around --out docs``.
+"""The figures of docs/cli.md for what runs around the model call: ``python -m samplers.around --out docs``.
 
 Each figure runs the command line (``kdiff_differential.cli.main``) on the built-in model
 and lays the maps and results side by side, labelled: ``grow-feather.png`` (map

@@ -3,7 +3,7 @@
 Edits a smooth synthetic landscape (sky, sun glow, hills; no edges for a band to hide
 behind; ``--scene`` gives it mirrored, upside down or recoloured) with a linear left-to-right change map on the built-in model, for each release rule
 (faithful, the default; smooth; binary), every sampler that runs a schedule, several
-step counts and a few seeds, and prints four Markdown tables (samplers/metrics.py, defined in the README), each titled
+step counts and a few seeds, and prints four Markdown tables (samplers/metrics.py, defined in docs/samplers.md), each titled
 with its unit and which way is better: ``banding`` (the largest jump between
 neighbouring map levels of the mean change, in 8-bit levels), and ``cam``, ``dam`` and
 ``calibration`` of the edit strength per map level against the converged edit's.

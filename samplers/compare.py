@@ -1,7 +1,7 @@
 """Compare k-diffusion samplers under Differential Diffusion: ``python -m samplers.compare``.
 
 Runs every (sampler, steps, release, seed, clock) on one image and map, measures each run
-(see samplers/metrics.py and the README) and writes DIR/results.csv (one row a run,
+(see samplers/metrics.py and docs/samplers.md) and writes DIR/results.csv (one row a run,
 rewritten as runs finish, so an interrupted sweep keeps what it finished),
 DIR/results.md (per sampler and step count, one run or a median), DIR/grid.png (outputs: samplers
 by step counts) and DIR/tradeoff.png (metrics against model calls). Bad input stops it

@@ -1,4 +1,4 @@
-"""The README's ControlNet figure: one edit without and with a ControlNet, on tiny random
+"""The ControlNet figure of docs/models.md: one edit without and with a ControlNet, on tiny random
 modules (a Stable Diffusion 1.x pipeline and a ControlNet for it, built as the tests build
 them: random weights, nothing downloaded). A random ControlNet draws no edges; the figure
 shows the mechanism: what the ControlNet changes lies where the map lets pixels change,

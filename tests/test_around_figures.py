@@ -1,4 +1,4 @@
-"""The README's figures for what runs around the model call (python -m samplers.around)."""
+"""The figures of docs/cli.md for what runs around the model call (python -m samplers.around)."""
 
 from __future__ import annotations
 

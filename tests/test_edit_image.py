@@ -63,7 +63,7 @@ def test_the_same_settings_give_the_command_lines_pixels_on_a_diffusers_folder(t
 
 def test_edit_image_is_the_readme_recipe_put_together() -> None:
     """With nothing around the model call, the result is load_model, differential_edit
-    and composite, as the README's lower-level example runs them."""
+    and composite, as docs/python.md's lower-level example runs them."""
     from kdiff_differential import composite, differential_edit, load_model
 
     image = load_example_image()[::2, ::2]
@@ -111,7 +111,7 @@ def test_a_keep_map_is_the_flipped_change_map() -> None:
         ({"map_prompt": "the sky"}, ValueError, "segmenter="),
         ({"color_match": "yes"}, TypeError, "color_match='yes'"),
         ({"inpaint_mask": "fixed"}, ValueError, "inpaint_mask=fixed"),
-        ({"lora": ["missing.safetensors"]}, ValueError, "lora=missing.safetensors"),
+        ({"lora": ["missing.safetensors"]}, ValueError, "lora=: for a diffusers model"),
         ({"colour_match": True}, TypeError, "colour_match"),
     ],
 )
@@ -164,7 +164,7 @@ def test_the_command_line_speaks_of_flags_where_the_library_names_keywords() -> 
 
 
 def test_old_and_new_entry_points_agree_and_old_ones_warn_nothing() -> None:
-    """load_model (fit once) is open_model(...).fit: the README's recipe keeps working."""
+    """load_model (fit once) is open_model(...).fit: docs/python.md's recipe keeps working."""
     from kdiff_differential import load_model, open_model, quiet_warnings
 
     with quiet_warnings():

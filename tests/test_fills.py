@@ -80,7 +80,7 @@ def test_the_command_line_offers_every_fill_crop_and_executor():
 
 
 def test_a_fill_moves_a_full_strength_region_and_leaves_a_partial_one_alone():
-    """The README's measurement, smaller, on the built-in model."""
+    """docs/cli.md's measurement, smaller, on the built-in model."""
     partial, full = measure(side=96, level=0.3, steps=6), measure(side=96, level=1.0, steps=6)
     assert all(outside == 0 for table in (partial, full) for _, outside in table.values())  # kept: the input's bytes
     for fill in ("noise", "blur", "mean"):

@@ -76,7 +76,7 @@ def test_adaptive_samplers_hold_strength_zero_pixels_at_their_last_noise_level(n
 
 @pytest.mark.parametrize("name", ADAPTIVE)
 def test_finish_takes_a_range_samplers_output_to_the_original_where_kept(name, outputs, latent, sigmas):
-    """The README's recipe: sample_dpm_adaptive(dd, x, lo, hi), then dd.finish(x)."""
+    """docs/python.md's recipe: sample_dpm_adaptive(dd, x, lo, hi), then dd.finish(x)."""
     dd, out = outputs[name]
     done = dd.finish(out, cond=None)
     assert torch.equal(done[..., 0], latent.expand_as(done)[..., 0])  # exact, not to a tolerance

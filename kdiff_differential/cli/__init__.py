@@ -191,7 +191,7 @@ def _outputs(args: argparse.Namespace) -> tuple[tuple[Optional[int], str], ...]:
     return tuple((seed, str(sibling(args.out, f"seed{seed}"))) for seed in args.seeds)
 
 
-def _check_outputs(args: argparse.Namespace, change_map: str) -> list[Path]:
+def _check_outputs(args: argparse.Namespace, change_map: str, results: tuple[tuple[Optional[int], str], ...]) -> list[Path]:
     """The files this run will write, checked before any work is done."""
     from ..images import output_format
 
@@ -203,7 +203,7 @@ def _check_outputs(args: argparse.Namespace, change_map: str) -> list[Path]:
         raise InputError(f"--out {args.out} is a folder; give a file name such as result.png")
     output_format(args.out)
     outputs: dict[str, Path] = {}
-    for _, result in _outputs(args):
+    for _, result in results:
         outputs[f"--out ({Path(result).name})"] = Path(result)
         outputs.update({"--save-strip": sibling(result, "strip")} if args.save_strip else {})
         outputs.update({"--save-masks": sibling(result, "masks")} if args.save_masks else {})
@@ -270,15 +270,16 @@ def run(args: argparse.Namespace) -> list[Path]:
                 _warn(str(warning.message))
         return value
 
+    outputs = _outputs(args)
+    device = _device(args.device)
     settings = checked(lambda: _settings(args))
     folder = args.image is not None and Path(args.image).is_dir()
-    written = [] if folder else _check_outputs(args, change_map)
+    written = [] if folder else _check_outputs(args, change_map, outputs)
     loading = {"config": args.config, "lora": args.lora, "dtype": args.dtype, "offload": args.offload, "vae_tiling": args.vae_tiling,
                "controlnet": [group["source"] for group in args.controls or []]}
     if args.model == "builtin":
         refuse_for_builtin(loading)
     load = load_options({**loading, "allow_pickle": args.allow_pickle})
-    device = _device(args.device)
     # Checked before the model loads, which can take minutes.
     found = find_model(args.model, config=load["config"], allow_pickle=load["allow_pickle"])
     checked(lambda: EditSettings(**settings).check_model(found))
@@ -290,13 +291,17 @@ def run(args: argparse.Namespace) -> list[Path]:
     if folder:
         from .folders import plan, run_folder
 
-        jobs = plan(args.image, args.out, change_map, [seed for seed, _ in _outputs(args)], PRESETS, args.save_strip, args.save_masks, _warn, args.quiet)
-        model = ModelSpec(args.model, device, load) if args.executor == "ray" else _open(open_model, found, device, load, args.quiet)
+        jobs = plan(args.image, args.out, change_map, [seed for seed, _ in outputs], PRESETS, args.save_strip, args.save_masks, _warn, args.quiet)
+    # Loaded once for every image and seed of the run (a Ray worker loads its own).
+    ray = folder and args.executor == "ray"
+    model = ModelSpec(args.model, device, load) if ray else open_model(found, device, keep=True, **load)
+    if not ray and model.description and not args.quiet:
+        print(f"{PROG}: model: {model.description}", file=sys.stderr)
+    if folder:
         return [Path(path) for path in run_folder(jobs, model, settings, args.out, args.executor, args.address, warn, args.quiet)]
     from .jobs import run_job
 
-    model = _open(open_model, found, device, load, args.quiet)
-    done = run_job(model, settings, Job(args.image, change_map, _outputs(args), args.save_strip, args.save_masks))
+    done = run_job(model, settings, Job(args.image, change_map, outputs, args.save_strip, args.save_masks))
     for message in done.warnings:
         warn(message)
     if not args.quiet:
@@ -305,14 +310,6 @@ def run(args: argparse.Namespace) -> list[Path]:
         if args.seeds is None and args.seed == -1:
             print(f"{PROG}: seed {done.seeds[0]}", file=sys.stderr)
     return written
-
-
-def _open(open_model: Callable[..., Any], found: Any, device: str, load: dict[str, Any], quiet: bool) -> Any:
-    """The model, loaded once for every image and seed of the run, and said what it is."""
-    model = open_model(found, device, keep=True, **load)
-    if model.description and not quiet:
-        print(f"{PROG}: model: {model.description}", file=sys.stderr)
-    return model
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
