@@ -25,8 +25,10 @@ __all__ = ["COMPATS", "RELEASES", "DifferentialDenoiser"]
 def _check_latent(latent: Any) -> Tensor:
     if not isinstance(latent, Tensor):
         raise TypeError(f"latent must be a torch.Tensor, got {type(latent).__name__}")
-    if latent.ndim not in (3, 4):
-        raise ValueError(f"latent must be (C, H, W) or (B, C, H, W), got shape {tuple(latent.shape)}")
+    if latent.ndim not in (3, 4, 5):
+        raise ValueError(
+            f"latent must be (C, H, W), (B, C, H, W) or a video's (B, C, F, H, W), got shape {tuple(latent.shape)}"
+        )
     if not latent.is_floating_point():
         raise TypeError(f"latent must be a float tensor, got {latent.dtype}")
     if not torch.isfinite(latent).all():
@@ -45,12 +47,12 @@ def _check_strength(strength: Any) -> float:
 
 
 def with_release_mask(kwargs: dict[str, Any], mask: Tensor, x: Tensor) -> dict[str, Any]:
-    """``kwargs`` with the blend ``mask`` ((k,) B|1, 1, H, W) as ``release_mask``
-    (k*B, 1, H, W), x's batch and dtype, where the caller asked for it by naming the key."""
+    """``kwargs`` with the blend ``mask`` ((k,) B|1, 1, [F,] H, W) as ``release_mask``
+    (k*B, 1, [F,] H, W), x's batch and dtype, where the caller asked for it by naming the key."""
     if RELEASE_MASK not in kwargs:
         return kwargs
-    per_call = mask if mask.ndim == 5 else mask.unsqueeze(0)
-    per_call = per_call.expand(-1, x.shape[0] // per_call.shape[0], -1, -1, -1)
+    per_call = mask if mask.ndim > x.ndim else mask.unsqueeze(0)
+    per_call = per_call.expand(per_call.shape[0], x.shape[0] // per_call.shape[0], *per_call.shape[2:])
     return {**kwargs, RELEASE_MASK: per_call.reshape(x.shape[0], 1, *x.shape[2:]).to(x.dtype)}
 
 
@@ -73,10 +75,16 @@ class DifferentialDenoiser(nn.Module):
     Args:
         inner: a k-diffusion denoiser, ``(x, sigma, **kwargs) -> denoised``. Keyword
             arguments (``cond``, ...) go through untouched.
-        latent: the clean original, (B, C, H, W) or (C, H, W) (taken as B = 1).
+        latent: the clean original, (B, C, H, W) or (C, H, W) (taken as B = 1); or a
+            video's, (B, C, F, H, W) with F latent frames.
         change_map: per-pixel strength, 1 = regenerate fully, 0 = keep; (H', W'),
             (1|B, H', W') or (1|B, 1, H', W') at any resolution, resized to H x W.
             Floats in [0, 1], integers as 8-bit grey levels, booleans, arrays or PIL images.
+            For a video latent: (H', W') for every frame, or per video frame (T, H', W'),
+            (1|B, T, H', W') or (1|B, 1, T, H', W'), brought to the latent frames by
+            :func:`~kdiff_differential.maps.latent_frames` (docs/python.md, "Video latents").
+        frames_per_latent: for a video latent, how many video frames a latent frame stands
+            for after the first, which stands alone (Wan's VAE: 4, so T = 4 (F - 1) + 1).
         sigmas: the schedule the sampler will run (1-D, descending, may end in 0). A
             sampler may run any contiguous slice of it; the ramp spans all of it.
         sigma_min, sigma_max: instead of ``sigmas``, for ``sample_dpm_fast`` and
@@ -137,13 +145,13 @@ class DifferentialDenoiser(nn.Module):
         keep_map: read ``change_map`` as a keep-map (1 = keep, 0 = change), the
             convention of the official code and the diffusers pipelines.
 
-    ``x`` at call time is (k * B, C, H, W) for a whole k, as when a guidance wrapper
-    concatenates the batch; latent, noise and map repeat k times. The output has x's
+    ``x`` at call time is (k * B, C, H, W) (a video's: (k * B, C, F, H, W)) for a whole
+    k, as when a guidance wrapper concatenates the batch; latent, noise and map repeat k times. The output has x's
     shape and dtype.
 
     The release mask for the inner denoiser: a call whose keyword arguments hold
     ``release_mask`` (any value, e.g. None in the sampler's ``extra_args``) passes the
-    inner denoiser that call's blend mask instead, (k * B, 1, H, W), 1 = released
+    inner denoiser that call's blend mask instead, (k * B, 1, [F,] H, W), 1 = released
     (an inpainting network's mask channel, ``--inpaint-mask released``).
     """
 
@@ -165,6 +173,7 @@ class DifferentialDenoiser(nn.Module):
         release: str = "faithful",
         sampler: Optional[str] = None,
         threshold: Optional[str] = None,
+        frames_per_latent: int = 4,
     ) -> None:
         super().__init__()
         if not callable(inner):
@@ -193,7 +202,7 @@ class DifferentialDenoiser(nn.Module):
         self.clock_name = clock
 
         given = _check_latent(latent)
-        latent = given if given.ndim == 4 else rearrange(given, "c h w -> 1 c h w")
+        latent = rearrange(given, "c h w -> 1 c h w") if given.ndim == 3 else given
         dtype, device = latent.dtype, latent.device
         if noise is None:
             noise = torch.randn(latent.shape, generator=generator, dtype=dtype, device=device)
@@ -204,6 +213,8 @@ class DifferentialDenoiser(nn.Module):
         elif noise.shape not in (given.shape, latent.shape):
             raise ValueError(f"noise must have the latent's shape {tuple(given.shape)}, got {tuple(noise.shape)}")
         self.register_buffer("latent", latent)
+        # sigma (k*B,) as (k, B, 1, ...) against the latent's (B, C, [F,] H, W).
+        self._level_shape = (-1, latent.shape[0], *(1,) * (latent.ndim - 1))
         self.register_buffer("noise", noise.detach().reshape(latent.shape).to(device=device, dtype=dtype))
 
         if sigmas is not None and not isinstance(sigmas, Tensor):
@@ -235,14 +246,16 @@ class DifferentialDenoiser(nn.Module):
         # Per pixel, the largest call sigma at which it is free.
         if policy.step_rule is None:
             strengths = latent_map(
-                change_map, latent.shape, keep_map=keep_map, resize=policy.map_resize, dtype=clock_dtype, device=device
+                change_map, latent.shape, keep_map=keep_map, resize=policy.map_resize, dtype=clock_dtype, device=device,
+                frames_per_latent=frames_per_latent,
             )
             release_sigma = release_map(self.clock, self.span, strengths, frees_strength_zero=policy.frees_strength_zero)
         else:
             # In float64, where 1 - keep is exact for a float32 keep-map: the pipelines'
             # float32 comparisons with i/N then come out the same, ties included.
             exact = latent_map(
-                change_map, latent.shape, keep_map=keep_map, resize=policy.map_resize, dtype=torch.float64, device=device
+                change_map, latent.shape, keep_map=keep_map, resize=policy.map_resize, dtype=torch.float64, device=device,
+                frames_per_latent=frames_per_latent,
             )
             strengths = exact.to(clock_dtype)
             steps = len(self.span.sigmas) - (0 if policy.empty_last_step else 1)
@@ -275,7 +288,8 @@ class DifferentialDenoiser(nn.Module):
     def mask(self, sigma: Any) -> Tensor:
         """The blend mask at noise level ``sigma`` (a number or a [k*B] tensor).
 
-        Shape (k, B or 1, 1, H, W) for a tensor sigma, (B or 1, 1, H, W) for a number;
+        Shape (k, B or 1, 1, H, W) for a tensor sigma, (B or 1, 1, H, W) for a number (a
+        video latent's: (k, B or 1, 1, F, H, W), (B or 1, 1, F, H, W));
         1 = the pixel follows the sampler, 0 = held to the original.
         """
         if not isinstance(sigma, Tensor) or sigma.ndim == 0:
@@ -322,13 +336,13 @@ class DifferentialDenoiser(nn.Module):
         return self(x, sigma, **kwargs)
 
     def _per_image(self, sigma: Tensor) -> Tensor:
-        """sigma (k*B,) as (k, B, 1, 1, 1), to broadcast against the latent."""
+        """sigma (k*B,) as (k, B, 1, 1, 1) (a video's: (k, B, 1, 1, 1, 1)), to broadcast against the latent."""
         # reshape, not rearrange, on the per-call path: einops looks its pattern up at
         # every call (~3-5 us on CPU, measured) where a reshape costs ~0.6-1 us.
-        return sigma.reshape(-1, self.latent.shape[0], 1, 1, 1)
+        return sigma.reshape(self._level_shape)
 
     def _blend_weights(self, sigma: Tensor) -> Tensor:
-        """The blend mask (k, B, 1, H, W) for a call's sigma (k*B,)."""
+        """The blend mask (k, B, 1, [F,] H, W) for a call's sigma (k*B,)."""
         release_sigma = self.release_sigma
         sigma = sigma.to(release_sigma.dtype)
         # .forward, not the module call: its hook machinery costs more than the rule's own
@@ -339,7 +353,7 @@ class DifferentialDenoiser(nn.Module):
         if not isinstance(x, Tensor):
             raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         batch, *chw = self.latent.shape
-        if x.ndim != 4 or list(x.shape[1:]) != chw or x.shape[0] % batch:
+        if x.ndim != len(chw) + 1 or list(x.shape[1:]) != chw or x.shape[0] % batch:
             raise ValueError(
                 f"x must be (k*{batch}, {', '.join(map(str, chw))}) for a whole k, matching the latent, "
                 f"got shape {tuple(x.shape)}"
@@ -353,7 +367,7 @@ class DifferentialDenoiser(nn.Module):
         return sigma
 
     def forward(self, x: Tensor, sigma: Tensor, **kwargs: Any) -> Tensor:
-        """Denoise ``x`` (k*B, C, H, W) at noise level ``sigma`` (k*B,), like ``inner``."""
+        """Denoise ``x`` (k*B, C, [F,] H, W) at noise level ``sigma`` (k*B,), like ``inner``."""
         sigma = self._check_call(x, sigma)
         # Each buffer read goes through nn.Module.__getattr__ (~0.6 us on CPU); read once.
         latent = self.latent

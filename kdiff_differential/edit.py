@@ -29,7 +29,7 @@ __all__ = [
 class Edit:
     """What a run gives back: the result and what is needed to explain it."""
 
-    result: Tensor  # the edited latent, (B, C, H, W), the input latent's dtype
+    result: Tensor  # the edited latent, (B, C, [F,] H, W), the input latent's dtype
     wrapper: DifferentialDenoiser  # the wrapper the sampler ran; wrapper.mask(sigma) is the release mask
     step_sigmas: list[float] = field(default_factory=list)  # the sigma of each step, in order
 
@@ -51,8 +51,10 @@ def differential_edit(
     progress: bool = False,
     threshold: Optional[str] = None,
     compat: Optional[str] = None,
+    frames_per_latent: int = 4,
 ) -> Edit:
-    """Edit ``latent`` (B, C, H, W) with per-pixel strength ``change_map`` (1 = change).
+    """Edit ``latent`` (B, C, H, W), or a video's (B, C, F, H, W), with per-pixel strength
+    ``change_map`` (1 = change).
 
     ``denoiser`` is a k-diffusion discrete-schedule denoiser; ``extra_args`` go to it at
     every call (``cond``, guidance settings). ``change_map`` is anything
@@ -62,7 +64,8 @@ def differential_edit(
     to 20; ``dpm_adaptive`` chooses its own and warns (once) when given a step count.
     ``release`` defaults to ``"faithful"``, told the sampler (see
     :class:`DifferentialDenoiser`). ``threshold=`` is the deprecated name of ``clock=``.
-    ``compat`` goes to the wrapper (``"diffusers"``: the diffusers pipelines' rule).
+    ``compat`` goes to the wrapper (``"diffusers"``: the diffusers pipelines' rule), and so
+    does ``frames_per_latent`` (a video latent's map per frame, see :class:`DifferentialDenoiser`).
     """
     chosen, _ = sampler_named(sampler)
     clock = renamed_clock(clock, threshold)
@@ -91,7 +94,7 @@ def differential_edit(
         dd = build_wrapper(
             denoiser, latent, change_map, chosen, sigmas,
             generator=torch.Generator(device=latent.device).manual_seed(seed), strength=strength, clock=clock, release=release,
-            compat=compat,
+            compat=compat, frames_per_latent=frames_per_latent,
         )
         # A flow model's schedule from t = 1 starts at sigma = inf: its first step is taken
         # by the wrapper (see models/flow.py), the sampler runs from the second level on.

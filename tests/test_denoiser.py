@@ -226,8 +226,8 @@ def test_import_does_not_load_k_diffusion():
     [
         (dict(inner=42), TypeError, "inner must be a callable"),
         (dict(sigmas=[14.6, 1.0, 0.0]), TypeError, "sigmas must be a torch.Tensor (the sampler's schedule, e.g. torch.tensor(...)), got list"),
-        (dict(latent=torch.ones(SIZE, SIZE)), ValueError, "latent must be (C, H, W) or (B, C, H, W)"),
-        (dict(latent=torch.ones(1, 1, 3, SIZE, SIZE)), ValueError, "latent must be"),
+        (dict(latent=torch.ones(SIZE, SIZE)), ValueError, "latent must be (C, H, W), (B, C, H, W) or a video's (B, C, F, H, W)"),
+        (dict(latent=torch.ones(1, 1, 1, 3, SIZE, SIZE)), ValueError, "latent must be"),
         (dict(latent=torch.ones(1, 3, SIZE, SIZE, dtype=torch.long)), TypeError, "float"),
         (dict(latent=torch.full((1, 3, SIZE, SIZE), float("nan"))), ValueError, "finite"),
         (dict(latent=[1.0]), TypeError, "latent must be a torch.Tensor"),
