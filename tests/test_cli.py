@@ -482,3 +482,19 @@ def test_ctrl_c_after_the_files_are_written_is_not_a_failure(tmp_path: Path) -> 
     assert run.stdout.readline().startswith("wrote")
     run.send_signal(signal.SIGINT)
     assert run.wait(timeout=120) == 0, run.stderr.read()
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--blur", "1e9"], "--blur 1e+09: give at most the image's diagonal"),
+    (["--grow=-1e9", "--feather", "1e9"], None),  # beyond the diagonal: the whole map's min, at once
+    (["--grow", "-1e9"], None),
+])
+def test_absurd_map_sizes_answer_at_once(files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+                                         flags: list[str], says: str) -> None:
+    monkeypatch.chdir(files)
+    status = main(["--image", "in.png", "--map", "map.png", *flags, "--out", "out/absurd.png", *FAST])
+    err = capsys.readouterr().err
+    if says is None:
+        assert status == 0, err
+    else:
+        assert status == 2 and err.count("\n") == 1 and says in err, err
