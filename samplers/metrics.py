@@ -170,7 +170,7 @@ UNITS = {
     "regen_mean": ("pixel value, 0..1", "neither: how much s = 1 changes"),
     "monotonicity": ("rank correlation, -1..1", "higher is better"),
     "banding": ("8-bit levels", "lower is better, ~5 = no band"),
-    "relative_banding": ("8-bit levels", "lower is better, ~3 = no band"),
+    "relative_banding": ("8-bit levels", "lower is better, 0 = the converged edit's jumps only"),
     "cam": ("correlation, -1..1", "higher is better, 1 = same shape"),
     "dam": ("8-bit levels", "lower is better, 0 = affine copy"),
     "calibration": ("8-bit levels", "lower is better, 0 = as converged"),
