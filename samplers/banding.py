@@ -3,9 +3,11 @@
 Edits a smooth synthetic landscape (sky, sun glow, hills; no edges for a band to hide
 behind; ``--scene`` gives it mirrored, upside down or recoloured) with a linear left-to-right change map on the built-in model, for each release rule
 (faithful, the default; smooth; binary), every sampler that runs a schedule, several
-step counts and a few seeds, and prints four Markdown tables (samplers/metrics.py, defined in docs/samplers.md), each titled
+step counts and a few seeds, and prints five Markdown tables (samplers/metrics.py, defined in docs/samplers.md), each titled
 with its unit and which way is better: ``banding`` (the largest jump between
-neighbouring map levels of the mean change, in 8-bit levels), and ``cam``, ``dam`` and
+neighbouring map levels of the mean change, in 8-bit levels), ``relative_banding`` (the
+same of the mean change minus the converged edit's: the bands that are not the content's),
+and ``cam``, ``dam`` and
 ``calibration`` of the edit strength per map level against the converged edit's.
 ``--release`` also takes the peers' rules (``samplers/peers.py``: ComfyUI's, the diffusers
 pipelines' pre- and post-blend, InvokeAI's) as rows beside ours.
@@ -101,18 +103,20 @@ def fidelity_table(samplers: Sequence[str], steps: Sequence[int], releases: Sequ
                    seeds: Sequence[int] = (0, 1, 2), height: int = 192, width: int = 384,
                    images: Optional[dict[tuple[str, str, int], np.ndarray]] = None,
                    scene: str = "landscape") -> dict[tuple[str, str, int], dict[str, float]]:
-    """Per (release, sampler, steps): ``banding`` (the median over ``seeds``) and
-    ``cam``, ``dam`` and ``calibration`` (samplers/metrics.py) of the edit strength
+    """Per (release, sampler, steps): ``banding`` and ``relative_banding`` (against the
+    same seed's converged edit; medians over ``seeds``) and ``cam``, ``dam`` and
+    ``calibration`` (samplers/metrics.py) of the edit strength
     measured over ``seeds`` against the converged edit's over the same seeds (Euler, 100
     steps, smooth release; at 100 steps binary is within a level of it). ``images``,
     when given, receives the first seed's edits as :func:`measure` gives them."""
     from kdiff_differential.presets import preset_map
-    from samplers.metrics import edit_strength, fidelity
+    from samplers.metrics import edit_strength, fidelity, relative_banding
 
     if not seeds:
         raise ValueError("seeds must name at least one seed, got none")
     name, scene, strength = scene, scene_image(scene, height, width), preset_map("gradient-x", height, width).numpy()
     bandings: dict[tuple[str, str, int], list[float]] = {}
+    relatives: dict[tuple[str, str, int], list[float]] = {}
     outs: dict[tuple[str, str, int], list[np.ndarray]] = {}
     references = []
     for seed in seeds:
@@ -125,8 +129,12 @@ def fidelity_table(samplers: Sequence[str], steps: Sequence[int], releases: Sequ
         converged: dict[tuple[str, str, int], np.ndarray] = {}
         measure([REFERENCE[0]], [REFERENCE[1]], ["smooth"], seed, height, width, images=converged, scene=name)
         references.append(converged["smooth", *REFERENCE])
+        # The regenerated content depends on the seed, and so do its own jumps.
+        for key, out in edits.items():
+            relatives.setdefault(key, []).append(relative_banding(out, references[-1], scene, strength))
     reference = edit_strength(references, scene, strength)
-    return {key: {"banding": float(np.median(bandings[key])), **fidelity(edit_strength(outs[key], scene, strength), reference)}
+    return {key: {"banding": float(np.median(bandings[key])), "relative_banding": float(np.median(relatives[key])),
+                  **fidelity(edit_strength(outs[key], scene, strength), reference)}
             for key in outs}
 
 
@@ -150,6 +158,8 @@ def titles(seeds: Sequence[int]) -> dict[str, str]:
     over = f"seeds {', '.join(map(str, seeds))}"
     what = {
         "banding": f"Banding: the largest jump of mean |change| between neighbouring map levels, median over {over}",
+        "relative_banding": f"Relative banding: the same of the mean |change| minus the converged edit's "
+                            f"({REFERENCE[0]}, {REFERENCE[1]} steps, smooth, same seed), median over {over}",
         "cam": f"CAM: correlation of the edit strength per map level (mean over {over}) with the converged edit's "
                f"({REFERENCE[0]}, {REFERENCE[1]} steps, smooth)",
         "dam": "DAM: min over a, b of the RMS of converged - (a * measured + b), the same curves",
@@ -158,7 +168,7 @@ def titles(seeds: Sequence[int]) -> dict[str, str]:
     return {name: f"{text}; {UNITS[name][0]}, {UNITS[name][1]}" for name, text in what.items()}
 
 
-DIGITS = {"banding": 1, "cam": 3, "dam": 2, "calibration": 1}
+DIGITS = {"banding": 1, "relative_banding": 1, "cam": 3, "dam": 2, "calibration": 1}
 
 
 def side_by_side(images: dict[tuple[str, str, int], np.ndarray], table: dict[tuple[str, str, int], float]) -> Any:

@@ -81,6 +81,20 @@ def banding(out: np.ndarray, original: np.ndarray, strength: np.ndarray) -> floa
     return float(np.abs(np.diff(means)).max())
 
 
+def relative_banding(out: np.ndarray, reference: np.ndarray, original: np.ndarray, strength: np.ndarray) -> float:
+    """Banding that the converged edit ``reference`` does not have, in 8-bit levels: the
+    largest absolute difference, between consecutive levels both edits use, of the
+    :func:`change_curve` of ``out`` minus that of ``reference``. :func:`banding` also counts
+    jumps of the content itself (a column where the regenerated picture differs less from
+    the input, at every step count); this counts only the release's own. NaN with fewer
+    than two shared levels."""
+    _check(reference, original, strength)
+    measured, converged = _shared(change_curve(out, original, strength), change_curve(reference, original, strength))
+    if len(measured) < 2:
+        return math.nan
+    return float(np.abs(np.diff(measured - converged)).max())
+
+
 def calibration(out: np.ndarray, reference: np.ndarray, original: np.ndarray, strength: np.ndarray) -> float:
     """How far the change follows the map otherwise than ``reference`` does, in 8-bit
     levels: :func:`calibration_gap` of the two edits' :func:`change_curve`. With
@@ -156,6 +170,7 @@ UNITS = {
     "regen_mean": ("pixel value, 0..1", "neither: how much s = 1 changes"),
     "monotonicity": ("rank correlation, -1..1", "higher is better"),
     "banding": ("8-bit levels", "lower is better, ~5 = no band"),
+    "relative_banding": ("8-bit levels", "lower is better, 0 = the converged edit's jumps only"),
     "cam": ("correlation, -1..1", "higher is better, 1 = same shape"),
     "dam": ("8-bit levels", "lower is better, 0 = affine copy"),
     "calibration": ("8-bit levels", "lower is better, 0 = as converged"),

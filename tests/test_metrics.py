@@ -7,7 +7,7 @@ import pytest
 
 from samplers.metrics import (
     banding, calibration, calibration_gap, cam, change_curve, dam, edit_strength, fidelity, image_metrics, monotonicity,
-    preserve_max_err, regen_mean,
+    preserve_max_err, regen_mean, relative_banding,
 )
 
 H, W = 16, 32
@@ -65,6 +65,27 @@ def test_calibration_is_the_mean_gap_between_change_curves(original, gradient):
     assert calibration(late, reference, flat, gradient) == pytest.approx(expected)
     curve = change_curve(reference, flat, gradient)
     assert np.isnan(curve).sum() == 256 - W and np.nanmax(curve) == 3 * (W - 1)
+
+
+def test_relative_banding_counts_the_jumps_the_converged_edit_does_not_have(original, gradient):
+    flat = np.full((H, W, 3), 100, dtype=np.uint8)
+    content = (np.arange(W) * 2 + np.where(np.arange(W) >= 20, 25, 0))[None, :, None].astype(np.uint8)
+    reference = flat + content  # the converged edit: a ramp with a content step of 25 at column 20
+    assert banding(reference, flat, gradient) == pytest.approx(27.0)  # the content counts as a band
+    assert relative_banding(reference, reference, flat, gradient) == 0
+    assert relative_banding(reference + 6, reference, flat, gradient) == 0  # more change everywhere, no band
+    banded = reference.copy()
+    banded[:, W // 2 :] += 9  # a band of the edit's own, at another column
+    assert relative_banding(banded, reference, flat, gradient) == pytest.approx(9.0)
+    # Any edit: per column (one map level each), mean |out - original| over rows and channels,
+    # minus the reference's; the largest step between neighbouring columns.
+    rng = np.random.default_rng(1)
+    out, other = (rng.integers(0, 256, size=(H, W, 3), dtype=np.uint8) for _ in range(2))
+    per_column = [np.abs(out[:, x].astype(float) - original[:, x]).mean() - np.abs(other[:, x].astype(float) - original[:, x]).mean()
+                  for x in range(W)]
+    expected = max(abs(per_column[x + 1] - per_column[x]) for x in range(W - 1))
+    assert relative_banding(out, other, original, gradient) == pytest.approx(expected)
+    assert math.isnan(relative_banding(out, other, original, np.zeros((H, W))))  # one map level only
 
 
 @pytest.fixture

@@ -141,19 +141,25 @@ def test_the_benchmark_measures_fidelity_against_the_converged_edit():
     converged = change_curve(reference["smooth", "euler", 100], scene, strength)
     signed = {release: np.nanmean(change_curve(images[release, "euler", 5], scene, strength) - converged) for release in ("smooth", "binary")}
     assert signed["smooth"] > 0 > signed["binary"]
+    # Relative banding: the jumps of the edit's curve minus the same seed's converged curve.
+    for release in ("smooth", "binary"):
+        excess = change_curve(images[release, "euler", 5], scene, strength) - converged
+        excess = excess[~np.isnan(excess)]  # the levels the map uses, in order
+        assert table[release, "euler", 5]["relative_banding"] == pytest.approx(np.abs(np.diff(excess)).max())
+    assert table["smooth", "euler", 5]["relative_banding"] < table["binary", "euler", 5]["relative_banding"] / 2
 
 
-def test_the_banding_command_prints_four_titled_tables(capsys):
+def test_the_banding_command_prints_five_titled_tables(capsys):
     from samplers.banding import main
 
     assert main(["--samplers", "euler", "--steps", "3", "--release", "smooth", "--seeds", "0"]) == 0
     out = capsys.readouterr().out
-    assert out.count("| sampler | smooth 3 |") == 4
+    assert out.count("| sampler | smooth 3 |") == 5
     titles = [line for line in out.splitlines() if line and not line.startswith("|")]
-    assert [title.split(":")[0] for title in titles] == ["Banding", "CAM", "DAM", "Calibration"]
+    assert [title.split(":")[0] for title in titles] == ["Banding", "Relative banding", "CAM", "DAM", "Calibration"]
     assert all("8-bit levels" in title for title in titles if not title.startswith("CAM"))  # the unit
     assert all(("lower is better" in title) != title.startswith("CAM") for title in titles)  # the direction
-    assert "higher is better" in titles[1]
+    assert "higher is better" in titles[2]
 
 
 def test_the_banding_command_names_its_default_release_and_says_what_it_wrote(capsys, tmp_path):
