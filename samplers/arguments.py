@@ -6,8 +6,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import Any, Callable, Optional, Sequence
 
-from kdiff_differential.errors import InputError
+from kdiff_differential.errors import InputError, OneLineParser, command_status
 from kdiff_differential.files import write_atomically
 
 
@@ -72,5 +73,24 @@ def model_benchmark(prog: str, doc: str, argv, options, measure, default_device:
         print(json.dumps(result, indent=2))
         if args.json:
             write_json(args.json, result)
+
+    return command_status(prog, work, "interrupted; nothing was written")
+
+
+def figure_command(argv: Optional[Sequence[str]], prog: str, description: str, option: str, default: int, help: str,
+                   draw: Callable[[int], Any]) -> int:
+    """A figure script's command: ``--out PATH`` and one size ``option`` (a whole number,
+    ``default``), then ``draw(size)``'s uint8 image written to PATH; the exit status."""
+    parser = OneLineParser(prog=prog, description=description)
+    parser.add_argument("--out", required=True, help="the figure, .png")
+    parser.add_argument(option, type=positive, default=default, help=help)
+
+    def work() -> None:
+        from kdiff_differential.images import output_format, write_image
+
+        args = parser.parse_args(argv)
+        output_format(args.out)
+        write_image(draw(getattr(args, option.lstrip("-").replace("-", "_"))), args.out)
+        print(f"wrote {args.out}")
 
     return command_status(prog, work, "interrupted; nothing was written")

@@ -16,8 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from kdiff_differential.errors import OneLineParser, command_status
-from samplers.arguments import positive
+from samplers.arguments import figure_command
 
 PROG = "python -m samplers.controlnet_figure"
 TESTS = Path(__file__).resolve().parents[1] / "tests"
@@ -60,20 +59,11 @@ def figure(size: int, folder: Path) -> np.ndarray:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="the figure, .png")
-    parser.add_argument("--size", type=positive, default=128, help="the image's side in pixels")
-
-    def work() -> None:
-        from kdiff_differential.images import output_format, write_image
-
-        args = parser.parse_args(argv)
-        output_format(args.out)
+    def draw(size: int) -> np.ndarray:
         with tempfile.TemporaryDirectory() as folder:
-            write_image(figure(args.size, Path(folder)), args.out)
-        print(f"wrote {args.out}")
+            return figure(size, Path(folder))
 
-    return command_status(PROG, work, "interrupted; nothing was written")
+    return figure_command(argv, PROG, __doc__.splitlines()[0], "--size", 128, "the image's side in pixels", draw)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from kdiff_differential.errors import OneLineParser, command_status
-from samplers.arguments import positive
+from samplers.arguments import figure_command
 
 PROG = "python -m samplers.video_map_figure"
 FRAMES_PER_LATENT = 4
@@ -84,19 +83,7 @@ def figure(side: int) -> np.ndarray:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="the figure, .png")
-    parser.add_argument("--side", type=positive, default=96, help="one frame's side in pixels")
-
-    def work() -> None:
-        from kdiff_differential.images import output_format, write_image
-
-        args = parser.parse_args(argv)
-        output_format(args.out)
-        write_image(figure(args.side), args.out)
-        print(f"wrote {args.out}")
-
-    return command_status(PROG, work, "interrupted; nothing was written")
+    return figure_command(argv, PROG, __doc__.splitlines()[0], "--side", 96, "one frame's side in pixels", figure)
 
 
 if __name__ == "__main__":
