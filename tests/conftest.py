@@ -212,6 +212,25 @@ def kdiff(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``kdiff-differential ARGS`` run in this process from the folder ``cwd``, its exit
+    status and output as :func:`kdiff` gives a subprocess's: the same program without an
+    interpreter's and torch's start-up, for tests about what a run does, not how it starts."""
+    import contextlib
+    import io
+
+    from kdiff_differential.cli import main
+
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(cwd)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main(list(args))
+    finally:
+        os.chdir(here)
+    return subprocess.CompletedProcess(list(args), status, out.getvalue(), err.getvalue())
+
+
 def pixels(path: Path) -> np.ndarray:
     with Image.open(path) as image:
         return np.array(image)
@@ -224,7 +243,7 @@ def edit_halves_on_the_command_line(model: Path, image: np.ndarray, folder: Path
     height, width = image.shape[:2]
     Image.fromarray(image).save(folder / "in.png")
     Image.fromarray((halves(height, width).numpy() * 255).astype(np.uint8)).save(folder / "map.png")
-    done = kdiff(
+    done = run_cli(
         "--model", str(model), "--image", "in.png", "--map", "map.png", "--steps", "2", "--sampler", "dpmpp_2m",
         *options, "--out", "out.png", cwd=folder,
     )

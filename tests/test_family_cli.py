@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import edit_halves_on_the_command_line, kdiff, pixels, ramp_image, save_tiny_flow
+from conftest import edit_halves_on_the_command_line, pixels, run_cli, ramp_image, save_tiny_flow
 
 from kdiff_differential.cli import main
 from kdiff_differential.edit import OWN_STEPS, SAMPLERS
@@ -27,7 +27,7 @@ def test_the_command_line_runs_a_diffusers_directory(name: str, tiny_family, ima
         "--model", str(tiny_family(name)), "--image", str(image_file), "--map", "radial", "--prompt", "a red cat",
         "--negative", "blurry", "--cfg", "5", "--sampler", "dpmpp_2m", "--steps", "2", "--quiet",
     ]
-    done = kdiff(*args, "--out", "a.png", "--save-strip", cwd=tmp_path)
+    done = run_cli(*args, "--out", "a.png", "--save-strip", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert pixels(tmp_path / "a.png").shape == (31, 37, 3)
     assert (tmp_path / "a-strip.png").is_file()
@@ -41,7 +41,7 @@ def test_kept_pixels_are_the_input_bytes_in_the_written_file(name: str, tiny_fam
     Image.fromarray(keep_left).save(tmp_path / "map.png")
     common = ["--model", str(tiny_family(name)), "--image", str(image_file), "--map", "map.png", "--steps", "2", "--quiet"]
     for composite in ("difference", "mask", "none"):
-        done = kdiff(*common, "--composite", composite, "--out", f"{composite}.png", cwd=tmp_path)
+        done = run_cli(*common, "--composite", composite, "--out", f"{composite}.png", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
     original = pixels(image_file)
     for composite in ("difference", "mask"):
@@ -55,7 +55,7 @@ def test_a_missing_weights_file_is_one_clear_line(tiny_family, image_file: Path,
     shutil.copytree(tiny_family("sd-eps"), broken)
     for weights in (broken / "unet").glob("diffusion_pytorch_model*"):
         weights.unlink()
-    done = kdiff("--model", str(broken), "--image", str(image_file), "--out", "x.png", "--quiet", cwd=tmp_path)
+    done = run_cli("--model", str(broken), "--image", str(image_file), "--out", "x.png", "--quiet", cwd=tmp_path)
     assert done.returncode != 0
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
     assert "cannot load unet/" in done.stderr
@@ -74,13 +74,13 @@ def test_the_command_line_runs_a_flow_folder(name: str, tiny_family, image_file:
     ]
     if sampler != "dpm_adaptive":  # which chooses its own steps, and says so when given them
         args += ["--steps", "3"]
-    done = kdiff(*args, "--out", "a.png", cwd=tmp_path)
+    done = run_cli(*args, "--out", "a.png", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert pixels(tmp_path / "a.png").shape == (31, 37, 3)
     assert f"model: {family}, text-to-image, flow matching" in done.stderr, done.stderr
-    done = kdiff(*args, "--schedule", "karras", "--out", "b.png", cwd=tmp_path)
+    done = run_cli(*args, "--schedule", "karras", "--out", "b.png", cwd=tmp_path)
     assert done.returncode == 2 and "--schedule model" in done.stderr and done.stderr.count("\n") == 1, done.stderr
-    done = kdiff(*args, "--clock", "sigma", "--out", "b.png", cwd=tmp_path)
+    done = run_cli(*args, "--clock", "sigma", "--out", "b.png", cwd=tmp_path)
     assert done.returncode == 2 and "--clock timestep or step" in done.stderr and done.stderr.count("\n") == 1, done.stderr
     assert not (tmp_path / "b.png").exists()
 
@@ -116,7 +116,7 @@ UNETS = {
 @pytest.mark.parametrize("sampler", ["dpmpp_2m", "euler"])
 def test_the_command_line_runs_the_folder(name: str, sampler: str, tiny_family, tmp_path: Path) -> None:
     Image.fromarray(ramp_image(24, 32)).save(tmp_path / "in.png")
-    done = kdiff(
+    done = run_cli(
         "--model", str(tiny_family(name)), "--image", "in.png", "--map", "gradient-x", "--prompt", "a red cat",
         "--cfg", "5", "--sampler", sampler, "--steps", "2", "--out", "out.png", cwd=tmp_path,
     )
