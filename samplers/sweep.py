@@ -8,6 +8,7 @@ gets the same numbers back, because each run seeds itself and uses one CPU threa
 from __future__ import annotations
 
 import functools
+import os
 import itertools
 import time
 from dataclasses import asdict, dataclass
@@ -91,10 +92,17 @@ class CountingDenoiser(nn.Module):
         return self.inner_model(x, sigma, **kwargs)
 
 
-@functools.lru_cache(maxsize=2)
 def prepared(setup: Setup) -> tuple[Any, np.ndarray, Tensor]:
     """The model fitted to the image, the image (uint8 (H, W, 3)) and the map at the
-    image's size (float (H, W), 1 = change); loaded once per process."""
+    image's size (float (H, W), 1 = change); loaded once per process and per version of
+    the image and map files (a file rewritten under the same name is read again)."""
+    stamps = tuple((path, os.stat(path).st_mtime_ns, os.stat(path).st_size) for path in (setup.image, setup.map)
+                   if path is not None and os.path.isfile(path))
+    return _prepared(setup, stamps)
+
+
+@functools.lru_cache(maxsize=2)
+def _prepared(setup: Setup, stamps: tuple) -> tuple[Any, np.ndarray, Tensor]:
     from kdiff_differential.models import load_model
     from kdiff_differential.models.builtin import load_example_image
     from kdiff_differential.presets import resolve_map

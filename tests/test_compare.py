@@ -14,10 +14,23 @@ SMALL = ["--samplers", "euler,dpmpp_2m,dpm_adaptive", "--steps", "4,8", "--seeds
 TIMING = {"seconds"}
 
 
-def compare(*args, check=True):
-    result = subprocess.run(
-        [sys.executable, "-m", "samplers.compare", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
+def compare(*args, check=True, subprocess_run=False):
+    """``python -m samplers.compare ARGS``: as a user runs it with ``subprocess_run``, else
+    its main() in this process (the same program, without the start-up)."""
+    if subprocess_run:
+        result = subprocess.run(
+            [sys.executable, "-m", "samplers.compare", *map(str, args)], cwd=ROOT, capture_output=True, text=True, timeout=300
+        )
+    else:
+        import contextlib
+        import io
+
+        from samplers.compare import main
+
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            status = main([str(arg) for arg in args])
+        result = subprocess.CompletedProcess(args, status, out.getvalue(), err.getvalue())
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -35,7 +48,7 @@ def without_timing(table):
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep") / "out"
-    return out, compare("--out", out, *SMALL)
+    return out, compare("--out", out, *SMALL, subprocess_run=True)
 
 
 @pytest.fixture(scope="module")
