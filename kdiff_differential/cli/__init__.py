@@ -29,13 +29,7 @@ from .jobs import Job, ModelSpec, sibling
 PROG = "kdiff-differential"
 DEVICES = ("auto", "cpu", "cuda")
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-inf(inity)?$", re.IGNORECASE)
-# The flags edit_image's settings come from (dashes as underscores), and the library's
-# other names for what a flag gives.
-SETTINGS = (
-    "keep_map", "map_prompt", "segmenter", "grow", "feather", "blur", "fill", "crop", "crop_padding", "prompt", "negative",
-    "cfg", "inpaint_mask", "sampler", "steps", "schedule", "denoise", "strength", "release", "clock", "color_match",
-    "composite", "compat",
-)
+# The library's names for what a flag gives, where they are not the flag's own name.
 RENAMED = {"change_map": "--map", "loras": "--lora", "controlnets": "--controlnet", "controls": "--controlnet"}
 CONTROL = ("control_image", "control_scale", "control_start", "control_end", "control_mode")
 
@@ -43,9 +37,9 @@ CONTROL = ("control_image", "control_scale", "control_start", "control_end", "co
 def as_flags(message: str) -> str:
     """A library message in the command line's words: each ``name=`` of a setting, the
     model or its options becomes ``--name `` (``grow=1e9`` reads ``--grow 1e9``)."""
-    names = {**{name: f"--{name.replace('_', '-')}" for name in (*SETTINGS, *CONTROL, "model", "config", "lora", "allow_pickle",
-                                                                   "dtype", "offload", "vae_tiling", "controlnet", "device", "seed", "image")},
-             **RENAMED}
+    from ..image_edit import setting_names
+
+    names = {**{name: f"--{name.replace('_', '-')}" for name in (*setting_names(), *CONTROL, "model", "image")}, **RENAMED}
     pattern = "|".join(sorted(map(re.escape, names), key=len, reverse=True))
     # name=value reads "--name value"; a bare name= (no value) reads "--name".
     message = re.sub(rf"(?<![\w.-])({pattern})=(?=[\s,:;)]|$)", lambda match: names[match[1]], message)
@@ -218,6 +212,8 @@ def _check_outputs(args: argparse.Namespace, change_map: str, results: tuple[tup
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """edit_image's settings from the flags, checked (EditSettings) before any work."""
+    from dataclasses import fields
+
     from ..image_edit import EditSettings
     from ..models.controlnets import Control
 
@@ -225,7 +221,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         _warn("--threshold is deprecated and will be removed: it is now --clock")
         if args.clock is not None and args.clock != args.threshold:
             raise InputError(f"--clock {args.clock} and --threshold {args.threshold} disagree; give --clock alone")
-    settings = {name: getattr(args, name) for name in SETTINGS}
+    # Every setting is the flag of its name, but those built here and the seed (one per job).
+    built = ("controls", "seed", "progress", "clock")
+    settings = {field.name: getattr(args, field.name) for field in fields(EditSettings) if field.name not in built}
     settings["clock"] = args.clock or args.threshold or "timestep"
     controls = []
     for group in args.controls or []:
