@@ -29,14 +29,13 @@ DEFAULT_FPS = 24.0
 # reader too) stretch delays under 2 to 10: faster GIFs do not play at their rate.
 GIF_MAX_FPS = 50.0
 
-# PyAV's wheel carries FFmpeg; 14.1 added VideoFrame.rotation (phone clips' display matrix).
 EXTRA = "pip install 'kdiff-differential[video]'"
 
 # FFmpeg's colour-matrix tags (AVColorSpace) -> swscale's matrices (SWS_CS_*): BT.709,
 # FCC, BT.601 (twice), SMPTE 240M, BT.2020; an untagged stream reads as BT.601, as
 # FFmpeg reads it.
 _MATRICES = {1: 1, 4: 4, 5: 5, 6: 5, 7: 7, 9: 9, 10: 9}
-_BT709, _LIMITED_RANGE = 1, 1
+_BT709, _BT601, _LIMITED_RANGE = 1, 5, 1
 
 PathLike = Union[str, Path]
 
@@ -74,23 +73,22 @@ def _open_input(av: Any, path: Path) -> Any:
                          f"{getattr(error, 'strerror', None) or error})") from None
 
 
-def _decoded(av: Any, container: Any, stream: Any) -> Any:
-    """The stream's frames in order. FFmpeg's own VP9 decoder skips a WebM's alpha;
-    libvpx's reads it."""
-    if stream.codec_context.name == "vp9" and stream.metadata.get("alpha_mode") == "1":
+def _packets_and_decoder(av: Any, container: Any, stream: Any) -> tuple[Any, Any]:
+    """The stream's packets (the last one empty: it flushes the decoder) and their
+    decoder. FFmpeg's own VP9 decoder skips a WebM's alpha; libvpx's reads it."""
+    decoder = stream.codec_context
+    if decoder.name == "vp9" and stream.metadata.get("alpha_mode") == "1":
         decoder = av.CodecContext.create("libvpx-vp9", "r")
-        for packet in container.demux(stream):
-            yield from decoder.decode(packet)
-    else:
-        yield from container.decode(stream)
+    return container.demux(stream), decoder
 
 
 def _pixels(frame: Any, alpha: bool) -> np.ndarray:
     """A decoded frame as uint8 (H, W, 3 or 4), by the colour matrix and range its
     stream is tagged with, turned upright as its display matrix says."""
-    pixels = frame.to_ndarray(format="rgba" if alpha else "rgb24",
-                              src_colorspace=_MATRICES.get(frame.colorspace, 5),
-                              src_color_range=frame.color_range)
+    # RGB has no matrix; naming BT.601 for it all the same makes PyAV 16 apply a BT.709
+    # source's (it skips the conversion's matrices when both name the frame's tag).
+    pixels = frame.to_ndarray(format="rgba" if alpha else "rgb24", src_colorspace=_MATRICES.get(frame.colorspace, _BT601),
+                              dst_colorspace=_BT601, src_color_range=frame.color_range)
     # The display matrix turns the picture counter-clockwise, as np.rot90 does.
     return np.ascontiguousarray(np.rot90(pixels, k=round(frame.rotation / 90) % 4))
 
@@ -104,11 +102,12 @@ def _read(path: PathLike, alpha: bool) -> tuple[list[np.ndarray], float]:
             raise InputError(f"{path}: holds no video stream")
         stream = container.streams.video[0]
         frames, seconds = [], Fraction(0)
+        packets, decoder = _packets_and_decoder(av, container, stream)
         try:
-            for frame in _decoded(av, container, stream):
-                frames.append(_pixels(frame, alpha))
-                if frame.duration and frame.time_base:
-                    seconds += frame.duration * frame.time_base
+            for packet in packets:
+                if packet.duration and packet.time_base:
+                    seconds += packet.duration * packet.time_base
+                frames.extend(_pixels(frame, alpha) for frame in decoder.decode(packet))
         except av.error.FFmpegError as error:
             raise InputError(f"{path}: cannot decode frame {len(frames)} ({error.__class__.__name__}: "
                              f"{error.strerror or error})") from None
