@@ -210,6 +210,22 @@ def test_a_map_video_reads_as_its_frames_read_as_map_files(tmp_path: Path) -> No
     assert (strengths[:, :, 25:] == 0).all() and (strengths[:, :, :10] > 0).all()
 
 
+def test_a_webm_maps_alpha_is_read(tmp_path: Path) -> None:
+    """FFmpeg's own VP9 decoder drops a WebM's alpha: a map's transparent half must still read 0."""
+    white = np.full((2, 16, 24, 4), 255, np.uint8)
+    white[:, :, 12:, 3] = 0
+    with av.open(str(tmp_path / "map.webm"), "w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=10, options={"lossless": "1"})
+        stream.width, stream.height, stream.pix_fmt = 24, 16, "yuva420p"
+        for pixels in white:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgba")))
+        container.mux(stream.encode(None))
+    strengths = read_map_video(tmp_path / "map.webm")
+    assert strengths.shape == (2, 16, 24)
+    assert (strengths[:, :, :11] > 0.99).all() and (strengths[:, :, 13:] < 0.01).all()
+    assert read_video(tmp_path / "map.webm").frames.shape == (2, 16, 24, 3)
+
+
 @pytest.mark.parametrize("contents, words", [
     (None, "no such file"),
     (b"not a video at all\n" * 20, "not a video file that FFmpeg can read"),
