@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from .sampler_table import SAMPLERS
     from .schedules import make_sigmas
     from .segmentation import prompt_map
+    from .video_files import read_map_video, read_video, write_frames, write_video
 
 # Each public name and the module that defines it.
 _EXPORTS = {
@@ -68,6 +69,10 @@ _EXPORTS = {
     "match_colors": ".color_matching",
     "plan_crop": ".cropping",
     "prompt_map": ".segmentation",
+    "read_video": ".video_files",
+    "read_map_video": ".video_files",
+    "write_video": ".video_files",
+    "write_frames": ".video_files",
 }
 
 __all__ = sorted(_EXPORTS)
