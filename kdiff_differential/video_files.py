@@ -85,10 +85,8 @@ def _packets_and_decoder(av: Any, container: Any, stream: Any) -> tuple[Any, Any
 def _pixels(frame: Any, alpha: bool) -> np.ndarray:
     """A decoded frame as uint8 (H, W, 3 or 4), by the colour matrix and range its
     stream is tagged with, turned upright as its display matrix says."""
-    # RGB has no matrix; naming BT.601 for it all the same makes PyAV 16 apply a BT.709
-    # source's (it skips the conversion's matrices when both name the frame's tag).
     pixels = frame.to_ndarray(format="rgba" if alpha else "rgb24", src_colorspace=_MATRICES.get(frame.colorspace, _BT601),
-                              dst_colorspace=_BT601, src_color_range=frame.color_range)
+                              src_color_range=frame.color_range)
     # The display matrix turns the picture counter-clockwise, as np.rot90 does.
     return np.ascontiguousarray(np.rot90(pixels, k=round(frame.rotation / 90) % 4))
 
@@ -113,6 +111,10 @@ def _read(path: PathLike, alpha: bool) -> tuple[list[np.ndarray], float]:
                              f"{error.strerror or error})") from None
         if not frames:
             raise InputError(f"{path}: holds no frames")
+        changed = next((index for index, frame in enumerate(frames) if frame.shape != frames[0].shape), None)
+        if changed is not None:
+            raise InputError(f"{path}: its frames change size at frame {changed} ({frames[0].shape[1]}x"
+                             f"{frames[0].shape[0]} to {frames[changed].shape[1]}x{frames[changed].shape[0]})")
         rate = stream.average_rate
         if stream.codec_context.name == "gif" and seconds > 0:
             # A GIF has delays, not a rate: the clip's length over its frames.
@@ -292,8 +294,9 @@ def write_frames(folder: PathLike, frames: np.ndarray, stem: str = "frame") -> l
     if folder.is_dir():
         stale = sorted(entry.name for entry in folder.iterdir() if pattern.fullmatch(entry.name) and entry.name not in ours)
         if stale:
-            raise InputError(f"{folder}: already holds {stale[0]} and {len(stale) - 1} more frames of another run "
-                             f"that these {len(frames)} frames would not replace; empty the folder or choose another")
+            shown = ", ".join(stale[:2]) + (f" and {len(stale) - 2} more" if len(stale) > 2 else "")
+            raise InputError(f"{folder}: already holds {shown} from a longer run, which these {len(frames)} frames "
+                             f"would not replace; empty the folder or choose another")
     folder.mkdir(parents=True, exist_ok=True)
     for path, frame in zip(paths, frames):
         write_image(frame, str(path))

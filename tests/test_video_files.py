@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -271,6 +272,21 @@ def test_a_file_without_video_or_frames_is_an_input_error(tmp_path: Path) -> Non
         read_video(tmp_path / "blank.mkv")
 
 
+def test_frames_that_change_size_are_an_input_error(tmp_path: Path) -> None:
+    """PNG packets carry their own size: a third frame of another size, muxed into the stream."""
+    with av.open(str(tmp_path / "sizes.mov"), "w") as container:
+        stream = container.add_stream("png", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "rgb24"
+        for index, (height, width) in enumerate([(16, 16), (16, 16), (20, 24)]):
+            encoder = av.CodecContext.create("png", "w")
+            encoder.width, encoder.height, encoder.pix_fmt, encoder.time_base = width, height, "rgb24", Fraction(1, 10)
+            for packet in encoder.encode(av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8))):
+                packet.stream, packet.pts, packet.dts, packet.time_base = stream, index, index, Fraction(1, 10)
+                container.mux(packet)
+    with pytest.raises(InputError, match=r"sizes.mov: its frames change size at frame 2 \(16x16 to 24x20\)"):
+        read_video(tmp_path / "sizes.mov")
+
+
 def test_a_phone_clip_is_read_upright(tmp_path: Path) -> None:
     frames = moving_gradient(2, 16, 32)
     with av.open(str(tmp_path / "phone.mp4"), "w") as container:
@@ -295,7 +311,7 @@ def test_frames_replace_their_own_names_and_refuse_a_longer_runs(tmp_path: Path)
     with Image.open(paths[0]) as image:
         np.testing.assert_array_equal(np.asarray(image), moving_gradient(3)[2])
     before = {entry.name: entry.read_bytes() for entry in folder.iterdir()}
-    with pytest.raises(InputError, match=r"already holds out_00002.png and 0 more frames of another run"):
+    with pytest.raises(InputError, match=r"already holds out_00002.png from a longer run, which these 2 frames"):
         write_frames(folder, moving_gradient(2), stem="out")
     assert {entry.name: entry.read_bytes() for entry in folder.iterdir()} == before  # nothing written
     write_frames(folder, moving_gradient(2), stem="other")  # another stem is another sequence
