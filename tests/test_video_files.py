@@ -82,6 +82,9 @@ def test_mkv_and_png_frames_are_byte_exact_on_noise(tmp_path: Path) -> None:
     noise = np.random.default_rng(0).integers(0, 256, (3, 17, 23, 3), dtype=np.uint8)
     write_video(tmp_path / "noise.mkv", noise, fps=8)
     np.testing.assert_array_equal(read_video(tmp_path / "noise.mkv").frames, noise)
+    view = noise[::-1, :, ::2, ::-1]  # not contiguous: frames reversed, every other column, BGR
+    write_video(tmp_path / "view.mkv", view, fps=8)
+    np.testing.assert_array_equal(read_video(tmp_path / "view.mkv").frames, view)
     paths = write_frames(tmp_path / "frames", noise)
     assert [path.name for path in paths] == ["frame_00000.png", "frame_00001.png", "frame_00002.png"]
     for path, frame in zip(paths, noise):
@@ -102,6 +105,26 @@ def test_mp4_is_tagged_and_encoded_as_bt709(tmp_path: Path) -> None:
     luma = np.array([frame.to_ndarray()[:16].mean() for frame in decoded])  # the Y plane of yuv420p
     expected = 16 + 219 * (colours.astype(float) @ [0.2126, 0.7152, 0.0722]) / 255
     np.testing.assert_allclose(luma, expected, atol=1.5)
+
+
+@pytest.mark.parametrize("matrix, full_range", [(5, True), (1, True), (5, False)],
+                         ids=["bt601-full", "bt709-full", "bt601-limited"])
+def test_a_clip_is_read_by_the_matrix_and_range_it_is_tagged_with(tmp_path: Path, matrix: int, full_range: bool) -> None:
+    """Cameras write full-range BT.601 or BT.709; each must come back as the colours written.
+    (VP9's decoder gives full range as yuv420p tagged so; H.264's as yuvj420p, full by its name.)"""
+    frames = moving_gradient(3, 32, 32)
+    colour_range = 2 if full_range else 1  # AVCOL_RANGE_JPEG, AVCOL_RANGE_MPEG
+    with av.open(str(tmp_path / "tagged.webm"), "w") as container:
+        stream = container.add_stream("libvpx-vp9", rate=10, options={"crf": "4", "b": "0"})
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        stream.codec_context.colorspace, stream.codec_context.color_range = matrix, colour_range
+        for pixels in frames:
+            picture = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            container.mux(stream.encode(picture.reformat(format="yuv420p", dst_colorspace=matrix,
+                                                         dst_color_range=colour_range)))
+        container.mux(stream.encode(None))
+    # Measured 2.05; a wrong range reads 8, a wrong matrix 5.9.
+    assert levels(read_video(tmp_path / "tagged.webm").frames, frames)[1] < 3.0
 
 
 def test_a_write_that_fails_half_way_leaves_the_old_file_and_no_temporary_one(
