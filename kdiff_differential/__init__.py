@@ -2,7 +2,8 @@
 
 :func:`edit_image` edits an image where a change map says (per-pixel strength in
 [0, 1], 1 = change, 0 = keep), the whole edit in one call, on the built-in model or a
-diffusers one. Below it: wrap a k-diffusion denoiser in :class:`DifferentialDenoiser` with the original latent
+diffusers one; :func:`edit_video` edits a clip's frames (a still map or one per frame).
+Below it: wrap a k-diffusion denoiser in :class:`DifferentialDenoiser` with the original latent
 and a change map (per-pixel strength in [0, 1], 1 = change, 0 = keep), and hand the
 wrapper to any sampler; :func:`differential_edit` does that whole run by the sampler's
 name; :func:`composite` puts the original back in pixel space after decoding.
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from .sampler_table import SAMPLERS
     from .schedules import make_sigmas
     from .segmentation import prompt_map
+    from .video_edit import VideoEdit, edit_video
     from .video_files import read_map_video, read_video, write_frames, write_video
 
 # Each public name and the module that defines it.
@@ -54,6 +56,8 @@ _EXPORTS = {
     "ImageEdit": ".image_edit",
     "Model": ".models",
     "edit_image": ".image_edit",
+    "edit_video": ".video_edit",
+    "VideoEdit": ".video_edit",
     "open_model": ".models",
     "FlowDenoiser": ".models.flow",
     "ImageModel": ".models",

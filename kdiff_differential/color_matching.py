@@ -71,22 +71,33 @@ def match_colors(result: np.ndarray, original: np.ndarray, change_map: Any, *, b
 
     ``result`` and ``original`` are uint8 (H, W, 3) at one size; ``change_map`` is the
     strength (h, w) in [0, 1], 1 = change (a tensor or an array), stretched to (H, W)
-    when its size differs. Pixels of strength 0 come back as ``result``'s bytes.
+    when its size differs. Pixels of strength 0 come back as ``result``'s bytes. A clip's
+    frames (T, H, W, 3), with a map per frame (T, h, w) or one for all, take one
+    correction measured over every frame's band, so that it cannot flicker.
     """
     from skimage.color import rgb2lab
 
-    require_rgb(result, "result")
-    require_rgb(original, "original")
-    if result.shape != original.shape:
+    clip = isinstance(result, np.ndarray) and result.ndim == 4
+    if not clip:
+        require_rgb(result, "result")
+        require_rgb(original, "original")
+    frames, originals = (result, np.asarray(original)) if clip else (result[None], original[None])
+    for frame, other in zip(frames, originals):
+        require_rgb(frame, "result")
+        require_rgb(other, "original")
+    if frames.shape != originals.shape:
         raise ValueError(f"result and original must have one shape, got {result.shape} and {original.shape}")
     if isinstance(band, bool) or not isinstance(band, (int, float)) or not band >= 0:
         raise ValueError(f"band must be a number of pixels >= 0, got {band!r}")
-    strength = strength_array(change_map, result.shape[:2])
+    maps = change_map if clip and np.ndim(change_map) == 3 else [change_map] * len(frames)
+    if len(maps) != len(frames):
+        raise ValueError(f"change_map has {len(maps)} frames, result {len(frames)}; give one map per frame, or one for all")
+    strength = np.stack([strength_array(frame_map, frames.shape[1:3]) for frame_map in maps])
     changed = strength > 0
     if not changed.any():
         return result
-    where = transition_band(strength, band)
-    lab_result, lab_original = rgb2lab(result / 255.0), rgb2lab(original / 255.0)
+    where = np.stack([transition_band(frame_strength, band) for frame_strength in strength])
+    lab_result, lab_original = rgb2lab(frames / 255.0), rgb2lab(originals / 255.0)
     mean_result, mean_original = lab_result[where].mean(axis=0), lab_original[where].mean(axis=0)
     std_result, std_original = lab_result[where].std(axis=0), lab_original[where].std(axis=0)
     scale = np.where(std_result > FLAT, std_original / np.maximum(std_result, FLAT), 1.0)
@@ -99,6 +110,6 @@ def match_colors(result: np.ndarray, original: np.ndarray, change_map: Any, *, b
     reach = np.minimum(1, moved / np.maximum(np.linalg.norm(correction, axis=-1), 1e-12))
     matched = before + correction * np.maximum(strength[changed], reach)[:, None]
     rgb = quiet_lab2rgb(matched)
-    out = result.copy()
+    out = frames.copy()
     out[changed] = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
-    return out
+    return out if clip else out[0]

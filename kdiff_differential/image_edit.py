@@ -174,9 +174,18 @@ class EditSettings:
                 _warn(f"steps={self.steps} makes {calls} model calls ({self.steps // DEFAULT_STEPS}x the default "
                       f"{DEFAULT_STEPS} steps' time); results stop improving long before {MANY_STEPS}")
 
-    def check_model(self, model: Union["Model", "ModelSource"]) -> None:
+    def check_model(self, model: Union["Model", "ModelSource"], what: str = "image") -> None:
         """The settings against what ``model`` (loaded, or found by :func:`~kdiff_differential.models.find_model`)
-        can do, before it loads: a flow model's schedule, the built-in model's missing text."""
+        can do, before it loads: a flow model's schedule, the built-in model's missing text,
+        an image model given a video (``what``: "image" or "video")."""
+        if what == "video":
+            if getattr(model, "frames_per_latent", None) is None:
+                named = f"model={model.name}" if hasattr(model, "name") else "the model"
+                raise InputError(f"{named} ({model.description}) edits images only; a video needs a video model "
+                                 "(Wan 2.1 or 2.2) or the built-in model")
+            for name in ("controls", "inpaint_mask"):
+                if getattr(self, name):
+                    raise InputError(f"{name}={getattr(self, name)!r}: for images; a video edit takes none")
         if _is_builtin(model):
             given = [f"{name}={getattr(self, name)!r}" for name in ("prompt", "negative", "cfg") if getattr(self, name) not in ("", None)]
             if given:
@@ -278,27 +287,11 @@ def edit_image(
     (``crop_padding=0.5``, ``color_match=True``, ``seed=None`` for a random seed).
     """
     from .cropping import plan_crop, whole
-    from .edit import differential_edit
     from .fills import fill_pixels
     from .images import require_rgb
-    from .models import ModelSource, find_model, open_model, refuse_for_builtin
 
-    loading = {name: options.pop(name) for name in LOAD_OPTIONS if name in options}
-    settings = EditSettings(**options)
+    settings, model, seed = open_edit(model, options, device, "image")
     require_rgb(image, "image")
-    seed = random.SystemRandom().randrange(2**32) if settings.seed is None else settings.seed
-    if isinstance(model, (str, Path)):
-        if model == "builtin":
-            refuse_for_builtin(loading)
-        load = load_options(loading)
-        model = find_model(model, config=load["config"], allow_pickle=load["allow_pickle"])
-    elif loading:
-        raise ValueError(f"{', '.join(f'{name}=' for name in loading)}: for loading a model by name; this model is loaded already")
-    else:
-        load = {}
-    settings.check_model(model)
-    if isinstance(model, ModelSource):
-        model = open_model(model, _device(device), **load)
     device = getattr(model, "device", device)
 
     # 1. The change map at the image's size.
@@ -312,24 +305,8 @@ def edit_image(
     box_image, box_strength = region.cut(image), region.cut_map(strength)
     # 3. What the model sees under the region, fitted to the model (encoded).
     fitted = model.fit(region.to_work(fill_pixels(box_image, box_strength, settings.fill, seed)))
-    # 4. The conditioning, with the model's own defaults where none is given.
-    schedule = settings.schedule or fitted.schedule
-    steps = settings.steps if settings.steps is not None or sampler_named(settings.sampler)[0].own_steps else fitted.steps
-    extra: dict[str, Any] = {}
-    if settings.controls:
-        from .schedules import make_sigmas
-
-        # The windows are fractions of the schedule the sampler will run (range samplers: of the same steps').
-        extra = {"controls": [replace(control, image=region.align(control.pixels())) for control in settings.controls],
-                 "sigmas": make_sigmas(fitted.denoiser, steps or DEFAULT_STEPS, schedule, settings.denoise)}
-    inpaint = {} if settings.inpaint_mask is None else {"inpaint_mask": settings.inpaint_mask}
-    extra_args = fitted.extra_args(settings.prompt, settings.negative, settings.cfg, change_map=box_strength, **inpaint, **extra)
-    # 5. The sampler run, with Differential Diffusion around the model.
-    edit = differential_edit(
-        fitted.denoiser, fitted.latent, box_strength, sampler=settings.sampler, steps=steps, schedule=schedule,
-        denoise=settings.denoise, seed=seed, strength=settings.strength, clock=settings.clock, release=settings.release,
-        compat=settings.compat, extra_args=extra_args, progress=settings.progress,
-    )
+    # 4-5. The conditioning and the sampler run, with Differential Diffusion around the model.
+    edit = run_sampler(fitted, box_strength, settings, seed, region)
     # 6. Decoded at the box's size, colour-matched, composited over the original, pasted back.
     decoded = region.from_work(fitted.decode(edit.result))
     if settings.color_match:
@@ -340,6 +317,58 @@ def edit_image(
 
     result = region.paste(image, composite(box_image, decoded, box_strength, settings.composite))
     return ImageEdit(result, region.paste(image, decoded), strength, edit, region, seed)
+
+
+def open_edit(model: Any, options: dict[str, Any], device: Any, what: str) -> tuple[EditSettings, "Model", int]:
+    """The settings of an edit (``options``, checked), its model (loaded on ``device`` when
+    given by name, with the loading keywords among ``options``) and its seed (drawn when
+    None). ``what`` the edit takes ("image", "video"), for the model's refusal."""
+    from .models import ModelSource, find_model, open_model, refuse_for_builtin
+
+    loading = {name: options.pop(name) for name in LOAD_OPTIONS if name in options}
+    settings = EditSettings(**options)
+    seed = random.SystemRandom().randrange(2**32) if settings.seed is None else settings.seed
+    if isinstance(model, (str, Path)):
+        if model == "builtin":
+            refuse_for_builtin(loading)
+        load = load_options(loading)
+        model = find_model(model, config=load["config"], allow_pickle=load["allow_pickle"])
+    elif loading:
+        raise ValueError(f"{', '.join(f'{name}=' for name in loading)}: for loading a model by name; this model is loaded already")
+    else:
+        load = {}
+    settings.check_model(model, what)
+    if isinstance(model, ModelSource):
+        model = open_model(model, _device(device), **load)
+    return settings, model, seed
+
+
+def run_sampler(fitted: Any, strength: np.ndarray, settings: EditSettings, seed: int, region: "Region", frames_per_latent: int = 1) -> "Edit":
+    """Steps 4 and 5 of an edit: the conditioning of ``fitted`` (an
+    :class:`~kdiff_differential.models.ImageModel`) with the model's own defaults where
+    none is given, and the sampler run through
+    :func:`~kdiff_differential.edit.differential_edit` with the map ``strength`` at the
+    model's input (H, W), or one per frame (T, H, W) for a clip's latent, whose frames
+    the model merges ``frames_per_latent`` at a time."""
+    from .edit import differential_edit
+
+    schedule = settings.schedule or fitted.schedule
+    steps = settings.steps if settings.steps is not None or sampler_named(settings.sampler)[0].own_steps else fitted.steps
+    extra: dict[str, Any] = {}
+    if settings.controls:
+        from .schedules import make_sigmas
+
+        # The windows are fractions of the schedule the sampler will run (range samplers: of the same steps').
+        extra = {"controls": [replace(control, image=region.align(control.pixels())) for control in settings.controls],
+                 "sigmas": make_sigmas(fitted.denoiser, steps or DEFAULT_STEPS, schedule, settings.denoise)}
+    inpaint = {} if settings.inpaint_mask is None else {"inpaint_mask": settings.inpaint_mask}
+    extra_args = fitted.extra_args(settings.prompt, settings.negative, settings.cfg, change_map=strength, **inpaint, **extra)
+    return differential_edit(
+        fitted.denoiser, fitted.latent, strength, sampler=settings.sampler, steps=steps, schedule=schedule,
+        denoise=settings.denoise, seed=seed, strength=settings.strength, clock=settings.clock, release=settings.release,
+        compat=settings.compat, extra_args=extra_args, progress=settings.progress,
+        frames_per_latent=frames_per_latent,
+    )
 
 
 def _device(device: Any) -> "torch.device":

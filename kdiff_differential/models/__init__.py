@@ -74,7 +74,11 @@ class Model(Protocol):
 
     ``schedule``, ``steps``, ``cfg`` and ``description`` as on :class:`ImageModel`;
     ``native_side`` the side in pixels it was trained at (None: any size, the built-in
-    model); ``flow`` whether it is a flow model, whose schedule starts at t = 1.
+    model); ``flow`` whether it is a flow model, whose schedule starts at t = 1;
+    ``frames_per_latent`` for a model that edits video, how many frames one latent frame
+    merges (Wan: 4; the built-in model: 1), None for an image model. A video model's
+    :meth:`fit` takes a clip's frames too, uint8 (T, H, W, 3), into a latent
+    (1, C, F, h, w), and its ``decode`` gives frames back.
     """
 
     schedule: str
@@ -83,6 +87,7 @@ class Model(Protocol):
     description: str
     native_side: Optional[int]
     flow: bool
+    frames_per_latent: Optional[int]
 
     def fit(self, image: "np.ndarray") -> ImageModel: ...
 
@@ -104,6 +109,15 @@ class ModelSource:
     @property
     def native_side(self) -> Optional[int]:
         return None if self.family is None else self.family.native_size
+
+    @property
+    def frames_per_latent(self) -> Optional[int]:
+        """As on :class:`Model`: the built-in model's 1, a video family's, None for an image family."""
+        return 1 if self.family is None else getattr(self.family, "frames_per_latent", None)
+
+    @property
+    def description(self) -> str:
+        return "the built-in model" if self.family is None else f"a {self.family.name} model"
 
     @property
     def schedule(self) -> str:

@@ -78,6 +78,13 @@ def load_example_image() -> np.ndarray:
     return to_image(_fit(_skimage(EXAMPLE_IMAGE), EXAMPLE_SIZE, EXAMPLE_SIZE))
 
 
+def load_example_clip(frames: int = 9, shift: int = 8) -> np.ndarray:
+    """The video demo's input: the example image panned ``shift`` pixels a frame,
+    uint8 (frames, EXAMPLE_SIZE, EXAMPLE_SIZE, 3)."""
+    wide = to_image(_fit(_skimage(EXAMPLE_IMAGE), EXAMPLE_SIZE, EXAMPLE_SIZE + shift * (frames - 1)))
+    return np.stack([wide[:, shift * i : shift * i + EXAMPLE_SIZE] for i in range(frames)])
+
+
 def working_size(height: int, width: int) -> tuple[int, int]:
     """The size the model runs at for an input of height x width: the same, or scaled
     down to a longest side of MAX_SIDE."""
@@ -85,12 +92,17 @@ def working_size(height: int, width: int) -> tuple[int, int]:
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
-def builtin_denoiser(height: int, width: int, spread: float = SPREAD, prediction: str = "eps") -> nn.Module:
+def builtin_denoiser(height: int, width: int, spread: float = SPREAD, prediction: str = "eps", frames: Optional[int] = None) -> nn.Module:
     """The built-in model at height x width, as a k-diffusion denoiser
-    (``CompVisDenoiser``, or ``CompVisVDenoiser`` for ``prediction="v"``)."""
+    (``CompVisDenoiser``, or ``CompVisVDenoiser`` for ``prediction="v"``). With
+    ``frames``, a model of still clips of that many frames (1, 3, frames, height, width):
+    each training image held in every frame, so that what it regenerates stays the same
+    from frame to frame."""
     import k_diffusion as K
 
     images = torch.cat([_fit(_skimage(name), height, width) for name in TRAINING_IMAGES])
+    if frames is not None:
+        images = images.unsqueeze(2).expand(-1, -1, frames, -1, -1)
     model = IdealDenoiser(images, alphas_cumprod=pixel_alphas_cumprod(), prediction=prediction, spread=spread)
     wrap = K.external.CompVisDenoiser if prediction == "eps" else K.external.CompVisVDenoiser
     return wrap(model)
@@ -99,7 +111,8 @@ def builtin_denoiser(height: int, width: int, spread: float = SPREAD, prediction
 class Builtin:
     """The built-in model, loaded: nothing to load until :meth:`fit` builds the exact
     denoiser at an image's working size. It takes no text, guidance or ControlNets and
-    runs at any size (``native_side`` None)."""
+    runs at any size (``native_side`` None); it edits video clips too, frame for frame
+    (``frames_per_latent`` 1)."""
 
     schedule = "karras"
     steps = DEFAULT_STEPS
@@ -107,34 +120,39 @@ class Builtin:
     description = ""  # chosen by name, nothing detected
     native_side: Optional[int] = None
     flow = False
+    frames_per_latent: Optional[int] = 1
 
     def __init__(self, device: Union[str, torch.device] = "cpu") -> None:
         self.device = torch.device(device)
 
     def fit(self, image: np.ndarray) -> "BuiltinModel":
-        """The model fitted to ``image``, uint8 (H, W, 3)."""
+        """The model fitted to ``image``, uint8 (H, W, 3), or to a clip's frames (T, H, W, 3)."""
         return BuiltinModel(image, self.device)
 
 
 class BuiltinModel:
-    """The built-in model fitted to one input image: pixels in, pixels out.
+    """The built-in model fitted to one input image or clip: pixels in, pixels out.
 
-    ``latent`` is the image itself, (1, 3, h, w) in [-1, 1] at the working size;
-    ``decode`` brings a result back to the input's size. When the working size is
-    smaller, the result itself is scaled up: adding only the scaled-up change to the input
-    would carry the input's fine edges into regenerated areas (ghosts). The original's
-    full-resolution pixels come back where the map keeps them, or where the model barely
-    changed them, in the pixel-space composite (:mod:`kdiff_differential.compositing`).
+    ``latent`` is the image itself, (1, 3, h, w) in [-1, 1] at the working size, or the
+    clip's frames (1, 3, T, h, w); ``decode`` brings a result back to the input's size
+    and shape. When the working size is smaller, the result itself is scaled up: adding
+    only the scaled-up change to the input would carry the input's fine edges into
+    regenerated areas (ghosts). The original's full-resolution pixels come back where the
+    map keeps them, or where the model barely changed them, in the pixel-space composite
+    (:mod:`kdiff_differential.compositing`).
     """
 
     schedule, steps, cfg, description = Builtin.schedule, Builtin.steps, Builtin.cfg, Builtin.description
 
     def __init__(self, image: np.ndarray, device: torch.device = torch.device("cpu")) -> None:
-        require_rgb(image, "image")
-        self.original = to_tensor(image).to(device)
-        self.size = working_size(*image.shape[:2])
-        self.latent = self._scale(self.original, self.size)
-        self.denoiser = builtin_denoiser(*self.size).to(device)
+        frames = _frames(image)
+        self.shape = image.shape
+        self.original = torch.cat([to_tensor(frame) for frame in frames]).to(device)
+        self.size = working_size(*image.shape[-3:-1])
+        pixels = self._scale(self.original, self.size)
+        # A clip's frames are the latent's frame axis: (1, 3, T, h, w).
+        self.latent = pixels if image.ndim == 3 else pixels.movedim(0, 1).unsqueeze(0)
+        self.denoiser = builtin_denoiser(*self.size, frames=None if image.ndim == 3 else len(frames)).to(device)
 
     @staticmethod
     def _scale(pixels: Tensor, size: tuple[int, int]) -> Tensor:
@@ -156,8 +174,22 @@ class BuiltinModel:
         return {}
 
     def decode(self, latent: Tensor) -> np.ndarray:
-        """The result latent (1, 3, h, w) as an image of the input's size, uint8 (H, W, 3)."""
+        """The result latent (1, 3, h, w) as an image of the input's size, uint8 (H, W, 3);
+        a clip's (1, 3, T, h, w) as its frames (T, H, W, 3)."""
         pixels = latent.to(self.original.dtype)
+        pixels = pixels if pixels.ndim == 4 else pixels[0].movedim(1, 0)
         if tuple(pixels.shape[-2:]) != tuple(self.original.shape[-2:]):
             pixels = F.interpolate(pixels, size=self.original.shape[-2:], mode="bicubic", align_corners=False)
-        return to_image(pixels.clamp(-1, 1))
+        frames = np.stack([to_image(frame[None].clamp(-1, 1)) for frame in pixels])
+        return frames.reshape(self.shape)
+
+
+def _frames(image: np.ndarray) -> np.ndarray:
+    """An image uint8 (H, W, 3) as one frame (1, H, W, 3), or a clip's frames (T, H, W, 3)
+    as they are; TypeError for anything else."""
+    if isinstance(image, np.ndarray) and image.ndim == 4:
+        require_rgb(image[0] if len(image) else image, "image")
+        if not len(image):
+            raise ValueError("image: a clip of 0 frames; give at least one frame")
+        return image
+    return require_rgb(image, "image")[None]

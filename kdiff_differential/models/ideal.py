@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-from einops import rearrange
 from torch import Tensor, nn
 
 PREDICTIONS = ("eps", "v")
@@ -30,7 +29,8 @@ def sd_alphas_cumprod(steps: int = 1000, beta_start: float = 0.00085, beta_end: 
 class IdealDenoiser(nn.Module):
     """The posterior-mean denoiser of ``images``, behind the CompVis model interface.
 
-    ``images`` is (K, C, H, W), values around [-1, 1]. Like a CompVis ``LatentDiffusion``
+    ``images`` is (K, C, H, W), values around [-1, 1], or clips (K, C, T, H, W), which the
+    whole clip's posterior weighs together. Like a CompVis ``LatentDiffusion``
     it has ``alphas_cumprod`` and ``apply_model(x, t, cond)``, which takes the VP-scaled
     input at timestep ``t`` (continuous or integer) and returns the noise (``"eps"``)
     or velocity (``"v"``) prediction, so that ``k_diffusion.external.CompVisDenoiser``
@@ -47,9 +47,9 @@ class IdealDenoiser(nn.Module):
         spread: float = 0.1,
     ) -> None:
         super().__init__()
-        if not isinstance(images, Tensor) or images.ndim != 4 or not images.is_floating_point():
+        if not isinstance(images, Tensor) or images.ndim not in (4, 5) or not images.is_floating_point():
             got = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"images must be a float tensor (K, C, H, W), got {got}")
+            raise ValueError(f"images must be a float tensor (K, C, H, W), or of clips (K, C, T, H, W), got {got}")
         if prediction not in PREDICTIONS:
             raise ValueError(f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}, got {prediction!r}")
         if not spread >= 0:
@@ -60,7 +60,7 @@ class IdealDenoiser(nn.Module):
         self.image_shape = tuple(images.shape[1:])
         self.register_buffer("alphas_cumprod", alphas)
         self.register_buffer("log_sigmas", (((1 - alphas.double()) / alphas.double()) ** 0.5).log())
-        flat = rearrange(images.double(), "k c h w -> k (c h w)")
+        flat = images.double().flatten(1)
         self.register_buffer("images", flat)
         self.register_buffer("images_sq", (flat**2).sum(1))
 
@@ -73,25 +73,26 @@ class IdealDenoiser(nn.Module):
         return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]).exp()
 
     def posterior_mean(self, x: Tensor, sigma: Tensor) -> Tensor:
-        """E[x0 | x] for x = x0 + sigma * eps: x (N, C, H, W), sigma (N,); float64."""
-        flat = rearrange(x.double(), "n c h w -> n (c h w)")
+        """E[x0 | x] for x = x0 + sigma * eps: x (N, *image_shape), sigma (N,); float64."""
+        flat = x.double().flatten(1)
         # Around image k, x is Gaussian with variance spread^2 + sigma^2 per pixel.
         variance = self.spread**2 + sigma.double()[:, None] ** 2
         sq_dist = (flat**2).sum(1, keepdim=True) - 2 * flat @ self.images.T + self.images_sq
         centre = torch.softmax(-sq_dist.clamp(min=0) / (2 * variance), dim=1) @ self.images
         # Given image k, the mean moves from it toward x by spread^2 / variance.
         mean = centre + (self.spread**2 / variance) * (flat - centre)
-        return rearrange(mean, "n (c h w) -> n c h w", c=self.image_shape[0], h=self.image_shape[1])
+        return mean.reshape(x.shape)
 
     def apply_model(self, x: Tensor, t: Tensor, cond: Any = None, **kwargs: Any) -> Tensor:
-        """The eps or v prediction for the VP-scaled input ``x`` (N, C, H, W) at timestep ``t`` (N,)."""
+        """The eps or v prediction for the VP-scaled input ``x`` (N, *image_shape) at timestep ``t`` (N,)."""
         sigma = self.sigma_of_t(torch.as_tensor(t, device=x.device).expand(x.shape[0]))
-        scale = rearrange((sigma**2 + 1) ** 0.5, "n -> n 1 1 1")
+        sigma_per_pixel = sigma.reshape(-1, *[1] * (x.ndim - 1))
+        scale = (sigma_per_pixel**2 + 1) ** 0.5
         x_ve = x.double() * scale
         x0 = self.posterior_mean(x_ve, sigma)
-        eps = (x_ve - x0) / rearrange(sigma, "n -> n 1 1 1")
+        eps = (x_ve - x0) / sigma_per_pixel
         if self.prediction == "eps":
             return eps.to(x.dtype)
         # v = sqrt(alpha) eps - sqrt(1 - alpha) x0, with alpha = 1 / (sigma^2 + 1).
-        v = (eps - rearrange(sigma, "n -> n 1 1 1") * x0) / scale
+        v = (eps - sigma_per_pixel * x0) / scale
         return v.to(x.dtype)
