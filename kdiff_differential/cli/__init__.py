@@ -108,9 +108,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Differential Diffusion: edit an image with a per-pixel change map (white = change, black = keep).",
         epilog=f"With only --out, runs the demo on a bundled image with the gradient-x map. Map presets: {', '.join(PRESETS)}.",
     )
-    parser.add_argument("--image", help="input image, or a folder of images with --out a folder (default: the bundled example)")
-    parser.add_argument("--map", default=None, help="change map: an image file (grey levels in the file's own range: 8/16-bit, float 0..1; colour as luminance, alpha over black) or a preset (default: gradient-x; with --map-prompt, full)")
-    parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...; with --image a folder, a folder")
+    parser.add_argument("--image", help="input image; a video clip (.mp4, .webm, .mov, .mkv, .gif: every frame edited, as many frames back); or a folder of images with --out a folder (default: the bundled example; with --out a video, it as a panning clip)")
+    parser.add_argument("--map", default=None, help="change map: an image file (grey levels in the file's own range: 8/16-bit, float 0..1; colour as luminance, alpha over black) or a preset (default: gradient-x; with --map-prompt, full); for a clip, one still map for every frame or a map video of the same frame count")
+    parser.add_argument("--out", required=True, help="output image; .png, .jpg, .webp, ...; for a clip, a video (.mp4, .webm, .mov, .mkv: lossless, .gif); with --image a folder, a folder")
+    parser.add_argument("--save-frames", default=None, metavar="DIR", help="for a clip: also write every output frame as a lossless PNG into DIR")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     # The model: where it comes from and what is added to it (see models/sources.py, models/loras.py).
     from ..models.families import INPAINT_MASK, INPAINT_MASKS, supported
@@ -185,22 +186,41 @@ def _outputs(args: argparse.Namespace) -> tuple[tuple[Optional[int], str], ...]:
     return tuple((seed, str(sibling(args.out, f"seed{seed}"))) for seed in args.seeds)
 
 
-def _check_outputs(args: argparse.Namespace, change_map: str, results: tuple[tuple[Optional[int], str], ...]) -> list[Path]:
-    """The files this run will write, checked before any work is done."""
+def _check_outputs(args: argparse.Namespace, change_map: str, results: tuple[tuple[Optional[int], str], ...], video: bool) -> list[Path]:
+    """The files (and frame folders) this run will write, checked before any work is done."""
     from ..images import output_format
+    from ..video_files import VIDEO_SUFFIXES, is_video
 
     out = Path(args.out)
     folder = out.parent
     if not folder.is_dir():
         raise InputError(f"--out {args.out}: the folder {folder} does not exist; create it or write elsewhere")
     if out.is_dir():
-        raise InputError(f"--out {args.out} is a folder; give a file name such as result.png")
-    output_format(args.out)
+        raise InputError(f"--out {args.out} is a folder; give a file name such as {'result.mp4' if video else 'result.png'}")
+    if video != is_video(out):
+        wanted = f"a video: {', '.join(VIDEO_SUFFIXES)}" if video else "an image (.png, .jpg, .webp, ...)"
+        raise InputError(f"--out {args.out}: the result of {'a clip' if video else 'an image'} is {wanted}")
+    if not video:
+        output_format(args.out)
+        if args.save_frames is not None:
+            raise InputError(f"--save-frames {args.save_frames}: for a video clip (--image CLIP)")
+        if args.map is not None and is_video(args.map):
+            raise InputError(f"--map {args.map}: a map video is for a video clip (--image CLIP); an image takes a still map")
+    for flag in ("--save-strip", "--save-masks") if video else ():
+        if getattr(args, flag[2:].replace("-", "_")):
+            raise InputError(f"{flag}: for images; for a clip, --save-frames DIR writes every frame")
     outputs: dict[str, Path] = {}
     for _, result in results:
         outputs[f"--out ({Path(result).name})"] = Path(result)
         outputs.update({"--save-strip": sibling(result, "strip")} if args.save_strip else {})
         outputs.update({"--save-masks": sibling(result, "masks")} if args.save_masks else {})
+        if args.save_frames is not None:
+            from .jobs import frames_folder
+
+            frames = frames_folder(args.save_frames, result, len(results) > 1)
+            if frames.exists() and not frames.is_dir():
+                raise InputError(f"--save-frames {args.save_frames}: {frames} is a file; give a folder")
+            outputs[f"--save-frames ({frames.name})"] = frames
     # No input is ever written over, however its path is spelled.
     inputs = {"--image": args.image, "--map": None if change_map in PRESETS else change_map}
     for flag, path in outputs.items():
@@ -272,7 +292,12 @@ def run(args: argparse.Namespace) -> list[Path]:
     device = _device(args.device)
     settings = checked(lambda: _settings(args))
     folder = args.image is not None and Path(args.image).is_dir()
-    written = [] if folder else _check_outputs(args, change_map, outputs)
+    from ..video_files import is_video
+
+    video = not folder and is_video(args.image if args.image is not None else args.out)
+    if folder and args.save_frames is not None:
+        raise InputError(f"--save-frames {args.save_frames}: for a video clip (--image CLIP), not a folder of images")
+    written = [] if folder else _check_outputs(args, change_map, outputs, video)
     loading = {"config": args.config, "lora": args.lora, "dtype": args.dtype, "offload": args.offload, "vae_tiling": args.vae_tiling,
                "controlnet": [group["source"] for group in args.controls or []]}
     if args.model == "builtin":
@@ -280,7 +305,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     load = load_options({**loading, "allow_pickle": args.allow_pickle})
     # Checked before the model loads, which can take minutes.
     found = find_model(args.model, config=load["config"], allow_pickle=load["allow_pickle"])
-    checked(lambda: EditSettings(**settings).check_model(found))
+    checked(lambda: EditSettings(**settings).check_model(found, "video" if video else "image"))
 
     def warn(message: str) -> None:  # a folder's messages start with their image's name
         if not any(message == known or message.endswith(f": {known}") for known in said):
@@ -299,7 +324,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         return [Path(path) for path in run_folder(jobs, model, settings, args.out, args.executor, args.address, warn, args.quiet)]
     from .jobs import run_job
 
-    done = run_job(model, settings, Job(args.image, change_map, outputs, args.save_strip, args.save_masks))
+    done = run_job(model, settings, Job(args.image, change_map, outputs, args.save_strip, args.save_masks, video, args.save_frames))
     for message in done.warnings:
         warn(message)
     if not args.quiet:

@@ -1,4 +1,5 @@
-"""One image's job: its file and map in, its files out, through :func:`~kdiff_differential.edit_image`.
+"""One image's job: its file and map in, its files out, through :func:`~kdiff_differential.edit_image`
+(a video file's, through :func:`~kdiff_differential.edit_video`).
 
 The command line runs one job for ``--image FILE``, and one per image for a folder, here
 or on a Ray worker (a job and everything it holds pickle, and the function is
@@ -39,13 +40,18 @@ class ModelSpec:
 @dataclass(frozen=True)
 class Job:
     """``image`` (a file; None: the bundled example) edited with ``change_map`` (a preset
-    or a map file) once per (seed, output file) of ``outputs`` (seed None: a random one)."""
+    or a map file) once per (seed, output file) of ``outputs`` (seed None: a random one).
+    A video job (``video``: its file, or the bundled example's clip when ``image`` is None)
+    writes video files, and each output's frames as PNGs into ``save_frames`` (a folder,
+    OUT's tag added for several seeds)."""
 
     image: Optional[str]
     change_map: str
     outputs: tuple[tuple[Optional[int], str], ...]
     save_strip: bool = False
     save_masks: bool = False
+    video: bool = False
+    save_frames: Optional[str] = None
 
 
 @dataclass
@@ -67,6 +73,8 @@ def run_job(model: Any, settings: dict[str, Any], job: Job) -> Done:
 
     if isinstance(model, ModelSpec):
         model = model.open()
+    if job.video:
+        return _run_video_job(model, settings, job)
     if job.image is None:
         from ..models.builtin import load_example_image
 
@@ -94,10 +102,53 @@ def run_job(model: Any, settings: dict[str, Any], job: Job) -> Done:
 
                 masks = [edit.edit.wrapper.mask(sigma)[0, 0].cpu() for sigma in edit.edit.step_sigmas]
                 write_image(mask_grid(masks, edit.region.width / edit.region.height, edit.edit.step_sigmas), masks_file)
+    return _said(done, caught)
+
+
+def _said(done: Done, caught: list[warnings.WarningMessage]) -> Done:
+    """``done`` with the edit's warnings among ``caught``, each once, however many seeds
+    said it; others go back to Python's own handling."""
+    from ..image_edit import EditWarning
+
     for warning in caught:
         if issubclass(warning.category, EditWarning):
             done.warnings.append(str(warning.message))
-        else:  # not ours to report: back to Python's own handling
+        else:
             warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    done.warnings = list(dict.fromkeys(done.warnings))  # once, however many seeds said it
+    done.warnings = list(dict.fromkeys(done.warnings))
     return done
+
+
+def frames_folder(save_frames: str, out: str, several: bool) -> Path:
+    """Where an output's frames go: ``save_frames``, or for one of several seeds
+    ``save_frames``-seedN (OUT's tag)."""
+    folder = Path(save_frames)
+    return folder.with_name(f"{folder.name}-{Path(out).stem.rsplit('-', 1)[-1]}") if several else folder
+
+
+def _run_video_job(model: Any, settings: dict[str, Any], job: Job) -> Done:
+    from ..image_edit import EditWarning
+    from ..video_edit import edit_video
+    from ..video_files import read_video, write_frames, write_video
+
+    if job.image is None:
+        from ..models.builtin import load_example_clip
+
+        frames, fps = load_example_clip(), 8.0
+    else:
+        clip = read_video(job.image)
+        frames, fps = clip.frames, clip.fps
+    done = Done([], [], "", [])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", EditWarning)
+        for seed, out in job.outputs:
+            edit = edit_video(model, frames, job.change_map, **{**settings, "seed": seed})
+            write_video(out, edit.frames, fps)
+            done.files.append(out)
+            if job.save_frames is not None:
+                folder = frames_folder(job.save_frames, out, len(job.outputs) > 1)
+                write_frames(folder, edit.frames)
+                done.files.append(str(folder))
+            done.seeds.append(edit.seed)
+            done.region = edit.region.describe() if edit.region.cropped else ""
+    return _said(done, caught)
