@@ -106,6 +106,11 @@ class ModelSource:
         return None if self.family is None else self.family.native_size
 
     @property
+    def frames_per_latent(self) -> Optional[int]:
+        """Video frames per latent frame for a video family (Wan: 4); None: an image model."""
+        return None if self.family is None else self.family.video_frames
+
+    @property
     def schedule(self) -> str:
         """The family's default schedule (a few-step UNet folder's own is known once loaded)."""
         return "karras" if self.family is None else self.family.default_schedule

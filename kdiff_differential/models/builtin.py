@@ -106,6 +106,7 @@ class Builtin:
     cfg: Optional[float] = None
     description = ""  # chosen by name, nothing detected
     native_side: Optional[int] = None
+    frames_per_latent: Optional[int] = None  # an image model
     flow = False
 
     def __init__(self, device: Union[str, torch.device] = "cpu") -> None:
