@@ -57,7 +57,7 @@ scheduler config). It then gives:
 
 A new family is a class in a module of this package (one per family or group of
 families sharing a network: :mod:`.unets`, :mod:`.sd3`, :mod:`.flux`, :mod:`.zimage`,
-:mod:`.flux2`, :mod:`.qwen`; what they share is in :mod:`.base`) and an entry in
+:mod:`.flux2`, :mod:`.qwen`, :mod:`.wan`; what they share is in :mod:`.base`) and an entry in
 :data:`FAMILIES`. The UNet families wrap
 their network as a CompVis model (:mod:`.networks`); the flow families (SD3, Flux) as a
 velocity model reparametrised by :class:`~kdiff_differential.models.flow.FlowDenoiser`.
@@ -76,12 +76,13 @@ from .flux import Flux, FluxKontext, Chroma, FluxFill
 from .zimage import ZImage
 from .flux2 import Flux2Klein
 from .qwen import QwenImage, QwenImageEdit
+from .wan import Wan
 
 
 # The registry. Each family's owns() and owns_keys() exclude the others', so the order does not matter.
 FAMILIES: tuple[type[Family], ...] = (
     StableDiffusion, StableDiffusionXL, StableDiffusionXLRefiner, StableDiffusion3, Flux, FluxFill, FluxKontext, Chroma,
-    ZImage, Flux2Klein, QwenImage, QwenImageEdit,
+    ZImage, Flux2Klein, QwenImage, QwenImageEdit, Wan,
 )
 
 
@@ -130,6 +131,7 @@ __all__ = [
     "Flux2Klein",
     "QwenImage",
     "QwenImageEdit",
+    "Wan",
     "family_of_index",
     "family_of_keys",
     "supported",
