@@ -76,12 +76,13 @@ def euler_reference(kind: str, folder) -> diffusers.DiffusionPipeline:
     return reference
 
 
-def count_calls(*modules: torch.nn.Module) -> list[int]:
-    """Forward calls of each module, counted as they happen."""
-    counts = [0] * len(modules)
+def record_calls(*modules: torch.nn.Module) -> list[list[tuple]]:
+    """Each module's forward calls, as the shape of the timestep each is given (one per
+    sample, or TI2V's one per token), recorded as they happen."""
+    calls: list[list[tuple]] = [[] for _ in modules]
     for i, module in enumerate(modules):
-        module.register_forward_hook(lambda *_, i=i: counts.__setitem__(i, counts[i] + 1))
-    return counts
+        module.register_forward_pre_hook(lambda _, args, kwargs, i=i: calls[i].append(tuple(kwargs["timestep"].shape)), with_kwargs=True)
+    return calls
 
 
 def euler(pipe, latent, change, steps, extra_args, **settings):
@@ -108,19 +109,19 @@ def test_euler_with_everything_released_is_wan_pipeline(name: str, tiny_family) 
     pipe = loaded(folder)
     latent = torch.zeros(pipe.encode(clip()).shape)
     experts = pipe.denoising.experts
-    ours_called = count_calls(*experts)
+    ours_called = record_calls(*experts)
     edit = euler(pipe, latent, torch.ones(latent.shape[-2:]), steps, pipe.extra_args("a red cat", "blurry", **our_scales))
     reference = euler_reference("WanPipeline", folder)
-    theirs_called = count_calls(*[part for part in (reference.transformer, reference.transformer_2) if part is not None])
+    theirs_called = record_calls(*[part for part in (reference.transformer, reference.transformer_2) if part is not None])
     expected = reference(
         prompt="a red cat", negative_prompt="blurry", height=SIZE[0], width=SIZE[1], num_frames=FRAMES, num_inference_steps=steps,
         latents=edit.wrapper.noise.clone(), output_type="latent", **their_scales,
     ).frames
     assert (expected - edit.wrapper.noise).abs().mean() > 0.1  # the model moved the noise
-    # Each expert called as often on both sides (twice per step: prompt and negative).
+    # Each expert called as often on both sides (twice per step: prompt and negative),
+    # with timesteps of the same shape.
     assert ours_called == theirs_called
-    if len(experts) == 2:
-        assert ours_called == [4, 4]
+    assert [len(calls) for calls in ours_called] == ([4, 4] if len(experts) == 2 else [2 * steps])
     error = (edit.result - expected).abs().max() / expected.abs().max()
     assert error < TOLERANCE, error
 
