@@ -27,6 +27,13 @@ A family class says:
   the conditions carry as ``reference``; FLUX.1 Kontext, Qwen-Image-Edit), and
   ``embed_reference(prompt, negative, size, image, latent)``, its conditions then.
 
+- video: ``video_frames``, a video family's frames per latent frame (None: images), and
+  ``frames_per_latent(vae)``, the loaded VAE's; its codec then takes pixels
+  (1, 3, T, H, W) to latents (1, C, F, h, w) (Wan);
+- ``denoising(parts)``: the network the denoiser runs, from the loaded parts (by default
+  the folder ``network``; Wan 2.2 A14B: its two experts, ``experts`` 2, each guided by
+  its own scale: ``extra_args(..., cfg_2=)``); ``exact_time``: the velocity call takes t
+  in the sampler's dtype;
 - the latent codec: ``latent_factor(vae)``, ``latent_channels(vae)``,
   ``vae_encode(vae, pixels)``, ``vae_decode(vae, latent)``: by default the VAE's
   downsampling and channels, ``(z - shift_factor) * scaling_factor`` of its config (a
