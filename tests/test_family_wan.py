@@ -244,6 +244,8 @@ def test_the_family_is_told_from_model_index(tiny_family) -> None:
         source = find_model(str(tiny_family(folder)))
         assert source.family is Wan and source.frames_per_latent == 4
     assert Builtin.frames_per_latent is None
+    with pytest.raises(InputError, match="a WanImageToVideoPipeline folder, which is not supported; supported: .*Wan 2.1/2.2"):
+        family_of_index({"_class_name": "WanImageToVideoPipeline"}, "i2v")
     pipe = loaded(tiny_family("wan-a14b"))
     assert len(pipe.denoising.experts) == 2 and pipe.description.startswith("Wan 2.1/2.2, text-to-video")
     assert (pipe.steps, pipe.cfg, pipe.frames_per_latent) == (50, 5.0, 4)

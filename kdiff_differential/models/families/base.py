@@ -272,15 +272,16 @@ class FlowFamily(Family):
     one_over_n: Optional[bool] = None
     # Whether the velocity call takes t in the sampler's dtype rather than the network's (TransformerVelocity's exact_time).
     exact_time = False
+    makes = "text-to-image"  # what kind() says of a network that takes the VAE's latent
 
     def kind(self, latent: int) -> str:
         channels, expected = self.config.in_channels, latent * self.pack**2
         if channels != expected:
             raise InputError(
                 f"model={self.source}: the transformer takes {channels} channels and the VAE gives {latent}; "
-                f"supported: {expected} (text-to-image)"
+                f"supported: {expected} ({self.makes})"
             )
-        return "text-to-image"
+        return self.makes
 
     def denoiser(self, network: "nn.Module", scheduler: dict[str, Any], latent_size: tuple[int, int]) -> "nn.Module":
         from ..flow import FlowDenoiser

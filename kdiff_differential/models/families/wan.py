@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Optional
 
 from .base import _batch, _channel_statistics, FlowFamily
-from ...errors import InputError
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -32,6 +31,7 @@ class Wan(FlowFamily):
     native_size_ti2v = 960
     guided = False  # the guidance runs in velocity(), see the docstring
     exact_time = True  # float32 timesteps, as the pipeline passes them and compares them with the boundary
+    makes = "text-to-video"  # image-to-video folders (36 input channels) are refused by kind()
     # WanPipeline's defaults (num_inference_steps, guidance_scale, max_sequence_length).
     default_steps = 50
     default_cfg = 5.0
@@ -70,14 +70,6 @@ class Wan(FlowFamily):
     @staticmethod
     def latent_channels(vae: "nn.Module") -> int:
         return vae.config.z_dim
-
-    def kind(self, latent: int) -> str:
-        if self.config.in_channels != latent:
-            raise InputError(
-                f"model={self.source}: the transformer takes {self.config.in_channels} channels and the VAE gives {latent}; "
-                f"supported: {latent} (text-to-video; image-to-video folders are not)"
-            )
-        return "text-to-video"
 
     @staticmethod
     def vae_encode(vae: "nn.Module", pixels: "Tensor") -> "Tensor":
