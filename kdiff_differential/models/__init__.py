@@ -74,7 +74,9 @@ class Model(Protocol):
 
     ``schedule``, ``steps``, ``cfg`` and ``description`` as on :class:`ImageModel`;
     ``native_side`` the side in pixels it was trained at (None: any size, the built-in
-    model); ``flow`` whether it is a flow model, whose schedule starts at t = 1.
+    model); ``flow`` whether it is a flow model, whose schedule starts at t = 1;
+    ``frames_per_latent`` a video model's video frames per latent frame (Wan: 4; its
+    ``fit`` also takes frames (T, H, W, 3), T = 1 + 4k), None for an image model.
     """
 
     schedule: str
@@ -83,6 +85,7 @@ class Model(Protocol):
     description: str
     native_side: Optional[int]
     flow: bool
+    frames_per_latent: Optional[int]
 
     def fit(self, image: "np.ndarray") -> ImageModel: ...
 

@@ -241,7 +241,10 @@ class DiffusersPipeline:
     stay fp32. ``source``, ``config``, ``loras``, ``allow_pickle``, ``dtype``,
     ``offload``, ``vae_tiling`` and ``controlnets`` are as in
     :func:`~kdiff_differential.models.load_pipeline`; the loaded ControlNets are
-    ``self.controlnets``, in order.
+    ``self.controlnets``, in order. A video family (Wan) has ``frames_per_latent`` (its
+    VAE's temporal factor; None for an image family): :meth:`fit`, :meth:`encode` and
+    :meth:`decode` take frames and video latents (1, C, F, h, w) too; ``denoising`` is
+    the network the denoiser runs (Wan 2.2 A14B: both experts).
     """
 
     def __init__(

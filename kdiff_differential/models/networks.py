@@ -6,7 +6,8 @@
   CompVis ``LatentDiffusion``: :func:`compvis_denoiser`.
 - :class:`TransformerVelocity`: a flow-matching transformer (SD3, Flux) as a velocity
   model ``(x_t, t, cond=...) -> v``, which
-  :class:`~kdiff_differential.models.flow.FlowDenoiser` turns into a k-diffusion denoiser.
+  :class:`~kdiff_differential.models.flow.FlowDenoiser` turns into a k-diffusion denoiser;
+  :class:`Experts`, the networks of a family that switches between them by the timestep.
 
 Both run the network in its own dtype (fp16/bf16 on CUDA) and give results in the
 sampler's. diffusers is imported inside the functions.
