@@ -319,3 +319,19 @@ def test_both_experts_take_the_dtype_and_the_offload(tiny_family) -> None:
     runs = [euler(pipe, latent, torch.ones(latent.shape[-2:]), 4, pipe.extra_args("a cat", "blurry", 3.0)).result for pipe in (plain, offloaded)]
     assert torch.equal(*runs)
     assert [expert.dtype for expert in load_pipeline(folder, dtype="bf16").denoising.experts] == [torch.bfloat16] * 2
+
+
+@pytest.mark.parametrize("steps", [1, 4, 50])
+@pytest.mark.parametrize("shift", [3.0, 5.0, 12.0])
+def test_the_schedule_is_the_unipc_flow_schedule(steps: int, shift: float) -> None:
+    """Our levels, as flow times, are UniPCMultistepScheduler's with use_flow_sigmas and
+    flow_shift (its first nudged below 1 by 1e-6, ours t = 1 exactly)."""
+    from kdiff_differential.models.flow import FlowDenoiser
+
+    unipc = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=shift)
+    unipc.set_timesteps(steps)
+    ours = FlowDenoiser.from_scheduler_config(lambda x, t: x, dict(unipc.config)).get_sigmas(steps)
+    times = FlowDenoiser.sigma_to_t(ours)
+    assert times[0] == 1 and times[-1] == 0
+    torch.testing.assert_close(times[1:].float(), unipc.sigmas[1:].float(), rtol=0, atol=1e-6)
+    assert abs(float(unipc.sigmas[0]) - 1) < 2e-6
