@@ -493,6 +493,56 @@ def save_tiny_qwen_edit(folder: Path) -> Path:
     return folder / "model"
 
 
+def wan_vae(z_dim: int, patch_size: int = 0) -> "diffusers.AutoencoderKLWan":
+    """A tiny Wan VAE: 4 frames per latent frame, 8 pixels per latent pixel (with
+    ``patch_size`` 2, TI2V-5B's: pixels patchified 2x2 first, 16, residual blocks), a
+    random per-channel mean and std."""
+    import diffusers
+
+    g = torch.Generator().manual_seed(z_dim)
+    ti2v = {"is_residual": True, "in_channels": 12, "out_channels": 12, "patch_size": 2, "scale_factor_spatial": 16} if patch_size else {}
+    return diffusers.AutoencoderKLWan(
+        base_dim=4, z_dim=z_dim, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True],
+        latents_mean=(torch.randn(z_dim, generator=g) * 0.3).tolist(), latents_std=(torch.rand(z_dim, generator=g) + 0.5).tolist(),
+        **ti2v,
+    )
+
+
+def wan_transformer(channels: int, seed: int) -> "diffusers.WanTransformer3DModel":
+    """A one-layer Wan transformer of width 24 over a 16-wide text, 2x2 patches."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    transformer = diffusers.WanTransformer3DModel(
+        patch_size=(1, 2, 2), num_attention_heads=2, attention_head_dim=12, in_channels=channels, out_channels=channels,
+        text_dim=16, freq_dim=16, ffn_dim=32, num_layers=1, cross_attn_norm=True, qk_norm="rms_norm_across_heads", rope_max_seq_len=32,
+    )
+    randomise_zeros(transformer)
+    return transformer
+
+
+def save_tiny_wan(folder: Path, kind: str = "t2v") -> Path:
+    """Wan: a tiny UMT5 (the pipeline pads its states to 512 tokens), the UniPC flow
+    scheduler with flow_shift 3 (Wan's 480p setting). ``kind``: "t2v" (2.1, a 4-channel
+    latent), "ti2v" (2.2 TI2V-5B: a 48-channel latent from 2x2-patchified pixels, a
+    timestep per token) or "a14b" (2.2 A14B: two experts switched at boundary_ratio 0.875)."""
+    import diffusers
+    import transformers
+
+    torch.manual_seed(0)
+    encoder = transformers.UMT5EncoderModel(transformers.UMT5Config(
+        vocab_size=16, d_model=16, d_ff=32, d_kv=8, num_layers=1, num_heads=2, relative_attention_num_buckets=8,
+    ))
+    channels = 48 if kind == "ti2v" else 4
+    scheduler = diffusers.UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0)
+    experts = {"transformer_2": wan_transformer(channels, 1), "boundary_ratio": 0.875} if kind == "a14b" else {}
+    diffusers.WanPipeline(
+        tokenizer=t5_tokenizer(), text_encoder=encoder, vae=wan_vae(channels, 2 if kind == "ti2v" else 0),
+        transformer=wan_transformer(channels, 0), scheduler=scheduler, expand_timesteps=kind == "ti2v", **experts,
+    ).save_pretrained(folder / "model")
+    return folder / "model"
+
+
 # Every family's folder by name: the builder of its tiny pipeline, given an empty folder.
 BUILDERS = {
     "sd-eps": lambda folder: save_tiny_sd(folder, "epsilon"),
@@ -513,4 +563,7 @@ BUILDERS = {
     "klein": save_tiny_klein,
     "qwen": save_tiny_qwen,
     "qwen-edit": save_tiny_qwen_edit,
+    "wan": save_tiny_wan,
+    "wan-ti2v": lambda folder: save_tiny_wan(folder, "ti2v"),
+    "wan-a14b": lambda folder: save_tiny_wan(folder, "a14b"),
 }

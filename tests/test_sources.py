@@ -363,6 +363,7 @@ def test_each_family_owns_its_own_index_and_no_other() -> None:
         "FLUX.2 Klein": {"_class_name": "Flux2KleinPipeline"},
         "Qwen-Image": {"_class_name": "QwenImagePipeline"},
         "Qwen-Image-Edit": {"_class_name": "QwenImageEditPipeline"},
+        "Wan 2.1/2.2": {"_class_name": "WanPipeline"},
     }
     assert sorted(indexes) == sorted(family.name for family in FAMILIES)
     for name, index in indexes.items():

@@ -76,9 +76,9 @@ class Model(Protocol):
     ``native_side`` the side in pixels it was trained at (None: any size, the built-in
     model); ``flow`` whether it is a flow model, whose schedule starts at t = 1;
     ``frames_per_latent`` for a model that edits video, how many frames one latent frame
-    merges (Wan: 4; the built-in model: 1), None for an image model. A video model's
-    :meth:`fit` takes a clip's frames too, uint8 (T, H, W, 3), into a latent
-    (1, C, F, h, w), and its ``decode`` gives frames back.
+    merges (Wan: 4, and its :meth:`fit` takes T = 4k + 1 frames; the built-in model: 1),
+    None for an image model. A video model's :meth:`fit` takes a clip's frames too, uint8
+    (T, H, W, 3), into a latent (1, C, F, h, w), and its ``decode`` gives frames back.
     """
 
     schedule: str
@@ -112,8 +112,8 @@ class ModelSource:
 
     @property
     def frames_per_latent(self) -> Optional[int]:
-        """As on :class:`Model`: the built-in model's 1, a video family's, None for an image family."""
-        return 1 if self.family is None else getattr(self.family, "frames_per_latent", None)
+        """As on :class:`Model`: the built-in model's 1, a video family's (Wan: 4), None for an image family."""
+        return 1 if self.family is None else self.family.video_frames
 
     @property
     def description(self) -> str:

@@ -241,7 +241,10 @@ class DiffusersPipeline:
     stay fp32. ``source``, ``config``, ``loras``, ``allow_pickle``, ``dtype``,
     ``offload``, ``vae_tiling`` and ``controlnets`` are as in
     :func:`~kdiff_differential.models.load_pipeline`; the loaded ControlNets are
-    ``self.controlnets``, in order.
+    ``self.controlnets``, in order. A video family (Wan) has ``frames_per_latent`` (its
+    VAE's temporal factor; None for an image family): :meth:`fit`, :meth:`encode` and
+    :meth:`decode` take frames and video latents (1, C, F, h, w) too; ``denoising`` is
+    the network the denoiser runs (Wan 2.2 A14B: both experts).
     """
 
     def __init__(
@@ -271,12 +274,14 @@ class DiffusersPipeline:
             if self.offload:
                 pipeline.enable_model_cpu_offload(device=self.device)
         self.vae, self.network = parts["vae"], parts[kind.network]
+        self.denoising = kind.denoising(parts)
         if vae_tiling:
             self.vae.enable_tiling()
         text = {name: parts.get(name) for pair in kind.encoders for name in pair}
         self.scheduler = read_config(root, "scheduler", "scheduler_config.json")
         self.family = kind(source.given, index, self.network.config, text, self.device, self.scheduler)
         self.factor = self.family.latent_factor(self.vae)
+        self.frames_per_latent: Optional[int] = self.family.frames_per_latent(self.vae)
         channels = self.family.latent_channels(self.vae)
         kind_of_model = self.family.kind(channels)
         self.inpainting = kind_of_model == "inpainting"
@@ -284,26 +289,28 @@ class DiffusersPipeline:
         self.controlnets = load_controlnets(controlnets, self.family, channels, self.device, weights, allow_pickle)
         self.schedule, self.steps, self.cfg = self.family.defaults()
         self._denoisers: dict[tuple[int, int], nn.Module] = {}
-        native = kind.native_size // self.factor
+        native = self.family.native_size // self.factor
         self.denoiser = self.denoiser_for((native, native))
         self.description = f"{kind.name}, {kind_of_model}, {kind.prediction(self.scheduler)}"
-        self.native_side: Optional[int] = kind.native_size
+        self.native_side: Optional[int] = self.family.native_size
         self.flow = kind.default_schedule == "model"
 
     def fit(self, image: np.ndarray) -> "FittedModel":
-        """The model fitted to ``image``, uint8 (H, W, 3): its latent and denoiser."""
+        """The model fitted to ``image``, uint8 (H, W, 3), or for a video family to
+        frames, uint8 (T, H, W, 3) with T = 1 + ``frames_per_latent`` * k: its latent and denoiser."""
         return FittedModel(self, image)
 
     def denoiser_for(self, latent: Union[Tensor, tuple[int, int]]) -> nn.Module:
-        """The k-diffusion denoiser for ``latent`` (1, C, h, w), or its size (h, w)."""
+        """The k-diffusion denoiser for ``latent`` (1, C, h, w), a video family's
+        (1, C, F, h, w), or its size (h, w)."""
         from ..guidance import CFGDenoiser
 
-        size = _latent_size(latent, self.family.patch)
+        size = _latent_size(latent, self.family.patch, video=self.frames_per_latent is not None)
         if size not in self._denoisers:
-            inner = self.family.denoiser(self.network, self.scheduler, size)
+            inner = self.family.denoiser(self.denoising, self.scheduler, size)
             self._denoisers[size] = (CFGDenoiser(inner) if self.family.guided else inner).to(self.device)
             if self.offload:
-                self.network.to("cpu")  # the wrapper's tables on the device; the network waits for its hook
+                self.denoising.to("cpu")  # the wrapper's tables on the device; the network waits for its hook
         return self._denoisers[size]
 
     def size(self, height: int, width: int) -> tuple[int, int]:
@@ -315,14 +322,33 @@ class DiffusersPipeline:
     def encode(self, image: Union[np.ndarray, Tensor]) -> Tensor:
         """uint8 (H, W, 3) or pixels (1, 3, H, W) in [-1, 1] -> the latent the sampler
         runs on (1, C, h/f, w/f), float32 (the family's codec, ``Family.vae_encode``); the
-        image is resized to :meth:`size` first."""
-        pixels = _pixels(image).to(self.device)
+        image is resized to :meth:`size` first. A video family also takes frames, uint8
+        (T, H, W, 3) or pixels (1, 3, T, H, W), T = 1 + ``frames_per_latent`` * k, and
+        gives (1, C, F, h/f, w/f), F = 1 + k (an image: one frame, F = 1); its VAE
+        encodes them a latent frame's worth at a time (causally, as diffusers' does)."""
+        pixels = self._checked(image)
         pixels = _resized(pixels, self.size(*pixels.shape[-2:]))
         with torch.no_grad():
             return self.family.vae_encode(self.vae, pixels.clamp(-1, 1))
 
+    def _checked(self, image: Union[np.ndarray, Tensor]) -> Tensor:
+        """``image`` as pixels on the device: frames only for a video family, in a count it takes."""
+        pixels = _pixels(image).to(self.device)
+        if pixels.ndim == 5:
+            step = self.frames_per_latent
+            frames = pixels.shape[2]
+            if step is None:
+                raise ValueError(f"frames of shape {tuple(image.shape)} given to {self.family.name}, an image model: give one image (H, W, 3)")
+            if (frames - 1) % step:
+                raise ValueError(
+                    f"frames: {frames} given; {self.family.name} takes 1 + {step}k frames (1, {1 + step}, {1 + 2 * step}, ...): "
+                    f"pad or trim them to such a count first"
+                )
+        return pixels
+
     def decode(self, latent: Tensor) -> Tensor:
-        """A latent (1, C, h, w) -> pixels (1, 3, h*f, w*f) in [-1, 1], float32."""
+        """A latent (1, C, h, w) -> pixels (1, 3, h*f, w*f) in [-1, 1], float32; a video
+        family's (1, C, F, h, w) -> (1, 3, T, h*f, w*f), decoded a latent frame at a time."""
         with torch.no_grad():
             return self.family.vae_decode(self.vae, latent).clamp(-1, 1)
 
@@ -330,7 +356,7 @@ class DiffusersPipeline:
         self, prompt: str, negative: str = "", cfg: Optional[float] = None, *,
         image: Optional[Union[np.ndarray, Tensor]] = None, change_map: Any = None,
         size: Optional[tuple[int, int]] = None, inpaint_mask: Optional[str] = None,
-        controls: Sequence[Control] = (), sigmas: Optional[Tensor] = None,
+        controls: Sequence[Control] = (), sigmas: Optional[Tensor] = None, cfg_2: Optional[float] = None,
     ) -> dict[str, Any]:
         """What the denoiser takes at every call: ``cond`` (a dict of tensors, batch 1)
         and, for guided families, ``uncond`` and ``cfg_scale``. Flux.1 dev takes ``cfg``
@@ -357,14 +383,19 @@ class DiffusersPipeline:
         processor does. A window other than 0..1 needs ``sigmas``, the schedule the
         sampler runs (``make_sigmas``). They go in as ``control``, which the network
         calls the ControlNets with; absent when none is ever called.
+
+        ``cfg_2``: the second expert's scale, for a model of two (Wan 2.2 A14B; default ``cfg``).
         """
         for name, text in (("prompt", prompt), ("negative", negative)):
             if not isinstance(text, str):
                 raise TypeError(f"{name} must be a str, got {type(text).__name__}")
         cfg = self.cfg if cfg is None else cfg
-        if isinstance(cfg, bool) or not isinstance(cfg, (int, float)) or not math.isfinite(cfg):
-            raise TypeError(f"cfg must be a finite number, got {cfg!r}")
-        pixels = None if image is None else _pixels(image).to(self.device)
+        for name, scale in (("cfg", cfg), ("cfg_2", cfg if cfg_2 is None else cfg_2)):
+            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+                raise TypeError(f"{name} must be a finite number, got {scale!r}")
+        if cfg_2 is not None and self.family.experts < 2:
+            raise InputError(f"cfg_2={cfg_2}: a second expert's scale, and this {self.family.name} model has one network")
+        pixels = None if image is None else self._checked(image)
         if size is None:
             size = self.size(*pixels.shape[-2:]) if pixels is not None else (self.family.native_size,) * 2
         if inpaint_mask is not None and not self.inpainting:
@@ -385,7 +416,7 @@ class DiffusersPipeline:
                 raise ValueError("an inpainting model needs image= and change_map= in extra_args")
             channels = self.inpainting_channels(pixels, change_map, released)
             cond, uncond = {**cond, **channels}, None if uncond is None else {**uncond, **channels}
-        args = self.family.extra_args(cond, uncond, cfg)
+        args = self.family.extra_args(cond, uncond, cfg) if cfg_2 is None else self.family.extra_args(cond, uncond, cfg, cfg_2=cfg_2)
         if released:
             args = {**args, RELEASE_MASK: None}
         run = self._control_run(controls, size, sigmas) if self.controlnets or controls else None
@@ -430,30 +461,38 @@ def _device(device: Union[str, torch.device]) -> torch.device:
 
 
 def _pixels(image: Union[np.ndarray, Tensor]) -> Tensor:
-    """An image as pixels (1, 3, H, W) in [-1, 1]: from uint8 (H, W, 3), or as given."""
+    """An image as pixels (1, 3, H, W) in [-1, 1]: from uint8 (H, W, 3), or as given;
+    frames, uint8 (T, H, W, 3), as (1, 3, T, H, W), or as given."""
     if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-            raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+        if image.dtype != np.uint8 or image.ndim not in (3, 4) or image.shape[-1] != 3 or (image.ndim == 4 and not image.shape[0]):
+            raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape} (a video model also takes frames (T, H, W, 3))")
+        if image.ndim == 4:
+            return torch.cat([to_tensor(frame) for frame in image]).transpose(0, 1)[None]
         return to_tensor(image)
     if isinstance(image, Tensor):
-        if image.ndim != 4 or image.shape[:2] != (1, 3):
-            raise ValueError(f"image must be pixels (1, 3, H, W) in [-1, 1], got shape {tuple(image.shape)}")
+        if image.ndim not in (4, 5) or image.shape[:2] != (1, 3):
+            raise ValueError(f"image must be pixels (1, 3, H, W) in [-1, 1], got shape {tuple(image.shape)} (a video model's frames: (1, 3, T, H, W))")
         return image
     raise TypeError(f"image must be a uint8 numpy array (H, W, 3) or a tensor (1, 3, H, W), got {type(image).__name__}")
 
 
 def _resized(pixels: Tensor, size: tuple[int, int]) -> Tensor:
-    """Pixels (1, 3, H, W) at ``size`` (h, w): as they are, or resized bicubically (antialiased)."""
+    """Pixels (1, 3, H, W), or frames (1, 3, T, H, W), at ``size`` (h, w): as they are, or
+    resized bicubically (antialiased), frame by frame."""
     if tuple(pixels.shape[-2:]) == tuple(size):
         return pixels
+    if pixels.ndim == 5:
+        frames = pixels[0].transpose(0, 1)
+        return _resized(frames, size).transpose(0, 1)[None]
     return F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True)
 
 
-def _latent_size(latent: Union[Tensor, tuple[int, int]], patch: int) -> tuple[int, int]:
-    """(h, w) of a latent (B, C, h, w) or of a size; both multiples of the network's ``patch``."""
+def _latent_size(latent: Union[Tensor, tuple[int, int]], patch: int, video: bool = False) -> tuple[int, int]:
+    """(h, w) of a latent (B, C, h, w), a video family's (B, C, F, h, w), or of a size;
+    both multiples of the network's ``patch``."""
     if isinstance(latent, Tensor):
-        if latent.ndim != 4:
-            raise ValueError(f"latent must be (B, C, h, w), got shape {tuple(latent.shape)}")
+        if latent.ndim != (5 if video else 4):
+            raise ValueError(f"latent must be {'(B, C, F, h, w)' if video else '(B, C, h, w)'}, got shape {tuple(latent.shape)}")
         size = tuple(latent.shape[-2:])
     elif isinstance(latent, (tuple, list)) and len(latent) == 2 and all(isinstance(side, int) for side in latent):
         size = tuple(latent)
@@ -470,7 +509,9 @@ class FittedModel:
 
     ``latent`` is the image's latent (1, C, H/f, W/f), ``denoiser`` the pipeline's
     denoiser for it, ``schedule`` and ``steps`` the family's defaults; ``decode`` brings a result latent
-    back to a uint8 image (H, W, 3) of the input's size.
+    back to a uint8 image (H, W, 3) of the input's size. A video family's: frames uint8
+    (T, H, W, 3) give ``latent`` (1, C, F, H/f, W/f) and ``decode`` frames (T, H, W, 3);
+    an image there is one frame (F = 1), decoded to (H, W, 3).
     """
 
     def __init__(self, pipeline: DiffusersPipeline, image: np.ndarray) -> None:
@@ -480,18 +521,22 @@ class FittedModel:
         self.schedule, self.steps, self.cfg = pipeline.schedule, pipeline.steps, pipeline.cfg
         self.latent = pipeline.encode(image)
         self.denoiser = pipeline.denoiser_for(self.latent)
+        self.frames_per_latent = pipeline.frames_per_latent
 
     def extra_args(
         self, prompt: str = "", negative: str = "", cfg: Optional[float] = None, change_map: Any = None, inpaint_mask: Optional[str] = None,
-        controls: Sequence[Control] = (), sigmas: Optional[Tensor] = None,
+        controls: Sequence[Control] = (), sigmas: Optional[Tensor] = None, cfg_2: Optional[float] = None,
     ) -> dict[str, Any]:
         return self.pipeline.extra_args(
             prompt, negative, cfg, image=self.image, change_map=change_map, inpaint_mask=inpaint_mask, controls=controls, sigmas=sigmas,
+            cfg_2=cfg_2,
         )
 
     def decode(self, latent: Tensor) -> np.ndarray:
         pixels = self.pipeline.decode(latent)
-        size = tuple(self.image.shape[:2])
-        if tuple(pixels.shape[-2:]) != size:
-            pixels = F.interpolate(pixels, size=size, mode="bicubic", align_corners=False, antialias=True)
-        return to_image(pixels.clamp(-1, 1))
+        size = tuple(self.image.shape[-3:-1])
+        pixels = _resized(pixels, size).clamp(-1, 1)
+        if pixels.ndim == 4:
+            return to_image(pixels)
+        frames = np.stack([to_image(pixels[:, :, i]) for i in range(pixels.shape[2])])
+        return frames if self.image.ndim == 4 else frames[0]

@@ -67,7 +67,9 @@ class FlowDenoiser(nn.Module):
     ``one_over_n``: the unshifted times are ``linspace(1, 1/n, n)``, as the pipelines
     that pass their own sigmas (Flux.1, Z-Image, FLUX.2) have them, rather than the
     scheduler's spacing down to its smallest training level (SD3); by default, where
-    ``mu`` is given. ``sigma_min`` is the schedule's smallest training
+    ``mu`` is given. ``flow_sigmas``: they are ``linspace(1, 1/N, n + 1)[:-1]`` (N the
+    training steps), as diffusers' ``UniPCMultistepScheduler`` with ``use_flow_sigmas``
+    spaces them (Wan's pipelines). ``sigma_min`` is the schedule's smallest training
     level, ``sigma_max`` is inf (t = 1). Either shift multiplies sigma by a constant
     (``shift`` or ``e^mu``); ``sigma_to_t`` is the flow time t, so the
     ``timestep`` clock's tau is linear in the shifted flow time, as in ComfyUI.
@@ -85,6 +87,7 @@ class FlowDenoiser(nn.Module):
         mu_of_steps: Optional[Callable[[int], float]] = None,
         one_over_n: Optional[bool] = None,
         shift_terminal: Optional[float] = None,
+        flow_sigmas: bool = False,
     ) -> None:
         super().__init__()
         if not callable(model):
@@ -100,6 +103,7 @@ class FlowDenoiser(nn.Module):
             raise ValueError(f"shift_terminal must be a number in (0, 1) or None, got {shift_terminal!r}")
         self.shift, self.mu, self.mu_of_steps, self.shift_terminal = float(shift), mu, mu_of_steps, shift_terminal
         self.one_over_n = mu is not None if one_over_n is None else bool(one_over_n)
+        self.flow_sigmas, self.num_train_timesteps = bool(flow_sigmas), num_train_timesteps
         # Both shifts are one constant factor on sigma: t -> k t / (1 + (k - 1) t) is sigma -> k sigma.
         self.factor = math.exp(mu) if mu is not None else float(shift)
         self.sigma_min = self.factor * (1 / num_train_timesteps) / (1 - 1 / num_train_timesteps)
@@ -114,9 +118,13 @@ class FlowDenoiser(nn.Module):
         ``use_dynamic_shifting`` (Flux), ``image_seq_len`` (packed tokens) sets mu, or
         ``mu_of_steps`` does (FLUX.2's, which depends on the steps too; the range's mu
         is that of ``steps``). ``one_over_n`` as in the constructor; the config's
-        ``shift_terminal`` (0 or None: none) stretches the schedule."""
+        ``shift_terminal`` (0 or None: none) stretches the schedule. A
+        ``UniPCMultistepScheduler`` config with ``use_flow_sigmas`` (Wan's) shifts by its
+        ``flow_shift`` with its spacing (``flow_sigmas``)."""
         train = config.get("num_train_timesteps", 1000)
         spacing = {"num_train_timesteps": train, "one_over_n": one_over_n, "shift_terminal": config.get("shift_terminal") or None}
+        if config.get("use_flow_sigmas", False) and not config.get("use_dynamic_shifting", False):
+            return cls(model, shift=config.get("flow_shift", 1.0), flow_sigmas=True, **spacing)
         if config.get("use_dynamic_shifting", False):
             if mu_of_steps is not None:
                 if steps is None:
@@ -132,14 +140,17 @@ class FlowDenoiser(nn.Module):
         (n + 1,) float64, starting at inf (t = 1), ending in 0.
 
         SD3 shifts ``linspace(1, t_min, n)``; Flux, Z-Image and FLUX.2 (``one_over_n``)
-        ``linspace(1, 1/n, n)``; with ``shift_terminal`` the shifted times t become
+        ``linspace(1, 1/n, n)``; Wan (``flow_sigmas``) ``linspace(1, 1/N, n + 1)[:-1]``; with ``shift_terminal`` the shifted times t become
         ``1 - (1 - t) (1 - terminal) / (1 - t_last)``.
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < 1:
             raise ValueError(f"n must be a positive whole number of steps, got {n!r}")
-        end = 1 / n if self.one_over_n else self.sigma_to_t(torch.tensor(self.sigma_min, dtype=torch.float64))
         factor = self.factor if self.mu_of_steps is None else math.exp(self.mu_of_steps(n))
-        u = torch.linspace(1, float(end), n, dtype=torch.float64)
+        if self.flow_sigmas:
+            u = torch.linspace(1, 1 / self.num_train_timesteps, n + 1, dtype=torch.float64)[:-1]
+        else:
+            end = 1 / n if self.one_over_n else self.sigma_to_t(torch.tensor(self.sigma_min, dtype=torch.float64))
+            u = torch.linspace(1, float(end), n, dtype=torch.float64)
         sigmas = factor * self.t_to_sigma(u)
         kept = 1 - self.sigma_to_t(sigmas)
         # An affine stretch of 1 - t, which keeps t = 1 (sigma = inf) where it is; one step

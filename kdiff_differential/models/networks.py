@@ -6,7 +6,8 @@
   CompVis ``LatentDiffusion``: :func:`compvis_denoiser`.
 - :class:`TransformerVelocity`: a flow-matching transformer (SD3, Flux) as a velocity
   model ``(x_t, t, cond=...) -> v``, which
-  :class:`~kdiff_differential.models.flow.FlowDenoiser` turns into a k-diffusion denoiser.
+  :class:`~kdiff_differential.models.flow.FlowDenoiser` turns into a k-diffusion denoiser;
+  :class:`Experts`, the networks of a family that switches between them by the timestep.
 
 Both run the network in its own dtype (fp16/bf16 on CUDA) and give results in the
 sampler's. diffusers is imported inside the functions.
@@ -156,6 +157,24 @@ def scheduler_sigmas(scheduler_config: dict[str, Any], sigmas: Tensor, n: Option
     return torch.cat([levels, levels.new_zeros(1)]).float()
 
 
+class Experts(nn.Module):
+    """A model's denoising networks, for a family that runs more than one (Wan 2.2
+    A14B's high- and low-noise experts): ``experts`` in order, ``dtype`` the first's;
+    the family's call picks one by the timestep, from the settings it gives
+    (``boundary``: the timestep where the second takes over, None: the first alone;
+    ``per_token``: one timestep per token)."""
+
+    def __init__(self, experts: list[nn.Module]) -> None:
+        super().__init__()
+        self.experts = nn.ModuleList(experts)
+        self.boundary: Optional[float] = None
+        self.per_token = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.experts[0].dtype
+
+
 class TransformerVelocity(nn.Module):
     """A flow transformer as a velocity model ``(x_t, t, cond=...) -> v``.
 
@@ -164,12 +183,13 @@ class TransformerVelocity(nn.Module):
     sampler's dtype, ``cond`` is a dict of tensors with batch 1 or N (an inpainting
     transformer's ``concat``, with ``release_mask``, as :func:`inpainting_channels`),
     ``control`` a :class:`~kdiff_differential.models.controlnets.ControlRun`; the
-    transformer runs in its own dtype and v is returned in x_t's.
+    transformer runs in its own dtype and v is returned in x_t's; ``t`` too, unless
+    ``exact_time`` (Wan's pipelines pass float32 timesteps and switch experts by them).
     """
 
-    def __init__(self, transformer: nn.Module, call: VelocityCall) -> None:
+    def __init__(self, transformer: nn.Module, call: VelocityCall, exact_time: bool = False) -> None:
         super().__init__()
-        self.transformer, self.call = transformer, call
+        self.transformer, self.call, self.exact_time = transformer, call, exact_time
 
     def forward(
         self, x_t: Tensor, t: Tensor, *, cond: dict[str, Tensor], control: Optional[ControlCall] = None,
@@ -181,4 +201,4 @@ class TransformerVelocity(nn.Module):
         cond = {key: value.to(dtype) for key, value in cond.items()}
         # The window is read at t in the sampler's dtype, as it was set (bf16 would round it).
         control = None if control is None else control.at(t)
-        return self.call(self.transformer, x_t.to(dtype), t.to(dtype), cond, control).to(x_t.dtype)
+        return self.call(self.transformer, x_t.to(dtype), t if self.exact_time else t.to(dtype), cond, control).to(x_t.dtype)

@@ -27,6 +27,13 @@ A family class says:
   the conditions carry as ``reference``; FLUX.1 Kontext, Qwen-Image-Edit), and
   ``embed_reference(prompt, negative, size, image, latent)``, its conditions then.
 
+- video: ``video_frames``, a video family's frames per latent frame (None: images), and
+  ``frames_per_latent(vae)``, the loaded VAE's; its codec then takes pixels
+  (1, 3, T, H, W) to latents (1, C, F, h, w) (Wan);
+- ``denoising(parts)``: the network the denoiser runs, from the loaded parts (by default
+  the folder ``network``; Wan 2.2 A14B: its two experts, ``experts`` 2, each guided by
+  its own scale: ``extra_args(..., cfg_2=)``); ``exact_time``: the velocity call takes t
+  in the sampler's dtype;
 - the latent codec: ``latent_factor(vae)``, ``latent_channels(vae)``,
   ``vae_encode(vae, pixels)``, ``vae_decode(vae, latent)``: by default the VAE's
   downsampling and channels, ``(z - shift_factor) * scaling_factor`` of its config (a
@@ -57,7 +64,7 @@ scheduler config). It then gives:
 
 A new family is a class in a module of this package (one per family or group of
 families sharing a network: :mod:`.unets`, :mod:`.sd3`, :mod:`.flux`, :mod:`.zimage`,
-:mod:`.flux2`, :mod:`.qwen`; what they share is in :mod:`.base`) and an entry in
+:mod:`.flux2`, :mod:`.qwen`, :mod:`.wan`; what they share is in :mod:`.base`) and an entry in
 :data:`FAMILIES`. The UNet families wrap
 their network as a CompVis model (:mod:`.networks`); the flow families (SD3, Flux) as a
 velocity model reparametrised by :class:`~kdiff_differential.models.flow.FlowDenoiser`.
@@ -76,12 +83,13 @@ from .flux import Flux, FluxKontext, Chroma, FluxFill
 from .zimage import ZImage
 from .flux2 import Flux2Klein
 from .qwen import QwenImage, QwenImageEdit
+from .wan import Wan
 
 
 # The registry. Each family's owns() and owns_keys() exclude the others', so the order does not matter.
 FAMILIES: tuple[type[Family], ...] = (
     StableDiffusion, StableDiffusionXL, StableDiffusionXLRefiner, StableDiffusion3, Flux, FluxFill, FluxKontext, Chroma,
-    ZImage, Flux2Klein, QwenImage, QwenImageEdit,
+    ZImage, Flux2Klein, QwenImage, QwenImageEdit, Wan,
 )
 
 
@@ -130,6 +138,7 @@ __all__ = [
     "Flux2Klein",
     "QwenImage",
     "QwenImageEdit",
+    "Wan",
     "family_of_index",
     "family_of_keys",
     "supported",

@@ -55,6 +55,14 @@ def _latent(image: "Tensor", vae: "nn.Module", shifted: bool) -> "Tensor":
     return (latent - ((vae.config.get("shift_factor") or 0) if shifted else 0)) * vae.config.scaling_factor
 
 
+def _channel_statistics(vae: "nn.Module", like: "Tensor") -> tuple["Tensor", "Tensor"]:
+    """A 3D VAE's per-channel latent statistics, its config's (``latents_mean``,
+    ``latents_std``), each (1, C, 1, 1, 1) in ``like``'s dtype and device."""
+    import torch
+
+    return tuple(torch.tensor(vae.config[key], dtype=like.dtype, device=like.device).view(1, -1, 1, 1, 1) for key in ("latents_mean", "latents_std"))  # type: ignore[return-value]
+
+
 def _has(keys: Collection[str], *fragments: str) -> bool:
     """Whether some tensor name starts with one of ``fragments``, with or without the
     network prefix (transformer-only files are saved both ways)."""
@@ -105,6 +113,10 @@ class Family:
     control_outputs: tuple[str, ...] = ()
     reference = False
     config_repo = ""
+    experts = 1  # the denoising networks it switches between (Wan 2.2 A14B: 2, each with its own cfg)
+    # A video family's frames per latent frame, as its published VAEs have it (the loaded VAE's
+    # config has the last word: frames_per_latent(vae)); None: an image family.
+    video_frames: Optional[int] = None
 
     def __init__(
         self, source: str, index: dict[str, Any], config: Any, text: dict[str, Any], device: "torch.device",
@@ -143,6 +155,16 @@ class Family:
         """The folders a pipeline of this family is loaded from, those left out excepted."""
         needed = [cls.network, "vae", "scheduler", *(name for pair in cls.encoders for name in pair)]
         return [name for name in needed if not cls.left_out(index, name)]
+
+    @classmethod
+    def denoising(cls, parts: dict[str, Any]) -> "nn.Module":
+        """The network the denoiser runs, from the loaded ``parts``: the folder ``network``."""
+        return parts[cls.network]
+
+    @classmethod
+    def frames_per_latent(cls, vae: "nn.Module") -> Optional[int]:
+        """Video frames per latent frame for a video family (its VAE's temporal factor); None: images."""
+        return cls.video_frames
 
     @staticmethod
     def latent_factor(vae: "nn.Module") -> int:
@@ -248,21 +270,25 @@ class FlowFamily(Family):
     diffusers_pipeline = "flux"
     # Whether the pipeline's unshifted times are linspace(1, 1/n, n) (see FlowDenoiser); None: where the shift is mu.
     one_over_n: Optional[bool] = None
+    # Whether the velocity call takes t in the sampler's dtype rather than the network's (TransformerVelocity's exact_time).
+    exact_time = False
+    makes = "text-to-image"  # what kind() says of a network that takes the VAE's latent
 
     def kind(self, latent: int) -> str:
         channels, expected = self.config.in_channels, latent * self.pack**2
         if channels != expected:
             raise InputError(
                 f"model={self.source}: the transformer takes {channels} channels and the VAE gives {latent}; "
-                f"supported: {expected} (text-to-image)"
+                f"supported: {expected} ({self.makes})"
             )
-        return "text-to-image"
+        return self.makes
 
     def denoiser(self, network: "nn.Module", scheduler: dict[str, Any], latent_size: tuple[int, int]) -> "nn.Module":
         from ..flow import FlowDenoiser
         from ..networks import TransformerVelocity
 
-        model = FlowDenoiser.from_scheduler_config(TransformerVelocity(network, self.velocity), scheduler, **self.shift_options(latent_size))
+        velocity = TransformerVelocity(network, self.velocity, exact_time=self.exact_time)
+        model = FlowDenoiser.from_scheduler_config(velocity, scheduler, **self.shift_options(latent_size))
         model.diffusers_pipeline = self.diffusers_pipeline
         return model
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Optional
 
-from .base import _batch, _pack, _unpack, _has, FlowFamily
+from .base import _batch, _channel_statistics, _pack, _unpack, _has, FlowFamily
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -54,26 +54,19 @@ class QwenImage(FlowFamily):
     def latent_channels(vae: "nn.Module") -> int:
         return vae.config.z_dim
 
-    @staticmethod
-    def _normalisation(vae: "nn.Module", like: "Tensor") -> tuple["Tensor", "Tensor"]:
-        """The config's per-channel (mean, std), each (1, C, 1, 1, 1) as ``like``."""
-        import torch
-
-        return tuple(torch.tensor(vae.config[key], dtype=like.dtype, device=like.device).view(1, -1, 1, 1, 1) for key in ("latents_mean", "latents_std"))  # type: ignore[return-value]
-
     @classmethod
     def vae_encode(cls, vae: "nn.Module", pixels: "Tensor") -> "Tensor":
         """Pixels (1, 3, H, W) in [-1, 1] as one frame -> the posterior's mode (as
         QwenImageEditPipeline takes it), normalised per channel, without the frame axis:
         (1, C, h, w), float32."""
         latent = vae.encode(pixels[:, :, None].to(vae.dtype)).latent_dist.mode().float()
-        mean, std = cls._normalisation(vae, latent)
+        mean, std = _channel_statistics(vae, latent)
         return ((latent - mean) / std)[:, :, 0]
 
     @classmethod
     def vae_decode(cls, vae: "nn.Module", latent: "Tensor") -> "Tensor":
         """The inverse of :meth:`vae_encode`: (1, C, h, w) -> pixels (1, 3, H, W), float32."""
-        mean, std = cls._normalisation(vae, latent.float())
+        mean, std = _channel_statistics(vae, latent.float())
         z = latent.float()[:, :, None] * std + mean
         return vae.decode(z.to(vae.dtype)).sample[:, :, 0].float()
 
