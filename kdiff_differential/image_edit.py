@@ -90,6 +90,7 @@ class EditSettings:
     prompt: str = ""
     negative: str = ""
     cfg: Optional[float] = None
+    cfg_2: Optional[float] = None
     inpaint_mask: Optional[str] = None
     controls: Sequence[Any] = ()
     # The sampler run.
@@ -130,8 +131,9 @@ class EditSettings:
             _choice(name, getattr(self, name), choices)
         if self.inpaint_mask is not None:
             _choice("inpaint_mask", self.inpaint_mask, INPAINT_MASKS)
-        if self.cfg is not None:
-            _number("cfg", self.cfg)
+        for name in ("cfg", "cfg_2"):
+            if getattr(self, name) is not None:
+                _number(name, getattr(self, name))
         if isinstance(self.controls, (str, bytes)) or not all(isinstance(control, Control) for control in self.controls):
             raise TypeError(f"controls={self.controls!r}: give a list of Control (one per ControlNet)")
         object.__setattr__(self, "controls", tuple(self.controls))
@@ -187,7 +189,7 @@ class EditSettings:
                 if getattr(self, name):
                     raise InputError(f"{name}={getattr(self, name)!r}: for images; a video edit takes none")
         if _is_builtin(model):
-            given = [f"{name}={getattr(self, name)!r}" for name in ("prompt", "negative", "cfg") if getattr(self, name) not in ("", None)]
+            given = [f"{name}={getattr(self, name)!r}" for name in ("prompt", "negative", "cfg", "cfg_2") if getattr(self, name) not in ("", None)]
             if given:
                 _warn(f"the built-in model takes no text or guidance: {', '.join(given)} ignored")
             if self.inpaint_mask is not None:
@@ -361,8 +363,8 @@ def run_sampler(fitted: Any, strength: np.ndarray, settings: EditSettings, seed:
         # The windows are fractions of the schedule the sampler will run (range samplers: of the same steps').
         extra = {"controls": [replace(control, image=region.align(control.pixels())) for control in settings.controls],
                  "sigmas": make_sigmas(fitted.denoiser, steps or DEFAULT_STEPS, schedule, settings.denoise)}
-    inpaint = {} if settings.inpaint_mask is None else {"inpaint_mask": settings.inpaint_mask}
-    extra_args = fitted.extra_args(settings.prompt, settings.negative, settings.cfg, change_map=strength, **inpaint, **extra)
+    given = {name: getattr(settings, name) for name in ("inpaint_mask", "cfg_2") if getattr(settings, name) is not None}
+    extra_args = fitted.extra_args(settings.prompt, settings.negative, settings.cfg, change_map=strength, **given, **extra)
     return differential_edit(
         fitted.denoiser, fitted.latent, strength, sampler=settings.sampler, steps=steps, schedule=schedule,
         denoise=settings.denoise, seed=seed, strength=settings.strength, clock=settings.clock, release=settings.release,

@@ -104,3 +104,52 @@ def test_without_the_video_extra_a_clip_is_one_line_naming_it(folder: Path, monk
     done = run_cli("--image", "clip9.mkv", "--out", "out.mkv", *STEPS, cwd=folder)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "pip install 'kdiff-differential[video]'" in done.stderr, done.stderr
+
+
+WAN_SIZE = (32, 48)  # pixels: multiples of the tiny Wan's VAE factor (8) times its patch (2)
+
+
+@pytest.mark.parametrize("count", [9, 10])
+@pytest.mark.parametrize("moving", [False, True], ids=["still-map", "moving-map"])
+def test_a_tiny_random_wan_folder_edits_a_clip_on_the_command_line(tiny_family, tmp_path: Path, count: int, moving: bool) -> None:
+    """The issue's check: a Wan folder through the command line, 9 and 10 frames (10 is
+    padded to 13 and trimmed back), a still map and a moving one: as many frames back,
+    kept pixels the input's bytes in every frame, changed pixels changed."""
+    height, width = WAN_SIZE
+    ys, xs = np.mgrid[0:height, 0 : width + count]
+    wide = np.stack([xs * 5, ys * 7, (xs + ys) * 3], axis=2).clip(0, 255).astype(np.uint8)
+    frames_in = np.stack([wide[:, t : t + width] for t in range(count)])
+    write_video(tmp_path / "clip.mkv", frames_in, 16)
+    maps = np.zeros((count, height, width), np.uint8)
+    for t in range(count):
+        left = 2 + 2 * t if moving else width // 2
+        maps[t, :, left : left + 20] = 255
+    if moving:
+        write_video(tmp_path / "map.mkv", np.repeat(maps[..., None], 3, axis=-1), 16)
+    else:
+        Image.fromarray(maps[0]).save(tmp_path / "map.png")
+    done = run_cli("--model", str(tiny_family("wan")), "--image", "clip.mkv", "--map", "map.mkv" if moving else "map.png",
+                   "--prompt", "a red cat", "--steps", "2", "--out", "out.mkv", "--save-frames", "frames", "--crop", "off", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert ("frames: this model takes 4k + 1 frames" in done.stderr) == (count == 10), done.stderr
+    saved = np.stack([pixels(tmp_path / "frames" / f"frame_{t:05d}.png") for t in range(count)])
+    assert np.array_equal(read_video(tmp_path / "out.mkv").frames, saved)
+    for t in range(count):
+        kept, changed = maps[t] == 0, maps[t] == 255
+        assert np.array_equal(saved[t][kept], frames_in[t][kept]), f"frame {t}"
+        assert np.abs(saved[t][changed].astype(int) - frames_in[t][changed]).mean() > 5, f"frame {t}"
+
+
+def test_cfg_2_guides_the_second_expert_and_is_refused_by_a_model_of_one(tiny_family, tmp_path: Path) -> None:
+    height, width = WAN_SIZE
+    write_video(tmp_path / "clip.mkv", np.full((5, height, width, 3), 90, np.uint8), 16)
+    common = ("--image", "clip.mkv", "--map", "full", "--prompt", "a red cat", "--negative", "blurry", "--steps", "4", "--cfg", "3", "--quiet")
+    runs = {}
+    for name, extra in (("plain", ()), ("cfg-2", ("--cfg-2", "1")), ("same", ("--cfg-2", "3"))):
+        done = run_cli("--model", str(tiny_family("wan-a14b")), *common, *extra, "--out", f"{name}.mkv", cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        runs[name] = read_video(tmp_path / f"{name}.mkv").frames
+    assert np.array_equal(runs["same"], runs["plain"])  # cfg_2 defaults to cfg
+    assert not np.array_equal(runs["cfg-2"], runs["plain"])
+    done = run_cli("--model", str(tiny_family("wan")), *common, "--cfg-2", "1", "--out", "one.mkv", cwd=tmp_path)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--cfg-2 1" in done.stderr and "one network" in done.stderr, done.stderr

@@ -243,7 +243,7 @@ def test_the_family_is_told_from_model_index(tiny_family) -> None:
         assert family_of_index(index, folder) is Wan
         source = find_model(str(tiny_family(folder)))
         assert source.family is Wan and source.frames_per_latent == 4
-    assert Builtin.frames_per_latent is None
+    assert Builtin.frames_per_latent == 1 and find_model("builtin").frames_per_latent == 1  # it edits clips frame for frame
     with pytest.raises(InputError, match="a WanImageToVideoPipeline folder, which is not supported; supported: .*Wan 2.1/2.2"):
         family_of_index({"_class_name": "WanImageToVideoPipeline"}, "i2v")
     pipe = loaded(tiny_family("wan-a14b"))

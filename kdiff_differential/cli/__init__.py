@@ -150,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", default="", help="text prompt (diffusers models; the built-in model takes none)")
     parser.add_argument("--negative", default="", help="negative prompt (diffusers models with guidance)")
     parser.add_argument("--cfg", type=_number(float, math.isfinite, "a finite number"), default=None, help="classifier-free guidance scale (default: the model family's: 7; Flux.1 dev: its guidance input, 3.5; FLUX.1 Fill 30; Chroma 5; Qwen-Image 4; Z-Image 6; FLUX.2 Klein base 4; few-step and distilled models: 1)")
+    parser.add_argument("--cfg-2", type=_number(float, math.isfinite, "a finite number"), default=None, help="the second expert's guidance scale, for a model of two (Wan 2.2 A14B's low-noise transformer_2; default: --cfg)")
     parser.add_argument("--inpaint-mask", default=None, choices=INPAINT_MASKS, help=f"an inpainting network's mask channel: fixed (the map binarised at 0.5, the whole run) or released (the pixels released by each call); default: {INPAINT_MASK}")
     parser.add_argument("--composite", default="difference", choices=COMPOSITES, help="put the original back in pixel space: difference (where the model barely changed it; default), mask (the map as opacity) or none")
     parser.add_argument("--device", default="auto", choices=DEVICES, help="auto: CUDA when there is one (default: auto)")

@@ -44,7 +44,8 @@ class ImageModel(Protocol):
 
     ``latent`` is the image in the model's space (1, C, h, w); ``denoiser`` a k-diffusion
     denoiser for such latents; ``extra_args`` what it takes at every call, with the same
-    keywords on every model (``cfg`` None: the model's default; an inpainting model reads
+    keywords on every model (``cfg`` None: the model's default; ``cfg_2`` a second expert's
+    scale, Wan 2.2 A14B's; an inpainting model reads
     ``change_map``, 1 = change; ControlNets take ``controls`` and ``sigmas``; a model that
     has no use for a setting refuses it when given); ``decode`` brings a result latent back
     to a uint8 image (H, W, 3) of the input's size. ``schedule``, ``steps`` and ``cfg``
@@ -62,6 +63,7 @@ class ImageModel(Protocol):
     def extra_args(
         self, prompt: str = "", negative: str = "", cfg: Optional[float] = None, change_map: Any = None,
         inpaint_mask: Optional[str] = None, controls: Sequence["Control"] = (), sigmas: Optional["Tensor"] = None,
+        cfg_2: Optional[float] = None,
     ) -> dict[str, Any]: ...
 
     def decode(self, latent: "Tensor") -> "np.ndarray": ...

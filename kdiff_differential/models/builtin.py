@@ -162,7 +162,7 @@ class BuiltinModel:
 
     def extra_args(
         self, prompt: str = "", negative: str = "", cfg: Optional[float] = None, change_map: Any = None,
-        inpaint_mask: Optional[str] = None, controls: Sequence[Any] = (), sigmas: Optional[Tensor] = None,
+        inpaint_mask: Optional[str] = None, controls: Sequence[Any] = (), sigmas: Optional[Tensor] = None, cfg_2: Optional[float] = None,
     ) -> dict:
         """No conditioning: the model has none. Text and guidance have no effect (the
         caller is told by :func:`~kdiff_differential.edit_image`); an inpainting mask or
