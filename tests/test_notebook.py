@@ -21,6 +21,11 @@ assert np.array_equal(done.image[distance > 28 + 12 + 1], image[distance > 28 + 
 assert np.abs(done.image[distance < 20].astype(int) - image[distance < 20]).mean() > 20
 assert done.region.cropped and done.edit.result.shape[-1] < width
 assert len(masks) == len(edit.step_sigmas) == 20
+# Video: every frame keeps its kept pixels, the disc changes; the random Wan pads 10 frames to 13 and gives 10 back.
+assert all(np.array_equal(out[m == 0], f[m == 0]) for out, m, f in zip(clip_done.frames, moving, clip))
+assert np.abs(clip_done.frames[moving == 1].astype(int) - clip[moving == 1]).mean() > 20
+assert wan_done.padded == 3 and wan_done.frames.shape == small.shape and wan_done.edit.result.shape[2] == 4
+assert all(np.array_equal(o[m == 0], f[m == 0]) for o, m, f in zip(wan_done.frames, box, small))
 """
 
 
