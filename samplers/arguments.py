@@ -94,3 +94,16 @@ def figure_command(argv: Optional[Sequence[str]], prog: str, description: str, o
         print(f"wrote {args.out}")
 
     return command_status(prog, work, "interrupted; nothing was written")
+
+
+def steps_table_command(argv: Optional[Sequence[str]], prog: str, description: str, lines: Callable[[int], Sequence[str]]) -> int:
+    """A table script's command: ``--steps N`` (default 10), then the Markdown table
+    ``lines(steps)`` printed; the exit status."""
+    parser = OneLineParser(prog=prog, description=description)
+    parser.add_argument("--steps", type=int, default=10, help="sampler steps (default: 10)")
+
+    def work() -> None:
+        print("\n".join(lines(parser.parse_args(argv).steps)))
+
+    return command_status(prog, work, "interrupted")
+

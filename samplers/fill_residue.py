@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from kdiff_differential.errors import OneLineParser, command_status
+from samplers.arguments import steps_table_command
 from kdiff_differential.fills import FILLS
 
 PROG = "python -m samplers.fill_residue"
@@ -56,21 +56,17 @@ def measure(steps: int = 10) -> dict[str, list[float]]:
     return table
 
 
+def lines(steps: int) -> list[str]:
+    """The Markdown table of :func:`measure`."""
+    table = measure(steps)
+    return ["| --fill | " + " | ".join(f"residue, s in ({low:g}, {high:g}{')' if high == 1 else ']'}" for low, high in BANDS)
+            + " | change where s = 1 |", "|---|" + "---:|" * (len(BANDS) + 1),
+            *(f"| {name} | " + " | ".join(f"{value:.1f}" for value in values) + " |" for name, values in table.items())]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Print the table; returns the exit status."""
-
-    def work() -> None:
-        parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
-        parser.add_argument("--steps", type=int, default=10, help="sampler steps (default: 10)")
-        args = parser.parse_args(argv)
-        table = measure(args.steps)
-        print("| --fill | " + " | ".join(f"residue, s in ({low:g}, {high:g}{')' if high == 1 else ']'}" for low, high in BANDS)
-              + " | change where s = 1 |")
-        print("|---|" + "---:|" * (len(BANDS) + 1))
-        for name, values in table.items():
-            print(f"| {name} | " + " | ".join(f"{value:.1f}" for value in values) + " |")
-
-    return command_status(PROG, work, "interrupted")
+    return steps_table_command(argv, PROG, __doc__.splitlines()[0], lines)
 
 
 if __name__ == "__main__":

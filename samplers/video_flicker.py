@@ -17,7 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from kdiff_differential.errors import OneLineParser, command_status
+from samplers.arguments import steps_table_command
 
 PROG = "python -m samplers.video_flicker"
 MATCHES = ("none", "clip", "per frame")
@@ -68,20 +68,16 @@ def measure(steps: int = 10, seeds: Sequence[int] = (0, 1, 2), feather: float = 
     return table
 
 
+def lines(steps: int) -> list[str]:
+    """The Markdown table of :func:`measure`."""
+    table = measure(steps)
+    return ["| clip | input | " + " | ".join(f"colour match: {match}" for match in MATCHES) + " |", "|---|---:|" + "---:|" * len(MATCHES),
+            *(f"| {name} | {row['input']:.2f} | " + " | ".join(f"{row[match]:.2f}" for match in MATCHES) + " |" for name, row in table.items())]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Print the table; returns the exit status."""
-
-    def work() -> None:
-        parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
-        parser.add_argument("--steps", type=int, default=10, help="sampler steps (default: 10)")
-        args = parser.parse_args(argv)
-        table = measure(args.steps)
-        print("| clip | input | " + " | ".join(f"colour match: {match}" for match in MATCHES) + " |")
-        print("|---|---:|" + "---:|" * len(MATCHES))
-        for name, row in table.items():
-            print(f"| {name} | {row['input']:.2f} | " + " | ".join(f"{row[match]:.2f}" for match in MATCHES) + " |")
-
-    return command_status(PROG, work, "interrupted")
+    return steps_table_command(argv, PROG, __doc__.splitlines()[0], lines)
 
 
 if __name__ == "__main__":

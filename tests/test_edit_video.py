@@ -213,3 +213,26 @@ def test_warnings_of_the_settings_reach_the_caller() -> None:
         warnings.simplefilter("always")
         edit_video("builtin", clip(2), "full", prompt="a cat", **SETTINGS)
     assert any("takes no text" in str(warning.message) for warning in caught)
+
+
+def test_the_flicker_metric_is_the_mean_frame_to_frame_change_where_asked() -> None:
+    from samplers.video_flicker import flicker
+
+    frames = np.zeros((3, 4, 4, 3), np.uint8)
+    frames[1, 0, 0] = 30  # frame 0 -> 1: +30 at (0, 0); 1 -> 2: -30
+    frames[2, 1, 1] = 90  # frame 1 -> 2: +90 at (1, 1), outside the pixels asked
+    where = np.zeros((4, 4), bool)
+    where[0, :2] = True
+    assert flicker(frames, where) == pytest.approx((30 + 0 + 30 + 0) / 4)
+
+
+def test_the_video_figure_is_written(tmp_path, capsys) -> None:
+    from PIL import Image
+
+    from samplers.video_figure import main
+
+    out = tmp_path / "figure.png"
+    assert main(["--out", str(out), "--steps", "2"]) == 0
+    assert capsys.readouterr().out == f"wrote {out}\n"
+    with Image.open(out) as figure:
+        assert figure.width > 3 * 256 and figure.height > 3 * 256
