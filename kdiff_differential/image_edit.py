@@ -292,8 +292,8 @@ def edit_image(
     from .fills import fill_pixels
     from .images import require_rgb
 
-    settings, model, seed = open_edit(model, options, device, "image")
     require_rgb(image, "image")
+    settings, model, seed = open_edit(model, options, device, "image")
     device = getattr(model, "device", device)
 
     # 1. The change map at the image's size.

@@ -128,8 +128,8 @@ def edit_video(
     from .cropping import plan_crop, whole
     from .fills import fill_pixels
 
-    settings, model, seed = open_edit(model, options, device, "video")
     frames = _require_frames(frames)
+    settings, model, seed = open_edit(model, options, device, "video")
     device = getattr(model, "device", device)
     count, (height, width) = len(frames), frames.shape[1:3]
 

@@ -153,3 +153,19 @@ def test_cfg_2_guides_the_second_expert_and_is_refused_by_a_model_of_one(tiny_fa
     assert not np.array_equal(runs["cfg-2"], runs["plain"])
     done = run_cli("--model", str(tiny_family("wan")), *common, "--cfg-2", "1", "--out", "one.mkv", cwd=tmp_path)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "--cfg-2 1" in done.stderr and "one network" in done.stderr, done.stderr
+
+
+def test_a_gif_is_a_clip_when_the_result_is_a_video_and_an_image_otherwise(folder: Path) -> None:
+    frames = frames_of(5)
+    Image.fromarray(frames[0]).save(folder / "in.gif", save_all=True, append_images=[Image.fromarray(f) for f in frames[1:]], duration=100)
+    done = run_cli("--image", "in.gif", "--map", "still.png", "--out", "clip.mkv", *STEPS, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert len(read_video(folder / "clip.mkv").frames) == 5
+    done = run_cli("--image", "in.gif", "--map", "still.png", "--out", "still.png.gif", *STEPS, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert len(read_video(folder / "still.png.gif").frames) == 5  # GIF to GIF: the clip
+    done = run_cli("--image", "in.gif", "--map", "still.png", "--out", "first.png", *STEPS, cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert pixels(folder / "first.png").shape == (HEIGHT, WIDTH, 3)  # an image: the first frame, edited
+    done = run_cli("--image", "first.png", "--map", "still.png", "--out", "image.gif", *STEPS, cwd=folder)
+    assert done.returncode == 0, done.stderr  # an image's result may be a GIF image

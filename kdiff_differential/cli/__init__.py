@@ -198,7 +198,8 @@ def _check_outputs(args: argparse.Namespace, change_map: str, results: tuple[tup
         raise InputError(f"--out {args.out}: the folder {folder} does not exist; create it or write elsewhere")
     if out.is_dir():
         raise InputError(f"--out {args.out} is a folder; give a file name such as {'result.mp4' if video else 'result.png'}")
-    if video != is_video(out):
+    # A GIF is an image too: an image's result may be one.
+    if is_video(out) != video and not (out.suffix.lower() == ".gif" and not video):
         wanted = f"a video: {', '.join(VIDEO_SUFFIXES)}" if video else "an image (.png, .jpg, .webp, ...)"
         raise InputError(f"--out {args.out}: the result of {'a clip' if video else 'an image'} is {wanted}")
     if not video:
@@ -295,7 +296,9 @@ def run(args: argparse.Namespace) -> list[Path]:
     folder = args.image is not None and Path(args.image).is_dir()
     from ..video_files import is_video
 
-    video = not folder and is_video(args.image if args.image is not None else args.out)
+    # A clip in, a clip out; a GIF may be either, so with a GIF in, --out decides.
+    given = args.image if args.image is not None else args.out
+    video = not folder and is_video(given) and (Path(given).suffix.lower() != ".gif" or is_video(args.out))
     if folder and args.save_frames is not None:
         raise InputError(f"--save-frames {args.save_frames}: for a video clip (--image CLIP), not a folder of images")
     written = [] if folder else _check_outputs(args, change_map, outputs, video)

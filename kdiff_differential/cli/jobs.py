@@ -143,12 +143,13 @@ def _run_video_job(model: Any, settings: dict[str, Any], job: Job) -> Done:
         warnings.simplefilter("always", EditWarning)
         for seed, out in job.outputs:
             edit = edit_video(model, frames, job.change_map, **{**settings, "seed": seed})
-            write_video(out, edit.frames, fps)
-            done.files.append(out)
+            # The frames first: a folder holding another run's frames is refused before any file is written.
             if job.save_frames is not None:
                 folder = frames_folder(job.save_frames, out, len(job.outputs) > 1)
                 write_frames(folder, edit.frames)
                 done.files.append(str(folder))
+            write_video(out, edit.frames, fps)
+            done.files.append(out)
             done.seeds.append(edit.seed)
             done.region = edit.region.describe() if edit.region.cropped else ""
     return _said(done, caught)
