@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from kdiff_differential.errors import InputError, OneLineParser, command_status
+from samplers.arguments import check_json, positive, require_cuda, write_json
 
 PROG = "python -m samplers.wan_memory"
 MIB = 2**20
@@ -99,8 +100,12 @@ def one_run(settings: dict) -> dict:
         Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
         before = resident()["VmRSS"]
     start = time.perf_counter()
-    with torch.no_grad():
-        result = call(vae, given)
+    try:
+        with torch.no_grad():
+            result = call(vae, given)
+    except torch.cuda.OutOfMemoryError:
+        return {**settings, "peak": None, "input": given.numel() * given.element_size(), "output": None, "shape": None,
+                "seconds": time.perf_counter() - start}
     if device.type == "cuda":
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated() - before
@@ -113,7 +118,7 @@ def one_run(settings: dict) -> dict:
 def measure(settings: dict) -> dict:
     """:func:`one_run` in a fresh Python process (glibc returning freed blocks of 64 KiB and up)."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    code = f"import json, sys; from samplers.wan_memory import one_run; print(json.dumps(one_run(json.loads(sys.argv[1]))))"
+    code = "import json, sys; from samplers.wan_memory import one_run; print(json.dumps(one_run(json.loads(sys.argv[1]))))"
     done = subprocess.run([sys.executable, "-c", code, json.dumps(settings)], capture_output=True, text=True, env=env,
                           cwd=Path(__file__).resolve().parents[1])
     if done.returncode:
@@ -134,10 +139,13 @@ def size(text: str) -> tuple[int, int]:
 
 
 def table(runs: Sequence[dict]) -> str:
-    """The runs as a Markdown table, MiB."""
+    """The runs as a Markdown table, MiB (a run that ran out of CUDA memory says so)."""
     lines = ["| frames | call | tiling | input (MiB) | output (MiB) | peak (MiB) | peak - output (MiB) | s |",
              "|---:|---|---|---:|---:|---:|---:|---:|"]
     for run in runs:
+        if run["peak"] is None:
+            lines.append(f"| {run['frames']} | {run['op']} | {'tiled' if run['tiling'] else 'whole'} | {run['input'] / MIB:.1f} | | out of memory | | {run['seconds']:.0f} |")
+            continue
         lines.append(f"| {run['frames']} | {run['op']} | {'tiled' if run['tiling'] else 'whole'} | {run['input'] / MIB:.1f} | "
                      f"{run['output'] / MIB:.1f} | {run['peak'] / MIB:.0f} | {(run['peak'] - run['output']) / MIB:.0f} | {run['seconds']:.0f} |")
     return "\n".join(lines)
@@ -145,7 +153,6 @@ def table(runs: Sequence[dict]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Print the table (and the runs as JSON to ``--json``); 2 on bad input."""
-    from samplers.arguments import check_json, positive, require_cuda, write_json
 
     def work() -> None:
         parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
