@@ -15,7 +15,7 @@ working memory: the peak minus the output. Tiles are diffusers' (256 pixels, str
 192) scaled by the frame's height over 480, so that every size is cut into the same
 grid of tiles as 480 x 832 is by ``vae_tiling=True`` (3 x 5)::
 
-    OMP_NUM_THREADS=2 python -m samplers.wan_memory       # CPU, 64 x 104, fp32: minutes
+    OMP_NUM_THREADS=2 python -m samplers.wan_memory       # CPU, 64 x 104, fp32: about 4 min
     OMP_NUM_THREADS=2 python -m samplers.wan_memory --frames 5 9 --size 120x208
     python -m samplers.wan_memory --device cuda --dtype bf16 --frames 81 --size 480x832
 """
@@ -37,8 +37,8 @@ PROG = "python -m samplers.wan_memory"
 MIB = 2**20
 # diffusers' AutoencoderKLWan tiles: 256 pixels, a stride of 192, meant for 480p and up.
 TILE, STRIDE, HEIGHT = 256, 192, 480
-# The Wan 2.1 VAE's architecture (Wan-AI/Wan2.1-T2V-1.3B-Diffusers, vae/config.json; its
-# latents_mean / latents_std are the class defaults, which the conversion script keeps).
+# The Wan 2.1 VAE's architecture: AutoencoderKLWan's defaults, the ones diffusers' conversion
+# script loads Wan2.1_VAE.pth into strictly (latents_mean / latents_std: the defaults too).
 CONFIG = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
           "temperal_downsample": [False, True, True], "dropout": 0.0}
 
@@ -144,10 +144,10 @@ def table(runs: Sequence[dict]) -> str:
              "|---:|---|---|---:|---:|---:|---:|---:|"]
     for run in runs:
         if run["peak"] is None:
-            lines.append(f"| {run['frames']} | {run['op']} | {'tiled' if run['tiling'] else 'whole'} | {run['input'] / MIB:.1f} | | out of memory | | {run['seconds']:.0f} |")
+            lines.append(f"| {run['frames']} | {run['op']} | {'tiled' if run['tiling'] else 'whole'} | {run['input'] / MIB:.2f} | | out of memory | | {run['seconds']:.0f} |")
             continue
-        lines.append(f"| {run['frames']} | {run['op']} | {'tiled' if run['tiling'] else 'whole'} | {run['input'] / MIB:.1f} | "
-                     f"{run['output'] / MIB:.1f} | {run['peak'] / MIB:.0f} | {(run['peak'] - run['output']) / MIB:.0f} | {run['seconds']:.0f} |")
+        lines.append(f"| {run['frames']} | {run['op']} | {'tiled' if run['tiling'] else 'whole'} | {run['input'] / MIB:.2f} | "
+                     f"{run['output'] / MIB:.2f} | {run['peak'] / MIB:.0f} | {(run['peak'] - run['output']) / MIB:.0f} | {run['seconds']:.0f} |")
     return "\n".join(lines)
 
 
