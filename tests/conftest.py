@@ -202,6 +202,25 @@ def build(ideal, latent, change_map, sigmas, **kwargs):
     return DifferentialDenoiser(ideal, latent, change_map, sigmas=sigmas, **kwargs)
 
 
+def largest_output(module: nn.Module, run) -> int:
+    """The most elements any one of ``module``'s layers outputs at once while ``run()``
+    runs (without gradients): the activation memory that VAE tiling bounds."""
+    largest = [0]
+
+    def record(layer, inputs, output) -> None:
+        if isinstance(output, torch.Tensor):
+            largest[0] = max(largest[0], output.numel())
+
+    hooks = [layer.register_forward_hook(record) for layer in module.modules()]
+    try:
+        with torch.no_grad():
+            run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return largest[0]
+
+
 def kdiff(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """``python -m kdiff_differential ARGS``, with no CUDA visible so that
     ``--device cuda`` fails the same way on every machine."""

@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SAMPLERS, ramp_image
+from conftest import SAMPLERS, largest_output, ramp_image
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.edit import OWN_STEPS, differential_edit
@@ -306,6 +306,24 @@ def test_vae_tiling_reaches_the_wan_vae(tiny_family) -> None:
     whole = loaded(tiny_family("wan")).encode(frames)
     assert not torch.equal(tiled.latent, whole)  # tiles were blended
     assert math.isfinite(float(tiled.latent.abs().max()))
+
+
+def test_vae_tiling_bounds_the_wan_vaes_largest_activation(tiny_family) -> None:
+    """vae_tiling=True alone (diffusers' tiles: 256 pixels, stride 192) tiles both ways,
+    through encode and decode: on a 512 x 512 frame (a 3 x 3 grid of tiles) the largest
+    activation of the encoder and of the decoder is one 256 x 256 tile's, where untiled
+    it is about four times that (the stride-2 convolutions pad by a pixel)."""
+    plain, tiled = loaded(tiny_family("wan")), load_pipeline(tiny_family("wan"), vae_tiling=True)
+    g = torch.Generator().manual_seed(0)
+    frame, latent = torch.rand(1, 3, 1, 512, 512, generator=g) * 2 - 1, torch.randn(1, 4, 1, 64, 64, generator=g)
+
+    def largest(pipe, side: int) -> tuple[int, int]:
+        pixels, code = frame[..., :side, :side], latent[..., : side // 8, : side // 8]
+        return largest_output(pipe.vae.encoder, lambda: pipe.encode(pixels)), largest_output(pipe.vae.decoder, lambda: pipe.decode(code))
+
+    one_tile, whole = largest(plain, 256), largest(plain, 512)
+    assert all(3.9 * small < large <= 4 * small for small, large in zip(one_tile, whole)), (one_tile, whole)
+    assert largest(tiled, 512) == one_tile
 
 
 def test_both_experts_take_the_dtype_and_the_offload(tiny_family) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import save_tiny_sd
+from conftest import largest_output, save_tiny_sd
 from PIL import Image
 
 from kdiff_differential import load_pipeline
@@ -63,22 +63,8 @@ def test_half_precision_halves_the_weights_and_stays_close(folder: Path, plain: 
 
 
 def largest_decoder_activation(pipe, latent: torch.Tensor) -> int:
-    """The most elements any one of the VAE decoder's layers outputs at once while ``pipe``
-    decodes ``latent``: the activation memory that tiling bounds."""
-    largest = [0]
-
-    def record(module, inputs, output) -> None:
-        if isinstance(output, torch.Tensor):
-            largest[0] = max(largest[0], output.numel())
-
-    hooks = [module.register_forward_hook(record) for module in pipe.vae.decoder.modules()]
-    try:
-        with torch.no_grad():
-            pipe.decode(latent)
-    finally:
-        for hook in hooks:
-            hook.remove()
-    return largest[0]
+    """The largest activation of the VAE decoder while ``pipe`` decodes ``latent``."""
+    return largest_output(pipe.vae.decoder, lambda: pipe.decode(latent))
 
 
 def test_vae_tiling_bounds_the_decoders_largest_activation(folder: Path) -> None:

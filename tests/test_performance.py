@@ -283,6 +283,10 @@ def test_benchmark_script_fails_without_a_traceback_from_the_shell():
         ("sdxl_speed", ["--device", "cpu", "--size", "20"], "--size must be a multiple of 8"),
         ("sdxl_speed", ["--device", "cpu", "--json", "/no/such/folder/out.json"], "--json: folder /no/such/folder does not exist"),
         ("overhead", ["--device", "cuda"], "--device cuda needs a CUDA device"),
+        ("wan_memory", ["--device", "cuda"], "--device cuda needs a CUDA device"),
+        ("wan_memory", ["--size", "100x208"], "--size: each side must be a multiple of 8"),
+        ("wan_memory", ["--size", "480"], "--size: expected HxW in pixels"),
+        ("wan_memory", ["--frames", "5", "6"], "--frames: Wan's VAE takes 1 + 4k frames, got 6"),
     ],
 )
 def test_the_gpu_benchmarks_refuse_in_one_line_where_there_is_no_gpu(module, argv, says, capsys, monkeypatch):
