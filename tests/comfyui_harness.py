@@ -60,20 +60,25 @@ class Case:
     map_kind: str = "rand"
     # Added to the raw eps or v output: a network error, so that eps and v cases differ.
     flaw: float = 0.0
+    # dpm_adaptive runs in float64: in float32 its step controller feeds on rounding
+    # (errors near 1e-8 at the start), so another CPU's rounding takes another path.
+    dtype: torch.dtype = torch.float32
 
     @property
     def id(self) -> str:
         return (f"{self.name}-{self.prediction}-quantize{self.quantize}-strength{self.strength:g}-{self.scheduler}"
                 f"-denoise{self.denoise:g}-batch{self.batch}"
-                + (f"-{self.map_kind}" if self.map_kind != "rand" else "") + (f"-flaw{self.flaw:g}" if self.flaw else ""))
+                + (f"-{self.map_kind}" if self.map_kind != "rand" else "") + (f"-flaw{self.flaw:g}" if self.flaw else "")
+                + (f"-{str(self.dtype).removeprefix('torch.')}" if self.dtype != torch.float32 else ""))
 
 
 CASES = tuple(dict.fromkeys((
     # Full denoise (ComfyUI's max-denoise start), interpolating CompVisDenoiser, karras.
-    *(Case(name) for name in SAMPLERS),
+    *(Case(name, dtype=torch.float64 if name == "dpm_adaptive" else torch.float32) for name in SAMPLERS),
     *(Case("euler", prediction=p, quantize=q, strength=s) for p in ("eps", "v") for q in (False, True) for s in (0.0, 0.35, 0.6, 1.0)),
     # ComfyUI's `simple` schedule ends well above the model's sigma_min.
-    *(Case(name, prediction=p, scheduler="simple") for name in ("dpm_fast", "dpm_adaptive") for p in ("eps", "v")),
+    *(Case(name, prediction=p, scheduler="simple", dtype=torch.float64 if name == "dpm_adaptive" else torch.float32)
+      for name in ("dpm_fast", "dpm_adaptive") for p in ("eps", "v")),
     # Batches with one map per image, full and partial denoise.
     *(Case(name, strength=0.6, scheduler="normal", denoise=d, batch=3, map_size=SIZE * 3)
       for name in ("euler_ancestral", "dpmpp_2m", "dpmpp_sde") for d in (1.0, 0.6)),
@@ -135,13 +140,14 @@ def case_map(case: Case, g: torch.Generator) -> torch.Tensor:
 
 
 def case_inputs(case: Case):
-    """The case's denoiser, latent (batch, 3, SIZE, SIZE), map (batch, 1, n, n) and noise."""
+    """The case's denoiser, latent (batch, 3, SIZE, SIZE), map (batch, 1, n, n) and noise,
+    in the case's dtype."""
     denoiser = case_denoiser(case)
     latent = smooth_images(case.batch, seed=3)
     g = torch.Generator().manual_seed(5)
     change_map = case_map(case, g)
     noise = torch.randn(latent.shape, generator=g)
-    return denoiser, latent, change_map, noise
+    return denoiser, *(tensor.to(case.dtype) for tensor in (latent, change_map, noise))
 
 
 def our_run(case: Case, sigmas, fork=None):
@@ -150,6 +156,7 @@ def our_run(case: Case, sigmas, fork=None):
     from k_diffusion import sampling as upstream
 
     denoiser, latent, change_map, noise = case_inputs(case)
+    sigmas = sigmas.to(case.dtype)
     sampling = fork.sampling if fork is not None else upstream
     settings = dict(noise=noise, strength=case.strength, compat="comfyui")
     run = dict(extra_args={"cond": None}, disable=True)
@@ -279,7 +286,7 @@ def comfyui_schedule(comfy, case: Case):
     guider = Guider(comfy, case)
     total = STEPS if case.denoise >= 1 else int(STEPS / case.denoise)
     sigmas = comfy.samplers.calculate_sigmas(guider.inner_model.model_sampling, case.scheduler, total)
-    return sigmas[-(STEPS + 1) :].float()
+    return sigmas[-(STEPS + 1) :].float().to(case.dtype)
 
 
 def comfyui_named_schedule(comfy, name: str, steps: int):
@@ -303,6 +310,7 @@ def comfyui_run(comfy, case: Case, sigmas):
     from k_diffusion import sampling as upstream
 
     _, latent, change_map, noise = case_inputs(case)
+    sigmas = sigmas.to(case.dtype)
     guider = Guider(comfy, case)
     if case.name in FORK_ONLY:
         sampler = comfy.samplers.KSAMPLER(getattr(upstream, f"sample_{case.name}"))

@@ -328,14 +328,15 @@ def test_vae_tiling_bounds_the_wan_vaes_largest_activation(tiny_family) -> None:
 
 def test_both_experts_take_the_dtype_and_the_offload(tiny_family) -> None:
     """A14B's second expert is loaded, offloaded and cast as the first: offload hooks
-    both (and changes no number), dtype= casts both."""
+    both (and changes nothing beyond rounding: the offloaded weights are aligned copies,
+    and some CPUs' vector kernels round by alignment), dtype= casts both."""
     folder = tiny_family("wan-a14b")
     plain = loaded(folder)
     offloaded = load_pipeline(folder, offload=True)
     assert all(hasattr(expert, "_hf_hook") for expert in offloaded.denoising.experts)
     latent = torch.zeros(plain.encode(clip(5)).shape)
     runs = [euler(pipe, latent, torch.ones(latent.shape[-2:]), 4, pipe.extra_args("a cat", "blurry", 3.0)).result for pipe in (plain, offloaded)]
-    assert torch.equal(*runs)
+    torch.testing.assert_close(*runs, atol=1e-5, rtol=0)
     assert [expert.dtype for expert in load_pipeline(folder, dtype="bf16").denoising.experts] == [torch.bfloat16] * 2
 
 
