@@ -260,6 +260,17 @@ def test_an_a14b_folder_without_its_second_expert_is_refused(tiny_family, tmp_pa
         load_pipeline(folder)
 
 
+@pytest.mark.parametrize("pipeline", ["WanVACEPipeline", "WanImageToVideoPipeline"])
+def test_vace_and_image_to_video_folders_are_refused_by_name(pipeline: str, tiny_family, tmp_path) -> None:
+    """Their transformers take more than the latent (control frames and masks; an image's
+    latent and encoding), which this path does not build: one error naming the pipeline."""
+    folder = shutil.copytree(tiny_family("wan"), tmp_path / "model")
+    index = json.loads((folder / "model_index.json").read_text())
+    (folder / "model_index.json").write_text(json.dumps({**index, "_class_name": pipeline}))
+    with pytest.raises(InputError, match=f"a {pipeline} folder, which is not supported; supported: .*Wan 2.1/2.2"):
+        load_pipeline(folder)
+
+
 @pytest.mark.parametrize("folder", ["wan", "wan-ti2v"])
 def test_fit_takes_frames_and_gives_frames_back(folder: str, tiny_family) -> None:
     """Frames (9, 40, 24, 3) -> a latent of 3 frames at the size the network takes
