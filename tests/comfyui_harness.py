@@ -60,9 +60,12 @@ class Case:
     map_kind: str = "rand"
     # Added to the raw eps or v output: a network error, so that eps and v cases differ.
     flaw: float = 0.0
-    # dpm_adaptive runs in float64: in float32 its step controller feeds on rounding
-    # (errors near 1e-8 at the start), so another CPU's rounding takes another path.
-    dtype: torch.dtype = torch.float32
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """float64 for dpm_adaptive: in float32 its step controller feeds on rounding (errors
+        near 1e-8 at the start), so another CPU's rounding takes another path."""
+        return torch.float64 if self.name == "dpm_adaptive" else torch.float32
 
     @property
     def id(self) -> str:
@@ -74,11 +77,10 @@ class Case:
 
 CASES = tuple(dict.fromkeys((
     # Full denoise (ComfyUI's max-denoise start), interpolating CompVisDenoiser, karras.
-    *(Case(name, dtype=torch.float64 if name == "dpm_adaptive" else torch.float32) for name in SAMPLERS),
+    *(Case(name) for name in SAMPLERS),
     *(Case("euler", prediction=p, quantize=q, strength=s) for p in ("eps", "v") for q in (False, True) for s in (0.0, 0.35, 0.6, 1.0)),
     # ComfyUI's `simple` schedule ends well above the model's sigma_min.
-    *(Case(name, prediction=p, scheduler="simple", dtype=torch.float64 if name == "dpm_adaptive" else torch.float32)
-      for name in ("dpm_fast", "dpm_adaptive") for p in ("eps", "v")),
+    *(Case(name, prediction=p, scheduler="simple") for name in ("dpm_fast", "dpm_adaptive") for p in ("eps", "v")),
     # Batches with one map per image, full and partial denoise.
     *(Case(name, strength=0.6, scheduler="normal", denoise=d, batch=3, map_size=SIZE * 3)
       for name in ("euler_ancestral", "dpmpp_2m", "dpmpp_sde") for d in (1.0, 0.6)),

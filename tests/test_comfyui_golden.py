@@ -11,8 +11,9 @@ Our side runs the wrapper under upstream k-diffusion, as users do. ComfyUI's for
 and queries ``dpmpp_sde``'s Brownian tree a few ulps away), so for those two the frozen
 results come from ComfyUI's node and KSAMPLER driving upstream's samplers: every case
 is held to 1e-5. dpm_adaptive's cases run in float64 on both sides: in float32 its step
-controller feeds on rounding, and another CPU's rounding takes another path (0.09 apart). Maps with exact 0 and 1 catch the last-call freeing of strength-0
-pixels; quantised cases run ComfyUI's own eps and v denoised calculation.
+controller feeds on rounding, and another CPU's rounding takes another path (0.09 apart).
+Maps with exact 0 and 1 catch the last-call freeing of strength-0 pixels; quantised cases
+run ComfyUI's own eps and v denoised calculation.
 """
 
 from pathlib import Path
