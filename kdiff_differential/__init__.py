@@ -21,62 +21,62 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .choices import CLOCKS, RELEASES, SCHEDULES
-    from .color_matching import match_colors
-    from .compositing import composite
-    from .cropping import plan_crop
-    from .denoiser import DifferentialDenoiser
-    from .edit import Edit, differential_edit
-    from .fills import fill_pixels
-    from .image_edit import EditSettings, EditWarning, ImageEdit, edit_image
-    from .guidance import CFGDenoiser
-    from .maps import latent_map
+    from .stages.color_matching import match_colors
+    from .stages.compositing import composite
+    from .stages.cropping import plan_crop
+    from .core.denoiser import DifferentialDenoiser
+    from .core.sampling import Edit, differential_edit
+    from .stages.fills import fill_pixels
+    from .editing.image_edit import EditSettings, EditWarning, ImageEdit, edit_image
+    from .core.guidance import CFGDenoiser
+    from .maps.reading import latent_map
     from .models import ImageModel, Model, load_model, load_pipeline, open_model
     from .models.controlnets import Control
     from .models.flow import FlowDenoiser
-    from .preparation import shape_map
+    from .maps.shaping import shape_map
     from .quiet import quiet_warnings
-    from .sampler_table import SAMPLERS
-    from .schedules import make_sigmas
-    from .segmentation import prompt_map
-    from .video_edit import VideoEdit, edit_video
-    from .video_files import read_map_video, read_video, write_frames, write_video
+    from .core.samplers import SAMPLERS
+    from .core.schedules import make_sigmas
+    from .models.clipseg import prompt_map
+    from .editing.video_edit import VideoEdit, edit_video
+    from .files.video import read_map_video, read_video, write_frames, write_video
 
 # Each public name and the module that defines it.
 _EXPORTS = {
     "CLOCKS": ".choices",
     "RELEASES": ".choices",
     "SCHEDULES": ".choices",
-    "SAMPLERS": ".sampler_table",
-    "CFGDenoiser": ".guidance",
+    "SAMPLERS": ".core.samplers",
+    "CFGDenoiser": ".core.guidance",
     "Control": ".models.controlnets",
-    "DifferentialDenoiser": ".denoiser",
-    "Edit": ".edit",
-    "EditSettings": ".image_edit",
-    "EditWarning": ".image_edit",
-    "ImageEdit": ".image_edit",
+    "DifferentialDenoiser": ".core.denoiser",
+    "Edit": ".core.sampling",
+    "EditSettings": ".editing.image_edit",
+    "EditWarning": ".editing.image_edit",
+    "ImageEdit": ".editing.image_edit",
     "Model": ".models",
-    "edit_image": ".image_edit",
-    "edit_video": ".video_edit",
-    "VideoEdit": ".video_edit",
+    "edit_image": ".editing.image_edit",
+    "edit_video": ".editing.video_edit",
+    "VideoEdit": ".editing.video_edit",
     "open_model": ".models",
     "FlowDenoiser": ".models.flow",
     "ImageModel": ".models",
-    "composite": ".compositing",
-    "differential_edit": ".edit",
+    "composite": ".stages.compositing",
+    "differential_edit": ".core.sampling",
     "load_model": ".models",
     "load_pipeline": ".models",
-    "make_sigmas": ".schedules",
-    "latent_map": ".maps",
+    "make_sigmas": ".core.schedules",
+    "latent_map": ".maps.reading",
     "quiet_warnings": ".quiet",
-    "shape_map": ".preparation",
-    "fill_pixels": ".fills",
-    "match_colors": ".color_matching",
-    "plan_crop": ".cropping",
-    "prompt_map": ".segmentation",
-    "read_video": ".video_files",
-    "read_map_video": ".video_files",
-    "write_video": ".video_files",
-    "write_frames": ".video_files",
+    "shape_map": ".maps.shaping",
+    "fill_pixels": ".stages.fills",
+    "match_colors": ".stages.color_matching",
+    "plan_crop": ".stages.cropping",
+    "prompt_map": ".models.clipseg",
+    "read_video": ".files.video",
+    "read_map_video": ".files.video",
+    "write_video": ".files.video",
+    "write_frames": ".files.video",
 }
 
 __all__ = sorted(_EXPORTS)

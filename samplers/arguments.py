@@ -9,7 +9,7 @@ import os
 from typing import Any, Callable, Optional, Sequence
 
 from kdiff_differential.errors import InputError, OneLineParser, command_status
-from kdiff_differential.files import write_atomically
+from kdiff_differential.files.atomic import write_atomically
 
 
 def positive(text: str) -> int:
@@ -86,7 +86,7 @@ def figure_command(argv: Optional[Sequence[str]], prog: str, description: str, o
     parser.add_argument(option, type=positive, default=default, help=help)
 
     def work() -> None:
-        from kdiff_differential.images import output_format, write_image
+        from kdiff_differential.files.images import output_format, write_image
 
         args = parser.parse_args(argv)
         output_format(args.out)

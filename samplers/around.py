@@ -28,7 +28,7 @@ def run_cli(image: np.ndarray, change: np.ndarray, *options: str) -> tuple[np.nd
     import io
 
     from kdiff_differential.cli import main
-    from kdiff_differential.images import read_image, write_image
+    from kdiff_differential.files.images import read_image, write_image
 
     with tempfile.TemporaryDirectory() as folder:
         write_image(image, f"{folder}/in.png")
@@ -45,7 +45,7 @@ def run_cli(image: np.ndarray, change: np.ndarray, *options: str) -> tuple[np.nd
 def _panel(image: np.ndarray, text: str, side: int = SIDE) -> np.ndarray:
     from PIL import Image
 
-    from kdiff_differential.figures import labelled
+    from kdiff_differential.editing.figures import labelled
 
     if image.ndim == 2:
         image = np.repeat(image[..., None], 3, axis=2)
@@ -77,7 +77,7 @@ def _example() -> tuple[np.ndarray, np.ndarray]:
 def grow_feather_figure() -> np.ndarray:
     """Map preparation: the map as given, grown, shrunk, feathered and blurred (above)
     and the results on the built-in model (below)."""
-    from kdiff_differential.preparation import shape_map
+    from kdiff_differential.maps.shaping import shape_map
 
     image, change = _example()
     settings = [("map as given", {}), ("--grow 16", {"grow": 16}), ("--grow -16", {"grow": -16}),
@@ -94,8 +94,8 @@ def grow_feather_figure() -> np.ndarray:
 def fill_figure() -> np.ndarray:
     """Each --fill on the built-in model with a region of strength 1 feathered by 16 px: what the
     model sees (above) and the result (below)."""
-    from kdiff_differential.fills import FILLS, fill_pixels
-    from kdiff_differential.preparation import shape_map
+    from kdiff_differential.stages.fills import FILLS, fill_pixels
+    from kdiff_differential.maps.shaping import shape_map
 
     image, change = _example()
     change = shape_map(change, feather=16)
@@ -146,7 +146,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise InputError(f"--out {args.out}: no such folder")
         from PIL import Image
 
-        from kdiff_differential.files import write_atomically
+        from kdiff_differential.files.atomic import write_atomically
 
         for name, draw in FIGURES.items():
             if args.only in (None, name):

@@ -24,9 +24,9 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from kdiff_differential.edit import RANGE_SAMPLERS, SAMPLERS
+from kdiff_differential.core.sampling import RANGE_SAMPLERS, SAMPLERS
 from kdiff_differential.errors import InputError, OneLineParser, command_status
-from kdiff_differential.files import write_atomically
+from kdiff_differential.files.atomic import write_atomically
 
 from samplers.peers import PEERS, peer_edit
 
@@ -69,9 +69,9 @@ def measure(samplers: Sequence[str], steps: Sequence[int], releases: Sequence[st
     left-to-right map, on the built-in model. ``images``, when given, receives each edit,
     uint8 (height, width, 3), under the same key."""
 
-    from kdiff_differential.edit import differential_edit
+    from kdiff_differential.core.sampling import differential_edit
     from kdiff_differential.models.builtin import BuiltinModel
-    from kdiff_differential.presets import preset_map
+    from kdiff_differential.maps.presets import preset_map
     from samplers.metrics import banding
     from samplers.threads import one_thread
 
@@ -109,7 +109,7 @@ def fidelity_table(samplers: Sequence[str], steps: Sequence[int], releases: Sequ
     measured over ``seeds`` against the converged edit's over the same seeds (Euler, 100
     steps, smooth release; at 100 steps binary is within a level of it). ``images``,
     when given, receives the first seed's edits as :func:`measure` gives them."""
-    from kdiff_differential.presets import preset_map
+    from kdiff_differential.maps.presets import preset_map
     from samplers.metrics import edit_strength, fidelity, relative_banding
 
     if not seeds:
@@ -219,7 +219,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(("\n" if index else "") + title + "\n")
             print(markdown({key: values[name] for key, values in table.items()}, DIGITS[name]))
         if args.figure:
-            from kdiff_differential.presets import preset_map
+            from kdiff_differential.maps.presets import preset_map
             from samplers.metrics import banding
 
             shown = {key: image for key, image in images.items() if key[1] == args.samplers[0]}

@@ -38,7 +38,7 @@ def scenes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def measure(feather: float = 24, steps: int = 10) -> dict[tuple[str, bool], list[float]]:
     """Mean change per strength band (BANDS), keyed by (scene, colour match)."""
-    from kdiff_differential.preparation import shape_map
+    from kdiff_differential.maps.shaping import shape_map
     from samplers.around import run_cli
 
     table = {}

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from kdiff_differential.clocks import inner_models
+from kdiff_differential.core.clocks import inner_models
 
 
 class ComfyUIReference:

@@ -15,12 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
-from kdiff_differential.clocks import CLOCKS
-from kdiff_differential.denoiser import RELEASES
-from kdiff_differential.edit import OWN_STEPS, RANGE_SAMPLERS, SAMPLERS
+from kdiff_differential.core.clocks import CLOCKS
+from kdiff_differential.core.denoiser import RELEASES
+from kdiff_differential.core.sampling import OWN_STEPS, RANGE_SAMPLERS, SAMPLERS
 from kdiff_differential.errors import InputError, OneLineParser, command_status
-from kdiff_differential.files import same_file
-from kdiff_differential.presets import PRESETS
+from kdiff_differential.files.atomic import same_file
+from kdiff_differential.maps.presets import PRESETS
 from samplers.executors import EXECUTORS
 
 PROG = "python -m samplers.compare"
@@ -158,7 +158,7 @@ def sweep(args: argparse.Namespace) -> Path:
     todo = [run for run in runs if run.key not in rows]
     order = {run.key: index for index, run in enumerate(runs)}
 
-    from kdiff_differential.images import read_image, write_image
+    from kdiff_differential.files.images import read_image, write_image
     from samplers.metrics import change_curve, fidelity
     from tqdm import tqdm
 

@@ -27,8 +27,8 @@ def figure(size: int, folder: Path) -> np.ndarray:
     from PIL import Image
 
     from kdiff_differential.cli import main
-    from kdiff_differential.figures import side_by_side
-    from kdiff_differential.images import read_image
+    from kdiff_differential.editing.figures import side_by_side
+    from kdiff_differential.files.images import read_image
     from kdiff_differential.models.builtin import load_example_image
     from kdiff_differential.models.controlnets import canny_edges
 

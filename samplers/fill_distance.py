@@ -15,7 +15,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from kdiff_differential.errors import OneLineParser, command_status
-from kdiff_differential.fills import FILLS
+from kdiff_differential.stages.fills import FILLS
 
 PROG = "python -m samplers.fill_distance"
 

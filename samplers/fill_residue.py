@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from samplers.arguments import steps_table_command
-from kdiff_differential.fills import FILLS
+from kdiff_differential.stages.fills import FILLS
 
 PROG = "python -m samplers.fill_residue"
 BANDS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
@@ -35,7 +35,7 @@ def high_pass(difference: np.ndarray, sigma: float = 1.5) -> np.ndarray:
 def measure(steps: int = 10) -> dict[str, list[float]]:
     """Each row (a fill, or ``original, seed 1``): the residue per band of BANDS, then
     the mean change where s = 1."""
-    from kdiff_differential.preparation import shape_map
+    from kdiff_differential.maps.shaping import shape_map
     from samplers.around import _example, run_cli
 
     image, change = _example()

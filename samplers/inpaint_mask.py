@@ -28,9 +28,9 @@ COLUMNS = ("banding", "kept", "monotonicity")
 def measure(model: str, samplers: Sequence[str], steps: Sequence[int], seeds: Sequence[int],
             height: int = 64, width: int = 128) -> dict[tuple[str, str, int], dict[str, float]]:
     """(mode, sampler, steps) -> the median over ``seeds`` of each of :data:`COLUMNS`."""
-    from kdiff_differential.edit import differential_edit
+    from kdiff_differential.core.sampling import differential_edit
     from kdiff_differential.models import load_model
-    from kdiff_differential.presets import preset_map
+    from kdiff_differential.maps.presets import preset_map
     from samplers.banding import smooth_scene
     from samplers.metrics import banding, monotonicity, preserve_max_err
     from samplers.threads import one_thread
@@ -67,7 +67,7 @@ def markdown(table: dict[tuple[str, str, int], dict[str, float]]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Print the table; returns the exit status."""
-    from kdiff_differential.edit import RANGE_SAMPLERS, SAMPLERS
+    from kdiff_differential.core.sampling import RANGE_SAMPLERS, SAMPLERS
     from samplers.compare import _list_of, _positive
 
     listed = [name for name in SAMPLERS if name not in RANGE_SAMPLERS]

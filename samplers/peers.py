@@ -45,12 +45,12 @@ class NamedPipeline(nn.Module):
 
 def invokeai_edit(denoiser: nn.Module, latent: Tensor, change_map: Tensor, sampler: str, steps: int, seed: int) -> Tensor:
     """InvokeAI's rule on ``sampler`` over our default schedule (karras), from ``seed``
-    as :func:`~kdiff_differential.edit.differential_edit` seeds: the edited latent."""
-    from kdiff_differential.denoiser import DifferentialDenoiser
-    from kdiff_differential.edit import run_sampler
-    from kdiff_differential.release import _LEVEL_SLACK
-    from kdiff_differential.sampler_table import sampler_named
-    from kdiff_differential.schedules import make_sigmas
+    as :func:`~kdiff_differential.core.sampling.differential_edit` seeds: the edited latent."""
+    from kdiff_differential.core.denoiser import DifferentialDenoiser
+    from kdiff_differential.core.sampling import run_sampler
+    from kdiff_differential.core.release import _LEVEL_SLACK
+    from kdiff_differential.core.samplers import sampler_named
+    from kdiff_differential.core.schedules import make_sigmas
 
     chosen, _ = sampler_named(sampler)
     torch.manual_seed(seed)
@@ -70,7 +70,7 @@ def invokeai_edit(denoiser: nn.Module, latent: Tensor, change_map: Tensor, sampl
 
 def peer_edit(peer: str, denoiser: nn.Module, latent: Tensor, change_map: Tensor, sampler: str, steps: int, seed: int) -> Tensor:
     """The edited latent under ``peer``'s rule (one of :data:`PEERS`)."""
-    from kdiff_differential.edit import differential_edit
+    from kdiff_differential.core.sampling import differential_edit
 
     if peer not in PEERS:
         raise ValueError(f"peer must be one of {', '.join(PEERS)}, got {peer!r}")

@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from kdiff_differential.errors import InputError
-from kdiff_differential.files import write_atomically
+from kdiff_differential.files.atomic import write_atomically
 from samplers.metrics import FIDELITY, METRICS, UNITS
 from samplers.sweep import Run
 

@@ -43,7 +43,7 @@ def guided_unet(device: str, size: int, tiny: bool) -> tuple:
     import k_diffusion as K
     from diffusers import UNet2DConditionModel
 
-    from kdiff_differential.guidance import CFGDenoiser
+    from kdiff_differential.core.guidance import CFGDenoiser
     from kdiff_differential.models import sd_alphas_cumprod
     from kdiff_differential.models.networks import DiffusersUNet
 

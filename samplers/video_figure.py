@@ -31,7 +31,7 @@ def moving_disc(frames: int, side: int) -> np.ndarray:
 def figure(steps: int) -> np.ndarray:
     """Rows: input frames | map frames | output frames, at SHOWN; uint8."""
     from kdiff_differential import edit_video
-    from kdiff_differential.figures import GAP, labelled
+    from kdiff_differential.editing.figures import GAP, labelled
     from kdiff_differential.models.builtin import load_example_clip
 
     frames = load_example_clip(FRAMES)

@@ -40,9 +40,9 @@ def flicker(frames: np.ndarray, where: np.ndarray) -> float:
 def measure(steps: int = 10, seeds: Sequence[int] = (0, 1, 2), feather: float = 24) -> dict[str, dict[str, float]]:
     """Flicker per clip (and the input's own, "input"), per way of matching, mean over seeds."""
     from kdiff_differential import edit_video
-    from kdiff_differential.color_matching import match_colors
-    from kdiff_differential.compositing import composite
-    from kdiff_differential.preparation import shape_map
+    from kdiff_differential.stages.color_matching import match_colors
+    from kdiff_differential.stages.compositing import composite
+    from kdiff_differential.maps.shaping import shape_map
 
     table: dict[str, dict[str, float]] = {}
     for name, frames in clips().items():

@@ -47,8 +47,8 @@ def figure(side: int) -> np.ndarray:
     import torch
     from PIL import Image, ImageDraw
 
-    from kdiff_differential.figures import GAP, LABEL, labelled
-    from kdiff_differential.maps import latent_frames
+    from kdiff_differential.editing.figures import GAP, LABEL, labelled
+    from kdiff_differential.maps.reading import latent_frames
 
     maps = frame_maps(side)
     largest = latent_frames(torch.from_numpy(maps), LATENT_FRAMES, FRAMES_PER_LATENT).numpy()

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from comfyui_harness import CASES, COMFYUI_COMMIT, SCHEDULE_CASES, START_CASES, comfyui_named_schedule, comfyui_run, comfyui_schedule, comfyui_start, load_comfyui  # noqa: E402
 
-from kdiff_differential.files import write_atomically  # noqa: E402
+from kdiff_differential.files.atomic import write_atomically  # noqa: E402
 
 OUT = Path(__file__).parent / "data" / "comfyui_golden.pt"
 

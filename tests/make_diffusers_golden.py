@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from diffusers_harness import DIFFUSERS_COMMIT, MAPS, PIPELINES, STEPS, case_id, fingerprint, load_community, pipeline_run  # noqa: E402
 
-from kdiff_differential.files import write_atomically  # noqa: E402
+from kdiff_differential.files.atomic import write_atomically  # noqa: E402
 
 OUT = Path(__file__).parent / "data" / "diffusers_golden.pt"
 

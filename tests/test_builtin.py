@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from kdiff_differential import composite
-from kdiff_differential.edit import OWN_STEPS, SAMPLERS, differential_edit
-from kdiff_differential.images import to_image
+from kdiff_differential.core.sampling import OWN_STEPS, SAMPLERS, differential_edit
+from kdiff_differential.files.images import to_image
 from kdiff_differential.models.builtin import BuiltinModel, load_example_image, working_size
-from kdiff_differential.presets import PRESETS, preset_map
+from kdiff_differential.maps.presets import PRESETS, preset_map
 
 SIDE = 64
 

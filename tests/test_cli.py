@@ -16,8 +16,8 @@ from PIL import Image
 
 from kdiff_differential import CLOCKS, RELEASES, SAMPLERS
 from kdiff_differential.cli import main
-from kdiff_differential.figures import GAP, LABEL
-from kdiff_differential.presets import PRESETS
+from kdiff_differential.editing.figures import GAP, LABEL
+from kdiff_differential.maps.presets import PRESETS
 
 from conftest import kdiff, pixels
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from conftest import pixels, run_cli
-from kdiff_differential.video_files import read_video, write_video
+from kdiff_differential.files.video import read_video, write_video
 
 HEIGHT, WIDTH = 32, 40
 STEPS = ("--steps", "3", "--sampler", "euler", "--crop", "off", "--quiet")

@@ -8,8 +8,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kdiff_differential.clocks import DiscreteTimestep, find_attribute, make_clock, make_span, model_timestep
-from kdiff_differential.release import release_map, release_sigmas
+from kdiff_differential.core.clocks import DiscreteTimestep, find_attribute, make_clock, make_span, model_timestep
+from kdiff_differential.core.release import release_map, release_sigmas
 
 from k_diffusion.sampling import get_sigmas_karras
 

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 
 from kdiff_differential.cli import main
-from kdiff_differential.color_matching import match_colors, transition_band
+from kdiff_differential.stages.color_matching import match_colors, transition_band
 from kdiff_differential.models.builtin import load_example_image
-from kdiff_differential.preparation import feather_map
+from kdiff_differential.maps.shaping import feather_map
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def test_colours_on_the_z_bound_convert_without_a_warning():
     every L*, colours far beyond the bound come back quietly, as lab2rgb's own clip."""
     from skimage.color import lab2rgb
 
-    from kdiff_differential.color_matching import quiet_lab2rgb
+    from kdiff_differential.stages.color_matching import quiet_lab2rgb
 
     lab = np.stack([np.linspace(0, 100, 20001), np.zeros(20001), np.full(20001, 500.0)], axis=1)
     with warnings.catch_warnings():

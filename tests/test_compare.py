@@ -74,7 +74,7 @@ def test_a_small_sweep_writes_all_four_outputs(sweep):
     ]
     # What the runs were made from: the example image and the preset map, by content.
     from kdiff_differential.models.builtin import load_example_image
-    from kdiff_differential.presets import resolve_map
+    from kdiff_differential.maps.presets import resolve_map
 
     example = load_example_image()
     preset = resolve_map("gradient-x", *example.shape[:2]).numpy()

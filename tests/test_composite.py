@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from kdiff_differential import composite
 from kdiff_differential.cli import main
-from kdiff_differential.compositing import THRESHOLD, smootherstep
+from kdiff_differential.stages.compositing import THRESHOLD, smootherstep
 
 H, W = 24, 96
 

@@ -16,7 +16,7 @@ from PIL import Image
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.cli import main
-from kdiff_differential.edit import differential_edit, make_sigmas
+from kdiff_differential.core.sampling import differential_edit, make_sigmas
 from kdiff_differential.errors import InputError
 from kdiff_differential.models import Control
 from kdiff_differential.models.controlnets import canny_edges
@@ -321,7 +321,7 @@ def test_every_sampler_runs_the_controlnet_and_keeps_kept_latents(folders: dict[
     each run differs from the one at scale 0 where the map changes, and not where it keeps."""
     from conftest import SAMPLERS
 
-    from kdiff_differential.edit import OWN_STEPS
+    from kdiff_differential.core.sampling import OWN_STEPS
 
     latent = torch.randn(LATENT, generator=torch.Generator().manual_seed(0))
     halves = torch.zeros(LATENT[2:])
@@ -342,7 +342,7 @@ def test_every_sampler_runs_the_controlnet_and_keeps_kept_latents(folders: dict[
 def test_a_control_image_is_cropped_as_the_input_is() -> None:
     """With --crop, the model sees a box of the input scaled to its size; the control image
     (of another size) is stretched to the input's, then cut and scaled the same way."""
-    from kdiff_differential.cropping import Region
+    from kdiff_differential.stages.cropping import Region
 
     region = Region(top=10, left=20, height=30, width=40, size=(60, 80), work=(48, 64))
     control = np.zeros((30, 40, 3), np.uint8)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from kdiff_differential.cli import main
-from kdiff_differential.cropping import MIN_PADDING, change_box, plan_crop, whole
+from kdiff_differential.stages.cropping import MIN_PADDING, change_box, plan_crop, whole
 from kdiff_differential.models.builtin import Builtin, load_example_image
 
 

@@ -173,7 +173,7 @@ def test_the_invokeai_peer_is_its_loop_on_a_closed_form_model(ideal, latent) -> 
     """samplers/peers.py's InvokeAI rule against a loop restating it: Euler, and after each
     step the pixels with mask < t_prev + 1e-4 set to the original noised to t_prev, with
     t our timestep clock (0 at the schedule's end)."""
-    from kdiff_differential.schedules import make_sigmas
+    from kdiff_differential.core.schedules import make_sigmas
     from samplers.peers import INVOKEAI_EPSILON, peer_edit
 
     change = torch.linspace(0, 1, 16).expand(16, 16).clone()

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import pixels, ramp_image, save_tiny_sd
 from kdiff_differential import edit_image
 from kdiff_differential.cli import as_flags, main
-from kdiff_differential.image_edit import EditWarning
+from kdiff_differential.editing.image_edit import EditWarning
 from kdiff_differential.models.builtin import Builtin, load_example_image
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kdiff_differential"
@@ -191,7 +191,7 @@ def test_the_maps_old_names_still_work_and_warn_once() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         kdiff_differential.prepare_map(change, grow=2)  # once only
-    from kdiff_differential.maps import prepare_change_map
+    from kdiff_differential.maps.reading import prepare_change_map
 
     with pytest.warns(FutureWarning, match="prepare_change_map is now latent_map"):
         torch.testing.assert_close(prepare_change_map(change, (1, 4, 6, 8)), latent_map(change, (1, 4, 6, 8)))

@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from kdiff_differential import edit_video
-from kdiff_differential.color_matching import match_colors
+from kdiff_differential.stages.color_matching import match_colors
 from kdiff_differential.errors import InputError
-from kdiff_differential.image_edit import EditWarning
+from kdiff_differential.editing.image_edit import EditWarning
 from kdiff_differential.models.builtin import Builtin, load_example_clip
-from kdiff_differential.video_edit import frame_count
+from kdiff_differential.editing.video_edit import frame_count
 
 HEIGHT, WIDTH = 40, 48
 
@@ -77,7 +77,7 @@ class Merging:
 @pytest.mark.parametrize("frames", [9, 10])
 @pytest.mark.parametrize("moving", [False, True], ids=["still-map", "moving-map"])
 @pytest.mark.parametrize("merging", [False, True], ids=["builtin", "merging"])
-@pytest.mark.filterwarnings("ignore:10 frames:kdiff_differential.image_edit.EditWarning")
+@pytest.mark.filterwarnings("ignore:10 frames:kdiff_differential.editing.image_edit.EditWarning")
 def test_kept_pixels_are_the_inputs_bytes_in_every_frame_and_changed_pixels_change(model: Builtin, frames: int, moving: bool, merging: bool) -> None:
     """On the built-in model, whose frames come back exact where frozen, and on one whose
     decoding does not (``Merging``, as a VAE): the composite puts each frame's bytes back."""

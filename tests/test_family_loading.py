@@ -17,15 +17,15 @@ import torch
 from conftest import halves, ramp_image, save_tiny_flow
 
 from kdiff_differential import load_pipeline
-from kdiff_differential.edit import differential_edit
-from kdiff_differential.guidance import CFGDenoiser
+from kdiff_differential.core.sampling import differential_edit
+from kdiff_differential.core.guidance import CFGDenoiser
 
 
 @pytest.fixture(scope="module")
 def fitted(tiny_family, image_file: Path):
     """``fitted(name)``: the family's tiny folder loaded in-process as the command line
     loads it, fitted to the 31x37 ``image_file``."""
-    from kdiff_differential.images import read_image
+    from kdiff_differential.files.images import read_image
     from kdiff_differential.models import load_model
 
     return lambda name: load_model(str(tiny_family(name)), read_image(str(image_file)), torch.device("cpu"))

@@ -33,7 +33,7 @@ from conftest import diffusers_euler, halves, ramp_image
 from families_tiny import QWEN3_LENGTH
 
 from kdiff_differential import load_pipeline
-from kdiff_differential.edit import differential_edit
+from kdiff_differential.core.sampling import differential_edit
 
 FLUX_PACK = diffusers.FluxPipeline._pack_latents  # Flux.1's and Qwen-Image's 2x2 patches, as tokens
 

@@ -14,7 +14,7 @@ import torch
 from conftest import save_tiny_sdxl
 
 from kdiff_differential import load_pipeline
-from kdiff_differential.edit import differential_edit, make_sigmas
+from kdiff_differential.core.sampling import differential_edit, make_sigmas
 
 HEIGHT, WIDTH = 24, 32  # pixels; the tiny VAE's factor is 2
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from kdiff_differential.figures import GAP, LABEL, mask_grid, strip
+from kdiff_differential.editing.figures import GAP, LABEL, mask_grid, strip
 
 
 def has_text(band: np.ndarray) -> bool:
@@ -55,7 +55,7 @@ def test_the_masks_grid_leaves_its_empty_cells_blank_and_frames_its_tiles():
 
 
 def test_a_label_draws_each_hyphen_of_a_flag_apart():
-    from kdiff_differential.figures import labelled
+    from kdiff_differential.editing.figures import labelled
 
     band = labelled(np.zeros((4, 80, 3), np.uint8), "--grow")[:LABEL].min(axis=-1)
     # The row through the hyphens, left of the first letter: two runs of ink, not one.

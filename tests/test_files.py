@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from kdiff_differential.files import write_atomically
+from kdiff_differential.files.atomic import write_atomically
 
 
 def test_a_write_replaces_the_file_whole_with_a_plain_files_mode(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from kdiff_differential.cli import build_parser
-from kdiff_differential.fills import FILL_FROM, FILLS, fill_pixels, region_statistics
+from kdiff_differential.stages.fills import FILL_FROM, FILLS, fill_pixels, region_statistics
 from samplers.fill_distance import measure
 from samplers.fill_residue import measure as fill_residue
 
@@ -70,7 +70,7 @@ def test_an_unknown_fill_and_a_bad_image_are_named(image):
 
 
 def test_the_command_line_offers_every_fill_crop_and_executor():
-    from kdiff_differential.cropping import CROPS
+    from kdiff_differential.stages.cropping import CROPS
     from kdiff_differential.executors import EXECUTORS
 
     choices = {action.dest: (tuple(action.choices), action.default) for action in build_parser()._actions if action.choices}

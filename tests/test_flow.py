@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kdiff_differential import DifferentialDenoiser
-from kdiff_differential.edit import OWN_STEPS, SAMPLERS, differential_edit
+from kdiff_differential.core.sampling import OWN_STEPS, SAMPLERS, differential_edit
 from kdiff_differential.models.flow import FlowDenoiser, flux_mu, start_from_noise
 
 SD3_SCHEDULER = {"shift": 3.0}

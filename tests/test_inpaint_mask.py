@@ -14,7 +14,7 @@ from conftest import ramp_image, save_tiny_sd_inpainting
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.cli import main
-from kdiff_differential.edit import differential_edit
+from kdiff_differential.core.sampling import differential_edit
 from kdiff_differential.errors import InputError
 
 HEIGHT, WIDTH = 24, 32  # pixels; the tiny VAE's factor is 2

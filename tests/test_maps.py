@@ -134,7 +134,7 @@ def levels(bits):
     ],
 )
 def test_map_files_are_read_by_the_range_of_their_mode(tmp_path, name, make, mode, expected):
-    from kdiff_differential.images import read_map
+    from kdiff_differential.files.images import read_map
 
     path, opened = saved(tmp_path, make(), name)
     assert opened == mode
@@ -148,7 +148,7 @@ def test_map_files_are_read_by_the_range_of_their_mode(tmp_path, name, make, mod
 
 
 def test_colour_maps_are_read_as_luminance_and_alpha_as_coverage_over_black(tmp_path):
-    from kdiff_differential.images import read_map
+    from kdiff_differential.files.images import read_map
 
     grey = levels(8).astype(np.uint8)
     rgb = np.stack([grey, grey, grey], axis=-1)
@@ -187,7 +187,7 @@ def test_colour_maps_are_read_as_luminance_and_alpha_as_coverage_over_black(tmp_
 )
 def test_map_files_of_unclear_range_are_refused_in_one_line(tmp_path, name, values, words):
     from kdiff_differential.errors import InputError
-    from kdiff_differential.images import read_map
+    from kdiff_differential.files.images import read_map
 
     path, _ = saved(tmp_path, Image.fromarray(values), name)
     with pytest.raises(InputError) as raised:

@@ -16,7 +16,7 @@ from PIL import Image
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.cli import main
-from kdiff_differential.edit import differential_edit
+from kdiff_differential.core.sampling import differential_edit
 
 
 @pytest.fixture(scope="module")

@@ -116,8 +116,8 @@ def run_real_model_cell(model: str, steps: int = 2):
     import torch
 
     from kdiff_differential import edit_image, open_model
-    from kdiff_differential.figures import strip
-    from kdiff_differential.presets import preset_map
+    from kdiff_differential.editing.figures import strip
+    from kdiff_differential.maps.presets import preset_map
 
     source = nbformat.read(NOTEBOOK, as_version=4).cells[-1].source
     source = source.replace("USE_REAL_MODEL = False", "USE_REAL_MODEL = True")

@@ -8,7 +8,7 @@ from PIL import Image
 from scipy.ndimage import distance_transform_edt, grey_dilation
 
 from kdiff_differential.cli import main
-from kdiff_differential.preparation import blur_map, feather_map, grow_map, shape_map
+from kdiff_differential.maps.shaping import blur_map, feather_map, grow_map, shape_map
 
 
 def square(size: int = 41, low: int = 15, high: int = 26) -> np.ndarray:

@@ -8,7 +8,7 @@ from k_diffusion import sampling
 
 from conftest import SCHEDULED, SIZE, build, smooth_images
 from kdiff_differential import DifferentialDenoiser
-from kdiff_differential.release import RANGE_RAMP
+from kdiff_differential.core.release import RANGE_RAMP
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +126,7 @@ def test_the_benchmark_measures_fidelity_against_the_converged_edit():
     measured, not assumed small)."""
     import numpy as np
 
-    from kdiff_differential.presets import preset_map
+    from kdiff_differential.maps.presets import preset_map
     from samplers.banding import fidelity_table, measure, smooth_scene
     from samplers.metrics import change_curve
 
@@ -179,7 +179,7 @@ def test_the_banding_command_names_its_default_release_and_says_what_it_wrote(ca
 def test_the_faithful_weight_is_linear_in_sigma_cubed_over_the_step(ideal, latent, gradient_map, sigmas):
     """At a call between two levels, m = clamp((r^3 - lo^3) / (sigma^3 - lo^3), 0, 1), r the
     pixel's release sigma, written out by hand; 1 wherever binary frees, 0 at strength 0."""
-    from kdiff_differential.release import FAITHFUL_POWER
+    from kdiff_differential.core.release import FAITHFUL_POWER
 
     dd = build(ideal, latent, gradient_map, sigmas, release="faithful")
     binary = build(ideal, latent, gradient_map, sigmas, release="binary")
@@ -245,7 +245,7 @@ def test_the_faithful_release_is_the_smooth_rule_below_four_steps_but_for_heuns_
     """Below FAITHFUL_MIN_STEPS steps a step spans most of the noise range, where the
     sigma**3 ramp loses the map; Heun's family keeps faithful from 2 steps (smooth bands
     it there), and at 1 step makes no second call."""
-    from kdiff_differential.release import FAITHFUL_MIN_STEPS
+    from kdiff_differential.core.release import FAITHFUL_MIN_STEPS
 
     assert FAITHFUL_MIN_STEPS == 4
     schedule = ideal.get_sigmas(steps).float()
@@ -264,7 +264,7 @@ def test_the_faithful_release_follows_the_sampler_name_and_falls_back_on_ranges(
 
 
 def test_differential_edit_releases_faithfully_told_the_sampler(ideal, latent, gradient_map):
-    from kdiff_differential.edit import differential_edit
+    from kdiff_differential.core.sampling import differential_edit
 
     for sampler, tracks in (("heun", True), ("euler", False)):
         edit = differential_edit(ideal, latent, gradient_map, sampler=sampler, steps=4)
@@ -290,7 +290,7 @@ def test_dpm2s_faithful_ramp_is_linear_in_sigma_where_the_cube_bands(monkeypatch
     """Issue 31: DPM2 at 5 steps banded above 8 on a scene it was not tuned on. Linear in
     sigma, its faithful ramp bands less and follows the converged edit closer than the
     default cube does, on the benchmark's small scene (measured, not assumed)."""
-    from kdiff_differential import release
+    from kdiff_differential.core import release
     from samplers.banding import fidelity_table
 
     assert release.FAITHFUL_POWERS["dpm_2"] == 1.0

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from kdiff_differential.cli import main
-from kdiff_differential.segmentation import prompt_map
+from kdiff_differential.models.clipseg import prompt_map
 
 transformers = pytest.importorskip("transformers", reason="the diffusers extra is part of the test install")
 WORDS = ("the", "sky", "face")

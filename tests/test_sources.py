@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.cli import main
-from kdiff_differential.edit import differential_edit
+from kdiff_differential.core.sampling import differential_edit
 from kdiff_differential.errors import InputError
 from kdiff_differential.models import default_schedule
 

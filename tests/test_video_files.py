@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
-from kdiff_differential import video_files
+from kdiff_differential.files import video as video_files
 from kdiff_differential.errors import InputError
-from kdiff_differential.images import read_map
-from kdiff_differential.maps import image_strength
-from kdiff_differential.video_files import (VIDEO_SUFFIXES, Clip, is_video, read_map_video, read_video,
+from kdiff_differential.files.images import read_map
+from kdiff_differential.maps.reading import image_strength
+from kdiff_differential.files.video import (VIDEO_SUFFIXES, Clip, is_video, read_map_video, read_video,
                                             require_video, write_frames, write_video)
 
 av = pytest.importorskip("av", reason="the video extra (PyAV) is not installed")
@@ -366,6 +366,6 @@ def test_without_pyav_video_functions_name_the_extra(tmp_path: Path, monkeypatch
 
 
 def test_importing_the_module_loads_neither_pyav_nor_torch() -> None:
-    code = "import sys, kdiff_differential.video_files; print([m for m in ('av', 'torch') if m in sys.modules])"
+    code = "import sys, kdiff_differential.files.video; print([m for m in ('av', 'torch') if m in sys.modules])"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

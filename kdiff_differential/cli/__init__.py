@@ -22,8 +22,8 @@ from typing import Any, Callable, Optional, Sequence
 from .. import __version__
 from ..choices import CLOCKS, COMPAT_NAMES, COMPOSITES, CROPS, EXECUTORS, FILLS, PRESETS, RELEASES, SCHEDULES
 from ..errors import InputError, OneLineParser, command_status
-from ..files import same_file
-from ..sampler_table import DEFAULT_STEPS, OWN_STEPS, SAMPLERS, sampler_named
+from ..files.atomic import same_file
+from ..core.samplers import DEFAULT_STEPS, OWN_STEPS, SAMPLERS, sampler_named
 from .jobs import Job, ModelSpec, sibling
 
 PROG = "kdiff-differential"
@@ -37,7 +37,7 @@ CONTROL = ("control_image", "control_scale", "control_start", "control_end", "co
 def as_flags(message: str) -> str:
     """A library message in the command line's words: each ``name=`` of a setting, the
     model or its options becomes ``--name `` (``grow=1e9`` reads ``--grow 1e9``)."""
-    from ..image_edit import setting_names
+    from ..editing.image_edit import setting_names
 
     names = {**{name: f"--{name.replace('_', '-')}" for name in (*setting_names(), *CONTROL, "model", "image")}, **RENAMED}
     pattern = "|".join(sorted(map(re.escape, names), key=len, reverse=True))
@@ -189,8 +189,8 @@ def _outputs(args: argparse.Namespace) -> tuple[tuple[Optional[int], str], ...]:
 
 def _check_outputs(args: argparse.Namespace, change_map: str, results: tuple[tuple[Optional[int], str], ...], video: bool) -> list[Path]:
     """The files (and frame folders) this run will write, checked before any work is done."""
-    from ..images import output_format
-    from ..video_files import VIDEO_SUFFIXES, is_video
+    from ..files.images import output_format
+    from ..files.video import VIDEO_SUFFIXES, is_video
 
     out = Path(args.out)
     folder = out.parent
@@ -236,7 +236,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """edit_image's settings from the flags, checked (EditSettings) before any work."""
     from dataclasses import fields
 
-    from ..image_edit import EditSettings
+    from ..editing.image_edit import EditSettings
     from ..models.controlnets import Control
 
     if args.threshold is not None:
@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     """Do the edit ``args`` describes; returns the files written."""
     import warnings
 
-    from ..image_edit import EditSettings, EditWarning, load_options
+    from ..editing.image_edit import EditSettings, EditWarning, load_options
     from ..models import find_model, open_model, refuse_for_builtin
 
     change_map = args.map or ("full" if args.map_prompt is not None else "gradient-x")
@@ -294,7 +294,7 @@ def run(args: argparse.Namespace) -> list[Path]:
     device = _device(args.device)
     settings = checked(lambda: _settings(args))
     folder = args.image is not None and Path(args.image).is_dir()
-    from ..video_files import is_video
+    from ..files.video import is_video
 
     # A clip in, a clip out; a GIF may be either, so with a GIF in, --out decides.
     given = args.image if args.image is not None else args.out

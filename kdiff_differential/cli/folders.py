@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..errors import InputError
-from ..files import same_file
+from ..files.atomic import same_file
 from .jobs import Job, run_job, sibling
 
 OUTPUT_SUFFIX = ".png"

@@ -67,9 +67,9 @@ class Done:
 
 def run_job(model: Any, settings: dict[str, Any], job: Job) -> Done:
     """Run ``job`` on ``model`` (loaded, or a :class:`ModelSpec`) with the
-    :class:`~kdiff_differential.image_edit.EditSettings` keywords ``settings``."""
-    from ..image_edit import EditWarning, edit_image
-    from ..images import read_image, write_image
+    :class:`~kdiff_differential.editing.image_edit.EditSettings` keywords ``settings``."""
+    from ..editing.image_edit import EditWarning, edit_image
+    from ..files.images import read_image, write_image
 
     if isinstance(model, ModelSpec):
         model = model.open()
@@ -92,13 +92,13 @@ def run_job(model: Any, settings: dict[str, Any], job: Job) -> Done:
             done.seeds.append(edit.seed)
             done.region = edit.region.describe() if edit.region.cropped else ""
             if job.save_strip:
-                from ..figures import strip
+                from ..editing.figures import strip
 
                 decoded = edit.decoded if settings.get("composite", "difference") != "none" else None
                 figure = strip(image, edit.change_map, edit.image, keep_map=settings.get("keep_map", False), decoded=decoded)
                 write_image(figure, strip_file)
             if job.save_masks and edit.edit is not None:
-                from ..figures import mask_grid
+                from ..editing.figures import mask_grid
 
                 masks = [edit.edit.wrapper.mask(sigma)[0, 0].cpu() for sigma in edit.edit.step_sigmas]
                 write_image(mask_grid(masks, edit.region.width / edit.region.height, edit.edit.step_sigmas), masks_file)
@@ -108,7 +108,7 @@ def run_job(model: Any, settings: dict[str, Any], job: Job) -> Done:
 def _said(done: Done, caught: list[warnings.WarningMessage]) -> Done:
     """``done`` with the edit's warnings among ``caught``, each once, however many seeds
     said it; others go back to Python's own handling."""
-    from ..image_edit import EditWarning
+    from ..editing.image_edit import EditWarning
 
     for warning in caught:
         if issubclass(warning.category, EditWarning):
@@ -127,9 +127,9 @@ def frames_folder(save_frames: str, out: str, several: bool) -> Path:
 
 
 def _run_video_job(model: Any, settings: dict[str, Any], job: Job) -> Done:
-    from ..image_edit import EditWarning
-    from ..video_edit import edit_video
-    from ..video_files import read_video, write_frames, write_video
+    from ..editing.image_edit import EditWarning
+    from ..editing.video_edit import edit_video
+    from ..files.video import read_video, write_frames, write_video
 
     if job.image is None:
         from ..models.builtin import load_example_clip

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..images import require_rgb, to_image, to_tensor
-from ..sampler_table import DEFAULT_STEPS
+from ..files.images import require_rgb, to_image, to_tensor
+from ..core.samplers import DEFAULT_STEPS
 from .ideal import IdealDenoiser
 
 # Only images inside the scikit-image wheel: skimage.data fetches the others with pooch.
@@ -139,7 +139,7 @@ class BuiltinModel:
     only the scaled-up change to the input would carry the input's fine edges into
     regenerated areas (ghosts). The original's full-resolution pixels come back where the
     map keeps them, or where the model barely changed them, in the pixel-space composite
-    (:mod:`kdiff_differential.compositing`).
+    (:mod:`kdiff_differential.stages.compositing`).
     """
 
     schedule, steps, cfg, description = Builtin.schedule, Builtin.steps, Builtin.cfg, Builtin.description

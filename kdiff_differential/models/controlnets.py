@@ -82,7 +82,7 @@ class Control:
     def pixels(self) -> np.ndarray:
         """The control image as uint8 (H, W, 3): read, or the edges of one read
         (``canny:PATH``), or as given. InputError for a missing or unreadable file."""
-        from ..images import read_image
+        from ..files.images import read_image
 
         if isinstance(self.image, np.ndarray):
             if self.image.dtype != np.uint8 or self.image.ndim != 3 or self.image.shape[2] != 3:

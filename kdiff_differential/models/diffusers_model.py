@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..denoiser import RELEASE_MASK
+from ..core.denoiser import RELEASE_MASK
 from ..errors import InputError
-from ..images import to_image, to_tensor
+from ..files.images import to_image, to_tensor
 from .controlnets import Control, ControlRun, control_run, load_controlnets
 from .families import INPAINT_MASK, INPAINT_MASKS, Family
 from .loras import apply_loras, check_loras
@@ -214,7 +214,7 @@ def change_mask(change_map: Any, size: tuple[int, int], device: torch.device, th
     """The change map binarised (1 = change) at ``size``: (1, 1, *size) float32, 1 where
     it is >= 0.5 (``threshold`` 0: where it is > 0). The map is resized bilinearly first,
     then binarised, as ComfyUI's InpaintModelConditioning."""
-    from ..maps import _as_strength, _to_tensor
+    from ..maps.reading import _as_strength, _to_tensor
 
     strength = _as_strength(_to_tensor(change_map), torch.float32).to(device)
     while strength.dim() < 4:
@@ -303,7 +303,7 @@ class DiffusersPipeline:
     def denoiser_for(self, latent: Union[Tensor, tuple[int, int]]) -> nn.Module:
         """The k-diffusion denoiser for ``latent`` (1, C, h, w), a video family's
         (1, C, F, h, w), or its size (h, w)."""
-        from ..guidance import CFGDenoiser
+        from ..core.guidance import CFGDenoiser
 
         size = _latent_size(latent, self.family.patch, video=self.frames_per_latent is not None)
         if size not in self._denoisers:
@@ -441,7 +441,7 @@ class DiffusersPipeline:
         from diffusers.image_processor import VaeImageProcessor
         from PIL import Image
 
-        from ..clocks import find_attribute
+        from ..core.clocks import find_attribute
 
         processor = VaeImageProcessor(vae_scale_factor=self.factor, do_convert_rgb=True, do_normalize=False)
 

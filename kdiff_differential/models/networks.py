@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..guidance import Condition
+from ..core.guidance import Condition
 
 
 class ControlCall(Protocol):

@@ -149,7 +149,7 @@ class QwenImageEdit(QwenImage):
         import torch
         from PIL import Image
 
-        from ...images import to_image
+        from ...files.images import to_image
 
         picture = Image.fromarray(to_image(image))
         with torch.no_grad():

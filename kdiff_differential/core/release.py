@@ -22,9 +22,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .choices import RELEASES
+from ..choices import RELEASES
 from .clocks import Clock, Span
-from .sampler_table import Sampler
+from .samplers import Sampler
 
 
 # Samplers that work in t = -log(sigma) (dpm_fast, dpm_adaptive) call the model at

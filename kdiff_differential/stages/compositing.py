@@ -42,9 +42,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .choices import COMPOSITES
-from .images import require_rgb
-from .maps import strength_array
+from ..choices import COMPOSITES
+from ..files.images import require_rgb
+from ..maps.reading import strength_array
 
 # 0.05 of the pixel range, about 13 8-bit levels: above a Stable Diffusion VAE's typical
 # reconstruction error and a 2x upscale's blur (5 levels on average, measured on the

@@ -12,9 +12,9 @@ from torch import Tensor, nn
 
 from .clocks import CLOCKS, Span, find_attribute, inner_models, make_clock, make_span, model_timestep
 from .compat import COMPATS, compat_named
-from .maps import latent_map
+from ..maps.reading import latent_map
 from .release import RELEASES, make_release, release_map, step_release_map
-from .sampler_table import sampler_named
+from .samplers import sampler_named
 
 # The keyword by which an inner denoiser asks for each call's release mask (see DifferentialDenoiser).
 RELEASE_MASK = "release_mask"
@@ -82,7 +82,7 @@ class DifferentialDenoiser(nn.Module):
             Floats in [0, 1], integers as 8-bit grey levels, booleans, arrays or PIL images.
             For a video latent: (H', W') for every frame, or per video frame (T, H', W'),
             (1|B, T, H', W') or (1|B, 1, T, H', W'), brought to the latent frames by
-            :func:`~kdiff_differential.maps.latent_frames` (docs/python.md, "Video latents").
+            :func:`~kdiff_differential.maps.reading.latent_frames` (docs/python.md, "Video latents").
         frames_per_latent: for a video latent, how many video frames a latent frame stands
             for after the first, which stands alone (Wan's VAE: 4, so T = 4 (F - 1) + 1).
         sigmas: the schedule the sampler will run (1-D, descending, may end in 0). A
@@ -96,7 +96,7 @@ class DifferentialDenoiser(nn.Module):
             ``strength * m + (1 - strength) * s``, as ComfyUI's node does, with m the
             release weight (binary or smooth); 0 gives the map itself as a soft mask
             (under ``compat="comfyui"``, 0 acts as 1, as in ComfyUI's node).
-        release: ``"faithful"`` (the default here, in :func:`~kdiff_differential.edit.differential_edit`,
+        release: ``"faithful"`` (the default here, in :func:`~kdiff_differential.core.sampling.differential_edit`,
             :func:`~kdiff_differential.edit_image` and the command line), ``"smooth"`` or ``"binary"``.
             Binary (ComfyUI's rule; the diffusers pipelines' is binary on a step-index grid,
             ``compat="diffusers"``) frees a pixel at the first call with ``s >= tau(sigma)``,
@@ -109,7 +109,7 @@ class DifferentialDenoiser(nn.Module):
             fully free exactly where binary frees it. The range samplers have no levels:
             there tau_lo = tau_hi - ``RANGE_RAMP``. ``compat="comfyui"`` is always binary.
             ``"faithful"`` eases in over the same step, but linearly in sigma**3 rather
-            than in tau (see :class:`~kdiff_differential.release.FaithfulRelease`): at
+            than in tau (see :class:`~kdiff_differential.core.release.FaithfulRelease`): at
             few steps each strength then changes about as much as in a converged edit,
             where smooth changes more; on a range sampler, and on a schedule of fewer
             than 4 steps (but for Heun's family from 2), it is the smooth rule
@@ -128,7 +128,7 @@ class DifferentialDenoiser(nn.Module):
             Z-Image), see ``compat``). ``threshold=`` is its deprecated old name.
         compat: ``None``; ``"diffusers"`` for the diffusers community Differential
             Diffusion pipelines exactly (see ``docs/peers.md``): the binary rule by step
-            index on ``sigmas`` (:func:`~kdiff_differential.release.step_release_map`),
+            index on ``sigmas`` (:func:`~kdiff_differential.core.release.step_release_map`),
             pre-blend for SDXL and SD3, post-blend for Flux.1 and Z-Image, every pixel
             free at the last call (Z-Image's: a call at t = 0 after the schedule's
             end), the pipeline's map resizing; the denoiser's

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import InputError
-from .files import write_atomically
+from ..errors import InputError
+from .atomic import write_atomically
 
 
 def _open(path: str, read: Callable[[Any], Any]) -> Any:
@@ -44,8 +44,8 @@ def read_image(path: str) -> np.ndarray:
 def read_map(path: str) -> Tensor:
     """The change strengths of the map image at ``path``, float32 (H, W) in [0, 1], read
     by the range of its mode (8-bit, 16-bit, float, colour, alpha: see
-    :func:`~kdiff_differential.maps.image_strength`); InputError for a map out of range."""
-    from .maps import image_strength
+    :func:`~kdiff_differential.maps.reading.image_strength`); InputError for a map out of range."""
+    from ..maps.reading import image_strength
 
     def read(image: Any) -> Tensor:
         try:

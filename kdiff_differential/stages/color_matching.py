@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .images import require_rgb
-from .maps import strength_array
+from ..files.images import require_rgb
+from ..maps.reading import strength_array
 
 BAND = 16  # pixels: the width of the band inside a binary map's edge
 # Below this standard deviation (in L*a*b* units) a channel is flat in the band, and its

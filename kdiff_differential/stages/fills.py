@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from .choices import FILLS
-from .images import require_rgb
-from .maps import strength_array
+from ..choices import FILLS
+from ..files.images import require_rgb
+from ..maps.reading import strength_array
 
 # The blur fill's standard deviation, as a fraction of the image's longest side.
 BLUR_FRACTION = 1 / 16

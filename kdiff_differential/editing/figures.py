@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .maps import strength_array
+from ..maps.reading import strength_array
 
 GAP = 4  # pixels of white between panels
 TILE = 128  # the longest side of one mask in the grid

@@ -17,8 +17,8 @@ from typing import Any, Union
 
 import numpy as np
 
-from .errors import InputError
-from .files import write_atomically
+from ..errors import InputError
+from .atomic import write_atomically
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif")
 
@@ -126,7 +126,7 @@ def _read(path: PathLike, alpha: bool) -> tuple[list[np.ndarray], float]:
 def read_video(path: PathLike) -> Clip:
     """Every frame of the video at ``path``, in order, as a :class:`Clip`: uint8 RGB,
     upright (a phone clip's rotation applied); alpha is dropped, as
-    :func:`~kdiff_differential.images.read_image` drops it. ``fps`` is the stream's
+    :func:`~kdiff_differential.files.images.read_image` drops it. ``fps`` is the stream's
     average rate (a GIF's: its frame count over its length; 24 when the file states
     none). InputError (one line, naming the path) for a missing file, a file FFmpeg
     cannot read or decode, no video stream or no frames."""
@@ -136,13 +136,13 @@ def read_video(path: PathLike) -> Clip:
 
 def read_map_video(path: PathLike) -> Any:
     """The change strengths of the map video at ``path``, float32 tensor (T, H, W) in
-    [0, 1], each frame read as :func:`~kdiff_differential.images.read_map` reads a map
-    image (:func:`~kdiff_differential.maps.image_strength`: luminance; alpha as coverage
+    [0, 1], each frame read as :func:`~kdiff_differential.files.images.read_map` reads a map
+    image (:func:`~kdiff_differential.maps.reading.image_strength`: luminance; alpha as coverage
     over black, so transparent pixels are 0)."""
     import torch
     from PIL import Image
 
-    from .maps import image_strength
+    from ..maps.reading import image_strength
 
     frames, _ = _read(path, alpha=True)
     # Opaque pixels read as a map file without alpha reads them (grey * 255 / 255**2 is

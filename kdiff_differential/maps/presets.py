@@ -12,8 +12,8 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .choices import PRESETS
-from .errors import InputError
+from ..choices import PRESETS
+from ..errors import InputError
 
 
 
@@ -43,13 +43,13 @@ def resolve_map(
     spec: str, height: int, width: int, keep_map: bool = False, warn: Callable[[str], None] = warnings.warn
 ) -> Tensor:
     """``spec`` (a preset name or a map image file, white = change, read as
-    :func:`~kdiff_differential.images.read_map` says) as change strengths
+    :func:`~kdiff_differential.files.images.read_map` says) as change strengths
     (height, width), float32 in [0, 1], 1 = change.
 
     ``keep_map`` reads the file or preset as white = keep. A file of another aspect ratio
     is stretched to fit, and ``warn`` is told so. InputError for anything else.
     """
-    from .images import read_map
+    from ..files.images import read_map
 
     if spec in PRESETS:
         strength = preset_map(spec, height, width)

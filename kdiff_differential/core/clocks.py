@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import Tensor, nn
 
-from .choices import CLOCKS
+from ..choices import CLOCKS
 
 
 

@@ -26,8 +26,8 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .choices import CROPS
-from .maps import strength_array
+from ..choices import CROPS
+from ..maps.reading import strength_array
 
 PADDING = 0.25  # of the box's longer side, on every side
 MIN_PADDING = 16  # pixels: context the model sees around even a tiny region
@@ -169,8 +169,8 @@ def native_side(model: str, *, config: Optional[str] = None, allow_pickle: bool 
     ``allow_pickle`` as there)."""
     if model == "builtin":
         return None
-    from .models.diffusers_model import require_diffusers
-    from .models.sources import resolve_source
+    from ..models.diffusers_model import require_diffusers
+    from ..models.sources import resolve_source
 
     require_diffusers()
     return resolve_source(model, config, allow_pickle).family().native_size

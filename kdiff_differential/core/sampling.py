@@ -17,8 +17,8 @@ from torch import Tensor, nn
 
 from .clocks import find_attribute
 from .denoiser import DifferentialDenoiser, renamed_clock
-from .errors import InputError
-from .sampler_table import DEFAULT_STEPS, OWN_STEPS, RANGE_SAMPLERS, SAMPLERS, Sampler, clock_problem, sampler_named
+from ..errors import InputError
+from .samplers import DEFAULT_STEPS, OWN_STEPS, RANGE_SAMPLERS, SAMPLERS, Sampler, clock_problem, sampler_named
 from .schedules import SCHEDULES, make_sigmas
 
 __all__ = [

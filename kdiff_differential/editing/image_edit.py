@@ -4,7 +4,7 @@ Image and map in, finished image out, in the order the steps run: the change map
 the image's size (read, flipped once if it is a keep-map, a text map multiplied in,
 grown, feathered, blurred), the region the model runs on (crop), what the model sees
 there (fill), the model fitted to it, its conditioning, the sampler run through
-:func:`~kdiff_differential.edit.differential_edit`, then decoding, colour match and the
+:func:`~kdiff_differential.core.sampling.differential_edit`, then decoding, colour match and the
 pixel-space composite pasted back. The command line is a shell around this function;
 the same settings give the same pixels. Settings are checked before anything runs
 (:class:`EditSettings`): a wrong type is a TypeError, a wrong value an
@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING, Any, Optional, Sequence, Union
 
 import numpy as np
 
-from .choices import CLOCKS, COMPAT_NAMES, COMPOSITES, CROPS, FILLS, RELEASES, SCHEDULES
-from .errors import InputError
-from .sampler_table import DEFAULT_STEPS, clock_problem, sampler_named
+from ..choices import CLOCKS, COMPAT_NAMES, COMPOSITES, CROPS, FILLS, RELEASES, SCHEDULES
+from ..errors import InputError
+from ..core.samplers import DEFAULT_STEPS, clock_problem, sampler_named
 
 if TYPE_CHECKING:
     import torch
 
-    from .cropping import Region
-    from .edit import Edit
-    from .models import Model, ModelSource
+    from ..stages.cropping import Region
+    from ..core.sampling import Edit
+    from ..models import Model, ModelSource
 
 # Above this many steps a run is warned of its cost: an easy typo (100000) runs for hours.
 MANY_STEPS = 1000
@@ -109,8 +109,8 @@ class EditSettings:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        from .models.controlnets import Control
-        from .models.families import INPAINT_MASKS
+        from ..models.controlnets import Control
+        from ..models.families import INPAINT_MASKS
 
         for name in ("keep_map", "color_match", "progress"):
             _switch(name, getattr(self, name))
@@ -204,7 +204,7 @@ class EditSettings:
 
 
 def _is_builtin(model: Any) -> bool:
-    from .models.builtin import Builtin
+    from ..models.builtin import Builtin
 
     return isinstance(model, Builtin) or getattr(model, "name", None) == "builtin"
 
@@ -217,8 +217,8 @@ class ImageEdit:
     the model's output pasted into the input (after colour match, before the composite),
     uint8 (H, W, 3). ``change_map``: the map the edit ran, float32 (H, W) in [0, 1], 1 =
     change, after every shaping step. ``edit``: the sampler run
-    (:class:`~kdiff_differential.edit.Edit`: its latent, wrapper and step sigmas).
-    ``region``: where the model ran (:class:`~kdiff_differential.cropping.Region`).
+    (:class:`~kdiff_differential.core.sampling.Edit`: its latent, wrapper and step sigmas).
+    ``region``: where the model ran (:class:`~kdiff_differential.stages.cropping.Region`).
     ``seed``: the seed used. With a map that changes nothing the model is not run:
     ``decoded`` is the input and ``edit`` None.
     """
@@ -235,7 +235,7 @@ def load_options(options: dict[str, Any]) -> dict[str, Any]:
     """The model-loading keywords of :func:`edit_image` (``LOAD_OPTIONS``) as
     :func:`~kdiff_differential.models.open_model` takes them: LoRAs as (file, scale) pairs
     (``"FILE[:SCALE]"`` parsed), ControlNet sources as ``controlnets``."""
-    from .models.loras import check_loras, parse_lora
+    from ..models.loras import check_loras, parse_lora
 
     loras = [parse_lora(entry) if isinstance(entry, str) else entry for entry in options.get("lora") or ()]
     allow_pickle = options.get("allow_pickle", False)
@@ -253,17 +253,17 @@ def change_map_at(image: np.ndarray, change_map: Any, settings: EditSettings, de
     :class:`~kdiff_differential.DifferentialDenoiser` takes) at the image's size, flipped
     if ``settings.keep_map``, times the text map of ``settings.map_prompt``, then grown,
     feathered and blurred."""
-    from .maps import change_strength
-    from .preparation import shape_map
+    from ..maps.reading import change_strength
+    from ..maps.shaping import shape_map
 
     height, width = image.shape[:2]
     if isinstance(change_map, (str, Path)):
-        from .presets import resolve_map
+        from ..maps.presets import resolve_map
 
         change_map = resolve_map(str(change_map), height, width, warn=_warn)
     strength = change_strength(change_map, (height, width), keep_map=settings.keep_map)
     if settings.map_prompt is not None:
-        from .segmentation import prompt_map
+        from ..models.clipseg import prompt_map
 
         strength = prompt_map(image, settings.map_prompt, settings.segmenter, device=device or "cpu", change_map=strength, quiet=True)
     shaped = shape_map(strength, grow=settings.grow, feather=settings.feather, blur=settings.blur)
@@ -288,9 +288,9 @@ def edit_image(
     ``options``: the :class:`EditSettings`, each named as its command-line option
     (``crop_padding=0.5``, ``color_match=True``, ``seed=None`` for a random seed).
     """
-    from .cropping import plan_crop, whole
-    from .fills import fill_pixels
-    from .images import require_rgb
+    from ..stages.cropping import plan_crop, whole
+    from ..stages.fills import fill_pixels
+    from ..files.images import require_rgb
 
     require_rgb(image, "image")
     settings, model, seed = open_edit(model, options, device, "image")
@@ -312,10 +312,10 @@ def edit_image(
     # 6. Decoded at the box's size, colour-matched, composited over the original, pasted back.
     decoded = region.from_work(fitted.decode(edit.result))
     if settings.color_match:
-        from .color_matching import match_colors
+        from ..stages.color_matching import match_colors
 
         decoded = match_colors(decoded, box_image, box_strength)
-    from .compositing import composite
+    from ..stages.compositing import composite
 
     result = region.paste(image, composite(box_image, decoded, box_strength, settings.composite))
     return ImageEdit(result, region.paste(image, decoded), strength, edit, region, seed)
@@ -325,7 +325,7 @@ def open_edit(model: Any, options: dict[str, Any], device: Any, what: str) -> tu
     """The settings of an edit (``options``, checked), its model (loaded on ``device`` when
     given by name, with the loading keywords among ``options``) and its seed (drawn when
     None). ``what`` the edit takes ("image", "video"), for the model's refusal."""
-    from .models import ModelSource, find_model, open_model, refuse_for_builtin
+    from ..models import ModelSource, find_model, open_model, refuse_for_builtin
 
     loading = {name: options.pop(name) for name in LOAD_OPTIONS if name in options}
     settings = EditSettings(**options)
@@ -349,16 +349,16 @@ def run_sampler(fitted: Any, strength: np.ndarray, settings: EditSettings, seed:
     """Steps 4 and 5 of an edit: the conditioning of ``fitted`` (an
     :class:`~kdiff_differential.models.ImageModel`) with the model's own defaults where
     none is given, and the sampler run through
-    :func:`~kdiff_differential.edit.differential_edit` with the map ``strength`` at the
+    :func:`~kdiff_differential.core.sampling.differential_edit` with the map ``strength`` at the
     model's input (H, W), or one per frame (T, H, W) for a clip's latent, whose frames
     the model merges ``frames_per_latent`` at a time."""
-    from .edit import differential_edit
+    from ..core.sampling import differential_edit
 
     schedule = settings.schedule or fitted.schedule
     steps = settings.steps if settings.steps is not None or sampler_named(settings.sampler)[0].own_steps else fitted.steps
     extra: dict[str, Any] = {}
     if settings.controls:
-        from .schedules import make_sigmas
+        from ..core.schedules import make_sigmas
 
         # The windows are fractions of the schedule the sampler will run (range samplers: of the same steps').
         extra = {"controls": [replace(control, image=region.align(control.pixels())) for control in settings.controls],

@@ -25,7 +25,7 @@ class Compat:
     ``sigma_min=``/``sigma_max=`` ramp ends at the model's sigma_min.
     ``unit_variance_start``: the start at the model's sigma_max is scaled to
     ``sqrt(1 + sigma^2)``. ``step_rule``: the diffusers pipelines' release by step
-    index (see :func:`~kdiff_differential.release.step_release_map`), ``"pre"`` or
+    index (see :func:`~kdiff_differential.core.release.step_release_map`), ``"pre"`` or
     ``"post"``; ``None`` for the clock's. ``empty_last_step``: the pipeline's N steps
     end with a call at t = 0 that changes nothing, which a sampler's schedule leaves
     out: its thresholds count one step more than the schedule has.

@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .choices import COMFYUI_SCHEDULES, SCHEDULES
+from ..choices import COMFYUI_SCHEDULES, SCHEDULES
 from .clocks import find_attribute
 
 __all__ = ["SCHEDULES", "make_sigmas"]

@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 from .image_edit import EditSettings, _warn, change_map_at, open_edit, run_sampler
 
 if TYPE_CHECKING:
     import torch
 
-    from .cropping import Region
-    from .edit import Edit
-    from .models import Model, ModelSource
+    from ..stages.cropping import Region
+    from ..core.sampling import Edit
+    from ..models import Model, ModelSource
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _per_frame(change_map: Any, count: int) -> Optional[list[Any]]:
     axis holds the frames ((T, H, W), or colour frames (T, H, W, 3|4); a 3-D array whose
     last axis is 3 or 4, but not its first, is one colour map)."""
     if isinstance(change_map, (str, Path)):
-        from .video_files import is_video, read_map_video
+        from ..files.video import is_video, read_map_video
 
         if not is_video(change_map):
             return None
@@ -94,7 +94,7 @@ def _per_frame(change_map: Any, count: int) -> Optional[list[Any]]:
 def clip_change_map(frames: np.ndarray, change_map: Any, settings: EditSettings, device: Any = None) -> np.ndarray:
     """The change map of each frame an edit of ``frames`` (T, H, W, 3) runs, float32
     (T, H, W) in [0, 1], 1 = change: a still ``change_map`` (anything
-    :func:`~kdiff_differential.image_edit.change_map_at` takes) for every frame, or one
+    :func:`~kdiff_differential.editing.image_edit.change_map_at` takes) for every frame, or one
     per frame (see :func:`edit_video`), each shaped as ``settings`` say. A text map
     (``map_prompt``) is read from every frame."""
     maps = _per_frame(change_map, len(frames))
@@ -124,9 +124,9 @@ def edit_video(
     settings of :func:`~kdiff_differential.edit_image` (ControlNets and inpainting masks
     excepted), and its model-loading keywords.
     """
-    from .compositing import composite
-    from .cropping import plan_crop, whole
-    from .fills import fill_pixels
+    from ..stages.compositing import composite
+    from ..stages.cropping import plan_crop, whole
+    from ..stages.fills import fill_pixels
 
     frames = _require_frames(frames)
     settings, model, seed = open_edit(model, options, device, "video")
@@ -157,7 +157,7 @@ def edit_video(
     # 6. Decoded and trimmed, colour-matched over the whole clip, composited and pasted back frame by frame.
     decoded = np.stack([region.from_work(frame) for frame in fitted.decode(edit.result)[:count]])
     if settings.color_match:
-        from .color_matching import match_colors
+        from ..stages.color_matching import match_colors
 
         decoded = match_colors(decoded, box_frames, box_strength)
     result = np.stack([

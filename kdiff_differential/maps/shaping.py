@@ -31,8 +31,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import InputError
-from .maps import strength_array
+from ..errors import InputError
+from .reading import strength_array
 
 
 def _number(name: str, value: Any, negative: bool) -> float:
@@ -142,7 +142,7 @@ def shape_map(
 
 def __getattr__(name: str) -> Any:
     if name == "prepare_map":
-        from .deprecation import renamed
+        from ..deprecation import renamed
 
         return renamed("prepare_map", "shape_map", shape_map)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

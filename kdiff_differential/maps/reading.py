@@ -277,7 +277,7 @@ def _resized(strength: Tensor, height: int, width: int, resize: str) -> Tensor:
 
 def __getattr__(name: str) -> Any:
     if name == "prepare_change_map":
-        from .deprecation import renamed
+        from ..deprecation import renamed
 
         return renamed("prepare_change_map", "latent_map", latent_map)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

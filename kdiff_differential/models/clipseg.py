@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from .errors import InputError
+from ..errors import InputError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,7 +38,7 @@ def load_segmenter(source: str, device: Union[str, "torch.device"] = "cpu", quie
     if quiet:
         transformers_logging.set_verbosity_error()
         transformers_logging.disable_progress_bar()
-    from .models.sources import cached_folder, resolve_source
+    from .sources import cached_folder, resolve_source
 
     # As --model names them: a folder that is not there, or a Hub id not in the cache.
     resolved = resolve_source(source, flag="segmenter")
@@ -72,8 +72,8 @@ def prompt_map(
     import torch
     import torch.nn.functional as F
 
-    from .images import require_rgb
-    from .maps import strength_array
+    from ..files.images import require_rgb
+    from ..maps.reading import strength_array
 
     require_rgb(image, "image")
     if not isinstance(prompt, str) or not prompt.strip():

@@ -1,0 +1,1 @@
+"""Files read and written: images, maps and video clips, each written atomically."""
