@@ -1,15 +1,54 @@
-"""Bad input from the user, and how a command reports it: one line, no traceback."""
+"""Bad input from the user and what the user should hear: how a command reports an error
+(one line, no traceback), the warning of an edit that still runs, and the small checks
+every entry point makes of a setting's value."""
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
-from typing import Callable
+import warnings
+from typing import Any, Callable, Sequence
 
 
 class InputError(ValueError):
     """Bad input from the user (a file, a flag, a model directory): the message says
     what is wrong and what to do, in one line."""
+
+
+class EditWarning(UserWarning):
+    """Something the user should know about an edit that still runs: a setting that has
+    no effect, a map stretched to fit, nothing to change, a lossy file."""
+
+
+def warn(message: str) -> None:
+    """Say ``message`` as an :class:`EditWarning`, pointing at the caller's caller."""
+    warnings.warn(message, EditWarning, stacklevel=3)
+
+
+def check_number(name: str, value: Any, low: float = -math.inf, high: float = math.inf, *, whole: bool = False,
+                 open_low: bool = False, unit: str = "") -> None:
+    """TypeError unless ``value`` is a finite number (an int where ``whole``); InputError
+    unless it lies in [low, high] ((low, high] where ``open_low``). Both name ``name``,
+    and ``unit`` (" of pixels") when given."""
+    kind = ("a whole number" if whole else "a number") + unit
+    if isinstance(value, bool) or not isinstance(value, int if whole else (int, float)) or not math.isfinite(value):
+        raise TypeError(f"{name}={value!r}: give {kind}")
+    if value < low or (open_low and value == low) or value > high:
+        bounds = f"in {'(' if open_low else '['}{low:g}, {high:g}]" if high < math.inf else f"{'>' if open_low else '>='} {low:g}"
+        raise InputError(f"{name}={value}: out of range; give {kind} {bounds}")
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> None:
+    """InputError naming ``name`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise InputError(f"{name}={value!r}: give one of {', '.join(map(str, choices))}")
+
+
+def check_switch(name: str, value: Any) -> None:
+    """TypeError naming ``name`` unless ``value`` is True or False."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}={value!r}: give True or False")
 
 
 class OneLineParser(argparse.ArgumentParser):

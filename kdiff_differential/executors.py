@@ -47,7 +47,12 @@ def run_ray(
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for reference in done:
-                yield pending.pop(reference), ray.get(reference)
+                try:
+                    result = ray.get(reference)
+                except ray.exceptions.RayTaskError as error:
+                    # The worker's own exception (a user's InputError is one line), not Ray's wrapping of it.
+                    raise (error.cause if isinstance(error.cause, Exception) else error) from None
+                yield pending.pop(reference), result
     finally:
         if started_here:
             ray.shutdown()

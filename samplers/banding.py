@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from kdiff_differential.core.sampling import RANGE_SAMPLERS, SAMPLERS
+from kdiff_differential.core.samplers import RANGE_SAMPLERS, SAMPLERS
 from kdiff_differential.errors import InputError, OneLineParser, command_status
 from kdiff_differential.files.atomic import write_atomically
 

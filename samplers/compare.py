@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional, Sequence
 
 from kdiff_differential.core.clocks import CLOCKS
 from kdiff_differential.core.denoiser import RELEASES
-from kdiff_differential.core.sampling import OWN_STEPS, RANGE_SAMPLERS, SAMPLERS
+from kdiff_differential.core.samplers import OWN_STEPS, RANGE_SAMPLERS, SAMPLERS
 from kdiff_differential.errors import InputError, OneLineParser, command_status
 from kdiff_differential.files.atomic import same_file
 from kdiff_differential.maps.presets import PRESETS
@@ -73,7 +73,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=_list_of(_positive, "whole numbers >= 1"), default=[10, 20, 40], help="step counts (default: 10,20,40)")
     parser.add_argument("--seeds", type=_list_of(int, "whole numbers"), default=[0], help="seeds (default: 0)")
     parser.add_argument("--clock", type=_list_of(str, "clocks", CLOCKS), help=f"clocks, of: {', '.join(CLOCKS)} (default: timestep)")
-    parser.add_argument("--threshold", type=_list_of(str, "clocks", CLOCKS), help=argparse.SUPPRESS)  # the old name of --clock
     parser.add_argument("--release", type=_list_of(str, "releases", RELEASES), default=["faithful"], help=f"release modes, of: {', '.join(RELEASES)} (default: faithful)")
     parser.add_argument("--strength", type=_strength, default=1.0, help="release strength in [0, 1] (default: 1)")
     parser.add_argument("--model", default="builtin", help="'builtin' (default) or a local diffusers folder (SD 1.x/2.x, SDXL, SD3/SD3.5, Flux.1)")
@@ -137,9 +136,7 @@ def sweep(args: argparse.Namespace) -> Path:
             raise InputError(str(error)) from None
     setup = Setup(model=args.model, image=args.image, map=args.map)
     _, original, strength = prepared(setup)  # bad model, image or map: fail before any run
-    if args.threshold is not None:
-        print(f"{PROG}: warning: --threshold is deprecated and will be removed: it is now --clock", file=sys.stderr)
-    clocks = args.clock or args.threshold or ["timestep"]
+    clocks = args.clock or ["timestep"]
     runs = plan(args.samplers, args.steps, args.seeds, clocks, args.strength, args.release)
     if not runs:
         raise InputError(f"--clock step needs a schedule, and --samplers {','.join(args.samplers)} run sigma ranges; add a clock (timestep, sigma) or a sampler")

@@ -67,7 +67,7 @@ def markdown(table: dict[tuple[str, str, int], dict[str, float]]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Print the table; returns the exit status."""
-    from kdiff_differential.core.sampling import RANGE_SAMPLERS, SAMPLERS
+    from kdiff_differential.core.samplers import RANGE_SAMPLERS, SAMPLERS
     from samplers.compare import _list_of, _positive
 
     listed = [name for name in SAMPLERS if name not in RANGE_SAMPLERS]

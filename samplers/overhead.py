@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from kdiff_differential import DifferentialDenoiser
 from kdiff_differential.errors import InputError, OneLineParser, command_status
 from kdiff_differential.core.guidance import CFGDenoiser
-from kdiff_differential.models import sd_alphas_cumprod
+from kdiff_differential.models.ideal import sd_alphas_cumprod
 from samplers.arguments import check_json, positive, require_cuda, write_json
 from samplers.comfyui_reference import ComfyUIReference
 from samplers.threads import one_thread

@@ -47,8 +47,8 @@ def invokeai_edit(denoiser: nn.Module, latent: Tensor, change_map: Tensor, sampl
     """InvokeAI's rule on ``sampler`` over our default schedule (karras), from ``seed``
     as :func:`~kdiff_differential.core.sampling.differential_edit` seeds: the edited latent."""
     from kdiff_differential.core.denoiser import DifferentialDenoiser
-    from kdiff_differential.core.sampling import run_sampler
-    from kdiff_differential.core.release import _LEVEL_SLACK
+    from kdiff_differential.core.sampling import call_sampler
+    from kdiff_differential.core.release import LEVEL_SLACK
     from kdiff_differential.core.samplers import sampler_named
     from kdiff_differential.core.schedules import make_sigmas
 
@@ -62,10 +62,10 @@ def invokeai_edit(denoiser: nn.Module, latent: Tensor, change_map: Tensor, sampl
         ends[sigmas[1:] == 0] = 0
         # Held through call i while mask < t_prev(i) + eps; the held calls are a prefix.
         held = (dd.change_map.to(ends.dtype).unsqueeze(-1) < ends + INVOKEAI_EPSILON).sum(-1)
-        levels = torch.cat([sigmas, sigmas.new_zeros(1)]).to(dd.release_sigma.dtype) * (1 + _LEVEL_SLACK)
+        levels = torch.cat([sigmas, sigmas.new_zeros(1)]).to(dd.release_sigma.dtype) * (1 + LEVEL_SLACK)
         dd.release_sigma.copy_(levels[held])
         run = dict(extra_args={}, callback=lambda info: None, disable=True)
-        return run_sampler(chosen, dd, dd.noisy_latent(), sigmas, run)
+        return call_sampler(chosen, dd, dd.noisy_latent(), sigmas, run)
 
 
 def peer_edit(peer: str, denoiser: nn.Module, latent: Tensor, change_map: Tensor, sampler: str, steps: int, seed: int) -> Tensor:

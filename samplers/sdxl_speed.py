@@ -44,7 +44,7 @@ def guided_unet(device: str, size: int, tiny: bool) -> tuple:
     from diffusers import UNet2DConditionModel
 
     from kdiff_differential.core.guidance import CFGDenoiser
-    from kdiff_differential.models import sd_alphas_cumprod
+    from kdiff_differential.models.ideal import sd_alphas_cumprod
     from kdiff_differential.models.networks import DiffusersUNet
 
     torch.manual_seed(0)

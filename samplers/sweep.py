@@ -60,7 +60,7 @@ def plan(samplers: list[str], steps: list[int], seeds: list[int], clocks: list[s
     clock counts schedule steps, which the range samplers (dpm_fast, dpm_adaptive) do not
     have: those pairs are left out. A sampler that chooses its own steps (dpm_adaptive)
     runs once, under the first step count."""
-    from kdiff_differential.core.sampling import OWN_STEPS, RANGE_SAMPLERS
+    from kdiff_differential.core.samplers import OWN_STEPS, RANGE_SAMPLERS
 
     return [Run(sampler, count, seed, clock, strength, release)
             for sampler, count, release, seed, clock in itertools.product(samplers, steps, releases, seeds, clocks)
@@ -115,7 +115,8 @@ def _prepared(setup: Setup, stamps: tuple) -> tuple[Any, np.ndarray, Tensor]:
 
 def perform(setup: Setup, run: Run) -> tuple[dict[str, Any], np.ndarray]:
     """Do one run: its row for results.csv, and its output image, uint8 (H, W, 3)."""
-    from kdiff_differential.core.sampling import OWN_STEPS, differential_edit
+    from kdiff_differential.core.samplers import OWN_STEPS
+    from kdiff_differential.core.sampling import differential_edit
 
     model, image, strength = prepared(setup)
     counter = CountingDenoiser(model.denoiser)

@@ -30,13 +30,13 @@ def moving_disc(frames: int, side: int) -> np.ndarray:
 
 def figure(steps: int) -> np.ndarray:
     """Rows: input frames | map frames | output frames, at SHOWN; uint8."""
-    from kdiff_differential import edit_video
+    from kdiff_differential import EditSettings, edit_video
     from kdiff_differential.editing.figures import GAP, labelled
     from kdiff_differential.models.builtin import load_example_clip
 
     frames = load_example_clip(FRAMES)
     maps = moving_disc(FRAMES, frames.shape[1])
-    done = edit_video("builtin", frames, maps, steps=steps, seed=0, crop="off")
+    done = edit_video("builtin", frames, maps, EditSettings(steps=steps, crop="off"), seed=0)
     rows = []
     for name, tiles in (("input", frames), ("map", np.repeat((maps[..., None] * 255).round().astype(np.uint8), 3, axis=-1)),
                         ("output", done.frames)):

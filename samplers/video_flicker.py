@@ -39,7 +39,7 @@ def flicker(frames: np.ndarray, where: np.ndarray) -> float:
 
 def measure(steps: int = 10, seeds: Sequence[int] = (0, 1, 2), feather: float = 24) -> dict[str, dict[str, float]]:
     """Flicker per clip (and the input's own, "input"), per way of matching, mean over seeds."""
-    from kdiff_differential import edit_video
+    from kdiff_differential import EditSettings, edit_video
     from kdiff_differential.stages.color_matching import match_colors
     from kdiff_differential.stages.compositing import composite
     from kdiff_differential.maps.shaping import shape_map
@@ -55,7 +55,7 @@ def measure(steps: int = 10, seeds: Sequence[int] = (0, 1, 2), feather: float = 
         for match in MATCHES:
             values = []
             for seed in seeds:
-                done = edit_video("builtin", frames, strength, steps=steps, seed=seed, crop="off")
+                done = edit_video("builtin", frames, strength, EditSettings(steps=steps, crop="off"), seed=seed)
                 decoded = done.decoded
                 if match == "clip":
                     decoded = match_colors(decoded, frames, strength)

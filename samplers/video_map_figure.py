@@ -48,7 +48,7 @@ def figure(side: int) -> np.ndarray:
     from PIL import Image, ImageDraw
 
     from kdiff_differential.editing.figures import GAP, LABEL, labelled
-    from kdiff_differential.maps.reading import latent_frames
+    from kdiff_differential.maps.latent import latent_frames
 
     maps = frame_maps(side)
     largest = latent_frames(torch.from_numpy(maps), LATENT_FRAMES, FRAMES_PER_LATENT).numpy()

@@ -31,7 +31,7 @@ import torch
 from kdiff_differential import DifferentialDenoiser, make_sigmas
 
 from conftest import SAMPLERS, SIZE, ideal_denoiser, smooth_images
-from kdiff_differential.models import IdealDenoiser
+from kdiff_differential.models.ideal import IdealDenoiser
 
 # The ComfyUI the golden file was made from: Comfy-Org/ComfyUI, 2025-10-11, the first
 # release of the node's strength input in the V3 schema.

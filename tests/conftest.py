@@ -21,9 +21,9 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from PIL import Image
 from torch import nn
 
-from kdiff_differential.core.sampling import RANGE_SAMPLERS
-from kdiff_differential.core.sampling import SAMPLERS as ALL_SAMPLERS
-from kdiff_differential.models import IdealDenoiser, sd_alphas_cumprod
+from kdiff_differential.core.samplers import RANGE_SAMPLERS
+from kdiff_differential.core.samplers import SAMPLERS as ALL_SAMPLERS
+from kdiff_differential.models.ideal import IdealDenoiser, sd_alphas_cumprod
 
 # The tiny pipelines' builders; the test modules import those they need from here.
 from families_tiny import (  # noqa: F401

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from kdiff_differential import composite
-from kdiff_differential.core.sampling import OWN_STEPS, SAMPLERS, differential_edit
-from kdiff_differential.files.images import to_image
+from kdiff_differential.core.samplers import OWN_STEPS, SAMPLERS
+from kdiff_differential.core.sampling import differential_edit
+from kdiff_differential.pixels import to_image
 from kdiff_differential.models.builtin import BuiltinModel, load_example_image, working_size
 from kdiff_differential.maps.presets import PRESETS, preset_map
 
@@ -117,7 +118,7 @@ def test_dpm_adaptive_warns_once_that_it_ignores_steps(model: BuiltinModel) -> N
         chosen = differential_edit(model.denoiser, model.latent, halves, sampler="dpm_adaptive").result
         asked = differential_edit(model.denoiser, model.latent, halves, sampler="dpm_adaptive", steps=3).result
         differential_edit(model.denoiser, model.latent, halves, sampler="euler", steps=3)
-    assert [str(warning.message) for warning in caught] == ["dpm_adaptive chooses its own steps: steps=3 is ignored"]
+    assert [str(warning.message) for warning in caught] == ["sampler=dpm_adaptive chooses its own steps: steps=3 is ignored"]
     assert caught[0].filename == __file__  # it points at the caller's line
     assert torch.equal(asked, chosen)
 

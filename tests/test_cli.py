@@ -384,14 +384,12 @@ def test_several_seeds_write_one_output_each_as_single_runs_do(
     assert (files / "out/many-seed3.png").read_bytes() != (files / "out/many-seed4.png").read_bytes()
 
 
-def test_the_old_threshold_flag_still_works_and_warns_once(
+def test_the_removed_threshold_flag_is_one_line(
     files: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     monkeypatch.chdir(files)
-    assert main(["--image", "in.png", "--threshold", "sigma", "--quiet", "--out", "out/old.png", *FAST]) == 0
-    assert capsys.readouterr().err.count("--threshold is deprecated") == 1
-    assert main(["--image", "in.png", "--clock", "sigma", "--quiet", "--out", "out/new.png", *FAST]) == 0
-    assert (files / "out/old.png").read_bytes() == (files / "out/new.png").read_bytes()
+    assert main(["--image", "in.png", "--threshold", "sigma", "--quiet", "--out", "out/old.png", *FAST]) == 2
+    assert capsys.readouterr().err == "kdiff-differential: error: unrecognized arguments: --threshold sigma\n"
 
 
 def test_a_huge_step_count_is_warned_of_in_one_line_before_it_runs(

@@ -90,7 +90,7 @@ def test_several_seeds_write_a_clip_and_a_frame_folder_each(folder: Path) -> Non
     (("--image", "still.png", "--save-frames", "frames", "--out", "out.png"), "--save-frames frames: for a video clip"),
     (("--image", "clip9.mkv", "--save-strip", "--out", "out.mkv"), "--save-strip: for images; for a clip, --save-frames DIR"),
     (("--image", "clip9.mkv", "--out", "clip9.mkv"), "--out would write clip9.mkv, over the input --image clip9.mkv"),
-    (("--image", "clip9.mkv", "--inpaint-mask", "fixed", "--out", "out.mkv"), "--inpaint-mask 'fixed': for images"),
+    (("--image", "clip9.mkv", "--inpaint-mask", "fixed", "--out", "out.mkv"), "--inpaint-mask fixed: the built-in model has no inpainting channels"),
 ])
 def test_a_clips_bad_input_is_one_line_and_exit_status_2(folder: Path, arguments: tuple[str, ...], message: str) -> None:
     done = run_cli(*arguments, *STEPS, cwd=folder)

@@ -16,9 +16,10 @@ from PIL import Image
 
 from kdiff_differential import load_pipeline
 from kdiff_differential.cli import main
-from kdiff_differential.core.sampling import differential_edit, make_sigmas
+from kdiff_differential.core.sampling import differential_edit
+from kdiff_differential.core.schedules import make_sigmas
 from kdiff_differential.errors import InputError
-from kdiff_differential.models import Control
+from kdiff_differential.models.controlnets import Control
 from kdiff_differential.models.controlnets import canny_edges
 
 PROMPT = {"prompt": "a red cat", "negative_prompt": "blurry", "guidance_scale": 3.0, "height": 32, "width": 40}
@@ -321,7 +322,7 @@ def test_every_sampler_runs_the_controlnet_and_keeps_kept_latents(folders: dict[
     each run differs from the one at scale 0 where the map changes, and not where it keeps."""
     from conftest import SAMPLERS
 
-    from kdiff_differential.core.sampling import OWN_STEPS
+    from kdiff_differential.core.samplers import OWN_STEPS
 
     latent = torch.randn(LATENT, generator=torch.Generator().manual_seed(0))
     halves = torch.zeros(LATENT[2:])

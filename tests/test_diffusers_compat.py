@@ -131,8 +131,8 @@ def test_on_another_sampler_a_call_is_masked_as_the_level_above_it(ideal, latent
 
 
 @pytest.mark.parametrize("settings, says", [
-    (dict(strength=0.5), "strength must be 1, got 0.5"),
-    (dict(sigmas=None, sigma_min=0.03, sigma_max=14.6), "give the schedule as sigmas="),
+    (dict(strength=0.5), "strength=0.5 must be 1"),
+    (dict(sigmas=None, sigma_min=0.03, sigma_max=14.6), "sigma_min=/sigma_max= runs a noise range"),
 ])
 def test_what_the_pipelines_cannot_do_is_refused(ideal, latent, settings, says) -> None:
     import k_diffusion as K

@@ -13,9 +13,10 @@ import torch
 from PIL import Image
 
 from conftest import pixels, ramp_image, save_tiny_sd
-from kdiff_differential import edit_image
+from kdiff_differential import EditSettings, edit_image
 from kdiff_differential.cli import as_flags, main
-from kdiff_differential.editing.image_edit import EditWarning
+from kdiff_differential.errors import EditWarning
+from kdiff_differential.models import find_model
 from kdiff_differential.models.builtin import Builtin, load_example_image
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kdiff_differential"
@@ -41,8 +42,7 @@ def test_the_same_settings_give_the_command_lines_pixels_on_the_builtin_model(ph
              "--sampler", "euler", "--steps", "4", "--seed", "7"]
     assert main(["--image", str(photo / "in.png"), "--map", str(photo / "map.png"), "--out", str(photo / "cli.png"), "--quiet", *flags]) == 0
     image = pixels(photo / "in.png")
-    done = edit_image("builtin", image, str(photo / "map.png"), grow=4, feather=10, fill="noise", color_match=True, crop="auto",
-                      crop_padding=0.5, sampler="euler", steps=4, seed=7)
+    done = edit_image("builtin", image, str(photo / "map.png"), EditSettings(grow=4, feather=10, fill="noise", color_match=True, crop="auto", crop_padding=0.5, sampler="euler", steps=4), seed=7)
     assert done.region.cropped  # the crop and its paste-back are part of what is compared
     assert np.array_equal(done.image, pixels(photo / "cli.png"))
     outside = np.asarray(done.change_map) == 0
@@ -56,7 +56,7 @@ def test_the_same_settings_give_the_command_lines_pixels_on_a_diffusers_folder(t
     Image.fromarray(image).save(tmp_path / "in.png")
     flags = ["--prompt", "a cat", "--negative", "a dog", "--cfg", "3", "--steps", "2", "--sampler", "dpmpp_2m", "--map", "gradient-y"]
     assert main(["--model", str(model), "--image", str(tmp_path / "in.png"), "--out", str(tmp_path / "cli.png"), "--quiet", *flags]) == 0
-    done = edit_image(str(model), image, "gradient-y", prompt="a cat", negative="a dog", cfg=3, steps=2, sampler="dpmpp_2m", device="cpu")
+    done = edit_image(str(model), image, "gradient-y", EditSettings(prompt="a cat", negative="a dog", cfg=3, steps=2, sampler="dpmpp_2m"), device="cpu")
     assert np.array_equal(done.image, pixels(tmp_path / "cli.png"))
     assert not np.array_equal(done.image, image)
 
@@ -71,7 +71,7 @@ def test_edit_image_is_the_readme_recipe_put_together() -> None:
     model = load_model("builtin", image)
     edit = differential_edit(model.denoiser, model.latent, change, sampler="dpmpp_2m", steps=6, seed=3)
     expected = composite(image, model.decode(edit.result), change)
-    done = edit_image("builtin", image, change, steps=6, seed=3)
+    done = edit_image("builtin", image, change, EditSettings(steps=6), seed=3)
     assert np.array_equal(done.image, expected)
 
 
@@ -80,16 +80,16 @@ def test_a_model_loaded_once_gives_what_its_name_gives() -> None:
 
     image = ramp_image(40, 48)
     model = open_model("builtin")
-    once = [edit_image(model, image, "radial", steps=3, seed=seed).image for seed in (0, 1)]
-    assert np.array_equal(once[0], edit_image("builtin", image, "radial", steps=3, seed=0).image)
+    once = [edit_image(model, image, "radial", EditSettings(steps=3), seed=seed).image for seed in (0, 1)]
+    assert np.array_equal(once[0], edit_image("builtin", image, "radial", EditSettings(steps=3), seed=0).image)
     assert not np.array_equal(once[0], once[1])
 
 
 def test_a_keep_map_is_the_flipped_change_map() -> None:
     image = ramp_image(40, 48)
     change = np.tile(np.linspace(0, 1, 48, dtype=np.float32), (40, 1))
-    flipped = edit_image("builtin", image, 1 - change, keep_map=True, steps=3)
-    assert np.array_equal(flipped.image, edit_image("builtin", image, change, steps=3).image)
+    flipped = edit_image("builtin", image, 1 - change, EditSettings(keep_map=True, steps=3))
+    assert np.array_equal(flipped.image, edit_image("builtin", image, change, EditSettings(steps=3)).image)
     np.testing.assert_allclose(flipped.change_map, change, atol=1e-6)
 
 
@@ -106,12 +106,10 @@ def test_a_keep_map_is_the_flipped_change_map() -> None:
         ({"steps": 2.5}, TypeError, "steps=2.5"),
         ({"denoise": 0}, ValueError, "denoise=0"),
         ({"strength": 1.5}, ValueError, "strength=1.5"),
-        ({"seed": -3}, ValueError, "seed=-3"),
         ({"clock": "step", "sampler": "dpm_fast"}, ValueError, "clock=step"),
         ({"map_prompt": "the sky"}, ValueError, "segmenter="),
         ({"color_match": "yes"}, TypeError, "color_match='yes'"),
         ({"inpaint_mask": "fixed"}, ValueError, "inpaint_mask=fixed"),
-        ({"lora": ["missing.safetensors"]}, ValueError, "lora=: for a diffusers model"),
         ({"colour_match": True}, TypeError, "colour_match"),
     ],
 )
@@ -119,7 +117,26 @@ def test_bad_settings_are_refused_before_any_work_naming_the_keyword(monkeypatch
                                                                       error: type, says: str) -> None:
     monkeypatch.setattr(Builtin, "fit", lambda *args: pytest.fail("the model ran"))
     with pytest.raises(error, match=None) as raised:
-        edit_image("builtin", ramp_image(16, 16), "full", **settings)
+        edit_image("builtin", ramp_image(16, 16), "full", EditSettings(**settings))
+    assert says in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "call, error, says",
+    [
+        (lambda image: edit_image("builtin", image, "full", seed=-3), ValueError, "seed=-3"),
+        (lambda image: edit_image("builtin", image, "full", seed=2**64), ValueError, "seed=18446744073709551616: out of range"),
+        (lambda image: edit_image("builtin", image, "full", seed=1.5), TypeError, "seed=1.5"),
+        (lambda image: edit_image("builtin", image, "full", {"steps": 2}), TypeError, "give an EditSettings"),
+        (lambda image: edit_image(find_model("builtin", loras=[("missing.safetensors", 1.0)]), image), ValueError,
+         "loras=: for a diffusers model"),
+    ],
+)
+def test_a_bad_seed_settings_or_model_option_is_refused_before_any_work(monkeypatch: pytest.MonkeyPatch, call, error: type,
+                                                                         says: str) -> None:
+    monkeypatch.setattr(Builtin, "fit", lambda *args: pytest.fail("the model ran"))
+    with pytest.raises(error) as raised:
+        call(ramp_image(16, 16))
     assert says in str(raised.value)
 
 
@@ -130,15 +147,15 @@ def test_a_map_that_changes_nothing_skips_the_model_and_says_so(monkeypatch: pyt
     grown_away[10, 10] = 1
     for change_map, settings in (("none", {}), (grown_away, {"grow": -2})):
         with pytest.warns(EditWarning, match="nothing changes"):
-            done = edit_image("builtin", image, change_map, **settings)
-        assert np.array_equal(done.image, image) and done.edit is None
+            done = edit_image("builtin", image, change_map, EditSettings(**settings))
+        assert np.array_equal(done.image, image) and done.run is None
 
 
 def test_seed_none_draws_a_seed_and_says_which() -> None:
     image = ramp_image(24, 32)
-    drawn = edit_image("builtin", image, "full", steps=2, seed=None)
+    drawn = edit_image("builtin", image, "full", EditSettings(steps=2), seed=None)
     assert isinstance(drawn.seed, int)
-    assert np.array_equal(drawn.image, edit_image("builtin", image, "full", steps=2, seed=drawn.seed).image)
+    assert np.array_equal(drawn.image, edit_image("builtin", image, "full", EditSettings(steps=2), seed=drawn.seed).image)
 
 
 def test_no_library_module_names_a_flag_in_an_error_or_warning() -> None:
@@ -176,22 +193,20 @@ def test_old_and_new_entry_points_agree_and_old_ones_warn_nothing() -> None:
     torch.testing.assert_close(fitted.latent, open_model("builtin").fit(image).latent)
 
 
-def test_the_maps_old_names_still_work_and_warn_once() -> None:
-    """prepare_map is now shape_map (grow, feather, blur in image pixels) and
-    prepare_change_map latent_map (to the latent's size): the old names do the same."""
+def test_each_public_name_comes_from_the_one_module_that_defines_it() -> None:
+    """The package's names are __init__.pyi's, each its defining module's own object (no
+    re-export chain), and the names a 0.1 release deprecated are gone."""
     import kdiff_differential
-    from kdiff_differential import deprecation, latent_map, shape_map
 
-    deprecation._WARNED.clear()
-    change = np.zeros((12, 16), np.float32)
-    change[4:8, 6:10] = 1
-    with pytest.warns(FutureWarning, match="prepare_map is now shape_map"):
-        old = kdiff_differential.prepare_map(change, grow=2)
-    assert np.array_equal(old, shape_map(change, grow=2))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        kdiff_differential.prepare_map(change, grow=2)  # once only
-    from kdiff_differential.maps.reading import prepare_change_map
+    stub = ast.parse((PACKAGE / "__init__.pyi").read_text())
+    listed = {alias.name: node.module for node in stub.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert sorted(listed) == sorted(kdiff_differential.__all__)
+    for name, module in listed.items():
+        value = getattr(kdiff_differential, name)
+        if hasattr(value, "__module__") and callable(value):
+            assert value.__module__ == f"kdiff_differential.{module}", name
+    for old in ("prepare_map", "prepare_change_map", "Edit", "load_options"):
+        assert not hasattr(kdiff_differential, old)
+    from kdiff_differential.models import flow
 
-    with pytest.warns(FutureWarning, match="prepare_change_map is now latent_map"):
-        torch.testing.assert_close(prepare_change_map(change, (1, 4, 6, 8)), latent_map(change, (1, 4, 6, 8)))
+    assert not hasattr(flow, "start_from_noise")

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from kdiff_differential import edit_video
+from kdiff_differential import EditSettings, edit_video
 from kdiff_differential.stages.color_matching import match_colors
 from kdiff_differential.errors import InputError
-from kdiff_differential.editing.image_edit import EditWarning
+from kdiff_differential.errors import EditWarning
 from kdiff_differential.models.builtin import Builtin, load_example_clip
-from kdiff_differential.editing.video_edit import frame_count
+from kdiff_differential.editing.pipeline import frame_count
 
 HEIGHT, WIDTH = 40, 48
 
@@ -41,16 +41,17 @@ def model() -> Builtin:
     return Builtin()
 
 
-SETTINGS = dict(sampler="euler", steps=4, seed=3, crop="off")
+SETTINGS = dict(sampler="euler", steps=4, crop="off")
+SEED = 3
 
 
 def test_a_map_per_frame_as_a_list_or_as_colour_frames_reads_as_the_array(model: Builtin) -> None:
     maps = moving_square(5)
     grey = (maps * 255).astype(np.uint8)
     colour = np.repeat(grey[..., None], 3, axis=-1)
-    expected = edit_video(model, clip(5), maps, **SETTINGS).frames
-    assert np.array_equal(edit_video(model, clip(5), list(maps), **SETTINGS).frames, expected)
-    assert np.array_equal(edit_video(model, clip(5), colour, **SETTINGS).frames, expected)
+    expected = edit_video(model, clip(5), maps, EditSettings(**SETTINGS), seed=SEED).frames
+    assert np.array_equal(edit_video(model, clip(5), list(maps), EditSettings(**SETTINGS), seed=SEED).frames, expected)
+    assert np.array_equal(edit_video(model, clip(5), colour, EditSettings(**SETTINGS), seed=SEED).frames, expected)
 
 
 class Merging:
@@ -59,7 +60,7 @@ class Merging:
     frame over the frames it stands for. It records the frames it is fitted to."""
 
     frames_per_latent = 4
-    native_side, flow, description = None, False, "merging test model"
+    native_side, flow, description, builtin = None, False, "merging test model", False
     schedule, steps, cfg = "karras", 4, None
 
     def __init__(self) -> None:
@@ -77,14 +78,14 @@ class Merging:
 @pytest.mark.parametrize("frames", [9, 10])
 @pytest.mark.parametrize("moving", [False, True], ids=["still-map", "moving-map"])
 @pytest.mark.parametrize("merging", [False, True], ids=["builtin", "merging"])
-@pytest.mark.filterwarnings("ignore:10 frames:kdiff_differential.editing.image_edit.EditWarning")
+@pytest.mark.filterwarnings("ignore:10 frames:kdiff_differential.errors.EditWarning")
 def test_kept_pixels_are_the_inputs_bytes_in_every_frame_and_changed_pixels_change(model: Builtin, frames: int, moving: bool, merging: bool) -> None:
     """On the built-in model, whose frames come back exact where frozen, and on one whose
     decoding does not (``Merging``, as a VAE): the composite puts each frame's bytes back."""
     model = Merging() if merging else model
     frames_in = clip(frames)
     change_map = moving_square(frames) if moving else "gradient-x"
-    done = edit_video(model, frames_in, change_map, **SETTINGS)
+    done = edit_video(model, frames_in, change_map, EditSettings(**SETTINGS), seed=SEED)
     assert done.frames.shape == frames_in.shape and done.frames.dtype == np.uint8
     assert done.change_map.shape == (frames, HEIGHT, WIDTH)
     for t in range(frames):
@@ -100,12 +101,12 @@ def test_kept_pixels_are_the_inputs_bytes_in_every_frame_and_changed_pixels_chan
 def test_a_clip_is_padded_with_its_last_frame_to_the_models_count_and_trimmed_back() -> None:
     model, frames_in = Merging(), clip(10)
     with pytest.warns(EditWarning, match=r"10 frames: this model takes 4k \+ 1 frames; the last frame is repeated 3 times to make 13"):
-        done = edit_video(model, frames_in, "gradient-x", **SETTINGS)
+        done = edit_video(model, frames_in, "gradient-x", EditSettings(**SETTINGS), seed=SEED)
     seen = model.seen[0]
     assert len(seen) == 13 and np.array_equal(seen[:10], frames_in)
     assert all(np.array_equal(frame, frames_in[-1]) for frame in seen[10:])
     assert done.frames.shape == frames_in.shape and done.padded == 3
-    assert done.edit.result.shape[2] == 4  # 13 frames in 4 latent frames
+    assert done.run.result.shape[2] == 4  # 13 frames in 4 latent frames
     kept = done.change_map == 0
     assert np.array_equal(done.frames[kept], frames_in[kept])
 
@@ -138,7 +139,7 @@ def test_the_colour_correction_is_one_for_the_whole_clip() -> None:
 
 def test_colour_match_on_a_clip_keeps_kept_pixels_exact(model: Builtin) -> None:
     frames_in = clip(5)
-    done = edit_video(model, frames_in, moving_square(5), color_match=True, feather=6, **SETTINGS)
+    done = edit_video(model, frames_in, moving_square(5), EditSettings(color_match=True, feather=6, **SETTINGS), seed=SEED)
     kept = done.change_map == 0
     assert np.array_equal(done.frames[kept], frames_in[kept])
 
@@ -150,14 +151,14 @@ def test_a_map_that_changes_nothing_returns_the_clip_without_running_the_model()
 
     frames_in = clip(3)
     with pytest.warns(EditWarning, match="0 in every frame"):
-        done = edit_video(Refusing(), frames_in, "none", **SETTINGS)
-    assert np.array_equal(done.frames, frames_in) and done.edit is None
+        done = edit_video(Refusing(), frames_in, "none", EditSettings(**SETTINGS), seed=SEED)
+    assert np.array_equal(done.frames, frames_in) and done.run is None
 
 
 def test_the_crop_runs_the_model_on_every_frames_change_box(model: Builtin) -> None:
     frames_in = clip(5, 96, 128)
     maps = moving_square(5, 8, 96, 128)
-    done = edit_video(model, frames_in, maps, sampler="euler", steps=4, seed=3, crop="auto", crop_padding=0.1)
+    done = edit_video(model, frames_in, maps, EditSettings(sampler="euler", steps=4, crop="auto", crop_padding=0.1), seed=3)
     assert done.region.cropped
     union = maps.max(axis=0)
     rows, columns = np.nonzero(union)
@@ -174,7 +175,7 @@ def test_the_crop_runs_the_model_on_every_frames_change_box(model: Builtin) -> N
 ])
 def test_maps_of_another_frame_count_are_refused(model: Builtin, change_map, message: str) -> None:
     with pytest.raises(InputError, match=message):
-        edit_video(model, clip(5), change_map, **SETTINGS)
+        edit_video(model, clip(5), change_map, EditSettings(**SETTINGS), seed=SEED)
 
 
 @pytest.mark.parametrize("frames", [np.zeros((4, 8, 3), np.uint8), np.zeros((2, 4, 8, 3), np.float32), np.zeros((0, 4, 8, 3), np.uint8)])
@@ -185,9 +186,9 @@ def test_frames_that_are_not_a_uint8_clip_are_a_type_error(model: Builtin, frame
 
 def test_settings_are_checked_by_name_before_the_model_runs() -> None:
     with pytest.raises(TypeError, match="grow="):
-        edit_video(Merging(), clip(2), grow="big")
+        edit_video(Merging(), clip(2), "gradient-x", EditSettings(grow="big"))
     with pytest.raises(InputError, match="inpaint_mask='fixed': for images; a video edit takes none"):
-        edit_video("builtin", clip(2), inpaint_mask="fixed")
+        edit_video(Merging(), clip(2), "gradient-x", EditSettings(inpaint_mask="fixed"))
 
 
 def test_an_image_model_is_refused_a_clip_by_name() -> None:
@@ -211,7 +212,7 @@ def test_the_builtin_models_clip_denoiser_weighs_the_whole_clip() -> None:
 def test_warnings_of_the_settings_reach_the_caller() -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        edit_video("builtin", clip(2), "full", prompt="a cat", **SETTINGS)
+        edit_video("builtin", clip(2), "full", EditSettings(prompt="a cat", **SETTINGS), seed=SEED)
     assert any("takes no text" in str(warning.message) for warning in caught)
 
 

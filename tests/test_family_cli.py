@@ -18,7 +18,7 @@ from PIL import Image
 from conftest import edit_halves_on_the_command_line, pixels, run_cli, ramp_image, save_tiny_flow
 
 from kdiff_differential.cli import main
-from kdiff_differential.core.sampling import OWN_STEPS, SAMPLERS
+from kdiff_differential.core.samplers import OWN_STEPS, SAMPLERS
 
 
 @pytest.mark.parametrize("name", ["sd-eps", "sd-v"])

@@ -16,7 +16,8 @@ import torch
 from conftest import SAMPLERS, halves, ramp_image
 
 from kdiff_differential import load_pipeline
-from kdiff_differential.core.sampling import OWN_STEPS, differential_edit
+from kdiff_differential.core.samplers import OWN_STEPS
+from kdiff_differential.core.sampling import differential_edit
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ def test_the_readme_base_then_refiner_recipe_keeps_kept_pixels(tiny_family) -> N
     import k_diffusion as K
 
     from kdiff_differential import DifferentialDenoiser
-    from kdiff_differential.core.sampling import make_sigmas
+    from kdiff_differential.core.schedules import make_sigmas
 
     base = load_pipeline(tiny_family("sdxl-eps"))
     refiner = load_pipeline(tiny_family("sdxl-refiner"))

@@ -26,7 +26,8 @@ from PIL import Image
 from conftest import SAMPLERS, largest_output, ramp_image
 
 from kdiff_differential import load_pipeline
-from kdiff_differential.core.sampling import OWN_STEPS, differential_edit
+from kdiff_differential.core.samplers import OWN_STEPS
+from kdiff_differential.core.sampling import differential_edit
 from kdiff_differential.errors import InputError
 from kdiff_differential.models import find_model
 from kdiff_differential.models.builtin import Builtin

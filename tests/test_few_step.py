@@ -14,7 +14,8 @@ import torch
 from conftest import save_tiny_sdxl
 
 from kdiff_differential import load_pipeline
-from kdiff_differential.core.sampling import differential_edit, make_sigmas
+from kdiff_differential.core.sampling import differential_edit
+from kdiff_differential.core.schedules import make_sigmas
 
 HEIGHT, WIDTH = 24, 32  # pixels; the tiny VAE's factor is 2
 

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from kdiff_differential import DifferentialDenoiser
-from kdiff_differential.core.sampling import OWN_STEPS, SAMPLERS, differential_edit
-from kdiff_differential.models.flow import FlowDenoiser, flux_mu, start_from_noise
+from kdiff_differential.core.samplers import OWN_STEPS, SAMPLERS
+from kdiff_differential.core.sampling import differential_edit
+from kdiff_differential.models.flow import FlowDenoiser, flux_mu
 
 SD3_SCHEDULER = {"shift": 3.0}
 FLUX_SCHEDULER = {"use_dynamic_shifting": True, "base_shift": 0.5, "max_shift": 1.15, "base_image_seq_len": 256, "max_image_seq_len": 4096}
@@ -77,7 +78,7 @@ def test_euler_with_everything_released_is_diffusers_flow_euler(velocity, config
     torch.testing.assert_close(denoiser.sigma_to_t(sigmas).float(), flow_sigmas, atol=1e-6, rtol=0)
 
     dd = DifferentialDenoiser(denoiser, latent, torch.ones(16, 16), sigmas=sigmas.float(), noise=noise)
-    x = start_from_noise(dd, dd.sigmas[1])
+    x = dd.start_from_noise(float(dd.sigmas[1]))
     x = K.sampling.sample_euler(dd, x, dd.sigmas[1:], disable=True)
     assert (expected - latent).abs().mean() > 0.5  # the run went somewhere: nothing of the latent is kept
     torch.testing.assert_close(x, expected, atol=1e-4, rtol=0)
@@ -89,7 +90,7 @@ def test_a_second_order_sampler_converges_faster_than_euler(velocity) -> None:
 
     def run(sampler: str, steps: int) -> torch.Tensor:
         dd = DifferentialDenoiser(denoiser, latent, torch.ones(16, 16), sigmas=denoiser.get_sigmas(steps).float(), noise=noise)
-        x = start_from_noise(dd, dd.sigmas[1])
+        x = dd.start_from_noise(float(dd.sigmas[1]))
         return getattr(K.sampling, f"sample_{sampler}")(dd, x, dd.sigmas[1:], disable=True)
 
     reference = run("heun", 100)
@@ -161,7 +162,7 @@ def test_split_schedule_equals_one_run(velocity) -> None:
     latent, noise = latent_and_noise()
     denoiser = FlowDenoiser(velocity, shift=3.0)
     dd = DifferentialDenoiser(denoiser, latent, torch.linspace(0, 1, 16).repeat(16, 1), sigmas=denoiser.get_sigmas(6).float(), noise=noise)
-    x = start_from_noise(dd, dd.sigmas[1])
+    x = dd.start_from_noise(float(dd.sigmas[1]))
     whole = K.sampling.sample_heun(dd, x, dd.sigmas[1:], disable=True)
     part = K.sampling.sample_heun(dd, x, dd.sigmas[1:4], disable=True)
     part = K.sampling.sample_heun(dd, part, dd.sigmas[3:], disable=True)

@@ -19,12 +19,12 @@ assert np.array_equal(large_done.image[:, 0], large[:, 0]) and not np.array_equa
 distance = np.hypot(*np.mgrid[:height, :width] - np.array([65, 112])[:, None, None])
 assert np.array_equal(done.image[distance > 28 + 12 + 1], image[distance > 28 + 12 + 1])
 assert np.abs(done.image[distance < 20].astype(int) - image[distance < 20]).mean() > 20
-assert done.region.cropped and done.edit.result.shape[-1] < width
-assert len(masks) == len(edit.step_sigmas) == 20
+assert done.region.cropped and done.run.result.shape[-1] < width
+assert len(masks) == len(run.step_sigmas) == 20
 # Video: every frame keeps its kept pixels, the disc changes; the random Wan pads 10 frames to 13 and gives 10 back.
 assert all(np.array_equal(out[m == 0], f[m == 0]) for out, m, f in zip(clip_done.frames, moving, clip))
 assert np.abs(clip_done.frames[moving == 1].astype(int) - clip[moving == 1]).mean() > 20
-assert wan_done.padded == 3 and wan_done.frames.shape == small.shape and wan_done.edit.result.shape[2] == 4
+assert wan_done.padded == 3 and wan_done.frames.shape == small.shape and wan_done.run.result.shape[2] == 4
 assert all(np.array_equal(o[m == 0], f[m == 0]) for o, m, f in zip(wan_done.frames, box, small))
 """
 
@@ -53,7 +53,7 @@ def test_the_notebook_runs_top_to_bottom_and_its_edits_do_what_it_says(tmp_path)
     stored = nbformat.read(NOTEBOOK, as_version=4)
     notebook = copy.deepcopy(stored)
     # The demo cell's result under its own name, before the last cells reuse "done".
-    demo = next(cell for cell in notebook.cells if cell.cell_type == "code" and "edit = done.edit" in cell.source)
+    demo = next(cell for cell in notebook.cells if cell.cell_type == "code" and "run = done.run" in cell.source)
     demo.source += "\ndone_demo = done"
     notebook.cells.append(nbformat.v4.new_code_cell(CHECKS))
     # The kernel is this test environment's Python (ipykernel's own "python3" spec).
@@ -115,7 +115,7 @@ def run_real_model_cell(model: str, steps: int = 2):
     import numpy as np
     import torch
 
-    from kdiff_differential import edit_image, open_model
+    from kdiff_differential import EditSettings, edit_image, open_model
     from kdiff_differential.editing.figures import strip
     from kdiff_differential.maps.presets import preset_map
 
@@ -127,7 +127,7 @@ def run_real_model_cell(model: str, steps: int = 2):
     shown = []
     namespace = {
         "torch": torch, "image": image, "gradient": preset_map("gradient-x", 24, 28),
-        "edit_image": edit_image, "open_model": open_model, "strip": strip,
+        "EditSettings": EditSettings, "edit_image": edit_image, "open_model": open_model, "strip": strip,
         "show": lambda picture, title=None, size=8: shown.append((picture, title)),
     }
     exec(compile(source, "quickstart.ipynb:last cell", "exec"), namespace)

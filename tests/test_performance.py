@@ -60,7 +60,7 @@ class CompVisInner(nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        from kdiff_differential.models import sd_alphas_cumprod
+        from kdiff_differential.models.ideal import sd_alphas_cumprod
 
         self.register_buffer("alphas_cumprod", sd_alphas_cumprod())
         self.conv = PlainInner().conv

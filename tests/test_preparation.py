@@ -108,9 +108,9 @@ def test_an_absurd_blur_is_refused_by_name_before_any_work():
 @pytest.mark.parametrize(
     "call, words",
     [
-        (lambda: feather_map(square(), -1), "feather=-1: give a number of pixels >= 0"),
-        (lambda: blur_map(square(), -2), "blur=-2: give a number of pixels >= 0"),
-        (lambda: grow_map(square(), float("nan")), "grow=nan: give a finite number"),
+        (lambda: feather_map(square(), -1), "feather=-1: out of range; give a number of pixels >= 0"),
+        (lambda: blur_map(square(), -2), "blur=-2: out of range; give a number of pixels >= 0"),
+        (lambda: grow_map(square(), float("nan")), "grow=nan: give a number of pixels"),
         (lambda: grow_map(square() * 2, 1), "strengths in [0, 1]"),
     ],
 )

@@ -78,7 +78,7 @@ def test_the_docs_have_blocks_that_run_and_mark_the_others():
     assert run["python.md"] >= 4 and run["cli.md"] >= 2, run
     marked = [block for page in DOCS for block in blocks(page.read_text(), "python") if NEEDS.match(block)]
     # A marked block needs a model: it loads one by name, or takes one the reader brings.
-    assert marked and all(re.search(r"load_pipeline\(|open_model\(\"\./|edit_image\(\"\./|prompt_map\(|velocity|model = \.\.\.", block)
+    assert marked and all(re.search(r"load_pipeline\(|open_model\(\"\./|edit_image\(\"\./|Editor\(\"\./|find_model\(\"\./|prompt_map\(|velocity|model = \.\.\.", block)
                           for block in marked)
 
 

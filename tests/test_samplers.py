@@ -5,7 +5,7 @@ import torch
 from k_diffusion import external, layers, sampling
 
 from kdiff_differential import DifferentialDenoiser
-from kdiff_differential.maps.reading import latent_map
+from kdiff_differential.maps.latent import latent_map
 from samplers.comfyui_reference import ComfyUIReference
 
 from conftest import ADAPTIVE, SAMPLERS, SCHEDULED, SIZE, TinyCompVisNet, TinyEDMNet, ideal_denoiser, smooth_images

@@ -8,7 +8,7 @@ from torch import nn
 
 from kdiff_differential import DifferentialDenoiser
 from kdiff_differential.core.sampling import differential_edit
-from kdiff_differential.maps.reading import latent_frames, latent_map
+from kdiff_differential.maps.latent import latent_frames, latent_map
 
 from conftest import ADAPTIVE, SAMPLERS, SIZE, smooth_images
 

@@ -19,11 +19,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from ..errors import InputError
-from ..files.atomic import same_file
+from ..files.atomic import check_writable, same_file
 from .jobs import Job, run_job, sibling
+
+if TYPE_CHECKING:
+    from ..editing.pipeline import Editor
 
 OUTPUT_SUFFIX = ".png"
 
@@ -37,6 +40,15 @@ def _is_image(path: Path) -> bool:
         return True
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
         return False
+
+
+def _image_suffixes() -> set[str]:
+    """The extensions Pillow reads and writes images by, and the video suffixes."""
+    from PIL import Image
+
+    from ..files.video import VIDEO_SUFFIXES
+
+    return {*Image.registered_extensions(), *VIDEO_SUFFIXES}
 
 
 def list_images(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -75,8 +87,11 @@ def plan(image: str, out: str, change_map: str, seeds: Sequence[Optional[int]], 
     source, target_folder = Path(image), Path(out)
     if target_folder.exists() and not target_folder.is_dir():
         raise InputError(f"--out {out} is a file, and --image {image} a folder; give a folder for the outputs")
+    if not target_folder.exists() and target_folder.suffix.lower() in _image_suffixes():
+        raise InputError(f"--out {out} names an image file, and --image {image} is a folder; give a folder for the outputs")
     if not target_folder.exists() and not target_folder.parent.is_dir():
         raise InputError(f"--out {out}: the folder {target_folder.parent} does not exist; create it or write elsewhere")
+    check_writable(target_folder if target_folder.exists() else target_folder.parent, f"--out {out}")
     images, others = list_images(source)
     if others:
         warn(f"not images, skipped: {', '.join(path.name for path in others)}")
@@ -104,11 +119,11 @@ def plan(image: str, out: str, change_map: str, seeds: Sequence[Optional[int]], 
     return jobs
 
 
-def run_folder(jobs: list[Job], model: Any, settings: dict[str, Any], out: str, executor: str,
-               address: Optional[str], warn: Callable[[str], None], quiet: bool) -> list[str]:
-    """Run ``jobs`` (from :func:`plan`) on ``executor``: here on ``model`` (loaded once),
-    or on Ray, where each worker opens ``model`` (a :class:`~.jobs.ModelSpec`) itself.
-    Each image's warnings are named by its file. Returns the files written."""
+def run_folder(jobs: list[Job], editor: "Editor", out: str, executor: str, address: Optional[str], warn: Callable[[str], None],
+               quiet: bool) -> list[str]:
+    """Run ``jobs`` (from :func:`plan`) with ``editor`` on ``executor``: here (its model
+    loaded once), or on Ray, where each worker opens the model itself. Each image's
+    warnings are named by its file. Returns the files written."""
     from tqdm import tqdm
 
     from ..executors import execute, import_ray
@@ -121,7 +136,7 @@ def run_folder(jobs: list[Job], model: Any, settings: dict[str, Any], out: str, 
     Path(out).mkdir(exist_ok=True)
     written: list[str] = []
     with tqdm(total=len(jobs), desc="images", unit="image", disable=quiet or not sys.stderr.isatty()) as progress:
-        for job, done in execute(executor, run_job, jobs, shared=(model, settings), address=address):
+        for job, done in execute(executor, run_job, jobs, shared=(editor,), address=address):
             for message in done.warnings:
                 warn(f"{Path(job.image).name}: {message}")
             written.extend(done.files)

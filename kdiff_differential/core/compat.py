@@ -43,6 +43,18 @@ class Compat:
     step_rule: Optional[str] = None
     empty_last_step: bool = False
 
+    def problem(self, strength: float, clock: str, ranged_by: Optional[str] = None) -> str:
+        """Why this policy cannot reproduce its tool's rule at blend ``strength`` with
+        ``clock``, on a noise range given by ``ranged_by`` (a sampler or an argument that
+        runs a range instead of a schedule; None: a schedule); '' when it can."""
+        if self.clocks is not None and clock not in self.clocks:
+            return f"reproduces the {' and '.join(self.clocks)} clock only; got clock={clock}"
+        if self.step_rule is not None and ranged_by is not None:
+            return f"the diffusers pipelines release by step index; {ranged_by} runs a noise range, not a schedule"
+        if self.step_rule is not None and strength != 1:
+            return f"the diffusers pipelines have no blend strength; strength={strength:g} must be 1"
+        return ""
+
     def start_level(self, sigma: float, model_sigma_max: Optional[float], latent: Tensor) -> Any:
         """The noise scale of the sampler's start at ``sigma``: ``sigma`` itself, or
         ``sqrt(1 + sigma^2)`` at or above the model's sigma_max (within a relative 1e-5)

@@ -10,16 +10,15 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .clocks import CLOCKS, Span, find_attribute, inner_models, make_clock, make_span, model_timestep
-from .compat import COMPATS, compat_named
-from ..maps.reading import latent_map
-from .release import RELEASES, make_release, release_map, step_release_map
+from ..choices import CLOCKS, RELEASES
+from ..maps.latent import latent_map
+from .clocks import Span, find_attribute, inner_models, make_clock, make_span, model_timestep
+from .compat import Compat, compat_named
+from .release import make_release, release_map, step_release_map
 from .samplers import sampler_named
 
 # The keyword by which an inner denoiser asks for each call's release mask (see DifferentialDenoiser).
 RELEASE_MASK = "release_mask"
-
-__all__ = ["COMPATS", "RELEASES", "DifferentialDenoiser"]
 
 
 def _check_latent(latent: Any) -> Tensor:
@@ -36,16 +35,6 @@ def _check_latent(latent: Any) -> Tensor:
     return latent.detach()
 
 
-def _check_strength(strength: Any) -> float:
-    if isinstance(strength, Tensor) and strength.numel() == 1:
-        strength = strength.item()
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
-        raise TypeError(f"strength must be a number in [0, 1], got {type(strength).__name__}")
-    if not 0 <= strength <= 1:
-        raise ValueError(f"strength must lie in [0, 1] (1 = release pixels fully; below, the map is blended into the mask), got {strength}")
-    return float(strength)
-
-
 def with_release_mask(kwargs: dict[str, Any], mask: Tensor, x: Tensor) -> dict[str, Any]:
     """``kwargs`` with the blend ``mask`` ((k,) B|1, 1, [F,] H, W) as ``release_mask``
     (k*B, 1, [F,] H, W), x's batch and dtype, where the caller asked for it by naming the key."""
@@ -56,103 +45,28 @@ def with_release_mask(kwargs: dict[str, Any], mask: Tensor, x: Tensor) -> dict[s
     return {**kwargs, RELEASE_MASK: per_call.reshape(x.shape[0], 1, *x.shape[2:]).to(x.dtype)}
 
 
-def renamed_clock(clock: str, threshold: Optional[str]) -> str:
-    """``clock``, or the deprecated ``threshold=`` that named it before (warns)."""
-    if threshold is None:
-        return clock
-    warnings.warn("threshold= is deprecated and will be removed: it is now clock=", FutureWarning, stacklevel=3)
-    return threshold
-
-
 class DifferentialDenoiser(nn.Module):
-    """Differential Diffusion around a k-diffusion denoiser: each pixel gets its own strength.
+    """Differential Diffusion around a k-diffusion denoiser: each pixel its own strength.
 
-    Hand it to any k-diffusion sampler in place of ``inner``. At every call it reads the
-    call's sigma and releases the pixels whose strength s reaches the normalised time
-    tau(sigma) (1 at the schedule's start, 0 at its end). Released pixels follow the
-    sampler; frozen ones are held to the original, re-noised to the call's sigma.
+    Hand it to any k-diffusion sampler in place of ``inner`` (``(x, sigma, **kwargs) ->
+    denoised``; keyword arguments go through). At every call it reads the call's sigma,
+    lets the pixels whose strength has been reached follow the sampler (eased in by the
+    ``release`` rule: ``"faithful"``, ``"smooth"`` or ``"binary"``) and holds the others
+    to the original ``latent``, re-noised to that sigma with one fixed ``noise``.
 
-    Args:
-        inner: a k-diffusion denoiser, ``(x, sigma, **kwargs) -> denoised``. Keyword
-            arguments (``cond``, ...) go through untouched.
-        latent: the clean original, (B, C, H, W) or (C, H, W) (taken as B = 1); or a
-            video's, (B, C, F, H, W) with F latent frames.
-        change_map: per-pixel strength, 1 = regenerate fully, 0 = keep; (H', W'),
-            (1|B, H', W') or (1|B, 1, H', W') at any resolution, resized to H x W.
-            Floats in [0, 1], integers as 8-bit grey levels, booleans, arrays or PIL images.
-            For a video latent: (H', W') for every frame, or per video frame (T, H', W'),
-            (1|B, T, H', W') or (1|B, 1, T, H', W'), brought to the latent frames by
-            :func:`~kdiff_differential.maps.reading.latent_frames` (docs/python.md, "Video latents").
-        frames_per_latent: for a video latent, how many video frames a latent frame stands
-            for after the first, which stands alone (Wan's VAE: 4, so T = 4 (F - 1) + 1).
-        sigmas: the schedule the sampler will run (1-D, descending, may end in 0). A
-            sampler may run any contiguous slice of it; the ramp spans all of it.
-        sigma_min, sigma_max: instead of ``sigmas``, for ``sample_dpm_fast`` and
-            ``sample_dpm_adaptive``, which take a range.
-        noise: the fixed noise, latent-shaped, that re-noises frozen pixels at every call;
-            drawn once from ``generator`` when not given. Exposed as ``self.noise``.
-        generator: the ``torch.Generator`` that draws ``noise``.
-        strength: 1 releases pixels outright; below 1 the mask is
-            ``strength * m + (1 - strength) * s``, as ComfyUI's node does, with m the
-            release weight (binary or smooth); 0 gives the map itself as a soft mask
-            (under ``compat="comfyui"``, 0 acts as 1, as in ComfyUI's node).
-        release: ``"faithful"`` (the default here, in :func:`~kdiff_differential.core.sampling.differential_edit`,
-            :func:`~kdiff_differential.edit_image` and the command line), ``"smooth"`` or ``"binary"``.
-            Binary (ComfyUI's rule; the diffusers pipelines' is binary on a step-index grid,
-            ``compat="diffusers"``) frees a pixel at the first call with ``s >= tau(sigma)``,
-            so every pixel released between two schedule levels is released at the same
-            call and the map shows as bands, one per step. Smooth gives a pixel the weight
-            ``m = clamp((s - tau_lo) / (tau_hi - tau_lo), 0, 1)``, with tau_hi = tau(sigma)
-            and tau_lo = tau of the next schedule level below sigma (0 at a level 0 or past
-            the ramp's end): a pixel is eased in over the one step before the binary rule
-            frees it, in proportion to where its strength falls inside that step, and is
-            fully free exactly where binary frees it. The range samplers have no levels:
-            there tau_lo = tau_hi - ``RANGE_RAMP``. ``compat="comfyui"`` is always binary.
-            ``"faithful"`` eases in over the same step, but linearly in sigma**3 rather
-            than in tau (see :class:`~kdiff_differential.core.release.FaithfulRelease`): at
-            few steps each strength then changes about as much as in a converged edit,
-            where smooth changes more; on a range sampler, and on a schedule of fewer
-            than 4 steps (but for Heun's family from 2), it is the smooth rule
-            (``release.FAITHFUL_MIN_STEPS``). Tell it the ``sampler`` for Heun's family.
-        sampler: the k-diffusion sampler that will run the wrapper (a short name or an
-            A1111-style one), or ``None``. Only the faithful release reads it: for
-            Heun and the ancestral DPM2 and DPM++ 2S, whose second call of a step comes
-            at the next level, that call is masked as at the step's geometric midpoint
-            (the wrapper then keeps the previous call's sigma, so run one sampler at a
-            time through it); DPM2-ancestral and DPM++ 3M SDE ramp in sigma rather than
-            sigma**3 (``release.FAITHFUL_POWERS``).
-        clock: ``"timestep"`` (the model's ``sigma_to_t``, found on ``inner`` or its
-            ``inner_model`` chain, else log sigma), ``"sigma"`` (log sigma) or ``"step"``
-            (a step-index ramp, tau = 1 - i/N; not the diffusers pipelines' rule,
-            which frees a pixel a call earlier (SDXL, SD3) or at ``keep <= i/N`` (Flux.1,
-            Z-Image), see ``compat``). ``threshold=`` is its deprecated old name.
-        compat: ``None``; ``"diffusers"`` for the diffusers community Differential
-            Diffusion pipelines exactly (see ``docs/peers.md``): the binary rule by step
-            index on ``sigmas`` (:func:`~kdiff_differential.core.release.step_release_map`),
-            pre-blend for SDXL and SD3, post-blend for Flux.1 and Z-Image, every pixel
-            free at the last call (Z-Image's: a call at t = 0 after the schedule's
-            end), the pipeline's map resizing; the denoiser's
-            ``diffusers_pipeline`` (set by the model families) picks the pipeline, SDXL's
-            where it has none (any eps/v UNet). ``clock`` plays no part; strength must be
-            1. On another sampler it is the same rule on the same grid. Or ``"comfyui"``
-            for ComfyUI's node exactly: plain bilinear map
-            resizing; the nearest training timestep as the clock (ComfyUI's
-            ``model_sampling.timestep``) whatever the denoiser's ``quantize``; strength 0
-            as 1; strength-0 pixels freed at a last call at the model's sigma_min; a
-            ``sigma_min=``/``sigma_max=`` ramp ending at the model's sigma_min; and
-            ComfyUI's start in :meth:`noisy_latent`. By default strength-0 pixels are
-            never freed.
-        keep_map: read ``change_map`` as a keep-map (1 = keep, 0 = change), the
-            convention of the official code and the diffusers pipelines.
+    Shapes: ``latent`` (C, H, W), (B, C, H, W) or a video's (B, C, F, H, W); ``change_map``
+    in [0, 1], 1 = change, 0 = keep, (H', W'), (1|B, H', W') or (1|B, 1, H', W') at any
+    resolution (a video: also one per frame, (T, H', W'), brought to the latent frames,
+    ``frames_per_latent`` video frames each after the first); ``x`` at call time
+    (k*B, C, [F,] H, W), as when a guidance wrapper concatenates the batch.
 
-    ``x`` at call time is (k * B, C, H, W) (a video's: (k * B, C, F, H, W)) for a whole
-    k, as when a guidance wrapper concatenates the batch; latent, noise and map repeat k times. The output has x's
-    shape and dtype.
-
-    The release mask for the inner denoiser: a call whose keyword arguments hold
-    ``release_mask`` (any value, e.g. None in the sampler's ``extra_args``) passes the
-    inner denoiser that call's blend mask instead, (k * B, 1, [F,] H, W), 1 = released
-    (an inpainting network's mask channel, ``--inpaint-mask released``).
+    ``sigmas``: the schedule the sampler runs (or ``sigma_min``/``sigma_max`` for the range
+    samplers). ``clock``: how a sigma becomes the normalised time tau ("timestep",
+    "sigma", "step"). ``strength`` < 1 blends the map into the mask, as ComfyUI's node.
+    ``sampler``: the sampler that will run it, which the faithful rule adapts to.
+    ``compat``: ``"comfyui"`` or ``"diffusers"`` reproduces that tool's rule exactly.
+    ``keep_map``: read the map as 1 = keep. Every argument, the rules and a call's steps:
+    docs/python.md ("DifferentialDenoiser") and docs/semantics.md.
     """
 
     def __init__(
@@ -172,35 +86,48 @@ class DifferentialDenoiser(nn.Module):
         keep_map: bool = False,
         release: str = "faithful",
         sampler: Optional[str] = None,
-        threshold: Optional[str] = None,
         frames_per_latent: int = 4,
     ) -> None:
         super().__init__()
+        self.policy = self._check_choices(inner, strength, clock, compat, release, keep_map, ranged=sigmas is None)
+        self.strength, self.clock_name = float(strength.item() if isinstance(strength, Tensor) else strength), clock
+        self._hold_original(latent, noise, generator)
+        self._time_the_ramp(inner, sigmas, sigma_min, sigma_max)
+        strengths = self._find_release_sigmas(change_map, keep_map, frames_per_latent)
+        blend = 1.0 if self.policy.zero_strength_is_one and self.strength == 0 else self.strength
+        chosen = None if sampler is None else sampler_named(sampler)[0]
+        self.rule = make_release(self.policy.release or release, strengths, blend, self.latent.dtype, self.clock, self.span,
+                                 release_sigma=self.release_sigma, sampler=chosen)
+        self.inner_model = inner
+
+    def _check_choices(self, inner: Any, strength: Any, clock: str, compat: Optional[str], release: str, keep_map: Any,
+                       ranged: bool) -> Compat:
+        """The arguments that choose the rules, checked; the compat policy they run under."""
         if not callable(inner):
             raise TypeError(f"inner must be a callable denoiser (x, sigma, **kwargs) -> x0, got {type(inner).__name__}")
-        clock = renamed_clock(clock, threshold)
         if clock not in CLOCKS:
             raise ValueError(f"clock must be one of {', '.join(map(repr, CLOCKS))}, got {clock!r}")
-        self.policy = policy = compat_named(compat, find_attribute(inner, "diffusers_pipeline"))
-        if policy.clocks is not None and clock not in policy.clocks:
-            raise ValueError(f"compat={compat!r} reproduces the {' and '.join(policy.clocks)} clock only; got clock={clock!r}")
         if release not in RELEASES:
             raise ValueError(f"release must be one of {', '.join(map(repr, RELEASES))}, got {release!r}")
         if not isinstance(keep_map, bool):
             raise TypeError(f"keep_map must be True or False, got {type(keep_map).__name__}")
+        if isinstance(strength, Tensor) and strength.numel() == 1:
+            strength = strength.item()
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+            raise TypeError(f"strength must be a number in [0, 1], got {type(strength).__name__}")
+        if not 0 <= strength <= 1:
+            raise ValueError(f"strength must lie in [0, 1] (1 = release pixels fully; below, the map is blended into the mask), got {strength}")
         if any(isinstance(model, DifferentialDenoiser) for model in inner_models(inner)):
-            warnings.warn(
-                "inner already contains a DifferentialDenoiser: every call would blend twice, with two "
-                "maps and two noises. Wrap the plain denoiser once.",
-                stacklevel=2,
-            )
-        self.strength = _check_strength(strength)
-        if policy.step_rule is not None and self.strength != 1:
-            raise ValueError(f"compat={compat!r} reproduces pipelines that have no blend strength: strength must be 1, got {strength}")
-        if policy.step_rule is not None and sigmas is None:
-            raise ValueError(f"compat={compat!r} releases by step index: give the schedule as sigmas=, not sigma_min=/sigma_max=")
-        self.clock_name = clock
+            warnings.warn("inner already contains a DifferentialDenoiser: every call would blend twice, with two "
+                          "maps and two noises. Wrap the plain denoiser once.", stacklevel=3)
+        policy = compat_named(compat, find_attribute(inner, "diffusers_pipeline"))
+        problem = policy.problem(float(strength), clock, ranged_by="sigma_min=/sigma_max=" if ranged else None)
+        if problem:
+            raise ValueError(f"compat={compat!r}: {problem}")
+        return policy
 
+    def _hold_original(self, latent: Any, noise: Optional[Tensor], generator: Optional[torch.Generator]) -> None:
+        """The buffers frozen pixels are held to: ``latent`` (B, C, [F,] H, W) and the fixed ``noise``."""
         given = _check_latent(latent)
         latent = rearrange(given, "c h w -> 1 c h w") if given.ndim == 3 else given
         dtype, device = latent.dtype, latent.device
@@ -217,6 +144,9 @@ class DifferentialDenoiser(nn.Module):
         self._level_shape = (-1, latent.shape[0], *(1,) * (latent.ndim - 1))
         self.register_buffer("noise", noise.detach().reshape(latent.shape).to(device=device, dtype=dtype))
 
+    def _time_the_ramp(self, inner: Any, sigmas: Optional[Tensor], sigma_min: Optional[float], sigma_max: Optional[float]) -> None:
+        """The schedule (a buffer), the span of noise levels the ramp covers, and the clock over it."""
+        dtype, device = self.latent.dtype, self.latent.device
         if sigmas is not None and not isinstance(sigmas, Tensor):
             raise TypeError(
                 f"sigmas must be a torch.Tensor (the sampler's schedule, e.g. torch.tensor(...)), got {type(sigmas).__name__}"
@@ -226,49 +156,43 @@ class DifferentialDenoiser(nn.Module):
                 warnings.warn(
                     f"sigmas are {sigmas.dtype} but the latent is {dtype}: k-diffusion's samplers would "
                     f"promote x to {sigmas.dtype}. Pass dd.sigmas (cast to {dtype}) to the sampler.",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
             # The sampler's calls see the schedule in x's dtype; measure the ramp there.
             sigmas = sigmas.detach().to(device=device, dtype=dtype)
         self.register_buffer("sigmas", sigmas)
         self.span: Span = make_span(
             sigmas, sigma_min, sigma_max, find_attribute(inner, "sigma_min"),
-            range_ends_at_model_floor=policy.range_ends_at_model_floor,
+            range_ends_at_model_floor=self.policy.range_ends_at_model_floor,
         )
         model_sigma_max = find_attribute(inner, "sigma_max")
         self._model_sigma_max = None if model_sigma_max is None else float(model_sigma_max)
+        # tau(sigma): 1 at the ramp's start, 0 at its end.
+        timestep = model_timestep(inner, nearest=self.policy.nearest_timestep) if self.clock_name == "timestep" else None
+        self.clock = make_clock(self.clock_name, self.span, timestep, self._clock_dtype, device)
 
-        # The clock: tau(sigma), 1 at the ramp's start, 0 at its end.
-        clock_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-        timestep = model_timestep(inner, nearest=policy.nearest_timestep) if clock == "timestep" else None
-        self.clock = make_clock(clock, self.span, timestep, clock_dtype, device)
+    @property
+    def _clock_dtype(self) -> torch.dtype:
+        return torch.float64 if self.latent.dtype == torch.float64 else torch.float32
 
-        # Per pixel, the largest call sigma at which it is free.
+    def _find_release_sigmas(self, change_map: Any, keep_map: bool, frames_per_latent: int) -> Tensor:
+        """The map at the latent's size (a buffer), and per pixel the largest call sigma at
+        which it is free (``release_sigma``); returns the map in the clock's dtype."""
+        policy, clock_dtype, latent = self.policy, self._clock_dtype, self.latent
+        read = dict(keep_map=keep_map, resize=policy.map_resize, device=latent.device, frames_per_latent=frames_per_latent)
         if policy.step_rule is None:
-            strengths = latent_map(
-                change_map, latent.shape, keep_map=keep_map, resize=policy.map_resize, dtype=clock_dtype, device=device,
-                frames_per_latent=frames_per_latent,
-            )
+            strengths = latent_map(change_map, latent.shape, dtype=clock_dtype, **read)
             release_sigma = release_map(self.clock, self.span, strengths, frees_strength_zero=policy.frees_strength_zero)
         else:
             # In float64, where 1 - keep is exact for a float32 keep-map: the pipelines'
             # float32 comparisons with i/N then come out the same, ties included.
-            exact = latent_map(
-                change_map, latent.shape, keep_map=keep_map, resize=policy.map_resize, dtype=torch.float64, device=device,
-                frames_per_latent=frames_per_latent,
-            )
+            exact = latent_map(change_map, latent.shape, dtype=torch.float64, **read)
             strengths = exact.to(clock_dtype)
             steps = len(self.span.sigmas) - (0 if policy.empty_last_step else 1)
             release_sigma = step_release_map(1 - exact, self.span.sigmas.to(clock_dtype), policy.step_rule, steps)
-        self.register_buffer("change_map", strengths.to(dtype))
+        self.register_buffer("change_map", strengths.to(latent.dtype))
         self.register_buffer("release_sigma", release_sigma)
-
-        # The rule that turns "free" into a call's blend mask.
-        blend = 1.0 if policy.zero_strength_is_one and self.strength == 0 else self.strength
-        chosen = None if sampler is None else sampler_named(sampler)[0]
-        self.rule = make_release(policy.release or release, strengths, blend, dtype, self.clock, self.span,
-                                 release_sigma=self.release_sigma, sampler=chosen)
-        self.inner_model = inner
+        return strengths
 
     @property
     def release(self) -> str:
@@ -279,11 +203,6 @@ class DifferentialDenoiser(nn.Module):
     def compat(self) -> Optional[str]:
         """The compatibility policy's name: ``None``, ``"comfyui"`` or ``"diffusers"``."""
         return self.policy.name
-
-    @property
-    def threshold(self) -> str:
-        """Deprecated name of :attr:`clock_name`."""
-        return self.clock_name
 
     def mask(self, sigma: Any) -> Tensor:
         """The blend mask at noise level ``sigma`` (a number or a [k*B] tensor).

@@ -37,7 +37,7 @@ _START_SLACK = 1e-4
 # it in floats. A call within this relative distance above a schedule level counts as at
 # that level: one ulp above, "the next level below" would be that level itself and the
 # smooth ramp would collapse into a hard edge (measured: a band of 21.7 at 20 steps).
-_LEVEL_SLACK = 1e-5
+LEVEL_SLACK = 1e-5
 
 # The smooth release's ramp width in tau for the range samplers (dpm_fast, dpm_adaptive),
 # which have no schedule levels: a pixel eases in over the last tenth of the ramp before
@@ -48,7 +48,7 @@ RANGE_RAMP = 0.1
 def level_tables(span: Span, value: Callable[[Tensor], Tensor], dtype: torch.dtype = torch.float32,
                  device: Any = None) -> tuple[Optional[Tensor], Optional[Tensor]]:
     """(below, floors), the tables :class:`LevelBelow` looks ``value`` up in: the
-    schedule's levels ascending, each widened by ``_LEVEL_SLACK``, and ``value`` at each
+    schedule's levels ascending, each widened by ``LEVEL_SLACK``, and ``value`` at each
     (0 at level 0), after a 0 for "no level below"; ``floors[searchsorted(below, sigma)]``
     is ``value`` at the next level strictly below sigma. (None, None) without a schedule."""
     if span.sigmas is None:
@@ -57,14 +57,14 @@ def level_tables(span: Span, value: Callable[[Tensor], Tensor], dtype: torch.dty
     values = torch.zeros_like(knots)
     positive = knots > 0
     values[positive] = value(knots[positive])
-    return knots * (1 + _LEVEL_SLACK), torch.cat([values.new_zeros(1), values])
+    return knots * (1 + LEVEL_SLACK), torch.cat([values.new_zeros(1), values])
 
 
 class LevelBelow(nn.Module):
     """``value`` at the next schedule level strictly below a call's sigma, 0 where that
     level is 0 or there is none: a table looked up on the device (one searchsorted and
     one gather; :func:`level_tables`), no host sync at call time. A call within a
-    relative 1e-5 above a level counts as at it (see ``_LEVEL_SLACK``). Without a
+    relative 1e-5 above a level counts as at it (see ``LEVEL_SLACK``). Without a
     schedule (the range samplers) the tables are ``None``.
     """
 
@@ -205,7 +205,7 @@ def step_release_map(keep: Tensor, sigmas: Tensor, rule: str, steps: Optional[in
     index = (keep.unsqueeze(-1) > counted).sum(-1)
     levels = torch.cat([sigmas.detach().to(keep.device), sigmas.new_zeros(1).to(keep.device)])
     # Widened as LevelBelow widens levels: a call a few ulps above a level counts as at it.
-    return levels[index] * (1 + _LEVEL_SLACK)
+    return levels[index] * (1 + LEVEL_SLACK)
 
 
 # Two schedule levels closer than this in tau (a quantised clock can map neighbours to

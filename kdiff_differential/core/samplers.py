@@ -83,6 +83,8 @@ A1111_NAMES = {
 RANGE_SAMPLERS = tuple(name for name, sampler in TABLE.items() if sampler.takes_range)
 OWN_STEPS = tuple(name for name, sampler in TABLE.items() if sampler.own_steps)
 DEFAULT_STEPS = 20
+# torch's generators take seeds in [0, 2**64).
+MAX_SEED = 2**64 - 1
 
 
 # The schedules A1111 names after the sampler ("DPM++ 2M Karras").
@@ -111,6 +113,14 @@ def sampler_named(name: str) -> tuple[Sampler, "str | None"]:
             f"{', '.join(A1111_NAMES)}, optionally followed by Karras or Exponential)"
         )
     return TABLE[short], schedule
+
+
+def ignored_steps(sampler: Sampler, steps: "int | None") -> str:
+    """What to say of a step count given to ``sampler``: '' where it runs them; that it
+    is ignored where the sampler chooses its own."""
+    if steps is not None and sampler.own_steps:
+        return f"sampler={sampler.name} chooses its own steps: steps={steps} is ignored"
+    return ""
 
 
 def clock_problem(sampler: Sampler, clock: str) -> str:

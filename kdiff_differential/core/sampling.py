@@ -15,19 +15,16 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from .clocks import find_attribute
-from .denoiser import DifferentialDenoiser, renamed_clock
 from ..errors import InputError
-from .samplers import DEFAULT_STEPS, OWN_STEPS, RANGE_SAMPLERS, SAMPLERS, Sampler, clock_problem, sampler_named
-from .schedules import SCHEDULES, make_sigmas
+from .clocks import find_attribute
+from .denoiser import DifferentialDenoiser
+from .samplers import DEFAULT_STEPS, MAX_SEED, Sampler, clock_problem, ignored_steps, sampler_named
+from .schedules import make_sigmas
 
-__all__ = [
-    "DEFAULT_STEPS", "OWN_STEPS", "RANGE_SAMPLERS", "SAMPLERS", "SCHEDULES", "Edit", "differential_edit", "make_sigmas",
-]
 
 @dataclass
-class Edit:
-    """What a run gives back: the result and what is needed to explain it."""
+class SamplerRun:
+    """What one sampler run gives back: the result and what is needed to explain it."""
 
     result: Tensor  # the edited latent, (B, C, [F,] H, W), the input latent's dtype
     wrapper: DifferentialDenoiser  # the wrapper the sampler ran; wrapper.mask(sigma) is the release mask
@@ -49,10 +46,9 @@ def differential_edit(
     release: str = "faithful",
     extra_args: Optional[dict[str, Any]] = None,
     progress: bool = False,
-    threshold: Optional[str] = None,
     compat: Optional[str] = None,
     frames_per_latent: int = 4,
-) -> Edit:
+) -> SamplerRun:
     """Edit ``latent`` (B, C, H, W), or a video's (B, C, F, H, W), with per-pixel strength
     ``change_map`` (1 = change).
 
@@ -63,18 +59,19 @@ def differential_edit(
     sampler's own noise, so the same arguments give the same result. ``steps`` defaults
     to 20; ``dpm_adaptive`` chooses its own and warns (once) when given a step count.
     ``release`` defaults to ``"faithful"``, told the sampler (see
-    :class:`DifferentialDenoiser`). ``threshold=`` is the deprecated name of ``clock=``.
-    ``compat`` goes to the wrapper (``"diffusers"``: the diffusers pipelines' rule), and so
+    :class:`DifferentialDenoiser`). ``compat`` goes to the wrapper (``"diffusers"``: the diffusers pipelines' rule), and so
     does ``frames_per_latent`` (a video latent's map per frame, see :class:`DifferentialDenoiser`).
     """
     chosen, _ = sampler_named(sampler)
-    clock = renamed_clock(clock, threshold)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an int, got {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed={seed}: out of range; give a whole number in [0, {MAX_SEED}]")
     if extra_args is not None and not isinstance(extra_args, dict):
         raise TypeError(f"extra_args must be a dict of the denoiser's keyword arguments, got {type(extra_args).__name__}")
-    if chosen.own_steps and steps is not None:
-        warnings.warn(f"{chosen.name} chooses its own steps: steps={steps} is ignored", UserWarning, stacklevel=2)
+    ignored = ignored_steps(chosen, steps)
+    if ignored:
+        warnings.warn(ignored, UserWarning, stacklevel=2)
     if steps is None or chosen.own_steps:
         steps = DEFAULT_STEPS  # for dpm_adaptive, only where the schedule starts (denoise < 1)
     problem = clock_problem(chosen, clock)
@@ -104,8 +101,8 @@ def differential_edit(
             sigmas = sigmas[1:]
         else:
             x = dd.noisy_latent()
-        x = run_sampler(chosen, dd, x, sigmas, run)
-    return Edit(result=x, wrapper=dd, step_sigmas=step_sigmas)
+        x = call_sampler(chosen, dd, x, sigmas, run)
+    return SamplerRun(result=x, wrapper=dd, step_sigmas=step_sigmas)
 
 
 def _check_range_left(denoiser: nn.Module, sigmas: Tensor, clock: str, steps: int, denoise: float) -> None:
@@ -134,7 +131,7 @@ def build_wrapper(
     return DifferentialDenoiser(denoiser, latent, change_map, sigmas=sigmas, sampler=sampler.name, **settings)
 
 
-def run_sampler(sampler: Sampler, dd: DifferentialDenoiser, x: Tensor, sigmas: Tensor, run: dict[str, Any]) -> Tensor:
+def call_sampler(sampler: Sampler, dd: DifferentialDenoiser, x: Tensor, sigmas: Tensor, run: dict[str, Any]) -> Tensor:
     """k-diffusion's ``sample_<name>`` from ``x`` over ``sigmas`` (a range sampler: from
     ``sigmas[0]`` down to the wrapper's ``sigma_min``, then :meth:`~DifferentialDenoiser.finish`),
     and the schedules k-diffusion cannot take: none left (a one-step flow schedule ends

@@ -1,5 +1,6 @@
 """Atomic file writes: a reader (or an interrupted run) sees the old file or the new one,
-never a truncated one; and the check that an output is none of the inputs."""
+never a truncated one; the check that a folder can be written, and that an output is
+none of the inputs."""
 
 from __future__ import annotations
 
@@ -26,6 +27,20 @@ def write_atomically(path: Union[str, Path], write: Callable[[IO[Any]], None], b
     except BaseException:
         os.unlink(temporary)
         raise
+
+
+def check_writable(folder: Union[str, Path], what: str) -> None:
+    """InputError naming ``what`` (the option that writes there) unless a file can be
+    made in ``folder``: one is made and removed, so that a run that could not write its
+    result is refused before any work, not after it."""
+    from ..errors import InputError
+
+    try:
+        handle, probe = tempfile.mkstemp(dir=folder, prefix=".kdiff-differential-", suffix=".probe")
+    except OSError as error:
+        raise InputError(f"{what}: cannot write in {folder} ({error.strerror or error}); write elsewhere") from None
+    os.close(handle)
+    os.unlink(probe)
 
 
 def same_file(output: Union[str, Path], given: Union[str, Path]) -> bool:

@@ -1,8 +1,6 @@
-"""Image files and pixel tensors: reading, the [-1, 1] convention, atomic writing.
-
-Images travel as uint8 arrays (H, W, 3) (maps as (H, W)); models see float tensors
-(1, 3, H, W) in [-1, 1]. PIL is imported inside the functions, so that importing the
-package stays light.
+"""Image files: an image or a change map read, an image written atomically in the format
+its extension names. Images travel as uint8 arrays (H, W, 3) (maps as (H, W)). PIL is
+imported inside the functions, so that importing the package stays light.
 """
 
 from __future__ import annotations
@@ -11,7 +9,6 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
-import torch
 from torch import Tensor
 
 from ..errors import InputError
@@ -54,26 +51,6 @@ def read_map(path: str) -> Tensor:
             raise InputError(str(error)) from None
 
     return _open(path, read)
-
-
-def require_rgb(image: Any, name: str) -> np.ndarray:
-    """``image`` if it is a uint8 array (H, W, 3), else a TypeError naming ``name``."""
-    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise TypeError(f"{name} must be a uint8 array (H, W, 3), got {getattr(image, 'dtype', type(image).__name__)} "
-                        f"of shape {getattr(image, 'shape', None)}")
-    return image
-
-
-def to_tensor(image: np.ndarray) -> Tensor:
-    """uint8 (H, W, 3) -> float32 (1, 3, H, W) in [-1, 1]."""
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
-    return pixels.float() / 127.5 - 1
-
-
-def to_image(pixels: Tensor) -> np.ndarray:
-    """float (1, 3, H, W) in [-1, 1] -> uint8 (H, W, 3), rounded to the nearest level."""
-    levels = ((pixels[0].detach().float().cpu() + 1) * 127.5).round().clamp(0, 255)
-    return levels.to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def output_format(path: str) -> str:

@@ -1,8 +1,8 @@
-"""Change maps: check a per-pixel strength map and bring it to the latent's size.
+"""Reading a change map: strengths in [0, 1] (1 = change, 0 = keep) from a tensor, an
+array, integers as 8-bit grey levels, booleans or a PIL image of any mode, checked.
 
-Convention: 1 = change (regenerate fully), 0 = keep. The official Differential
-Diffusion code and the diffusers pipelines use the opposite *keep-map* (1 = keep);
-pass ``keep_map=True`` for those.
+The official Differential Diffusion code and the diffusers pipelines use the opposite
+*keep-map* (1 = keep); ``keep_map=True`` flips one where it is read.
 """
 
 from __future__ import annotations
@@ -14,9 +14,6 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor
-
-RESIZES = ("antialias", "bilinear", "nearest")
-
 
 # The largest value of each integer image mode: a pixel is read as value / FULL_SCALE.
 FULL_SCALE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 2**31 - 1}
@@ -61,7 +58,7 @@ def image_strength(image: Any, name: str = "change_map") -> Tensor:
     return torch.from_numpy(np.asarray(image.convert("L"), dtype=np.float32) / 255)
 
 
-def _to_tensor(change_map: Any) -> Tensor:
+def strength_tensor(change_map: Any) -> Tensor:
     if isinstance(change_map, Tensor):
         return change_map.detach()
     if hasattr(change_map, "getbands"):  # a PIL image
@@ -85,12 +82,12 @@ def _colour_array_strength(array: Any) -> Tensor:
 
     if array.dtype == np.uint8:
         return image_strength(Image.fromarray(array, "RGBA" if array.shape[-1] == 4 else "RGB"))
-    values = _as_strength(torch.as_tensor(np.ascontiguousarray(array)), torch.float32)
+    values = as_strength(torch.as_tensor(np.ascontiguousarray(array)), torch.float32)
     grey = values[..., 0] * 0.299 + values[..., 1] * 0.587 + values[..., 2] * 0.114
     return grey * values[..., 3] if array.shape[-1] == 4 else grey
 
 
-def _as_strength(change_map: Tensor, dtype: torch.dtype) -> Tensor:
+def as_strength(change_map: Tensor, dtype: torch.dtype) -> Tensor:
     """Values in [0, 1]: integers are read as 8-bit grey levels, booleans as 0/1."""
     if change_map.dtype == torch.bool:
         return change_map.to(dtype)
@@ -114,7 +111,7 @@ def _as_strength(change_map: Tensor, dtype: torch.dtype) -> Tensor:
     return change_map.to(dtype)
 
 
-def _one_or_per_latent(change_map: Tensor, shape: tuple[int, ...], batch: int) -> Tensor:
+def one_or_per_latent(change_map: Tensor, shape: tuple[int, ...], batch: int) -> Tensor:
     """``change_map`` (its given ``shape``) if it holds one map, or one per latent of ``batch``."""
     if change_map.shape[0] not in (1, batch):
         raise ValueError(
@@ -126,7 +123,7 @@ def _one_or_per_latent(change_map: Tensor, shape: tuple[int, ...], batch: int) -
     return change_map
 
 
-def _as_4d(change_map: Tensor, batch: int) -> Tensor:
+def batch_maps(change_map: Tensor, batch: int) -> Tensor:
     shape = tuple(change_map.shape)
     if change_map.ndim == 2:
         change_map = rearrange(change_map, "h w -> 1 1 h w")
@@ -141,7 +138,7 @@ def _as_4d(change_map: Tensor, batch: int) -> Tensor:
         raise ValueError(
             f"change_map must be (H, W), (B, H, W) or (B, 1, H, W), got shape {shape}"
         )
-    return _one_or_per_latent(change_map, shape, batch)
+    return one_or_per_latent(change_map, shape, batch)
 
 
 def strength_array(change_map: Any, size: Optional[tuple[int, int]] = None) -> np.ndarray:
@@ -166,118 +163,7 @@ def change_strength(change_map: Any, size: tuple[int, int], *, keep_map: bool = 
     change, at ``size`` = (H, W) (stretched as :func:`strength_array` does). It takes what
     :func:`latent_map` takes, with one map for the batch; ``keep_map=True`` reads
     it as 1 = keep and flips it (the one place a keep-map is read)."""
-    strength = _as_4d(_as_strength(_to_tensor(change_map), torch.float32), 1)[0, 0]
+    strength = batch_maps(as_strength(strength_tensor(change_map), torch.float32), 1)[0, 0]
     if keep_map:
         strength = 1 - strength
     return strength_array(strength, size).astype(np.float32)
-
-
-def _as_video(change_map: Tensor, batch: int) -> Tensor:
-    """A video latent's map as (B|1, 1, T, H, W): (H, W) and (T, H, W) for the batch,
-    (B, T, H, W) and (B, 1, T, H, W) per video."""
-    shape = tuple(change_map.shape)
-    if change_map.ndim in (2, 3):  # one map (still or per frame) for the batch
-        change_map = change_map.reshape(1, 1, *(1,) * (3 - change_map.ndim), *shape)
-    elif change_map.ndim == 4:
-        change_map = rearrange(change_map, "b t h w -> b 1 t h w")
-    elif change_map.ndim != 5 or change_map.shape[1] != 1:
-        raise ValueError(
-            f"change_map for a video latent (B, C, F, H, W) must be (H, W), (T, H, W), (B, T, H, W) or "
-            f"(B, 1, T, H, W) with T video frames, got shape {shape}"
-        )
-    return _one_or_per_latent(change_map, shape, batch)
-
-
-def _check_frames_per_latent(frames_per_latent: Any) -> int:
-    if isinstance(frames_per_latent, bool) or not isinstance(frames_per_latent, int):
-        raise TypeError(f"frames_per_latent must be a positive int, got {type(frames_per_latent).__name__}")
-    if frames_per_latent < 1:
-        raise ValueError(f"frames_per_latent must be a positive int, got {frames_per_latent}")
-    return frames_per_latent
-
-
-def latent_frames(strength: Tensor, frames: int, frames_per_latent: int = 4) -> Tensor:
-    """Per-frame strengths (..., T, H, W) brought to ``frames`` latent frames F as a causal
-    video VAE (Wan's) merges frames: the first frame alone, then each group of
-    ``frames_per_latent`` frames into one latent frame, so T = frames_per_latent * (F - 1) + 1.
-    A latent frame takes the largest strength of its frames at each pixel: a frame that must
-    change is never frozen. T = 1 is a still map, the same for every latent frame."""
-    frames_per_latent = _check_frames_per_latent(frames_per_latent)
-    given = strength.shape[-3]
-    if given == 1:
-        return strength.expand(*strength.shape[:-3], frames, *strength.shape[-2:])
-    if given != frames_per_latent * (frames - 1) + 1:
-        raise ValueError(
-            f"change_map has {given} frames, but the latent's {frames} latent frames stand for "
-            f"{frames_per_latent * (frames - 1) + 1} video frames (the first alone, then {frames_per_latent} "
-            f"per latent frame; frames_per_latent={frames_per_latent}): give that many frames, or one still map"
-        )
-    rest = strength[..., 1:, :, :].unflatten(-3, (frames - 1, frames_per_latent)).amax(-3)
-    return torch.cat([strength[..., :1, :, :], rest], dim=-3)
-
-
-def latent_map(
-    change_map: Any,
-    latent_shape: Sequence[int],
-    *,
-    keep_map: bool = False,
-    resize: str = "antialias",
-    dtype: torch.dtype = torch.float32,
-    device: Any = None,
-    frames_per_latent: int = 4,
-) -> Tensor:
-    """Check ``change_map`` and return it as strengths of shape (1 or B, 1, H, W), or
-    (1 or B, 1, F, H, W) for a video latent.
-
-    ``change_map`` is (H', W'), (1|B, H', W') or (1|B, 1, H', W') at any resolution:
-    a float tensor in [0, 1], an integer tensor of 8-bit grey levels (0..255), a bool
-    tensor, an array, or a PIL image of any mode (read as :func:`image_strength` says). ``latent_shape`` is the latent's (B, C, H, W).
-    The map is resized to H x W: ``resize="antialias"`` (bilinear, area-weighted when
-    shrinking), ``"bilinear"`` (plain, ``align_corners=False``, as ComfyUI does) or
-    ``"nearest"`` (``F.interpolate``'s default, as most diffusers pipelines do).
-    ``keep_map=True`` reads the map as 1 = keep, 0 = change, and flips it.
-
-    For a video latent, ``latent_shape`` (B, C, F, H, W), the map is (H', W') (one still map
-    for every frame), (T, H', W'), (1|B, T, H', W') or (1|B, 1, T, H', W') with T video
-    frames, brought to the F latent frames by :func:`latent_frames` (the largest strength of
-    each group of ``frames_per_latent`` frames) before it is resized (docs/python.md,
-    "Video latents").
-    """
-    if resize not in RESIZES:
-        raise ValueError(f"resize must be one of {', '.join(map(repr, RESIZES))}, got {resize!r}")
-    frames_per_latent = _check_frames_per_latent(frames_per_latent)
-    if len(latent_shape) not in (4, 5):
-        raise ValueError(f"latent_shape must be (B, C, H, W) or (B, C, F, H, W), got {tuple(latent_shape)}")
-    batch, height, width = latent_shape[0], latent_shape[-2], latent_shape[-1]
-    work = torch.float64 if dtype == torch.float64 else torch.float32
-    strength = _as_strength(_to_tensor(change_map), work)
-    video = len(latent_shape) == 5
-    strength = _as_video(strength, batch) if video else _as_4d(strength, batch)
-    if keep_map:  # before the frames are pooled: a latent frame takes its frames' largest change
-        strength = 1 - strength
-    if video:
-        strength = latent_frames(strength, latent_shape[2], frames_per_latent)
-    if strength.shape[-2:] != (height, width):
-        strength = _resized(strength.to(device), height, width, resize)
-    return strength.to(device=device, dtype=dtype)
-
-
-def _resized(strength: Tensor, height: int, width: int, resize: str) -> Tensor:
-    """(..., H', W') resized to (..., height, width), each 2-D map on its own."""
-    leading = strength.shape[:-2]
-    flat = strength.reshape(-1, 1, *strength.shape[-2:])
-    if resize == "nearest":
-        flat = F.interpolate(flat, size=(height, width))
-    else:
-        flat = F.interpolate(
-            flat, size=(height, width), mode="bilinear", align_corners=False, antialias=resize == "antialias"
-        ).clamp(0, 1)
-    return flat.reshape(*leading, height, width)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "prepare_change_map":
-        from ..deprecation import renamed
-
-        return renamed("prepare_change_map", "latent_map", latent_map)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

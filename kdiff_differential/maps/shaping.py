@@ -31,16 +31,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, check_number
 from .reading import strength_array
-
-
-def _number(name: str, value: Any, negative: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise TypeError(f"{name}={value!r}: give a finite number of pixels")
-    if value < 0 and not negative:
-        raise InputError(f"{name}={value!r}: give a number of pixels >= 0")
-    return float(value)
 
 
 def _disk_extreme(values: np.ndarray, radius: float, largest: bool) -> np.ndarray:
@@ -123,9 +115,9 @@ def shape_map(
     of another size is first stretched to it (bilinear), as the edit would stretch it.
     With every step at 0 the map comes back unchanged.
     """
-    grow = _number("grow", grow, negative=True)
-    feather = _number("feather", feather, negative=False)
-    blur = _number("blur", blur, negative=False)
+    check_number("grow", grow, unit=" of pixels")
+    check_number("feather", feather, 0, unit=" of pixels")
+    check_number("blur", blur, 0, unit=" of pixels")
     # Checked once here, before any step runs; each step then works on the array.
     strength = strength_array(change_map, size if (grow or feather or blur) else None)
     diagonal = math.hypot(*strength.shape)
@@ -138,11 +130,3 @@ def shape_map(
     if blur:
         strength = _blur(strength, blur)
     return strength.astype(np.float32)
-
-
-def __getattr__(name: str) -> Any:
-    if name == "prepare_map":
-        from ..deprecation import renamed
-
-        return renamed("prepare_map", "shape_map", shape_map)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,7 +9,7 @@ diffusers (so that ``--help`` can list the families): they load when used.
 from __future__ import annotations
 
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Sequence, Union
 
 from ..errors import InputError
@@ -23,20 +23,10 @@ if TYPE_CHECKING:
     from .diffusers_model import DiffusersPipeline
     from .families import Family
     from .sources import Source
-    from .flow import FlowDenoiser, start_from_noise
-    from .ideal import IdealDenoiser, sd_alphas_cumprod
 
-# Torch-heavy names this package re-exports, loaded on first use.
-_LAZY = {"Control": ".controlnets", "FlowDenoiser": ".flow", "start_from_noise": ".flow", "IdealDenoiser": ".ideal", "sd_alphas_cumprod": ".ideal"}
 Loras = Sequence[tuple[Union[str, Path], float]]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The keywords a diffusers model loads with (load_pipeline's), which find_model takes.
+LOAD_OPTIONS = ("config", "loras", "allow_pickle", "dtype", "offload", "vae_tiling", "controlnets")
 
 
 class ImageModel(Protocol):
@@ -79,7 +69,7 @@ class Model(Protocol):
     model); ``flow`` whether it is a flow model, whose schedule starts at t = 1;
     ``frames_per_latent`` for a model that edits video, how many frames one latent frame
     merges (Wan: 4, and its :meth:`fit` takes T = 4k + 1 frames; the built-in model: 1),
-    None for an image model. A video model's :meth:`fit` takes a clip's frames too, uint8
+    None for an image model; ``builtin`` whether it is the built-in model. A video model's :meth:`fit` takes a clip's frames too, uint8
     (T, H, W, 3), into a latent (1, C, F, h, w), and its ``decode`` gives frames back.
     """
 
@@ -90,6 +80,7 @@ class Model(Protocol):
     native_side: Optional[int]
     flow: bool
     frames_per_latent: Optional[int]
+    builtin: bool
 
     def fit(self, image: "np.ndarray") -> ImageModel: ...
 
@@ -98,11 +89,18 @@ class Model(Protocol):
 class ModelSource:
     """A model as given, resolved once without loading it: ``name`` ('builtin', a folder,
     a Hub id or a single file), its diffusers ``source`` and ``family`` (None for the
-    built-in model). Enough to check settings before a load that can take minutes."""
+    built-in model) and the keyword ``options`` it loads with (:func:`load_pipeline`'s).
+    Enough to check settings before a load that can take minutes; it pickles, so that a
+    worker process can open it itself."""
 
     name: str
     source: Optional["Source"] = None
     family: Optional[type["Family"]] = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def builtin(self) -> bool:
+        return self.family is None
 
     @property
     def flow(self) -> bool:
@@ -126,46 +124,65 @@ class ModelSource:
         """The family's default schedule (a few-step UNet folder's own is known once loaded)."""
         return "karras" if self.family is None else self.family.default_schedule
 
-    def load(self, device: Optional[Union[str, "torch.device"]] = None, **options: Any) -> Model:
-        """The model, loaded on ``device`` (default: the CPU) with :func:`load_pipeline`'s
-        keyword ``options``; the built-in model takes none."""
-        import torch
-
-        device = torch.device("cpu") if device is None else torch.device(device)
+    def load(self, device: Union[str, "torch.device", None] = None) -> Model:
+        """The model, loaded on ``device`` (default: the CPU) with its ``options``."""
+        device = resolve_device(device or "cpu")
         if self.source is None:
             from .builtin import Builtin
 
-            refuse_for_builtin(options)
             return Builtin(device)
         from .diffusers_model import quiet_loading
 
         quiet_loading()
-        return load_pipeline(self.source, device, **options)
+        return load_pipeline(self.source, device, **self.options)
 
 
-def refuse_for_builtin(options: dict[str, Any]) -> None:
-    """InputError naming the model-loading ``options`` given (not None, False or empty),
-    which the built-in model has no use for."""
-    given = [name for name, value in options.items() if value not in (None, False, (), [])]
-    if given:
-        raise InputError(f"{', '.join(f'{name}=' for name in given)}: for a diffusers model (model=: a folder, Hub id or "
-                         ".safetensors file); the built-in model takes none")
+def resolve_device(device: Union[str, "torch.device", None]) -> "torch.device":
+    """``device``, or CUDA when there is one and the CPU otherwise (None or ``"auto"``);
+    InputError for a device that is not there."""
+    import torch
+
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"device={device!r}: give 'auto', 'cpu', 'cuda', 'cuda:N' or a torch.device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device={device}: no CUDA device is available here; use device=cpu (or auto)")
+    return device
 
 
-def find_model(name: Union[str, Path], *, config: Optional[Union[str, Path]] = None, allow_pickle: bool = False) -> ModelSource:
+def find_model(name: Union[str, Path, ModelSource], **options: Any) -> ModelSource:
     """What model ``name`` is, without loading it: 'builtin', or a diffusers folder, Hub
-    id or single file (``config``, ``allow_pickle`` as :func:`load_pipeline` takes them),
-    its family read from ``model_index.json`` or the file's tensor names. InputError for
-    bad input, or for diffusers missing."""
+    id or single file, its family read from ``model_index.json`` or the file's tensor
+    names, with :func:`load_pipeline`'s keyword ``options`` (:data:`LOAD_OPTIONS`; LoRAs
+    as (file, scale) pairs), checked. A :class:`ModelSource` comes back as it is.
+    InputError for bad input, for options the built-in model has no use for, or for
+    diffusers missing."""
+    if isinstance(name, ModelSource):
+        if options:
+            raise InputError(f"{', '.join(f'{key}=' for key in options)}: this model is found already, with its options")
+        return name
+    unknown = set(options) - set(LOAD_OPTIONS)
+    if unknown:
+        raise TypeError(f"{', '.join(sorted(unknown))}: not a loading option; give some of {', '.join(LOAD_OPTIONS)}")
     if name == "builtin":
-        refuse_for_builtin({"config": config, "allow_pickle": allow_pickle})
+        given = [key for key, value in options.items() if value not in (None, False, (), [])]
+        if given:
+            raise InputError(f"{', '.join(f'{key}=' for key in given)}: for a diffusers model (model=: a folder, Hub id or "
+                             ".safetensors file); the built-in model takes none")
         return ModelSource("builtin")
     from .diffusers_model import require_diffusers
+    from .loras import check_loras
     from .sources import resolve_source
 
     require_diffusers()
-    source = resolve_source(name, config, allow_pickle)
-    return ModelSource(str(name), source, source.family())
+    allow_pickle = bool(options.get("allow_pickle", False))
+    if options.get("loras"):
+        options["loras"] = check_loras(options["loras"], allow_pickle)
+    source = resolve_source(name, options.get("config"), allow_pickle)
+    return ModelSource(str(name), source, source.family(), options)
 
 
 def load_pipeline(
@@ -206,44 +223,41 @@ def load_pipeline(
     )
 
 
-def default_schedule(name: str, *, config: Optional[Union[str, Path]] = None, allow_pickle: bool = False) -> str:
+def default_schedule(name: str, **options: Any) -> str:
     """The noise schedule model ``name``'s family runs by default: 'karras', or 'model'
     for a flow model (:attr:`ModelSource.schedule`)."""
-    return find_model(name, config=config, allow_pickle=allow_pickle).schedule
+    return find_model(name, **options).schedule
 
 
-# The last diffusers pipeline load_model(keep=True) loaded, by its source, device and options.
+# The last diffusers pipeline open_model(keep=True) loaded, by its source, device and options.
 _KEPT: dict[str, Any] = {}
 
 
-def open_model(name: Union[str, Path, ModelSource], device: Optional[Union[str, "torch.device"]] = None, *, keep: bool = False,
+def open_model(name: Union[str, Path, ModelSource], device: Union[str, "torch.device", None] = None, *, keep: bool = False,
                **options: Any) -> Model:
-    """Model ``name`` ('builtin', or a diffusers model as :func:`load_pipeline` takes it,
-    with its keyword ``options``: ``config``, ``loras``, ``allow_pickle``, ``dtype``,
-    ``offload``, ``vae_tiling``, ``controlnets``) loaded on ``device`` (default: the
-    CPU), ready to :meth:`~Model.fit` to image after image. ``keep``: keep the loaded
-    diffusers pipeline, one at a time, for the next call with the same source, device
-    and options. Bad input is an InputError that says why."""
-    import torch
-
-    device = torch.device("cpu") if device is None else torch.device(device)
-    found = name if isinstance(name, ModelSource) else find_model(name, config=options.get("config"), allow_pickle=options.get("allow_pickle", False))
+    """Model ``name`` ('builtin', a diffusers model as :func:`load_pipeline` takes it, or a
+    :class:`ModelSource`) loaded on ``device`` (default: the CPU) with the keyword
+    ``options`` of :func:`find_model`, ready to :meth:`~Model.fit` to image after image.
+    ``keep``: keep the loaded diffusers pipeline, one at a time, for the next call with the
+    same source, device and options. Bad input is an InputError that says why."""
+    device = resolve_device(device or "cpu")
+    found = find_model(name, **options)
     if found.source is None or not keep:
-        return found.load(device, **options)
-    key = repr((found.name, str(device), sorted(options.items())))
+        return found.load(device)
+    key = repr((found.name, str(device), sorted(found.options.items())))
     if key not in _KEPT:
         _KEPT.clear()  # one at a time: the previous pipeline's memory goes before the next loads
-        _KEPT[key] = found.load(device, **options)
+        _KEPT[key] = found.load(device)
     return _KEPT[key]
 
 
-def load_model(name: str, image: "np.ndarray", device: Optional["torch.device"] = None, *, keep: bool = False,
+def load_model(name: str, image: "np.ndarray", device: Union[str, "torch.device", None] = None, *, keep: bool = False,
                **options: Any) -> ImageModel:
     """:func:`open_model` fitted to ``image``, uint8 (H, W, 3)."""
     return open_model(name, device, keep=keep, **options).fit(image)
 
 
 __all__ = [
-    "Control", "FlowDenoiser", "IdealDenoiser", "ImageModel", "Model", "ModelSource", "default_schedule", "find_model", "load_model",
-    "load_pipeline", "open_model", "sd_alphas_cumprod", "start_from_noise",
+    "ImageModel", "LOAD_OPTIONS", "Model", "ModelSource", "default_schedule", "find_model", "load_model", "load_pipeline",
+    "open_model", "resolve_device",
 ]

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import InputError
-from ..files.images import require_rgb, to_image, to_tensor
+from ..pixels import require_rgb, to_image, to_tensor
 from ..core.samplers import DEFAULT_STEPS
 from .ideal import IdealDenoiser
 
@@ -121,6 +121,7 @@ class Builtin:
     native_side: Optional[int] = None
     flow = False
     frames_per_latent: Optional[int] = 1
+    builtin = True
 
     def __init__(self, device: Union[str, torch.device] = "cpu") -> None:
         self.device = torch.device(device)

@@ -72,7 +72,7 @@ def prompt_map(
     import torch
     import torch.nn.functional as F
 
-    from ..files.images import require_rgb
+    from ..pixels import require_rgb
     from ..maps.reading import strength_array
 
     require_rgb(image, "image")

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import InputError
-from .sources import HUB_ID, PICKLE_RISK, Source, _hub, is_pickle
+from .sources import HUB_ID, PICKLE_RISK, Source, from_hub, is_pickle
 
 if TYPE_CHECKING:
     from .families import Family
@@ -165,7 +165,7 @@ def _folder(given: str, allow_pickle: bool) -> Path:
 
     source = Source(given, "hub", repo=match["repo"], revision=match["revision"], allow_pickle=allow_pickle, flag="controlnet")
     patterns = ["config.json", "*.safetensors"] + (["*.bin"] if allow_pickle else [])
-    return Path(_hub(source, lambda **local: snapshot_download(source.repo, revision=source.revision, allow_patterns=patterns, **local)))
+    return Path(from_hub(source, lambda **local: snapshot_download(source.repo, revision=source.revision, allow_patterns=patterns, **local)))
 
 
 def _image_input(condition: Tensor, mode: Optional[int], net: nn.Module) -> Callable[[int], dict[str, Any]]:

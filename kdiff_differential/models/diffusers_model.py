@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..core.denoiser import RELEASE_MASK
 from ..errors import InputError
-from ..files.images import to_image, to_tensor
+from ..pixels import to_image, to_tensor
 from .controlnets import Control, ControlRun, control_run, load_controlnets
 from .families import INPAINT_MASK, INPAINT_MASKS, Family
 from .loras import apply_loras, check_loras
@@ -214,9 +214,9 @@ def change_mask(change_map: Any, size: tuple[int, int], device: torch.device, th
     """The change map binarised (1 = change) at ``size``: (1, 1, *size) float32, 1 where
     it is >= 0.5 (``threshold`` 0: where it is > 0). The map is resized bilinearly first,
     then binarised, as ComfyUI's InpaintModelConditioning."""
-    from ..maps.reading import _as_strength, _to_tensor
+    from ..maps.reading import as_strength, strength_tensor
 
-    strength = _as_strength(_to_tensor(change_map), torch.float32).to(device)
+    strength = as_strength(strength_tensor(change_map), torch.float32).to(device)
     while strength.dim() < 4:
         strength = strength.unsqueeze(0)
     strength = F.interpolate(strength[:1, :1], size=size, mode="bilinear", align_corners=False)
@@ -294,6 +294,7 @@ class DiffusersPipeline:
         self.description = f"{kind.name}, {kind_of_model}, {kind.prediction(self.scheduler)}"
         self.native_side: Optional[int] = self.family.native_size
         self.flow = kind.default_schedule == "model"
+        self.builtin = False
 
     def fit(self, image: np.ndarray) -> "FittedModel":
         """The model fitted to ``image``, uint8 (H, W, 3), or for a video family to

@@ -177,9 +177,3 @@ class FlowDenoiser(nn.Module):
         x_t = torch.where(torch.isinf(sigma), x, x / (1 + sigma))
         v = self.inner_model(x_t, t.flatten(), **kwargs)
         return x_t - t * v.to(x.dtype)
-
-
-def start_from_noise(dd: nn.Module, sigma_next: float, extra_args: Optional[dict[str, Any]] = None) -> Tensor:
-    """:meth:`DifferentialDenoiser.start_from_noise <kdiff_differential.DifferentialDenoiser.start_from_noise>`,
-    by its earlier name: the first step from t = 1 for the wrapper ``dd``."""
-    return dd.start_from_noise(sigma_next, **(extra_args or {}))

@@ -64,7 +64,7 @@ class Source:
         if self.kind == "hub":
             from huggingface_hub import hf_hub_download
 
-            path = Path(_hub(self, lambda **local: hf_hub_download(self.repo, "model_index.json", revision=self.revision, **local)))
+            path = Path(from_hub(self, lambda **local: hf_hub_download(self.repo, "model_index.json", revision=self.revision, **local)))
         else:
             path = self.path / "model_index.json"
         try:
@@ -95,7 +95,7 @@ class Source:
         if weights is None:
             weights = ["*/*.safetensors"] + (["*/*.bin"] if self.allow_pickle else [])
         patterns = CONFIGS + weights
-        return Path(_hub(self, lambda **local: snapshot_download(self.repo, revision=self.revision, allow_patterns=patterns,
+        return Path(from_hub(self, lambda **local: snapshot_download(self.repo, revision=self.revision, allow_patterns=patterns,
                                                                  ignore_patterns=VARIANTS, **local)))
 
 
@@ -187,7 +187,7 @@ def hub_reachable(endpoint: str) -> bool:
     return True
 
 
-def _hub(source: Source, fetch: Any) -> str:
+def from_hub(source: Source, fetch: Any) -> str:
     """Run a huggingface_hub ``fetch`` (which takes ``local_files_only``), from the cache
     alone when the Hub cannot be reached, so that huggingface_hub's retries never start;
     its errors (not cached, no such repository, revision or file, gated, the Hub failing)

@@ -22,12 +22,10 @@ the composite that follows puts the original's bytes there.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from ..files.images import require_rgb
-from ..maps.reading import strength_array
+from ..maps.change_map import MapLike, frame_strengths
+from ..pixels import as_frames
 
 BAND = 16  # pixels: the width of the band inside a binary map's edge
 # Below this standard deviation (in L*a*b* units) a channel is flat in the band, and its
@@ -65,34 +63,26 @@ def quiet_lab2rgb(lab: np.ndarray) -> np.ndarray:
     return lab2rgb(lab[:, None, :])[:, 0, :]
 
 
-def match_colors(result: np.ndarray, original: np.ndarray, change_map: Any, *, band: float = BAND) -> np.ndarray:
+def match_colors(result: np.ndarray, original: np.ndarray, change_map: MapLike, *, band: float = BAND) -> np.ndarray:
     """``result`` with its colours matched to ``original``'s in the transition band (module
-    docstring), uint8 (H, W, 3).
+    docstring), uint8, ``result``'s shape.
 
     ``result`` and ``original`` are uint8 (H, W, 3) at one size; ``change_map`` is the
-    strength (h, w) in [0, 1], 1 = change (a tensor or an array), stretched to (H, W)
-    when its size differs. Pixels of strength 0 come back as ``result``'s bytes. A clip's
-    frames (T, H, W, 3), with a map per frame (T, h, w) or one for all, take one
-    correction measured over every frame's band, so that it cannot flicker.
+    strength (h, w) in [0, 1], 1 = change (a tensor, an array or a
+    :class:`~kdiff_differential.maps.change_map.ChangeMap`), stretched to (H, W) when its
+    size differs. Pixels of strength 0 come back as ``result``'s bytes. A clip's frames
+    (T, H, W, 3), with a map per frame (T, h, w) or one for all, take one correction
+    measured over every frame's band, so that it cannot flicker.
     """
     from skimage.color import rgb2lab
 
-    clip = isinstance(result, np.ndarray) and result.ndim == 4
-    if not clip:
-        require_rgb(result, "result")
-        require_rgb(original, "original")
-    frames, originals = (result, np.asarray(original)) if clip else (result[None], original[None])
-    for frame, other in zip(frames, originals):
-        require_rgb(frame, "result")
-        require_rgb(other, "original")
+    frames, clip = as_frames(result, "result")
+    originals, _ = as_frames(original, "original")
     if frames.shape != originals.shape:
         raise ValueError(f"result and original must have one shape, got {result.shape} and {original.shape}")
     if isinstance(band, bool) or not isinstance(band, (int, float)) or not band >= 0:
         raise ValueError(f"band must be a number of pixels >= 0, got {band!r}")
-    maps = change_map if clip and np.ndim(change_map) == 3 else [change_map] * len(frames)
-    if len(maps) != len(frames):
-        raise ValueError(f"change_map has {len(maps)} frames, result {len(frames)}; give one map per frame, or one for all")
-    strength = np.stack([strength_array(frame_map, frames.shape[1:3]) for frame_map in maps])
+    strength = frame_strengths(change_map, frames.shape[1:3], len(frames))
     changed = strength > 0
     if not changed.any():
         return result

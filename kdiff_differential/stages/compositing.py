@@ -5,7 +5,7 @@ shifts, softened text and faces), and a model run below the input's resolution b
 what it scales back up. The map says where change was wanted; the composite keeps the
 original everywhere else, exactly, and wherever the model barely changed a pixel.
 
-Modes (``--composite``):
+Modes (``--composite``; docs/cli.md, "The pixel-space composite", has the reasons):
 
 ``"difference"`` (default)
     The result's opacity at a pixel of strength s is
@@ -14,20 +14,11 @@ Modes (``--composite``):
 
     with D the local difference between result and original: the per-pixel mean over
     channels of |result - original| (in [0, 1]), taken to its maximum over a
-    (2 radius + 1)^2 window and blurred by a Gaussian of ``blur`` pixels. Where the
-    model barely changed a pixel (D well below T) the original shows, at full
-    resolution; where it regenerated (D well above T) the result shows. The map lowers
-    the bar as it rises: near s = 0 a difference of ``threshold`` is half way, s = 1
-    shows the result outright, and s = 0 the original outright.
-    The local maximum widens a changed region by ``radius`` pixels, so that no edge of the
-    original survives inside a regenerated area; the blur keeps the opacity free of
-    pixel-level speckle, so the composite has no seam of its own. A1111's soft-inpainting
-    composite is the model for this (its difference-based opacity, smootherstep and
-    mask-dependent threshold); this one works on pixels, not latents.
+    (2 radius + 1)^2 window and blurred by a Gaussian of ``blur`` pixels: the original
+    where the model barely changed a pixel, the result where it regenerated it, with no
+    seam of its own (A1111's soft-inpainting composite, on pixels).
 ``"mask"``
-    The map itself as the result's opacity: ``original + s * (result - original)``, a
-    masked composite node. Simple, but partly changed pixels are blended with the
-    original a second time, after the sampler already did.
+    The map itself as the result's opacity: ``original + s * (result - original)``.
 ``"none"``
     The result as the model decoded it.
 
@@ -43,8 +34,8 @@ import torch
 import torch.nn.functional as F
 
 from ..choices import COMPOSITES
-from ..files.images import require_rgb
-from ..maps.reading import strength_array
+from ..maps.change_map import MapLike, frame_strengths
+from ..pixels import as_frames
 
 # 0.05 of the pixel range, about 13 8-bit levels: above a Stable Diffusion VAE's typical
 # reconstruction error and a 2x upscale's blur (5 levels on average, measured on the
@@ -53,14 +44,6 @@ THRESHOLD = 0.05
 CONTRAST = 2.0
 RADIUS = 2
 BLUR = 2.0
-
-
-def _check(original: Any, result: Any, change_map: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    require_rgb(original, "original")
-    require_rgb(result, "result")
-    if original.shape != result.shape:
-        raise ValueError(f"original and result must have one shape, got {original.shape} and {result.shape}")
-    return original, result, strength_array(change_map, original.shape[:2])
 
 
 def smootherstep(x: torch.Tensor) -> torch.Tensor:
@@ -112,7 +95,7 @@ def difference_opacity(
 def composite(
     original: np.ndarray,
     result: np.ndarray,
-    change_map: Any,
+    change_map: MapLike,
     mode: str = "difference",
     *,
     threshold: float = THRESHOLD,
@@ -120,13 +103,15 @@ def composite(
     radius: int = RADIUS,
     blur: float = BLUR,
 ) -> np.ndarray:
-    """The original with the edit's result laid over it, uint8 (H, W, 3).
+    """The original with the edit's result laid over it, uint8, the original's shape.
 
-    ``original`` and ``result`` are uint8 (H, W, 3) at one size; ``change_map`` is the
-    strength per pixel, (h, w) in [0, 1], 1 = change (a tensor or an array), stretched to
-    (H, W) when its size differs. ``mode`` is
-    ``"difference"``, ``"mask"`` or ``"none"`` (module docstring). Pixels of strength 0
-    come back as the original's bytes in every mode but ``"none"``.
+    ``original`` and ``result`` are uint8 (H, W, 3) at one size, or a clip's frames
+    (T, H, W, 3), composited frame by frame; ``change_map`` is the strength per pixel,
+    (h, w) in [0, 1], 1 = change (a tensor, an array, one per frame (T, h, w), or a
+    :class:`~kdiff_differential.maps.change_map.ChangeMap`), stretched to (H, W) when its
+    size differs. ``mode`` is ``"difference"``, ``"mask"`` or ``"none"`` (module
+    docstring). Pixels of strength 0 come back as the original's bytes in every mode but
+    ``"none"``.
     """
     if mode not in COMPOSITES:
         raise ValueError(f"mode must be one of {', '.join(map(repr, COMPOSITES))}, got {mode!r}")
@@ -135,14 +120,20 @@ def composite(
             raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
     if isinstance(radius, bool) or not isinstance(radius, int) or radius < 0:
         raise ValueError(f"radius must be a whole number >= 0, got {radius!r}")
-    original, result, strength = _check(original, result, change_map)
+    originals, clip = as_frames(original, "original")
+    results, _ = as_frames(result, "result")
+    if originals.shape != results.shape:
+        raise ValueError(f"original and result must have one shape, got {original.shape} and {result.shape}")
+    strengths = frame_strengths(change_map, originals.shape[1:3], len(originals))
     if mode == "none":
         return result
-    if mode == "mask":
-        opacity = strength
-    else:
-        opacity = difference_opacity(original, result, strength, threshold=threshold, contrast=contrast,
-                                     radius=radius, blur=blur)
+    options = dict(threshold=threshold, contrast=contrast, radius=radius, blur=blur)
+    out = [_laid_over(frame, out, strength, mode, options) for frame, out, strength in zip(originals, results, strengths)]
+    return np.stack(out) if clip else out[0]
+
+
+def _laid_over(original: np.ndarray, result: np.ndarray, strength: np.ndarray, mode: str, options: dict) -> np.ndarray:
+    opacity = strength if mode == "mask" else difference_opacity(original, result, strength, **options)
     blended = original + opacity[..., None] * (result.astype(np.float64) - original)
     out = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
     return np.where((strength > 0)[..., None], out, original)

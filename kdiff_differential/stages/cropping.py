@@ -27,6 +27,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from ..choices import CROPS
+from ..maps.change_map import ChangeMap, MapLike
 from ..maps.reading import strength_array
 
 PADDING = 0.25  # of the box's longer side, on every side
@@ -38,7 +39,8 @@ AUTO_FRACTION = 0.5  # crop only when the box is at most this part of the image'
 class Region:
     """Where the model runs: rows ``top:top + height`` and columns ``left:left + width``
     of an image of ``size`` = (H, W), scaled to ``work`` = (h, w) for the model. A region
-    that is the whole image at its own size (``cropped`` False) leaves everything as it is."""
+    that is the whole image at its own size (``cropped`` False) leaves everything as it is.
+    Pixels are an image (H, W, 3) or a clip's frames (T, H, W, 3), the box of each frame."""
 
     top: int
     left: int
@@ -51,27 +53,28 @@ class Region:
     def cropped(self) -> bool:
         return (self.height, self.width) != tuple(self.size)
 
-    def cut(self, pixels: Any) -> Any:
-        """The box of ``pixels``, an array or tensor (H, W, ...)."""
+    def cut(self, pixels: np.ndarray) -> np.ndarray:
+        """The box of ``pixels``, (..., H, W, C)."""
         if not self.cropped:
             return pixels
-        return pixels[self.top : self.top + self.height, self.left : self.left + self.width]
+        return pixels[..., self.top : self.top + self.height, self.left : self.left + self.width, :]
 
-    def cut_map(self, change_map: Any) -> Any:
-        """The box of ``change_map`` (h, w) in [0, 1], stretched to the image's size
-        first (a float32 array of that size, as :func:`~kdiff_differential.edit_image`
-        holds it, is cut as it is); the map as it is when nothing is cropped."""
+    def cut_map(self, change_map: ChangeMap) -> ChangeMap:
+        """The box of every frame of ``change_map`` (of the image's size)."""
         if not self.cropped:
             return change_map
-        held = isinstance(change_map, np.ndarray) and change_map.dtype == np.float32 and change_map.shape == tuple(self.size)
-        return self.cut(change_map if held else strength_array(change_map, self.size).astype(np.float32))
+        return change_map.crop(self.top, self.left, self.height, self.width)
 
-    def _resize(self, image: np.ndarray, height: int, width: int) -> np.ndarray:
-        if image.shape[:2] == (height, width):
-            return image
+    @staticmethod
+    def _resize(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+        """(H', W', 3) or (T, H', W', 3) resized to (height, width), frame by frame (Lanczos)."""
+        if pixels.shape[-3:-1] == (height, width):
+            return pixels
         from PIL import Image
 
-        return np.asarray(Image.fromarray(image).resize((width, height), Image.LANCZOS))
+        if pixels.ndim == 4:
+            return np.stack([Region._resize(frame, height, width) for frame in pixels])
+        return np.asarray(Image.fromarray(pixels).resize((width, height), Image.LANCZOS))
 
     def align(self, image: np.ndarray) -> np.ndarray:
         """An image of any size that goes with the input (a ControlNet's control image):
@@ -82,19 +85,19 @@ class Region:
         return self.to_work(self.cut(self._resize(image, *self.size)))
 
     def to_work(self, box: np.ndarray) -> np.ndarray:
-        """The box's image, uint8 (height, width, 3), at the model's size ``work``."""
+        """The box's pixels, uint8 (..., height, width, 3), at the model's size ``work``."""
         return self._resize(box, *self.work)
 
-    def from_work(self, image: np.ndarray) -> np.ndarray:
-        """The model's image, uint8 (h, w, 3) at ``work`` (or any size), at the box's size."""
-        return self._resize(image, self.height, self.width)
+    def from_work(self, pixels: np.ndarray) -> np.ndarray:
+        """The model's pixels, uint8 (..., h, w, 3) at ``work`` (or any size), at the box's size."""
+        return self._resize(pixels, self.height, self.width)
 
     def paste(self, full: np.ndarray, box: np.ndarray) -> np.ndarray:
-        """``full`` (H, W, 3) with ``box`` (height, width, 3) in the region: a new array."""
+        """``full`` (..., H, W, 3) with ``box`` (..., height, width, 3) in the region: a new array."""
         if not self.cropped:
             return box
         out = full.copy()
-        out[self.top : self.top + self.height, self.left : self.left + self.width] = box
+        out[..., self.top : self.top + self.height, self.left : self.left + self.width, :] = box
         return out
 
     def describe(self) -> str:
@@ -131,14 +134,15 @@ def _box(changed: np.ndarray, padding: float) -> Optional[tuple[int, int, int, i
 
 
 def plan_crop(
-    change_map: Any,
+    change_map: MapLike,
     crop: str = "auto",
     padding: float = PADDING,
     native: Callable[[], Optional[int]] = lambda: None,
     size: Optional[tuple[int, int]] = None,
 ) -> Region:
-    """Where the model runs for ``change_map`` (h, w) in [0, 1], 1 = change, on an image
-    of ``size`` = (H, W) (default: the map's; a map of another size is stretched to it):
+    """Where the model runs for ``change_map`` (h, w) in [0, 1], 1 = change (a
+    :class:`~kdiff_differential.maps.change_map.ChangeMap`: the union of its frames), on
+    an image of ``size`` = (H, W) (default: the map's; a map of another size is stretched to it):
     the padded box of the change when ``crop`` is ``"auto"`` and the box covers at most
     AUTO_FRACTION of the image, else the whole image (module docstring).
 
@@ -147,7 +151,7 @@ def plan_crop(
     """
     if crop not in CROPS:
         raise ValueError(f"crop must be one of {', '.join(map(repr, CROPS))}, got {crop!r}")
-    strength = strength_array(change_map, size)
+    strength = change_map.union().values[0] if isinstance(change_map, ChangeMap) else strength_array(change_map, size)
     height, width = strength.shape
     box = _box(strength > 0, padding) if crop == "auto" else None
     if box is None or box[2] * box[3] > AUTO_FRACTION * height * width:
@@ -160,17 +164,3 @@ def plan_crop(
         scale = side / math.sqrt(box_height * box_width)
         work = (max(1, round(box_height * scale)), max(1, round(box_width * scale)))
     return Region(top, left, box_height, box_width, (height, width), work)
-
-
-def native_side(model: str, *, config: Optional[str] = None, allow_pickle: bool = False) -> Optional[int]:
-    """The native side in pixels of ``model``: None for 'builtin' (it runs at the input's
-    resolution), else its diffusers family's training size, found as
-    :func:`~kdiff_differential.models.default_schedule` finds the family (``config``,
-    ``allow_pickle`` as there)."""
-    if model == "builtin":
-        return None
-    from ..models.diffusers_model import require_diffusers
-    from ..models.sources import resolve_source
-
-    require_diffusers()
-    return resolve_source(model, config, allow_pickle).family().native_size

@@ -24,13 +24,11 @@ over the unfilled input, so kept pixels stay exact in the output whatever the fi
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from ..choices import FILLS
-from ..files.images import require_rgb
-from ..maps.reading import strength_array
+from ..maps.change_map import MapLike, frame_strengths
+from ..pixels import as_frames
 
 # The blur fill's standard deviation, as a fraction of the image's longest side.
 BLUR_FRACTION = 1 / 16
@@ -57,20 +55,26 @@ def region_statistics(image: np.ndarray, strength: np.ndarray) -> tuple[np.ndarr
     return mean, (centred * weights[:, None]).T @ centred
 
 
-def fill_pixels(image: np.ndarray, change_map: Any, fill: str, seed: int = 0) -> np.ndarray:
-    """``fill`` (one of FILLS) laid under the map's region: uint8 (H, W, 3).
+def fill_pixels(image: np.ndarray, change_map: MapLike, fill: str, seed: int = 0) -> np.ndarray:
+    """``fill`` (one of FILLS) laid under the map's region: uint8, ``image``'s shape.
 
-    ``image`` is uint8 (H, W, 3); ``change_map`` the strengths (h, w) in [0, 1], 1 =
-    change, a tensor or an array, stretched to (H, W) when its size differs. The result is
-    ``image + fill_weight(s) * (fill - image)``, rounded: pixels of strength up to
-    FILL_FROM are ``image``'s bytes.
-    ``seed`` draws the noise fill.
+    ``image`` is uint8 (H, W, 3), or a clip's frames (T, H, W, 3), each filled on its own
+    with the same ``seed``; ``change_map`` the strengths (h, w) in [0, 1], 1 = change (a
+    tensor, an array, one per frame (T, h, w), or a
+    :class:`~kdiff_differential.maps.change_map.ChangeMap`), stretched to (H, W) when its
+    size differs. The result is ``image + fill_weight(s) * (fill - image)``, rounded:
+    pixels of strength up to FILL_FROM are ``image``'s bytes. ``seed`` draws the noise fill.
     """
     if fill not in FILLS:
         raise ValueError(f"fill must be one of {', '.join(map(repr, FILLS))}, got {fill!r}")
-    require_rgb(image, "image")
+    frames, clip = as_frames(image, "image")
+    strengths = frame_strengths(change_map, frames.shape[1:3], len(frames))
+    filled = [_fill(frame, strength, fill, seed) for frame, strength in zip(frames, strengths)]
+    return np.stack(filled) if clip else filled[0]
+
+
+def _fill(image: np.ndarray, strength: np.ndarray, fill: str, seed: int) -> np.ndarray:
     height, width = image.shape[:2]
-    strength = strength_array(change_map, (height, width))
     weight = fill_weight(strength)
     if fill == "original" or not weight.any():
         return image

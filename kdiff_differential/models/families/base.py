@@ -27,25 +27,25 @@ INPAINT_MASK = "fixed"
 FEW_STEPS = 4
 
 
-def _batch(tensor: "Tensor", n: int) -> "Tensor":
+def batched(tensor: "Tensor", n: int) -> "Tensor":
     return tensor.expand(n, *tensor.shape[1:]) if tensor.shape[0] == 1 else tensor
 
 
-def _pack(latent: "Tensor") -> "Tensor":
+def pack_patches(latent: "Tensor") -> "Tensor":
     """(N, C, H, W) -> (N, H/2 * W/2, 4C): one token per 2x2 patch, as Flux was trained."""
     n, channels, height, width = latent.shape
     tokens = latent.reshape(n, channels, height // 2, 2, width // 2, 2).permute(0, 2, 4, 1, 3, 5)
     return tokens.reshape(n, (height // 2) * (width // 2), channels * 4)
 
 
-def _unpack(v: "Tensor", x_t: "Tensor") -> "Tensor":
+def unpack_patches(v: "Tensor", x_t: "Tensor") -> "Tensor":
     """Tokens (N, H/2 * W/2, 4C) back to x_t's (N, C, H, W)."""
     n, channels, height, width = x_t.shape
     v = v.reshape(n, height // 2, width // 2, channels, 2, 2).permute(0, 3, 1, 4, 2, 5)
     return v.reshape(n, channels, height, width)
 
 
-def _latent(image: "Tensor", vae: "nn.Module", shifted: bool) -> "Tensor":
+def control_latent(image: "Tensor", vae: "nn.Module", shifted: bool) -> "Tensor":
     """A control image (1, 3, H, W) in [0, 1] as the VAE's latent: its mode, minus the
     config's ``shift_factor`` where ``shifted``, times its ``scaling_factor``; float32."""
     import torch
@@ -55,7 +55,7 @@ def _latent(image: "Tensor", vae: "nn.Module", shifted: bool) -> "Tensor":
     return (latent - ((vae.config.get("shift_factor") or 0) if shifted else 0)) * vae.config.scaling_factor
 
 
-def _channel_statistics(vae: "nn.Module", like: "Tensor") -> tuple["Tensor", "Tensor"]:
+def channel_statistics(vae: "nn.Module", like: "Tensor") -> tuple["Tensor", "Tensor"]:
     """A 3D VAE's per-channel latent statistics, its config's (``latents_mean``,
     ``latents_std``), each (1, C, 1, 1, 1) in ``like``'s dtype and device."""
     import torch
@@ -63,7 +63,7 @@ def _channel_statistics(vae: "nn.Module", like: "Tensor") -> tuple["Tensor", "Te
     return tuple(torch.tensor(vae.config[key], dtype=like.dtype, device=like.device).view(1, -1, 1, 1, 1) for key in ("latents_mean", "latents_std"))  # type: ignore[return-value]
 
 
-def _has(keys: Collection[str], *fragments: str) -> bool:
+def has_tensors(keys: Collection[str], *fragments: str) -> bool:
     """Whether some tensor name starts with one of ``fragments``, with or without the
     network prefix (transformer-only files are saved both ways)."""
     return any(key.startswith(fragment) or key.startswith(UNET_PREFIX + fragment) for key in keys for fragment in fragments)
@@ -74,7 +74,7 @@ def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, (tuple, list)) else value
 
 
-def _chat(family: Family, text: str, thinking: bool) -> tuple["Tensor", "Tensor"]:
+def chat_tokens(family: Family, text: str, thinking: bool) -> tuple["Tensor", "Tensor"]:
     """A prompt as the Qwen3 pipelines tokenise it: the user's message in the tokenizer's
     chat template, followed by the assistant's turn (``thinking``: Qwen3's thinking mode
     on, as Z-Image; off, an empty thinking block, as FLUX.2), padded to the family's

@@ -6,7 +6,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Optional
 
 from ...errors import InputError
-from .base import FEW_STEPS, _batch, _pack, _unpack, _latent, _has, Family, FlowFamily
+from .base import FEW_STEPS, batched, pack_patches, unpack_patches, control_latent, has_tensors, Family, FlowFamily
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -37,7 +37,7 @@ class Flux(FlowFamily):
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
-        return _has(keys, "double_blocks.0.") and not _has(keys, "distilled_guidance_layer.")
+        return has_tensors(keys, "double_blocks.0.") and not has_tensors(keys, "distilled_guidance_layer.")
 
     def defaults(self) -> tuple[str, int, float]:
         """schnell (no guidance input) is distilled to 4 steps."""
@@ -68,16 +68,16 @@ class Flux(FlowFamily):
         tokens, image_ids = _tokens(x_t, cond)
         outputs = tokens.shape[1]
         if "reference" in cond:  # Kontext: the reference's tokens after the latent's, ids (1, row, col)
-            reference, reference_ids = _tokens(_batch(cond["reference"], n), {})
+            reference, reference_ids = _tokens(batched(cond["reference"], n), {})
             tokens, image_ids = torch.cat([tokens, reference], dim=1), torch.cat([image_ids, reference_ids + reference_ids.new_tensor([1, 0, 0])])
         guidance = cond.get("guidance")
         inputs = {
             "hidden_states": tokens, "timestep": t, "guidance": None if guidance is None else guidance.expand(n),
-            "pooled_projections": _batch(cond["pooled"], n), "encoder_hidden_states": _batch(cond["text"], n),
+            "pooled_projections": batched(cond["pooled"], n), "encoder_hidden_states": batched(cond["text"], n),
             "txt_ids": x_t.new_zeros(cond["text"].shape[1], 3), "img_ids": image_ids,
         }
         residuals = {} if control is None else control.residuals(n, **inputs)
-        return _unpack(transformer(**inputs, **residuals).sample[:, :outputs], x_t)
+        return unpack_patches(transformer(**inputs, **residuals).sample[:, :outputs], x_t)
 
     def check_controlnet(self, config: dict[str, Any], latent: int, given: str) -> None:
         super().check_controlnet(config, latent, given)
@@ -87,7 +87,7 @@ class Flux(FlowFamily):
     def control_condition(self, image: "Tensor", config: Any, vae: "nn.Module") -> "Tensor":
         """The control image's latent (its mode; diffusers draws a sample), shifted,
         scaled and packed into tokens as the latent is."""
-        return _pack(_latent(image, vae, shifted=True))
+        return pack_patches(control_latent(image, vae, shifted=True))
 
     @staticmethod
     def control_inputs(inputs: dict[str, Any], config: Any) -> dict[str, Any]:
@@ -96,16 +96,16 @@ class Flux(FlowFamily):
 
 
 def _tokens(x_t: "Tensor", cond: dict[str, "Tensor"]) -> tuple["Tensor", "Tensor"]:
-    """Flux's tokens of x_t (:func:`_pack`) and their position ids (H/2 * W/2, 3). An
+    """Flux's tokens of x_t (:func:`pack_patches`) and their position ids (H/2 * W/2, 3). An
     inpainting input's channels (``cond["concat"]``) go beside the latent's in each token
     (packing the concatenation is concatenating the packings, as FluxFillPipeline does)."""
     import torch
 
     n, _, height, width = x_t.shape
-    x_in = x_t if "concat" not in cond else torch.cat([x_t, _batch(cond["concat"], n)], dim=1)
+    x_in = x_t if "concat" not in cond else torch.cat([x_t, batched(cond["concat"], n)], dim=1)
     # Built on x_t's device: a host-made table would be copied over at every call.
     rows, cols = torch.meshgrid(torch.arange(height // 2, device=x_t.device), torch.arange(width // 2, device=x_t.device), indexing="ij")
-    return _pack(x_in), torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(x_t)
+    return pack_patches(x_in), torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).to(x_t)
 
 
 class FluxKontext(Flux):
@@ -142,7 +142,7 @@ class Chroma(Flux):
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
-        return _has(keys, "distilled_guidance_layer.")
+        return has_tensors(keys, "distilled_guidance_layer.")
 
     def defaults(self) -> tuple[str, int, float]:
         return self.default_schedule, self.default_steps, self.default_cfg
@@ -165,12 +165,12 @@ class Chroma(Flux):
 
         n = x_t.shape[0]
         tokens, image_ids = _tokens(x_t, cond)
-        mask = torch.cat([_batch(cond["text_mask"], n), cond["text_mask"].new_ones(n, tokens.shape[1])], dim=1)
+        mask = torch.cat([batched(cond["text_mask"], n), cond["text_mask"].new_ones(n, tokens.shape[1])], dim=1)
         v = transformer(
-            hidden_states=tokens, timestep=t, encoder_hidden_states=_batch(cond["text"], n),
+            hidden_states=tokens, timestep=t, encoder_hidden_states=batched(cond["text"], n),
             txt_ids=x_t.new_zeros(cond["text"].shape[1], 3), img_ids=image_ids, attention_mask=mask,
         ).sample
-        return _unpack(v, x_t)
+        return unpack_patches(v, x_t)
 
 
 class FluxFill(Flux):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Optional
 
-from .base import FEW_STEPS, _batch, _chat, FlowFamily
+from .base import FEW_STEPS, batched, chat_tokens, FlowFamily
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -58,7 +58,7 @@ class Flux2Klein(FlowFamily):
     def _encode(self, text: str) -> dict[str, "Tensor"]:
         import torch
 
-        ids, mask = _chat(self, text, thinking=False)
+        ids, mask = chat_tokens(self, text, thinking=False)
         hidden = self.text["text_encoder"](input_ids=ids, attention_mask=mask, output_hidden_states=True, use_cache=False).hidden_states
         return {"text": torch.cat([hidden[layer] for layer in self.hidden_layers], dim=-1).float()}
 
@@ -73,7 +73,7 @@ class Flux2Klein(FlowFamily):
         words = torch.arange(cond["text"].shape[1], device=x_t.device)
         text_ids = torch.stack([torch.zeros_like(words)] * 3 + [words], dim=-1)
         v = transformer(
-            hidden_states=x_t.flatten(2).transpose(1, 2), encoder_hidden_states=_batch(cond["text"], n), timestep=t,
+            hidden_states=x_t.flatten(2).transpose(1, 2), encoder_hidden_states=batched(cond["text"], n), timestep=t,
             img_ids=image_ids, txt_ids=text_ids, guidance=None,
         ).sample
         return v.transpose(1, 2).reshape(n, channels, height, width)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Optional
 
-from .base import _batch, _channel_statistics, _pack, _unpack, _has, FlowFamily
+from .base import batched, channel_statistics, pack_patches, unpack_patches, has_tensors, FlowFamily
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -43,7 +43,7 @@ class QwenImage(FlowFamily):
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
         # The text stream's RMSNorm before its projection (Qwen-Image 2.1's sits inside txt_in).
-        return _has(keys, "txt_norm.")
+        return has_tensors(keys, "txt_norm.")
 
     @staticmethod
     def latent_factor(vae: "nn.Module") -> int:
@@ -60,13 +60,13 @@ class QwenImage(FlowFamily):
         QwenImageEditPipeline takes it), normalised per channel, without the frame axis:
         (1, C, h, w), float32."""
         latent = vae.encode(pixels[:, :, None].to(vae.dtype)).latent_dist.mode().float()
-        mean, std = _channel_statistics(vae, latent)
+        mean, std = channel_statistics(vae, latent)
         return ((latent - mean) / std)[:, :, 0]
 
     @classmethod
     def vae_decode(cls, vae: "nn.Module", latent: "Tensor") -> "Tensor":
         """The inverse of :meth:`vae_encode`: (1, C, h, w) -> pixels (1, 3, H, W), float32."""
-        mean, std = _channel_statistics(vae, latent.float())
+        mean, std = channel_statistics(vae, latent.float())
         z = latent.float()[:, :, None] * std + mean
         return vae.decode(z.to(vae.dtype)).sample[:, :, 0].float()
 
@@ -97,17 +97,17 @@ class QwenImage(FlowFamily):
         import torch
 
         n = x_t.shape[0]
-        tokens = _pack(x_t)
+        tokens = pack_patches(x_t)
         outputs = tokens.shape[1]
         # Each image's (frames, rows, columns) of tokens, for the transformer's positions.
         shapes = [(1, x_t.shape[-2] // 2, x_t.shape[-1] // 2)]
         if "reference" in cond:  # Edit: the reference's tokens after the latent's
             reference = cond["reference"]
-            tokens = torch.cat([tokens, _pack(_batch(reference, n))], dim=1)
+            tokens = torch.cat([tokens, pack_patches(batched(reference, n))], dim=1)
             shapes.append((1, reference.shape[-2] // 2, reference.shape[-1] // 2))
 
         def predict(text: "Tensor") -> "Tensor":
-            out = transformer(hidden_states=tokens, timestep=t, encoder_hidden_states=_batch(text, n), img_shapes=[shapes] * n)
+            out = transformer(hidden_states=tokens, timestep=t, encoder_hidden_states=batched(text, n), img_shapes=[shapes] * n)
             return out.sample[:, :outputs]
 
         v = predict(cond["text"])
@@ -115,7 +115,7 @@ class QwenImage(FlowFamily):
             negative = predict(cond["negative"])
             guided = negative + cond["cfg"] * (v - negative)
             v = guided * (v.norm(dim=-1, keepdim=True) / guided.norm(dim=-1, keepdim=True))
-        return _unpack(v, x_t)
+        return unpack_patches(v, x_t)
 
 
 class QwenImageEdit(QwenImage):
@@ -149,7 +149,7 @@ class QwenImageEdit(QwenImage):
         import torch
         from PIL import Image
 
-        from ...files.images import to_image
+        from ...pixels import to_image
 
         picture = Image.fromarray(to_image(image))
         with torch.no_grad():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from .base import _batch, _latent, _has, FlowFamily
+from .base import batched, control_latent, has_tensors, FlowFamily
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -30,7 +30,7 @@ class StableDiffusion3(FlowFamily):
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
-        return _has(keys, "joint_blocks.0.")
+        return has_tensors(keys, "joint_blocks.0.")
 
     def _encode(self, text: str) -> dict[str, "Tensor"]:
         import torch
@@ -53,14 +53,14 @@ class StableDiffusion3(FlowFamily):
     @staticmethod
     def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
         n = x_t.shape[0]
-        inputs = {"hidden_states": x_t, "timestep": t * 1000, "encoder_hidden_states": _batch(cond["text"], n), "pooled_projections": _batch(cond["pooled"], n)}
+        inputs = {"hidden_states": x_t, "timestep": t * 1000, "encoder_hidden_states": batched(cond["text"], n), "pooled_projections": batched(cond["pooled"], n)}
         residuals = {} if control is None else control.residuals(n, **inputs)
         return transformer(**inputs, **residuals).sample
 
     def control_condition(self, image: "Tensor", config: Any, vae: "nn.Module") -> "Tensor":
         """The control image's latent (its mode), scaled; shifted unless the ControlNet
         zeroes its pooled projection (InstantX's, trained without the shift), as diffusers."""
-        return _latent(image, vae, shifted=not config.get("force_zeros_for_pooled_projection", True))
+        return control_latent(image, vae, shifted=not config.get("force_zeros_for_pooled_projection", True))
 
     @staticmethod
     def control_inputs(inputs: dict[str, Any], config: Any) -> dict[str, Any]:

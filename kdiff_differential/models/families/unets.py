@@ -7,7 +7,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Optional
 
 from ...errors import InputError
-from .base import FEW_STEPS, _has, Family
+from .base import FEW_STEPS, has_tensors, Family
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -34,7 +34,7 @@ class StableDiffusion(Family):
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
         # SDXL's UNets embed the pooled text and time ids (label_emb); SD 1.x/2.x's do not.
-        return _has(keys, "input_blocks.") and not _has(keys, "label_emb.")
+        return has_tensors(keys, "input_blocks.") and not has_tensors(keys, "label_emb.")
 
     def defaults(self) -> tuple[str, int, float]:
         """A folder whose scheduler spaces its timesteps "trailing" is a few-step
@@ -90,7 +90,7 @@ class StableDiffusionXL(StableDiffusion):
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
         # A UNet alone is read as the base's: the refiner is told apart by its text encoder.
-        return _has(keys, "label_emb.") and not StableDiffusionXLRefiner.owns_keys(keys)
+        return has_tensors(keys, "label_emb.") and not StableDiffusionXLRefiner.owns_keys(keys)
 
     def _encode(self, text: str) -> dict[str, "Tensor"]:
         import torch
@@ -136,7 +136,7 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
         embedders = {key.split(".")[2] for key in keys if key.startswith("conditioner.embedders.")}
-        return _has(keys, "label_emb.") and embedders == {"0"} and any(key.startswith("conditioner.embedders.0.model.") for key in keys)
+        return has_tensors(keys, "label_emb.") and embedders == {"0"} and any(key.startswith("conditioner.embedders.0.model.") for key in keys)
 
     def time_ids(self, size: tuple[int, int], positive: bool) -> "Tensor":
         import torch

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
-from .base import _batch, _channel_statistics, FlowFamily
+from .base import batched, channel_statistics, FlowFamily
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -77,13 +77,13 @@ class Wan(FlowFamily):
         posterior's mode normalised per channel, (1, C, F, h, w), float32."""
         clip = pixels if pixels.ndim == 5 else pixels[:, :, None]
         latent = vae.encode(clip.to(vae.dtype)).latent_dist.mode().float()
-        mean, std = _channel_statistics(vae, latent)
+        mean, std = channel_statistics(vae, latent)
         return (latent - mean) / std
 
     @staticmethod
     def vae_decode(vae: "nn.Module", latent: "Tensor") -> "Tensor":
         """The inverse of :meth:`vae_encode`: (1, C, F, h, w) -> pixels (1, 3, T, H, W), float32."""
-        mean, std = _channel_statistics(vae, latent.float())
+        mean, std = channel_statistics(vae, latent.float())
         return vae.decode((latent.float() * std + mean).to(vae.dtype)).sample.float()
 
     def _encode(self, text: str) -> dict[str, "Tensor"]:
@@ -129,7 +129,7 @@ class Wan(FlowFamily):
             timestep = timestep[:, None].expand(n, tokens)
 
         def predict(text: "Tensor") -> "Tensor":
-            return transformer(hidden_states=x_t, timestep=timestep, encoder_hidden_states=_batch(text, n), return_dict=False)[0]
+            return transformer(hidden_states=x_t, timestep=timestep, encoder_hidden_states=batched(text, n), return_dict=False)[0]
 
         v = predict(cond["text"])
         if "negative" in cond:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from .base import _batch, _has, _chat, FlowFamily
+from .base import batched, has_tensors, chat_tokens, FlowFamily
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -34,7 +34,7 @@ class ZImage(FlowFamily):
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
-        return _has(keys, "layers.0.adaLN_modulation.") and _has(keys, "noise_refiner.", "context_refiner.")
+        return has_tensors(keys, "layers.0.adaLN_modulation.") and has_tensors(keys, "noise_refiner.", "context_refiner.")
 
     def defaults(self) -> tuple[str, int, float]:
         if "turbo" in self.source.lower():
@@ -42,7 +42,7 @@ class ZImage(FlowFamily):
         return super().defaults()
 
     def _encode(self, text: str) -> dict[str, "Tensor"]:
-        ids, mask = _chat(self, text, thinking=True)
+        ids, mask = chat_tokens(self, text, thinking=True)
         hidden = self.text["text_encoder"](input_ids=ids, attention_mask=mask.bool(), output_hidden_states=True).hidden_states[-2]
         return {"text": hidden.float(), "text_mask": mask.float()}
 
@@ -51,7 +51,7 @@ class ZImage(FlowFamily):
         import torch
 
         n = x_t.shape[0]
-        text, mask = _batch(cond["text"], n), _batch(cond["text_mask"], n).bool()
+        text, mask = batched(cond["text"], n), batched(cond["text_mask"], n).bool()
         # One (C, frames = 1, h, w) latent and one caption of its real tokens per sample, as lists.
         out = transformer(list(x_t.unsqueeze(2).unbind(0)), 1 - t, [text[i][mask[i]] for i in range(n)], return_dict=False)[0]
         return -torch.stack(out).squeeze(2)
