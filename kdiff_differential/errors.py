@@ -12,6 +12,13 @@ class InputError(ValueError):
     what is wrong and what to do, in one line."""
 
 
+class LossyWarning(UserWarning):
+    """A file that cannot hold pixels exactly: an output written in a lossy format (JPEG, a
+    lossy video codec; its pixels, kept ones included, are not the image's bytes), or a map
+    read from one (its values carry compression ripples). The message names the lossless
+    formats. It lives here, with no heavy import, so that the image and video modules share it."""
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose errors are InputErrors: parsed inside :func:`command_status`, a bad
     flag is one line and exit status 2, like any other bad input."""
