@@ -30,7 +30,8 @@ DEFAULT_FPS = 24.0
 # reader too) stretch delays under 2 to 10: faster GIFs do not play at their rate.
 GIF_MAX_FPS = 50.0
 
-EXTRA = "pip install 'kdiff-differential[video]'"
+# Run in the repository's folder: the package is installed from a clone, not the package index.
+EXTRA = "pip install -e '.[video]'"
 
 # Codecs that store frames exactly (or, GIF, as palette indices: no ripples): a map video
 # in any other is read as lossy (see read_map_video).
