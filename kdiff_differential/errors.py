@@ -12,6 +12,12 @@ class InputError(ValueError):
     what is wrong and what to do, in one line."""
 
 
+class InstallError(InputError):
+    """A broken install (PyTorch, torchvision, k-diffusion that do not import): the message
+    says what is wrong and the command that mends it, in one line. It is reported as it
+    is: putting it in a command's words could import the very package that is broken."""
+
+
 class LossyWarning(UserWarning):
     """A file that cannot hold pixels exactly: an output written in a lossy format (JPEG, a
     lossy video codec; its pixels, kept ones included, are not the image's bytes), or a map
@@ -39,7 +45,7 @@ def command_status(prog: str, work: Callable[[], None], interrupted: str, transl
         with quiet_warnings():
             work()
     except InputError as error:
-        print(f"{prog}: error: {translate(str(error))}", file=sys.stderr)
+        print(f"{prog}: error: {str(error) if isinstance(error, InstallError) else translate(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)

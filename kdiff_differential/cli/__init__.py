@@ -344,6 +344,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def work() -> None:
         args = build_parser().parse_args(argv)
+        from .environment import check_torch
+
+        check_torch()  # a broken PyTorch install: one line naming the fix, before any work
         written = run(args)
         if argv is None:
             # Run as the program: the files are written, and Ctrl-C during the
