@@ -157,6 +157,14 @@ def test_a_lossy_webp_map_is_told_from_a_lossless_one_and_snapped(tmp_path: Path
     strength, said = read_with_warnings(tmp_path / "map.webp")
     assert np.array_equal(strength, snapped(levels))
     assert len(said) == 1 and "lossy WebP" in said[0], said
+    # With alpha, the file's first chunk is VP8X, then ALPH: the kind is in the bitstream chunk after them.
+    alpha = np.full((128, 128), 255, np.uint8)
+    alpha[:, :8] = 0  # a transparent strip, so that the file holds alpha
+    grey_alpha = Image.fromarray(np.stack([disk(), alpha], -1), "LA").convert("RGBA")
+    for options, lossy in (({}, True), ({"lossless": True}, False)):
+        grey_alpha.save(tmp_path / "alpha.webp", **options)
+        assert (tmp_path / "alpha.webp").read_bytes()[12:16] == (b"VP8X" if lossy else b"VP8L")
+        assert bool(read_with_warnings(tmp_path / "alpha.webp")[1]) == lossy
 
 
 def test_lossy_video_codecs_warn_naming_mkv_and_frames_and_mkv_does_not(tmp_path: Path) -> None:

@@ -13,10 +13,9 @@ PDF compress lossily, GIF keeps 256 colours, ICO and ICNS store icon sizes.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Callable
-
-import warnings
 
 import numpy as np
 import torch
@@ -68,13 +67,12 @@ def _lossy_kind(image: Any, path: str) -> str:
         return "AVIF"
     if image.format == "WEBP":
         with open(path, "rb") as file:
-            data = file.read()
-        offset = 12  # after "RIFF", the size and "WEBP": chunks of fourcc, size (little-endian), data (padded to even)
-        while offset + 8 <= len(data):
-            fourcc, size = data[offset : offset + 4], int.from_bytes(data[offset + 4 : offset + 8], "little")
-            if fourcc in (b"VP8 ", b"VP8L"):
-                return "lossy WebP" if fourcc == b"VP8 " else ""
-            offset += 8 + size + size % 2
+            file.seek(12)  # after "RIFF", the size and "WEBP": chunks of fourcc, size (little-endian), data (padded to even)
+            while len(header := file.read(8)) == 8:
+                fourcc, size = header[:4], int.from_bytes(header[4:], "little")
+                if fourcc in (b"VP8 ", b"VP8L"):
+                    return "lossy WebP" if fourcc == b"VP8 " else ""
+                file.seek(size + size % 2, 1)
     return ""
 
 
@@ -86,7 +84,7 @@ def read_map(path: str) -> Tensor:
     A map stored lossily (JPEG, lossy WebP, AVIF) carries compression ripples around its
     edges: its values within :data:`~kdiff_differential.maps.reading.LOSSY_SNAP` (8/255)
     of 0 or 1 are read as exactly 0 or 1, and a :class:`LossyWarning` says that pixels
-    next to an edge may still change a little (docs/cli.md, "Maps from lossy files")."""
+    next to an edge may still change a little (docs/cli.md, "Lossy map files")."""
     from ..maps.reading import LOSSY_SNAP, image_strength
 
     def read(image: Any) -> tuple[Tensor, str]:
