@@ -16,9 +16,22 @@ class InputError(ValueError):
     what is wrong and what to do, in one line."""
 
 
+class InstallError(InputError):
+    """A broken install (PyTorch, torchvision, k-diffusion that do not import): the message
+    says what is wrong and the command that mends it, in one line. It is reported as it
+    is: putting it in a command's words could import the very package that is broken."""
+
+
 class EditWarning(UserWarning):
     """Something the user should know about an edit that still runs: a setting that has
     no effect, a map stretched to fit, nothing to change, a lossy file."""
+
+
+class LossyWarning(EditWarning):
+    """A file that cannot hold pixels exactly: an output written in a lossy format (JPEG, a
+    lossy video codec; its pixels, kept ones included, are not the image's bytes), or a map
+    read from one (its values carry compression ripples). The message names the lossless
+    formats."""
 
 
 def warn(message: str) -> None:
@@ -71,7 +84,7 @@ def command_status(prog: str, work: Callable[[], None], interrupted: str, transl
         with quiet_warnings():
             work()
     except InputError as error:
-        print(f"{prog}: error: {translate(str(error))}", file=sys.stderr)
+        print(f"{prog}: error: {str(error) if isinstance(error, InstallError) else translate(str(error))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"{prog}: {interrupted}", file=sys.stderr)

@@ -105,11 +105,11 @@ def prepared(setup: Setup) -> tuple[Any, np.ndarray, Tensor]:
 def _prepared(setup: Setup, stamps: tuple) -> tuple[Any, np.ndarray, Tensor]:
     from kdiff_differential.models import load_model
     from kdiff_differential.models.builtin import load_example_image
-    from kdiff_differential.maps.presets import resolve_map
+    from kdiff_differential.editing.pipeline import resolve_map
     from kdiff_differential.files.images import read_image
 
     image = load_example_image() if setup.image is None else read_image(setup.image)
-    strength = resolve_map(setup.map, *image.shape[:2])
+    strength = resolve_map(setup.map, image.shape[:2])
     return load_model(setup.model, image, torch.device(setup.device)), image, strength
 
 

@@ -4,6 +4,22 @@ family's folder built once per session (``tiny_family``)."""
 
 from __future__ import annotations
 
+
+def pytest_collectreport(report) -> None:
+    """A test module that fails to import because PyTorch is broken (a torch and a
+    torchvision that do not match) ends the run in one line naming the fix, rather than
+    one collection error per module that imports k-diffusion."""
+    if report.failed:
+        import pytest
+
+        from kdiff_differential.cli.environment import torch_problem
+
+        problem = torch_problem()
+        if problem is not None:
+            report.longrepr = f"broken install: {problem}"  # instead of torchvision's traceback
+            pytest.exit(f"broken install: {problem}", returncode=pytest.ExitCode.USAGE_ERROR)
+
+
 import atexit
 import os
 import shutil

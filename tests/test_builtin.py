@@ -140,3 +140,30 @@ def test_bad_arguments_are_named(model: BuiltinModel, settings: dict, error: typ
     with pytest.raises(error) as raised:
         differential_edit(model.denoiser, model.latent, torch.ones(SIDE, SIDE), **settings)
     assert says in str(raised.value)
+
+
+@pytest.mark.parametrize("sampler, steps", [("dpmpp_2m", 20), ("euler", 50)])
+def test_full_regeneration_is_a_photograph_plus_the_spreads_colour_grain(model: BuiltinModel, sampler: str, steps: int) -> None:
+    """What docs/models.md says of the grain: a fully changed image is the nearest training
+    photograph plus independent noise in each channel of about SPREAD x 127.5 levels
+    (the model's data: a Gaussian of width SPREAD around each photograph), which more
+    steps do not remove, and which adds to the photograph's own fine detail."""
+    from scipy import ndimage
+
+    from kdiff_differential.models.builtin import SPREAD, TRAINING_IMAGES, _fit, _skimage
+
+    edit = differential_edit(model.denoiser, model.latent, torch.ones(SIDE, SIDE), sampler=sampler, steps=steps, seed=0)
+    result = model.decode(edit.result).astype(float)
+    photos = [to_image(_fit(_skimage(name), SIDE, SIDE)).astype(float) for name in TRAINING_IMAGES]
+    photo = min(photos, key=lambda pixels: np.mean((pixels - result) ** 2))
+    grain = result - photo
+    expected = SPREAD * 127.5  # 12.75 levels
+    assert 0.8 * expected < grain.std() < 1.15 * expected, grain.std()
+    assert abs(grain.mean()) < 2
+    # Independent per channel (colour speckle): its spread around each pixel's grey is sqrt(2/3) of it.
+    assert 0.8 * expected * np.sqrt(2 / 3) < (grain - grain.mean(axis=2, keepdims=True)).std() < 1.15 * expected * np.sqrt(2 / 3)
+
+    def fine(pixels: np.ndarray) -> float:
+        return float((pixels - ndimage.gaussian_filter(pixels, sigma=(1.5, 1.5, 0))).std())
+
+    assert fine(result) > 1.25 * fine(photo)  # 17.2 and 16.7 against 12.2 at 64 x 64

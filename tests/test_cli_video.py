@@ -103,7 +103,7 @@ def test_without_the_video_extra_a_clip_is_one_line_naming_it(folder: Path, monk
     monkeypatch.setitem(sys.modules, "av", None)  # import av now fails, as without the extra
     done = run_cli("--image", "clip9.mkv", "--out", "out.mkv", *STEPS, cwd=folder)
     assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and "pip install 'kdiff-differential[video]'" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1 and "pip install -e '.[video]'" in done.stderr, done.stderr
 
 
 WAN_SIZE = (32, 48)  # pixels: multiples of the tiny Wan's VAE factor (8) times its patch (2)

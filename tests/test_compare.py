@@ -74,10 +74,10 @@ def test_a_small_sweep_writes_all_four_outputs(sweep):
     ]
     # What the runs were made from: the example image and the preset map, by content.
     from kdiff_differential.models.builtin import load_example_image
-    from kdiff_differential.maps.presets import resolve_map
+    from kdiff_differential.editing.pipeline import resolve_map
 
     example = load_example_image()
-    preset = resolve_map("gradient-x", *example.shape[:2]).numpy()
+    preset = resolve_map("gradient-x", example.shape[:2]).numpy()
     assert {(row["model"], row["image"], row["map"]) for row in table} == {("builtin", "example", "gradient-x")}
     assert {row["image_sha256"] for row in table} == {hashlib.sha256(f"{example.shape} uint8".encode() + example.tobytes()).hexdigest()}
     assert {row["map_sha256"] for row in table} == {hashlib.sha256(f"{preset.shape} {preset.dtype}".encode() + preset.tobytes()).hexdigest()}

@@ -195,7 +195,7 @@ def test_without_diffusers_the_command_names_the_extra(tmp_path: Path) -> None:
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
-    assert "pip install 'kdiff-differential[diffusers]'" in done.stderr
+    assert "pip install -e '.[diffusers]'" in done.stderr
 
 
 @pytest.mark.parametrize("name", list(FLOW))

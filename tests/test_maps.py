@@ -140,7 +140,8 @@ def test_map_files_are_read_by_the_range_of_their_mode(tmp_path, name, make, mod
     assert opened == mode
     strength = read_map(path)
     assert strength.dtype == torch.float32 and strength.shape == (4, 64)
-    tolerance = 3 / 255 if name.endswith(".jpg") else 1e-6
+    # JPEG: its noise (3 levels) and, a lossy map, levels within 8 of 0 or 255 read as 0 or 1 (test_lossy_files.py).
+    tolerance = 11 / 255 if name.endswith(".jpg") else 1e-6
     assert np.abs(strength.numpy() - expected).max() <= tolerance
     # A PIL image given to the library is read the same way.
     with Image.open(path) as image:

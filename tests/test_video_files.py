@@ -354,7 +354,7 @@ def test_frame_names_widen_past_five_digits() -> None:
 
 def test_without_pyav_video_functions_name_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "av", None)  # import av now raises ImportError
-    message = "video files need PyAV: pip install 'kdiff-differential[video]'"
+    message = "video files need PyAV: pip install -e '.[video]'"
     for call in (require_video, lambda: read_video(tmp_path / "x.mp4"), lambda: read_map_video(tmp_path / "x.mp4"),
                  lambda: write_video(tmp_path / "x.mp4", moving_gradient(1), 10)):
         with pytest.raises(InputError) as raised:

@@ -183,6 +183,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     def work() -> None:
         args = build_parser().parse_args(argv)
+        from .environment import check_torch
+
+        check_torch()  # a broken PyTorch install: one line naming the fix, before any work
         with warnings.catch_warnings():
             warnings.simplefilter("always", EditWarning)
             warnings.showwarning = shown

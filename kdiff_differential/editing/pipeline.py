@@ -193,7 +193,7 @@ class Editor:
             segmenter = load_segmenter(given, getattr(self.model, "device", "cpu"), quiet=True) if isinstance(given, str) else given
 
         def one(image: np.ndarray, spec: Any) -> np.ndarray:
-            strength = change_strength(_read_spec(spec, image.shape[:2]), image.shape[:2], keep_map=settings.keep_map)
+            strength = change_strength(resolve_map(spec, image.shape[:2]), image.shape[:2], keep_map=settings.keep_map)
             if segmenter is not None:
                 from ..models.clipseg import prompt_map
 
@@ -232,9 +232,11 @@ class Editor:
         )
 
 
-def _read_spec(spec: Any, size: tuple[int, int]) -> Any:
-    """A map given by name: a preset at ``size``, or a map file (a warning when its aspect
-    is not the image's); anything else as it is."""
+def resolve_map(spec: Any, size: tuple[int, int]) -> Any:
+    """A map given by name as change strengths at ``size`` = (H, W): a preset, or a map
+    file (read as :func:`~kdiff_differential.files.images.read_map` says; an
+    :class:`~kdiff_differential.errors.EditWarning` when its aspect is not the image's,
+    stretched to fit). Anything else comes back as it is."""
     if not isinstance(spec, (str, Path)):
         return spec
     from ..choices import PRESETS

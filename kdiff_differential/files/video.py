@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, LossyWarning
 from .atomic import write_atomically
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov", ".mkv", ".gif")
@@ -29,7 +30,12 @@ DEFAULT_FPS = 24.0
 # reader too) stretch delays under 2 to 10: faster GIFs do not play at their rate.
 GIF_MAX_FPS = 50.0
 
-EXTRA = "pip install 'kdiff-differential[video]'"
+# Run in the repository's folder: the package is installed from a clone, not the package index.
+EXTRA = "pip install -e '.[video]'"
+
+# Codecs that store frames exactly (or, GIF, as palette indices: no ripples): a map video
+# in any other is read as lossy (see read_map_video).
+LOSSLESS_CODECS = frozenset({"ffv1", "rawvideo", "png", "apng", "qtrle", "utvideo", "huffyuv", "ffvhuff", "magicyuv", "gif"})
 
 # FFmpeg's colour-matrix tags (AVColorSpace) -> swscale's matrices (SWS_CS_*): BT.709,
 # FCC, BT.601 (twice), SMPTE 240M, BT.2020; an untagged stream reads as BT.601, as
@@ -91,8 +97,9 @@ def _pixels(frame: Any, alpha: bool) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(pixels, k=round(frame.rotation / 90) % 4))
 
 
-def _read(path: PathLike, alpha: bool) -> tuple[list[np.ndarray], float]:
-    """Every frame of the video at ``path`` (uint8 RGB, or RGBA when ``alpha``) and its rate."""
+def _read(path: PathLike, alpha: bool) -> tuple[list[np.ndarray], float, str]:
+    """Every frame of the video at ``path`` (uint8 RGB, or RGBA when ``alpha``), its rate
+    and its codec's name."""
     av = require_video()
     path = Path(path)
     with _open_input(av, path) as container:
@@ -120,7 +127,8 @@ def _read(path: PathLike, alpha: bool) -> tuple[list[np.ndarray], float]:
             # A GIF has delays, not a rate: the clip's length over its frames.
             rate = len(frames) / seconds
         fps = float(rate) if rate else DEFAULT_FPS
-    return frames, fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS
+        codec = stream.codec_context.name
+    return frames, fps if math.isfinite(fps) and fps > 0 else DEFAULT_FPS, codec
 
 
 def read_video(path: PathLike) -> Clip:
@@ -130,7 +138,7 @@ def read_video(path: PathLike) -> Clip:
     average rate (a GIF's: its frame count over its length; 24 when the file states
     none). InputError (one line, naming the path) for a missing file, a file FFmpeg
     cannot read or decode, no video stream or no frames."""
-    frames, fps = _read(path, alpha=False)
+    frames, fps, _ = _read(path, alpha=False)
     return Clip(np.stack(frames), fps)
 
 
@@ -138,16 +146,28 @@ def read_map_video(path: PathLike) -> Any:
     """The change strengths of the map video at ``path``, float32 tensor (T, H, W) in
     [0, 1], each frame read as :func:`~kdiff_differential.files.images.read_map` reads a map
     image (:func:`~kdiff_differential.maps.reading.image_strength`: luminance; alpha as coverage
-    over black, so transparent pixels are 0)."""
+    over black, so transparent pixels are 0).
+
+    A map video in a lossy codec (H.264, VP9, ProRes...: any but those of
+    :data:`LOSSLESS_CODECS`) is read as a lossy map image is: values within
+    :data:`~kdiff_differential.maps.reading.LOSSY_SNAP` (8/255) of 0 or 1 read as 0 or 1,
+    and a :class:`~kdiff_differential.errors.LossyWarning` names .mkv."""
     import torch
     from PIL import Image
 
-    from ..maps.reading import image_strength
+    from ..maps.reading import LOSSY_SNAP, image_strength
 
-    frames, _ = _read(path, alpha=True)
+    frames, _, codec = _read(path, alpha=True)
+    snap = 0.0 if codec in LOSSLESS_CODECS else LOSSY_SNAP
     # Opaque pixels read as a map file without alpha reads them (grey * 255 / 255**2 is
     # grey / 255 to the bit in float32).
-    return torch.stack([image_strength(Image.fromarray(frame, "RGBA"), name=str(path)) for frame in frames])
+    strength = torch.stack([image_strength(Image.fromarray(frame, "RGBA"), name=str(path), snap=snap) for frame in frames])
+    if snap:
+        warnings.warn(f"{path}: a map video in a lossy codec ({codec}) carries compression ripples around its edges; "
+                      f"values within 8/255 of 0 or 1 are read as 0 or 1, but pixels near an edge may still change "
+                      f"a little; write the map as .mkv (FFV1, lossless) to keep exactly what it says", LossyWarning,
+                      stacklevel=2)
+    return strength
 
 
 @dataclass(frozen=True)
@@ -156,16 +176,19 @@ class _Format:
     codec: str
     pixel_format: str
     options: dict
+    loss: str = ""  # what the codec loses; "" when lossless
 
 
 # Per suffix: what a user of photo and video editors expects there (docs/video-files.md).
 _FORMATS = {
-    ".mp4": _Format("mp4", "libx264", "yuv420p", {"crf": "14", "preset": "medium"}),
+    ".mp4": _Format("mp4", "libx264", "yuv420p", {"crf": "14", "preset": "medium"}, "H.264 (CRF 14) compresses lossily"),
     ".webm": _Format("webm", "libvpx-vp9", "yuv420p",
-                     {"crf": "18", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"}),
-    ".mov": _Format("mov", "prores_ks", "yuv444p10le", {"profile": "4444", "vendor": "apl0"}),
+                     {"crf": "18", "b": "0", "deadline": "good", "cpu-used": "4", "row-mt": "1"},
+                     "VP9 (CRF 18) compresses lossily"),
+    ".mov": _Format("mov", "prores_ks", "yuv444p10le", {"profile": "4444", "vendor": "apl0"},
+                    "ProRes 4444 compresses lossily (by a level or so)"),
     ".mkv": _Format("matroska", "ffv1", "bgr0", {"level": "3", "slicecrc": "1", "g": "1"}),
-    ".gif": _Format("gif", "gif", "pal8", {}),
+    ".gif": _Format("gif", "gif", "pal8", {}, "a GIF keeps one palette of 256 colours"),
 }
 
 
@@ -255,7 +278,9 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float) -> None:
     ``path`` atomically, in the container and codec its suffix names: .mp4 H.264
     (4:2:0, CRF 14; 4:4:4 for odd sides), .webm VP9 (CRF 18), .mov ProRes 4444, .mkv
     FFV1 (lossless RGB: frames read back byte-exact), .gif one 256-colour palette,
-    dithered (lossy in colour; at most 50 fps). See docs/video-files.md."""
+    dithered (lossy in colour; at most 50 fps). See docs/video-files.md. All but .mkv
+    lose pixels, kept ones included: they are written as asked, with one
+    :class:`~kdiff_differential.errors.LossyWarning` naming .mkv and :func:`write_frames`."""
     av = require_video()
     suffix = Path(path).suffix.lower()
     if suffix not in _FORMATS:
@@ -263,6 +288,10 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float) -> None:
                          f"got {str(path)!r}")
     frames = _check_frames(frames)
     rate = _check_fps(fps, suffix)
+    if _FORMATS[suffix].loss:
+        warnings.warn(f"{path}: {_FORMATS[suffix].loss}, so the written frames, kept pixels included, are not the "
+                      f"frames' bytes; write .mkv (FFV1, lossless) or PNG frames (write_frames) to keep them exact",
+                      LossyWarning, stacklevel=2)
     write_atomically(path, lambda file: _encode(av, file, frames, rate, _FORMATS[suffix]), binary=True)
 
 

@@ -19,7 +19,16 @@ from torch import Tensor
 FULL_SCALE = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 2**31 - 1}
 
 
-def image_strength(image: Any, name: str = "change_map") -> Tensor:
+# A map read from a lossy file (JPEG, lossy WebP, a lossy video codec) reads its values
+# within this of 0 or 1 as exactly 0 or 1: most of a JPEG's ripples next to an edge are
+# smaller, and on the built-in model strengths this small change no pixel
+# (docs/cli.md, "Lossy map files", has the counts).
+LOSSY_SNAP = 8 / 255
+# Pillow's formats that are always lossy (a WebP may be either: see files.images.read_map).
+LOSSY_FORMATS = ("JPEG", "MPO", "AVIF")
+
+
+def image_strength(image: Any, name: str = "change_map", snap: Optional[float] = None) -> Tensor:
     """The strengths a PIL image stands for, float32 (H, W) in [0, 1], read by its mode's range.
 
     Grey levels of 1-bit, 8-bit and palette images over 0..255 (white = 1); 16-bit grey
@@ -28,7 +37,26 @@ def image_strength(image: Any, name: str = "change_map") -> Tensor:
     outside [0, 1]. Colour is read as its luminance (ITU-R 601, as Pillow's ``"L"``), and
     alpha as coverage over black: strength = grey * alpha, so transparent pixels are 0.
     ValueError (naming ``name``) for NaN, inf or values out of range.
+
+    ``snap`` reads strengths within it of 0 or 1 as exactly 0 or 1, so that a lossy
+    file's compression noise neither frees kept pixels nor holds back changed ones. By
+    default (None) an image opened from a JPEG or AVIF file (its ``format``) snaps by
+    :data:`LOSSY_SNAP` and any other by 0; :func:`~kdiff_differential.files.images.read_map`
+    also tells a lossy WebP by its bytes.
     """
+    if snap is None:
+        snap = LOSSY_SNAP if getattr(image, "format", None) in LOSSY_FORMATS else 0.0
+    if isinstance(snap, bool) or not isinstance(snap, (int, float)) or not 0 <= snap < 0.5:
+        raise ValueError(f"snap must be a number in [0, 0.5), got {snap!r}")
+    strength = _image_strength(image, name)
+    if snap:
+        # A hair above snap, so that a level of exactly snap * 255 (computed in float32) is caught.
+        near = snap + 1e-6
+        strength = torch.where(strength <= near, 0.0, torch.where(strength >= 1 - near, 1.0, strength))
+    return strength
+
+
+def _image_strength(image: Any, name: str) -> Tensor:
     import numpy as np
 
     mode = image.mode

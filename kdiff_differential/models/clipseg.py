@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     import torch
     from torch import Tensor
 
-INSTALL = "pip install 'kdiff-differential[diffusers]'"
+# Run in the repository's folder: the package is installed from a clone, not the package index.
+INSTALL = "pip install -e '.[diffusers]'"
 
 
 def load_segmenter(source: str, device: Union[str, "torch.device"] = "cpu", quiet: bool = False) -> tuple[Any, Any]:

@@ -90,8 +90,8 @@ class Control:
             return self.image
         text = str(self.image)
         if text.startswith(CANNY):
-            return canny_edges(read_image(_control_path(text[len(CANNY):])))
-        return read_image(_control_path(text))
+            return canny_edges(read_image(_control_path(text[len(CANNY):]), "control_image"))
+        return read_image(_control_path(text), "control_image")
 
 
 def _control_path(path: str) -> str:

@@ -34,7 +34,8 @@ from .families import INPAINT_MASK, INPAINT_MASKS, Family
 from .loras import apply_loras, check_loras
 from .sources import PICKLE_RISK, Source, is_pickle, read_checkpoint, resolve_source
 
-INSTALL = "pip install 'kdiff-differential[diffusers]'"
+# Run in the repository's folder: the package is installed from a clone, not the package index.
+INSTALL = "pip install -e '.[diffusers]'"
 
 # Libraries a model_index.json may name classes from; nothing else is imported.
 LIBRARIES = ("diffusers", "transformers")
