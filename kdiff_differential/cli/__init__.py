@@ -16,7 +16,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, TextIO, Union
 
 # Only torch-free modules here: --help and argument errors must not wait for torch.
 from ..choices import PRESETS
@@ -108,7 +108,8 @@ def _settings(args: argparse.Namespace) -> Any:
         controls.append(Control(Control(group["image"]).pixels(), **options))
     # Every setting is the flag of its name, but those built here.
     built = {"controls": controls, "progress": not args.quiet and sys.stderr.isatty(), "clock": args.clock or "timestep"}
-    return EditSettings(**{field.name: built.get(field.name, getattr(args, field.name, None)) for field in fields(EditSettings)})
+    values: dict[str, Any] = {field.name: built.get(field.name, getattr(args, field.name, None)) for field in fields(EditSettings)}
+    return EditSettings(**values)
 
 
 def _model(args: argparse.Namespace) -> Any:
@@ -175,11 +176,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             said.add(message)
             print(f"{PROG}: warning: {as_flags(message)}", file=sys.stderr)
 
-    def shown(message: Any, category: type, *rest: Any) -> None:
+    def shown(message: Union[Warning, str], category: type[Warning], filename: str, lineno: int, file: Optional[TextIO] = None,
+              line: Optional[str] = None) -> None:
         if issubclass(category, EditWarning):
             say(str(message))
         else:
-            python_shows(message, category, *rest)
+            python_shows(message, category, filename, lineno, file, line)
 
     def work() -> None:
         args = build_parser().parse_args(argv)

@@ -138,7 +138,7 @@ def run_folder(jobs: list[Job], editor: "Editor", out: str, executor: str, addre
     with tqdm(total=len(jobs), desc="images", unit="image", disable=quiet or not sys.stderr.isatty()) as progress:
         for job, done in execute(executor, run_job, jobs, shared=(editor,), address=address):
             for message in done.warnings:
-                warn(f"{Path(job.image).name}: {message}")
+                warn(f"{Path(str(job.image)).name}: {message}")
             written.extend(done.files)
             progress.update(1)
     return written

@@ -172,6 +172,8 @@ class DiscreteTimestep(nn.Module):
     kernels. It keeps its own copy of the levels, which moves with the wrapper.
     """
 
+    log_sigmas: Tensor
+
     def __init__(self, log_sigmas: Tensor, quantize: bool) -> None:
         super().__init__()
         self.register_buffer("log_sigmas", log_sigmas.detach().clone())
@@ -237,6 +239,9 @@ class Clock(nn.Module):
 class TimestepClock(Clock):
     """tau linear in the model's timestep ``t(sigma)``."""
 
+    t_to: Tensor
+    t_range: Tensor
+
     def __init__(self, span: Span, timestep: Callable[[Tensor], Tensor], dtype: torch.dtype, device: Any = None) -> None:
         super().__init__()
         self.timestep = timestep
@@ -253,6 +258,9 @@ class TimestepClock(Clock):
 
 class LogSigmaClock(Clock):
     """tau linear in log sigma."""
+
+    sigma_to: Tensor
+    log_range: Tensor
 
     def __init__(self, span: Span, dtype: torch.dtype, device: Any = None) -> None:
         super().__init__()
@@ -272,6 +280,9 @@ class LogSigmaClock(Clock):
 class StepClock(Clock):
     """The step-index ramp: step i of N has tau = 1 - i/N, interpolated in log
     sigma between schedule levels."""
+
+    knots: Tensor
+    values: Tensor
 
     def __init__(self, sigmas: Tensor) -> None:
         super().__init__()

@@ -17,7 +17,7 @@ in sigma**3, told the sampler). Below ``strength`` 1 all blend the map in,
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +36,7 @@ _START_SLACK = 1e-4
 # sigma_down), which is sigma_{i+1} in exact arithmetic and an ulp or two either side of
 # it in floats. A call within this relative distance above a schedule level counts as at
 # that level: one ulp above, "the next level below" would be that level itself and the
-# smooth ramp would collapse into a hard edge (measured: a band of 21.7 at 20 steps).
+# smooth ramp would collapse into a hard edge.
 LEVEL_SLACK = 1e-5
 
 # The smooth release's ramp width in tau for the range samplers (dpm_fast, dpm_adaptive),
@@ -68,6 +68,9 @@ class LevelBelow(nn.Module):
     schedule (the range samplers) the tables are ``None``.
     """
 
+    below: Optional[Tensor]
+    floors: Optional[Tensor]
+
     def __init__(self, span: Span, value: Callable[[Tensor], Tensor], dtype: torch.dtype = torch.float32,
                  device: Any = None) -> None:
         super().__init__()
@@ -78,9 +81,10 @@ class LevelBelow(nn.Module):
     def forward(self, sigma: Tensor) -> Tensor:
         # searchsorted counts the knots strictly below sigma (by more than the slack):
         # index i is the i-th from the bottom.
-        below = self.below  # a buffer read costs a module lookup: once
-        # index_select, not indexing: half the dispatch cost on CPU (measured).
-        return self.floors.index_select(0, torch.searchsorted(below, sigma.to(below.dtype).contiguous()))
+        below, floors = self.below, self.floors  # a buffer read costs a module lookup: once
+        assert below is not None and floors is not None, "a level below needs a schedule"
+        # index_select, not indexing: it dispatches fewer kernels on the CPU.
+        return floors.index_select(0, torch.searchsorted(below, sigma.to(below.dtype).contiguous()))
 
 
 class Floor(LevelBelow):
@@ -222,6 +226,7 @@ class Release(nn.Module):
     """
 
     name = ""
+    soft: Optional[Tensor]
 
     def __init__(self, strengths: Tensor, strength: float, dtype: torch.dtype) -> None:
         super().__init__()
@@ -246,6 +251,7 @@ class BinaryRelease(Release):
     tau of two neighbouring schedule levels is freed at the same call (bands)."""
 
     name = "binary"
+    free_level: Optional[Tensor]
 
     def __init__(self, strengths: Tensor, strength: float, dtype: torch.dtype) -> None:
         super().__init__(strengths, strength, dtype)
@@ -254,9 +260,10 @@ class BinaryRelease(Release):
 
     def forward(self, change_map: Tensor, release_sigma: Tensor, sigma: Tensor, level: Tensor) -> Tensor:
         free = level <= release_sigma
-        if self.soft is None:
+        soft, free_level = self.soft, self.free_level
+        if soft is None or free_level is None:
             return free.to(change_map.dtype)
-        return torch.where(free, self.free_level, self.soft)
+        return torch.where(free, free_level, soft)
 
 
 class SmoothRelease(Release):
@@ -282,30 +289,23 @@ class SmoothRelease(Release):
         return weight if soft is None else soft + self.strength * weight
 
 
-# The faithful release's ramp is linear in sigma ** FAITHFUL_POWER. Measured on the
-# banding benchmark (samplers/PERFORMANCE.md), DAM at 5 steps: power 1 leaves DPM++ 2M
-# above binary's, 2 level with it, 3 below it; Euler and LMS are best at 1-2 and stay
-# below binary's at 3.
+# The faithful release's ramp is linear in sigma ** FAITHFUL_POWER: how much a pixel changes
+# grows about so with the noise level it is freed at (samplers/PERFORMANCE.md, "Faithful
+# release", has the benchmark's DAM per power).
 FAITHFUL_POWER = 3.0
-# Where power 3 bands at 5 steps (banding above 8 on the benchmark): DPM2-ancestral's
-# edges in the step's top third (13.1, against 9.5 at power 1, the same DAM) and DPM++
-# 3M SDE's (8.2, against 7.6 at power 1). DPM2 at power 1 bands less on the benchmark's
-# scene and on its mirrored, flipped and recoloured versions, with a lower DAM at 5, 10
-# and 20 steps (samplers/PERFORMANCE.md, issue 31).
+# The samplers whose edges band at 5 steps under power 3 and not under power 1, at the
+# same or a lower DAM, on the benchmark's scene and its variants (PERFORMANCE.md).
 FAITHFUL_POWERS = {"dpm_2": 1.0, "dpm_2_ancestral": 1.0, "dpmpp_3m_sde": 1.0}
 # Where a sampler's second call of a step, at the next level, is masked (``at_next_level``):
 # this far up the step, in log sigma. 0.5 is the geometric midpoint, where DPM2 makes its
-# own second call. DPM2-ancestral, whose update then runs from sigma_i down to
-# sigma_i+1**2 / sigma_i, bands at 5 steps there (9.5 on the benchmark) and not at three
-# quarters (7.8); Heun's and DPM++ 2S-ancestral's DAM is best at the midpoint.
+# own second call. DPM2-ancestral's update from there runs from sigma_i down to
+# sigma_i+1**2 / sigma_i, and it bands less masked three quarters up (PERFORMANCE.md).
 FAITHFUL_MIDPOINT = 0.5
 FAITHFUL_MIDPOINTS = {"dpm_2_ancestral": 0.75}
 # Below this many steps one step spans most of the noise range, and a ramp in sigma**3
-# over it gives nearly all of the step's change to its top strengths: at 1 and 2 steps
-# the map is all but lost (Euler: CAM 0.32, DAM 24 against smooth's 0.96 and 6.9; at 3
-# steps DAM 13.9 against 5.1; at 4, 6.0 against 7.5). There the faithful release is the
-# smooth rule, but for the samplers whose second call comes at the next level, which the
-# smooth rule bands (Heun at 2 steps: banding 135, against faithful's 8.4).
+# over it gives nearly all of the step's change to its top strengths, losing the map.
+# There the faithful release is the smooth rule, but for the samplers whose second call
+# comes at the next level, which the smooth rule bands (PERFORMANCE.md, "Few steps").
 FAITHFUL_MIN_STEPS = 4
 
 
@@ -333,6 +333,10 @@ class FaithfulRelease(Release):
     """
 
     name = "faithful"
+    release_power: Tensor
+    below: Tensor
+    floors: Tensor
+    previous: Optional[Tensor]
 
     def __init__(self, strengths: Tensor, strength: float, dtype: torch.dtype, release_sigma: Tensor, span: Span,
                  at_next_level: bool = False, power: float = FAITHFUL_POWER, midpoint: float = FAITHFUL_MIDPOINT) -> None:
@@ -370,9 +374,9 @@ class FaithfulRelease(Release):
         return masked_at
 
     def forward(self, change_map: Tensor, release_sigma: Tensor, sigma: Tensor, level: Tensor) -> Tensor:
-        # Buffers read from the dict: nn.Module's attribute lookup costs ~0.6 us each on
-        # CPU, as much as a kernel on these tiny tables.
-        tables = self._buffers
+        # Buffers read from the dict: nn.Module's attribute lookup costs about as much on
+        # the CPU as a kernel on these tiny tables.
+        tables = cast(dict[str, Tensor], self._buffers)
         # The step's bottom and top as powers, per image: lo**p (the level below the
         # call, looked up as LevelBelow does) and sigma**p.
         low = torch.take(tables["floors"], torch.searchsorted(tables["below"], level))
@@ -382,7 +386,7 @@ class FaithfulRelease(Release):
         weight = torch.sub(tables["release_power"], low).div_(span).clamp_(0, 1)
         if weight.dtype != change_map.dtype:
             weight = weight.to(change_map.dtype)
-        soft = tables["soft"]
+        soft = self._buffers["soft"]
         return weight if soft is None else soft + self.strength * weight
 
 

@@ -86,7 +86,7 @@ def differential_edit(
     def record(info: dict[str, Any]) -> None:
         step_sigmas.append(float(info["sigma"]))
 
-    run = dict(extra_args=extra_args or {}, callback=record, disable=not progress)
+    run: dict[str, Any] = dict(extra_args=extra_args or {}, callback=record, disable=not progress)
     with torch.no_grad():
         dd = build_wrapper(
             denoiser, latent, change_map, chosen, sigmas,

@@ -193,8 +193,8 @@ class Editor:
             segmenter = load_segmenter(given, getattr(self.model, "device", "cpu"), quiet=True) if isinstance(given, str) else given
 
         def one(image: np.ndarray, spec: Any) -> np.ndarray:
-            strength = change_strength(resolve_map(spec, image.shape[:2]), image.shape[:2], keep_map=settings.keep_map)
-            if segmenter is not None:
+            strength: Any = change_strength(resolve_map(spec, image.shape[:2]), image.shape[:2], keep_map=settings.keep_map)
+            if segmenter is not None and settings.map_prompt is not None:
                 from ..models.clipseg import prompt_map
 
                 strength = prompt_map(image, settings.map_prompt, segmenter, device=getattr(self.model, "device", "cpu"),
@@ -232,7 +232,7 @@ class Editor:
         )
 
 
-def resolve_map(spec: Any, size: tuple[int, int]) -> Any:
+def resolve_map(spec: Any, size: tuple[int, ...]) -> Any:
     """A map given by name as change strengths at ``size`` = (H, W): a preset, or a map
     file (read as :func:`~kdiff_differential.files.images.read_map` says; an
     :class:`~kdiff_differential.errors.EditWarning` when its aspect is not the image's,

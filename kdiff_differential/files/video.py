@@ -106,7 +106,8 @@ def _read(path: PathLike, alpha: bool) -> tuple[list[np.ndarray], float, str]:
         if not container.streams.video:
             raise InputError(f"{path}: holds no video stream")
         stream = container.streams.video[0]
-        frames, seconds = [], Fraction(0)
+        frames: list[np.ndarray] = []
+        seconds = Fraction(0)
         packets, decoder = _packets_and_decoder(av, container, stream)
         try:
             for packet in packets:
@@ -212,7 +213,7 @@ def _check_fps(fps: Any, suffix: str) -> Fraction:
         raise ValueError(f"fps of a GIF must be at most {GIF_MAX_FPS:g} (its delays are hundredths of a second "
                          f"and players slow shorter ones down), got {fps}")
     # NTSC rates (30000/1001) come back exact; others to within a thousandth.
-    return Fraction(fps).limit_denominator(1001)
+    return Fraction(float(fps)).limit_denominator(1001)
 
 
 def _gif_frames(av: Any, frames: np.ndarray, rate: Fraction) -> Any:

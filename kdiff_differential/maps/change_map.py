@@ -62,7 +62,7 @@ class ChangeMap:
 MapLike = Union[ChangeMap, Any]
 
 
-def frame_strengths(change_map: MapLike, size: tuple[int, int], frames: int = 1) -> np.ndarray:
+def frame_strengths(change_map: MapLike, size: tuple[int, ...], frames: int = 1) -> np.ndarray:
     """``change_map`` as float64 (frames, H, W) at ``size`` = (H, W): a :class:`ChangeMap`
     of that shape as it is; else one map (h, w) for every frame, or ``frames`` maps
     (frames, h, w), each checked and stretched as :func:`~.reading.strength_array` does."""

@@ -169,7 +169,7 @@ def batch_maps(change_map: Tensor, batch: int) -> Tensor:
     return one_or_per_latent(change_map, shape, batch)
 
 
-def strength_array(change_map: Any, size: Optional[tuple[int, int]] = None) -> np.ndarray:
+def strength_array(change_map: Any, size: Optional[tuple[int, ...]] = None) -> np.ndarray:
     """A 2-D map of strengths (h, w) in [0, 1] (1 = change; a tensor or an array) as
     float64 (h, w), or stretched to ``size`` = (H, W) when given and different (bilinear,
     area-weighted when shrinking, as the wrapper stretches a map to the latent).
@@ -186,7 +186,7 @@ def strength_array(change_map: Any, size: Optional[tuple[int, int]] = None) -> n
     return strength.numpy()
 
 
-def change_strength(change_map: Any, size: tuple[int, int], *, keep_map: bool = False) -> np.ndarray:
+def change_strength(change_map: Any, size: tuple[int, ...], *, keep_map: bool = False) -> np.ndarray:
     """``change_map`` as the image path holds it from here on: float32 (H, W) in [0, 1], 1 =
     change, at ``size`` = (H, W) (stretched as :func:`strength_array` does). It takes what
     :func:`latent_map` takes, with one map for the batch; ``keep_map=True`` reads

@@ -48,15 +48,15 @@ def _disk_extreme(values: np.ndarray, radius: float, largest: bool) -> np.ndarra
         return values
     running = maximum_filter1d if largest else minimum_filter1d
     pick = np.maximum if largest else np.minimum
-    padded_rows = {}
-    out = None
+    padded_rows: dict[int, np.ndarray] = {}
+    out = np.full_like(values, -np.inf if largest else np.inf)
     for dy in range(-reach, reach + 1):
         half = int(math.floor(math.sqrt(radius * radius - dy * dy)))
         if half not in padded_rows:
             along_x = running(values, 2 * half + 1, axis=1, mode="nearest")
             padded_rows[half] = np.pad(along_x, ((reach, reach), (0, 0)), mode="edge")
         shifted = padded_rows[half][reach + dy : reach + dy + values.shape[0]]
-        out = shifted.copy() if out is None else pick(out, shifted, out=out)
+        pick(out, shifted, out=out)
     return out
 
 

@@ -40,11 +40,8 @@ SIGMA_MIN, SIGMA_MAX = 0.01, 10.0
 # The width of the Gaussian around each training image. A pixel released at sigma keeps
 # about SPREAD / sqrt(SPREAD^2 + sigma^2) of its input, so change grows smoothly with the
 # map value; the price is grain of this size in regenerated pixels (independent in each
-# channel: 0.1 x 127.5 = 12.75 levels std in 8-bit; the data a sampler draws from, so more steps keep it;
-# docs/models.md, "Grain in the built-in model's output"). Measured on the demo
-# (mean change in 8-bit levels over eighths of the gradient map, 0 to 1):
-# 0.05: 4 13 32 44 65 83 86 78; 0.1: 2 5 17 34 59 79 85 78; 0.2: 1 4 10 23 49 73 83 79.
-# 0.1 keeps the ramp and the grain small; larger values only add grain.
+# channel, the data a sampler draws from, so more steps keep it). docs/models.md, "Grain
+# in the built-in model's output", says why 0.1 and what other widths do.
 SPREAD = 0.1
 
 

@@ -45,10 +45,10 @@ def load_segmenter(source: str, device: Union[str, "torch.device"] = "cpu", quie
     resolved = resolve_source(source, flag="segmenter")
     if resolved.kind == "file":
         raise InputError(f"segmenter={source}: a single file; give a CLIPSeg folder saved by save_pretrained, or a Hub id")
-    folder = resolved.path if resolved.kind == "folder" else cached_folder(resolved)
+    folder = resolved.local if resolved.kind == "folder" else cached_folder(resolved)
     try:
         processor = CLIPSegProcessor.from_pretrained(folder, local_files_only=True)
-        model = CLIPSegForImageSegmentation.from_pretrained(folder, local_files_only=True)
+        model: Any = CLIPSegForImageSegmentation.from_pretrained(folder, local_files_only=True)
     except (OSError, ValueError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise InputError(f"segmenter={source}: not a CLIPSeg model and processor saved by save_pretrained ({first})") from None

@@ -165,7 +165,7 @@ def _folder(given: str, allow_pickle: bool) -> Path:
 
     source = Source(given, "hub", repo=match["repo"], revision=match["revision"], allow_pickle=allow_pickle, flag="controlnet")
     patterns = ["config.json", "*.safetensors"] + (["*.bin"] if allow_pickle else [])
-    return Path(from_hub(source, lambda **local: snapshot_download(source.repo, revision=source.revision, allow_patterns=patterns, **local)))
+    return Path(from_hub(source, lambda **local: snapshot_download(source.hub_repo, revision=source.revision, allow_patterns=patterns, **local)))
 
 
 def _image_input(condition: Tensor, mode: Optional[int], net: nn.Module) -> Callable[[int], dict[str, Any]]:
@@ -173,7 +173,7 @@ def _image_input(condition: Tensor, mode: Optional[int], net: nn.Module) -> Call
     return lambda n: {"controlnet_cond": condition.expand(n, *condition.shape[1:])}
 
 
-def _union_input(condition: Tensor, mode: Optional[int], net: nn.Module) -> Callable[[int], dict[str, Any]]:
+def _union_input(condition: Tensor, mode: Optional[int], net: Any) -> Callable[[int], dict[str, Any]]:
     """A union ControlNet's (SDXL's ControlNetUnionModel): the condition as the one image
     it is given, the mode as its index and as a one-hot over the modes (diffusers' inputs)."""
     kinds = torch.zeros(1, net.config.num_control_type, device=condition.device, dtype=condition.dtype)
@@ -237,6 +237,7 @@ class ControlRun:
             own = self.family.control_inputs(inputs, entry.net.config)
             out = entry.net(**own, **entry.inputs(n), conditioning_scale=entry.scale, return_dict=False)
             total = out if total is None else _add(total, out)
+        assert total is not None, "residuals of no ControlNet"  # only a run with active ControlNets calls this
         return dict(zip(self.family.control_outputs, total))
 
 

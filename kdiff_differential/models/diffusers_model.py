@@ -55,7 +55,7 @@ def read_config(root: Path, component: str, name: str = "config.json") -> dict[s
     return json.loads(load_part(str(root), f"{component}/", lambda: (root / component / name).read_text()))
 
 
-def component_class(root: Path, index: dict[str, Any], name: str) -> type:
+def component_class(root: Path, index: dict[str, Any], name: str) -> Any:
     """The class ``model_index.json`` names for the part ``name`` (a diffusers or
     transformers class only: nothing else is imported)."""
     entry = index.get(name) or [None, None]
@@ -102,7 +102,7 @@ def load_parts(source: Source, family: type[Family], dtype: torch.dtype) -> tupl
 
     whole = family.whole(source.keys())
     root, index = _configuration(source, family, whole)
-    file = str(source.path)
+    file = str(source.local)
     if whole:
         pipeline = getattr(diffusers, family.pipelines[0])
         loaded = _from_single_file(source, pipeline, file, config=str(root), local_files_only=True, torch_dtype=dtype)
@@ -132,7 +132,7 @@ def weights_dtype(dtype: Optional[Union[str, torch.dtype]], family: type[Family]
     raise ValueError(f"dtype must be one of {', '.join(DTYPES)} (or torch.float16, bfloat16, float32), got {dtype!r}")
 
 
-def _pipeline(cls: type, parts: dict[str, Any]) -> Any:
+def _pipeline(cls: Any, parts: dict[str, Any]) -> Any:
     """A diffusers pipeline of class ``cls`` holding ``parts`` (the same module objects),
     for what diffusers does on a pipeline (LoRAs, CPU offload); the parts it needs and
     ``parts`` lacks are None."""
@@ -177,7 +177,7 @@ def _configuration(source: Source, family: type[Family], whole: bool) -> tuple[P
     return root, index
 
 
-def _from_single_file(source: Source, cls: type, file: str, **options: Any) -> Any:
+def _from_single_file(source: Source, cls: Any, file: str, **options: Any) -> Any:
     """diffusers' ``cls.from_single_file(file, **options)``; its failures (many kinds:
     conversion, a part missing from both the file and the configuration) as one line."""
     with warnings.catch_warnings():
@@ -211,7 +211,7 @@ def quiet_loading() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module="diffusers")
 
 
-def change_mask(change_map: Any, size: tuple[int, int], device: torch.device, threshold: float = 0.5) -> Tensor:
+def change_mask(change_map: Any, size: tuple[int, ...], device: torch.device, threshold: float = 0.5) -> Tensor:
     """The change map binarised (1 = change) at ``size``: (1, 1, *size) float32, 1 where
     it is >= 0.5 (``threshold`` 0: where it is > 0). The map is resized bilinearly first,
     then binarised, as ComfyUI's InpaintModelConditioning."""
@@ -288,7 +288,8 @@ class DiffusersPipeline:
         self.inpainting = kind_of_model == "inpainting"
         # ControlNets stay on the device, offload or not: they run at every call, beside the network.
         self.controlnets = load_controlnets(controlnets, self.family, channels, self.device, weights, allow_pickle)
-        self.schedule, self.steps, self.cfg = self.family.defaults()
+        self.schedule, self.steps, cfg = self.family.defaults()
+        self.cfg: Optional[float] = cfg  # None: no guidance, which no diffusers family is
         self._denoisers: dict[tuple[int, int], nn.Module] = {}
         native = self.family.native_size // self.factor
         self.denoiser = self.denoiser_for((native, native))
@@ -357,7 +358,7 @@ class DiffusersPipeline:
     def extra_args(
         self, prompt: str, negative: str = "", cfg: Optional[float] = None, *,
         image: Optional[Union[np.ndarray, Tensor]] = None, change_map: Any = None,
-        size: Optional[tuple[int, int]] = None, inpaint_mask: Optional[str] = None,
+        size: Optional[tuple[int, ...]] = None, inpaint_mask: Optional[str] = None,
         controls: Sequence[Control] = (), sigmas: Optional[Tensor] = None, cfg_2: Optional[float] = None,
     ) -> dict[str, Any]:
         """What the denoiser takes at every call: ``cond`` (a dict of tensors, batch 1)
@@ -391,10 +392,8 @@ class DiffusersPipeline:
         for name, text in (("prompt", prompt), ("negative", negative)):
             if not isinstance(text, str):
                 raise TypeError(f"{name} must be a str, got {type(text).__name__}")
-        cfg = self.cfg if cfg is None else cfg
-        for name, scale in (("cfg", cfg), ("cfg_2", cfg if cfg_2 is None else cfg_2)):
-            if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
-                raise TypeError(f"{name} must be a finite number, got {scale!r}")
+        scale = _guidance("cfg", self.cfg if cfg is None else cfg)
+        _guidance("cfg_2", scale if cfg_2 is None else cfg_2)
         if cfg_2 is not None and self.family.experts < 2:
             raise InputError(f"cfg_2={cfg_2}: a second expert's scale, and this {self.family.name} model has one network")
         pixels = None if image is None else self._checked(image)
@@ -418,7 +417,7 @@ class DiffusersPipeline:
                 raise ValueError("an inpainting model needs image= and change_map= in extra_args")
             channels = self.inpainting_channels(pixels, change_map, released)
             cond, uncond = {**cond, **channels}, None if uncond is None else {**uncond, **channels}
-        args = self.family.extra_args(cond, uncond, cfg) if cfg_2 is None else self.family.extra_args(cond, uncond, cfg, cfg_2=cfg_2)
+        args = self.family.extra_args(cond, uncond, scale, cfg_2)
         if released:
             args = {**args, RELEASE_MASK: None}
         run = self._control_run(controls, size, sigmas) if self.controlnets or controls else None
@@ -439,7 +438,7 @@ class DiffusersPipeline:
             return {"concat": layout(mask, masked)}
         return {"concat": layout(torch.ones_like(mask), masked), "concat_kept": layout(torch.zeros_like(mask), self.encode(pixels))}
 
-    def _control_run(self, controls: Sequence[Control], size: tuple[int, int], sigmas: Optional[Tensor]) -> Optional[ControlRun]:
+    def _control_run(self, controls: Sequence[Control], size: tuple[int, ...], sigmas: Optional[Tensor]) -> Optional[ControlRun]:
         from diffusers.image_processor import VaeImageProcessor
         from PIL import Image
 
@@ -478,7 +477,7 @@ def _pixels(image: Union[np.ndarray, Tensor]) -> Tensor:
     raise TypeError(f"image must be a uint8 numpy array (H, W, 3) or a tensor (1, 3, H, W), got {type(image).__name__}")
 
 
-def _resized(pixels: Tensor, size: tuple[int, int]) -> Tensor:
+def _resized(pixels: Tensor, size: tuple[int, ...]) -> Tensor:
     """Pixels (1, 3, H, W), or frames (1, 3, T, H, W), at ``size`` (h, w): as they are, or
     resized bicubically (antialiased), frame by frame."""
     if tuple(pixels.shape[-2:]) == tuple(size):
@@ -505,6 +504,13 @@ def _latent_size(latent: Union[Tensor, tuple[int, int]], patch: int, video: bool
     return size  # type: ignore[return-value]
 
 
+def _guidance(name: str, scale: Any) -> float:
+    """A guidance scale, checked: a finite number (TypeError naming ``name`` otherwise)."""
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise TypeError(f"{name} must be a finite number, got {scale!r}")
+    return float(scale)
+
+
 class FittedModel:
     """A :class:`DiffusersPipeline` fitted to one input image: the command line's
     :class:`~kdiff_differential.models.ImageModel`.
@@ -520,7 +526,8 @@ class FittedModel:
         self.pipeline = pipeline
         self.image = image
         self.description = pipeline.description
-        self.schedule, self.steps, self.cfg = pipeline.schedule, pipeline.steps, pipeline.cfg
+        self.schedule, self.steps = pipeline.schedule, pipeline.steps
+        self.cfg: Optional[float] = pipeline.cfg
         self.latent = pipeline.encode(image)
         self.denoiser = pipeline.denoiser_for(self.latent)
         self.frames_per_latent = pipeline.frames_per_latent

@@ -77,6 +77,9 @@ class FlowDenoiser(nn.Module):
     so that its last one before 0 is that value, as diffusers' scheduler does.
     """
 
+    # The community pipeline whose rule compat="diffusers" follows (set by the flow families).
+    diffusers_pipeline: Optional[str] = None
+
     def __init__(
         self,
         model: VelocityModel,

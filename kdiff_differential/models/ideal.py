@@ -39,6 +39,11 @@ class IdealDenoiser(nn.Module):
     ``spread`` is the standard deviation of the Gaussian around each image.
     """
 
+    alphas_cumprod: Tensor
+    log_sigmas: Tensor
+    images: Tensor
+    images_sq: Tensor
+
     def __init__(
         self,
         images: Tensor,

@@ -57,6 +57,9 @@ class DiffusersUNet(nn.Module):
     residuals. It returns the UNet's prediction (eps or v) in x's dtype.
     """
 
+    alphas_cumprod: Tensor
+    unet: Any  # a diffusers UNet2DConditionModel
+
     def __init__(self, unet: nn.Module, alphas_cumprod: Tensor) -> None:
         super().__init__()
         self.unet = unet
@@ -97,12 +100,13 @@ def inpainting_channels(cond: dict[str, Tensor], release_mask: Optional[Tensor],
     return torch.lerp(cond["concat_kept"], changed, weight)
 
 
-def compvis_denoiser(unet: nn.Module, scheduler_config: dict[str, Any]) -> nn.Module:
+def compvis_denoiser(unet: nn.Module, scheduler_config: dict[str, Any], diffusers_pipeline: Optional[str] = None) -> nn.Module:
     """A k-diffusion denoiser (x, sigma, cond=...) -> x0 for a diffusers UNet.
 
     ``scheduler_config`` is the scheduler's config (``scheduler/scheduler_config.json``):
     its betas give ``alphas_cumprod`` and its ``prediction_type`` picks
     ``CompVisDenoiser`` ("epsilon") or ``CompVisVDenoiser`` ("v_prediction").
+    ``diffusers_pipeline``: the community pipeline whose rule ``compat="diffusers"`` follows.
     """
     import k_diffusion as K
     from diffusers import DDPMScheduler
@@ -114,13 +118,15 @@ def compvis_denoiser(unet: nn.Module, scheduler_config: dict[str, Any]) -> nn.Mo
         )
     # DDPMScheduler reads every beta schedule diffusers knows (and trained_betas) the same way.
     betas = {key: scheduler_config[key] for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas") if key in scheduler_config}
-    alphas_cumprod = DDPMScheduler(**betas).alphas_cumprod
+    ddpm: Any = DDPMScheduler(**betas)  # its betas as alphas_cumprod, set when made
+    alphas_cumprod = ddpm.alphas_cumprod
     wrap = getattr(K.external, PREDICTIONS[prediction])
     denoiser = wrap(DiffusersUNet(unet, alphas_cumprod))
     # The instance's get_sigmas (the 'model' schedule) is the folder's scheduler, not
     # k-diffusion's even spacing in t: few-step checkpoints are trained on its timesteps.
     # A bound method, so that a copy of the denoiser reads its own levels.
     denoiser.get_sigmas = types.MethodType(lambda self, n=None: scheduler_sigmas(scheduler_config, self.sigmas, n), denoiser)
+    denoiser.diffusers_pipeline = diffusers_pipeline
     return denoiser
 
 
@@ -172,7 +178,8 @@ class Experts(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.experts[0].dtype
+        dtype: torch.dtype = getattr(self.experts[0], "dtype")  # a diffusers model's
+        return dtype
 
 
 class TransformerVelocity(nn.Module):
@@ -186,6 +193,8 @@ class TransformerVelocity(nn.Module):
     transformer runs in its own dtype and v is returned in x_t's; ``t`` too, unless
     ``exact_time`` (Wan's pipelines pass float32 timesteps and switch experts by them).
     """
+
+    transformer: Any  # a diffusers transformer, or Experts
 
     def __init__(self, transformer: nn.Module, call: VelocityCall, exact_time: bool = False) -> None:
         super().__init__()

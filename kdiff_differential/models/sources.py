@@ -57,6 +57,20 @@ class Source:
     allow_pickle: bool = False
     flag: str = "model"
 
+    @property
+    def local(self) -> Path:
+        """The folder or file on disk of a 'folder' or 'file' source."""
+        if self.path is None:
+            raise TypeError(f"a {self.kind} source has no path on disk")
+        return self.path
+
+    @property
+    def hub_repo(self) -> str:
+        """The repository of a 'hub' source."""
+        if self.repo is None:
+            raise TypeError(f"a {self.kind} source has no Hub repository")
+        return self.repo
+
     def index(self) -> dict[str, Any]:
         """The pipeline's ``model_index.json`` (for a Hub id, that file alone is fetched)."""
         if self.kind == "file":
@@ -64,9 +78,9 @@ class Source:
         if self.kind == "hub":
             from huggingface_hub import hf_hub_download
 
-            path = Path(from_hub(self, lambda **local: hf_hub_download(self.repo, "model_index.json", revision=self.revision, **local)))
+            path = Path(from_hub(self, lambda **local: hf_hub_download(self.hub_repo, "model_index.json", revision=self.revision, **local)))
         else:
-            path = self.path / "model_index.json"
+            path = self.local / "model_index.json"
         try:
             return json.loads(path.read_text())
         except FileNotFoundError:
@@ -87,7 +101,7 @@ class Source:
         configs, tokenizers and the parts' weights (``weights``: patterns of the weight
         files to fetch, default every part's safetensors; pickles with ``allow_pickle``)."""
         if self.kind == "folder":
-            return self.path
+            return self.local
         if self.kind != "hub":
             raise TypeError("a single file has no folder; see its config")
         from huggingface_hub import snapshot_download
@@ -95,7 +109,7 @@ class Source:
         if weights is None:
             weights = ["*/*.safetensors"] + (["*/*.bin"] if self.allow_pickle else [])
         patterns = CONFIGS + weights
-        return Path(from_hub(self, lambda **local: snapshot_download(self.repo, revision=self.revision, allow_patterns=patterns,
+        return Path(from_hub(self, lambda **local: snapshot_download(self.hub_repo, revision=self.revision, allow_patterns=patterns,
                                                                  ignore_patterns=VARIANTS, **local)))
 
 
@@ -119,8 +133,7 @@ def resolve_source(given: Union[str, Path], config: Optional[Union[str, Path]] =
         if settings is not None and settings.kind == "file":
             raise InputError(f"config={config}: give a diffusers folder or Hub id with the configuration, not a file")
         return Source(text, "file", path=path, config=settings, allow_pickle=allow_pickle, flag=flag)
-    elif HUB_ID.match(text) and path.suffix.lower() not in (".safetensors", *PICKLES):
-        match = HUB_ID.match(text)
+    elif (match := HUB_ID.match(text)) and path.suffix.lower() not in (".safetensors", *PICKLES):
         source = Source(text, "hub", repo=match["repo"], revision=match["revision"], allow_pickle=allow_pickle, flag=flag)
     else:
         raise InputError(f"{flag}={text}: no such file or folder, and not a Hub id (org/name[@revision])")
@@ -136,14 +149,14 @@ def read_checkpoint(source: Source) -> dict[str, "Tensor"]:
     import torch
 
     try:
-        if not is_pickle(source.path):
+        if not is_pickle(source.local):
             from safetensors import safe_open
 
-            with safe_open(str(source.path), "pt") as file:
+            with safe_open(str(source.local), "pt") as file:
                 return {key: torch.empty(file.get_slice(key).get_shape(), device="meta") for key in file.keys()}
         if not source.allow_pickle:  # checked at resolution too: never unpickle by accident
             raise InputError(f"{source.flag}={source.given}: refused, {PICKLE_RISK}")
-        checkpoint = torch.load(source.path, map_location="cpu", weights_only=True, mmap=True)
+        checkpoint = torch.load(source.local, map_location="cpu", weights_only=True, mmap=True)
         return checkpoint.get("state_dict", checkpoint)
     except InputError:
         raise
@@ -159,7 +172,7 @@ def cached_folder(source: Source) -> Path:
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(snapshot_download(source.repo, revision=source.revision, local_files_only=True))
+        return Path(snapshot_download(source.hub_repo, revision=source.revision, local_files_only=True))
     except LocalEntryNotFoundError:
         raise InputError(f"{source.flag}={source.given}: not in the local Hub cache; download it once (hf download {source.repo}), "
                          "or give a local folder") from None

@@ -38,8 +38,8 @@ from ..maps.change_map import MapLike, frame_strengths
 from ..pixels import as_frames
 
 # 0.05 of the pixel range, about 13 8-bit levels: above a Stable Diffusion VAE's typical
-# reconstruction error and a 2x upscale's blur (5 levels on average, measured on the
-# built-in model at 1024 px), below what a release changes from s = 0.2 up (20 and more).
+# reconstruction error and a 2x upscale's blur, below what a release changes from s = 0.2
+# up (docs/cli.md, "The pixel-space composite").
 THRESHOLD = 0.05
 CONTRAST = 2.0
 RADIUS = 2
@@ -79,10 +79,10 @@ def difference_opacity(
     """The result's opacity of the ``"difference"`` composite, float64 (H, W) in [0, 1]
     (formula in the module docstring); exactly 0 where the strength is 0."""
     change = np.abs(result.astype(np.float64) - original.astype(np.float64)).mean(axis=-1) / 255
-    local = torch.from_numpy(change)[None, None]
+    widened = torch.from_numpy(change)[None, None]
     if radius > 0:
-        local = F.max_pool2d(local, 2 * radius + 1, stride=1, padding=radius)
-    local = _gaussian_blur(local, blur)[0, 0].numpy()
+        widened = F.max_pool2d(widened, 2 * radius + 1, stride=1, padding=radius)
+    local = _gaussian_blur(widened, blur)[0, 0].numpy()
     s = strength
     with np.errstate(divide="ignore", invalid="ignore"):
         bar = threshold * (1 - s)  # 0 at s = 1: the result outright

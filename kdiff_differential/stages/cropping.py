@@ -46,7 +46,7 @@ class Region:
     left: int
     height: int
     width: int
-    size: tuple[int, int]
+    size: tuple[int, ...]
     work: tuple[int, int]
 
     @property
@@ -74,7 +74,7 @@ class Region:
 
         if pixels.ndim == 4:
             return np.stack([Region._resize(frame, height, width) for frame in pixels])
-        return np.asarray(Image.fromarray(pixels).resize((width, height), Image.LANCZOS))
+        return np.asarray(Image.fromarray(pixels).resize((width, height), Image.Resampling.LANCZOS))
 
     def align(self, image: np.ndarray) -> np.ndarray:
         """An image of any size that goes with the input (a ControlNet's control image):
@@ -138,7 +138,7 @@ def plan_crop(
     crop: str = "auto",
     padding: float = PADDING,
     native: Callable[[], Optional[int]] = lambda: None,
-    size: Optional[tuple[int, int]] = None,
+    size: Optional[tuple[int, ...]] = None,
 ) -> Region:
     """Where the model runs for ``change_map`` (h, w) in [0, 1], 1 = change (a
     :class:`~kdiff_differential.maps.change_map.ChangeMap`: the union of its frames), on

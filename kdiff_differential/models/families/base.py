@@ -5,6 +5,7 @@ reading tensor names, Qwen3's chat template)."""
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -17,6 +18,9 @@ if TYPE_CHECKING:
     Conditions = tuple[dict[str, Tensor], Optional[dict[str, Tensor]]]
 
 
+# A diffusers model (a VAE, UNet or transformer): each class has its own config and call,
+# so the adapters read it duck-typed.
+Network = Any
 # The prefix original (CompVis/SGM) checkpoints put before the denoising network's tensors.
 UNET_PREFIX = "model.diffusion_model."
 # An inpainting network's mask: the map binarised for the whole run, or the pixels released by
@@ -45,7 +49,7 @@ def unpack_patches(v: "Tensor", x_t: "Tensor") -> "Tensor":
     return v.reshape(n, channels, height, width)
 
 
-def control_latent(image: "Tensor", vae: "nn.Module", shifted: bool) -> "Tensor":
+def control_latent(image: "Tensor", vae: "Network", shifted: bool) -> "Tensor":
     """A control image (1, 3, H, W) in [0, 1] as the VAE's latent: its mode, minus the
     config's ``shift_factor`` where ``shifted``, times its ``scaling_factor``; float32."""
     import torch
@@ -55,7 +59,7 @@ def control_latent(image: "Tensor", vae: "nn.Module", shifted: bool) -> "Tensor"
     return (latent - ((vae.config.get("shift_factor") or 0) if shifted else 0)) * vae.config.scaling_factor
 
 
-def channel_statistics(vae: "nn.Module", like: "Tensor") -> tuple["Tensor", "Tensor"]:
+def channel_statistics(vae: "Network", like: "Tensor") -> tuple["Tensor", "Tensor"]:
     """A 3D VAE's per-channel latent statistics, its config's (``latents_mean``,
     ``latents_std``), each (1, C, 1, 1, 1) in ``like``'s dtype and device."""
     import torch
@@ -86,34 +90,37 @@ def chat_tokens(family: Family, text: str, thinking: bool) -> tuple["Tensor", "T
     return ids.input_ids.to(family.device), ids.attention_mask.to(family.device)
 
 
-class Family:
-    """What all families share: the parts a folder needs, tokenising, and
-    classifier-free guidance as the extra arguments."""
+class Family(ABC):
+    """A model family's adapter: what its folder holds, how it encodes text and runs its
+    network. A family writes :meth:`kind`, :meth:`denoiser`, :meth:`prediction` and
+    :meth:`encode_text` (or :meth:`embed`), and overrides what else differs; its class
+    attributes say what it is (docs/models.md, "The family interface")."""
 
-    name = ""
+    name: str = ""
     pipelines: tuple[str, ...] = ()
-    native_size = 512
-    network = "unet"
+    native_size: int = 512
+    network: str = "unet"
     encoders: tuple[tuple[str, str], ...] = (("tokenizer", "text_encoder"),)
     optional: tuple[str, ...] = ()
-    default_schedule = "karras"
-    default_steps = 20
-    default_cfg = 7.0
-    cuda_dtype = "float16"
-    patch = 1
-    guided = True
+    default_schedule: str = "karras"
+    default_steps: int = 20
+    default_cfg: float = 7.0
+    cuda_dtype: str = "float16"
+    patch: int = 1
+    guided: bool = True
     # The diffusers community Differential Diffusion pipeline whose rule compat="diffusers"
     # follows (a key of compat.DIFFUSERS_PIPELINES): SDXL's for the UNets; a family without
     # a pipeline of its own takes its kind's.
-    diffusers_pipeline = "sdxl"
+    diffusers_pipeline: str = "sdxl"
     # ControlNets: the diffusers classes that fit the network, the config keys they
     # must share with it, and the network's keyword names for their outputs, in order.
     controlnets: tuple[str, ...] = ()
     control_fit: tuple[str, ...] = ()
     control_outputs: tuple[str, ...] = ()
-    reference = False
-    config_repo = ""
-    experts = 1  # the denoising networks it switches between (Wan 2.2 A14B: 2, each with its own cfg)
+    reference: bool = False
+    config_repo: str = ""
+    experts: int = 1  # the denoising networks it switches between (Wan 2.2 A14B: 2, each with its own cfg)
+    text_length: int = 512  # the tokens a prompt is padded to, for the families that pad to a length
     # A video family's frames per latent frame, as its published VAEs have it (the loaded VAE's
     # config has the last word: frames_per_latent(vae)); None: an image family.
     video_frames: Optional[int] = None
@@ -124,6 +131,25 @@ class Family:
     ) -> None:
         self.source, self.index, self.config, self.text, self.device = source, index, config, text, device
         self.scheduler = scheduler or {}
+
+    @abstractmethod
+    def kind(self, latent: int) -> str:
+        """ "text-to-image" or "inpainting" (or what the family makes), from the network's
+        input channels and the VAE's ``latent`` channels; InputError for a network the VAE
+        does not fit."""
+
+    @abstractmethod
+    def denoiser(self, network: "Network", scheduler: dict[str, Any], latent_size: tuple[int, ...]) -> "nn.Module":
+        """The network as a k-diffusion denoiser ``(x, sigma, cond=...) -> x0`` for latents of ``latent_size`` (h, w)."""
+
+    @staticmethod
+    @abstractmethod
+    def prediction(scheduler: dict[str, Any]) -> str:
+        """What the network predicts, for the user ("epsilon prediction", "flow matching")."""
+
+    @abstractmethod
+    def encode_text(self, text: str) -> dict[str, "Tensor"]:
+        """One text's conditions, a dict of tensors with batch 1."""
 
     def defaults(self) -> tuple[str, int, float]:
         """(schedule, steps, cfg) this checkpoint runs by default: the family's."""
@@ -162,22 +188,22 @@ class Family:
         return parts[cls.network]
 
     @classmethod
-    def frames_per_latent(cls, vae: "nn.Module") -> Optional[int]:
+    def frames_per_latent(cls, vae: "Network") -> Optional[int]:
         """Video frames per latent frame for a video family (its VAE's temporal factor); None: images."""
         return cls.video_frames
 
     @staticmethod
-    def latent_factor(vae: "nn.Module") -> int:
+    def latent_factor(vae: "Network") -> int:
         """Pixels per latent pixel on each side: the VAE's downsampling."""
         return 2 ** (len(vae.config.block_out_channels) - 1)
 
     @staticmethod
-    def latent_channels(vae: "nn.Module") -> int:
+    def latent_channels(vae: "Network") -> int:
         """The channels of the latent the sampler runs on: the VAE's."""
         return vae.config.latent_channels
 
     @staticmethod
-    def vae_encode(vae: "nn.Module", pixels: "Tensor") -> "Tensor":
+    def vae_encode(vae: "Network", pixels: "Tensor") -> "Tensor":
         """Pixels (1, 3, H, W) in [-1, 1] -> the latent the sampler runs on (1, C, h, w),
         float32: the posterior's mode, minus the config's ``shift_factor``, times its
         ``scaling_factor`` (diffusers' pipelines sample the posterior; the mode keeps an
@@ -186,7 +212,7 @@ class Family:
         return (latent - (vae.config.get("shift_factor") or 0)) * vae.config.scaling_factor
 
     @staticmethod
-    def vae_decode(vae: "nn.Module", latent: "Tensor") -> "Tensor":
+    def vae_decode(vae: "Network", latent: "Tensor") -> "Tensor":
         """The inverse of :meth:`vae_encode`: a latent (1, C, h, w) -> pixels (1, 3, H, W), float32."""
         z = latent / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0)
         return vae.decode(z.to(vae.dtype)).sample.float()
@@ -197,15 +223,15 @@ class Family:
         ids = words(text, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
         return ids.input_ids.to(self.device)
 
-    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> "Conditions":
-        """(cond, uncond): the prompt and the negative prompt, each by the family's
-        ``_encode(text) -> dict of tensors`` (families that encode otherwise override this)."""
+    def embed(self, prompt: str, negative: str, size: tuple[int, ...]) -> "Conditions":
+        """(cond, uncond): the prompt and the negative prompt, each by :meth:`encode_text`
+        (an unguided family's uncond: None, where it overrides this)."""
         import torch
 
         with torch.no_grad():
-            return self._encode(prompt), self._encode(negative)
+            return self.encode_text(prompt), self.encode_text(negative)
 
-    def embed_reference(self, prompt: str, negative: str, size: tuple[int, int], image: "Tensor", latent: "Tensor") -> "Conditions":
+    def embed_reference(self, prompt: str, negative: str, size: tuple[int, ...], image: "Tensor", latent: "Tensor") -> "Conditions":
         """(cond, uncond) of a family that edits from a reference: :meth:`embed`'s, each
         with the reference's latent (1, C, h, w) as ``reference``. ``image`` is the
         reference itself (1, 3, H, W) in [-1, 1] at the edit's size, for a family whose
@@ -213,7 +239,11 @@ class Family:
         cond, uncond = self.embed(prompt, negative, size)
         return {**cond, "reference": latent}, None if uncond is None else {**uncond, "reference": latent}
 
-    def extra_args(self, cond: dict[str, "Tensor"], uncond: Optional[dict[str, "Tensor"]], cfg: float) -> dict[str, Any]:
+    def extra_args(self, cond: dict[str, "Tensor"], uncond: Optional[dict[str, "Tensor"]], cfg: float,
+                   cfg_2: Optional[float] = None) -> dict[str, Any]:
+        """What the denoiser takes at every call: classifier-free guidance at ``cfg``
+        (``cfg_2``: a second expert's scale, for a family of two networks; the pipeline
+        refuses it for the others)."""
         return {"cond": cond, "uncond": uncond, "cfg_scale": cfg}
 
     def control_channels(self, latent: int) -> int:
@@ -231,7 +261,7 @@ class Family:
             if theirs != ours:
                 raise InputError(f"controlnet={given}: its {key} is {theirs}, this {self.name} network's {ours} (a ControlNet for another family?)")
 
-    def control_condition(self, image: "Tensor", config: Any, vae: "nn.Module") -> "Tensor":
+    def control_condition(self, image: "Tensor", config: Any, vae: "Network") -> "Tensor":
         """What a ControlNet (of ``config``) takes for the control ``image`` (1, 3, H, W)
         in [0, 1] at the run's size: the image itself (the UNet families); the flow
         families' take its latent (``vae``)."""
@@ -262,17 +292,23 @@ class FlowFamily(Family):
     times pack²); ``shift_options(latent_size)`` says how the schedule's shift reads the
     latent (its token count; ``one_over_n``: the pipeline's own sigmas, see FlowDenoiser)."""
 
-    network = "transformer"
-    default_schedule = "model"
-    patch = 2
-    pack = 1
-    cuda_dtype = "bfloat16"
-    diffusers_pipeline = "flux"
+    network: str = "transformer"
+    default_schedule: str = "model"
+    patch: int = 2
+    pack: int = 1
+    cuda_dtype: str = "bfloat16"
+    diffusers_pipeline: str = "flux"
     # Whether the pipeline's unshifted times are linspace(1, 1/n, n) (see FlowDenoiser); None: where the shift is mu.
     one_over_n: Optional[bool] = None
     # Whether the velocity call takes t in the sampler's dtype rather than the network's (TransformerVelocity's exact_time).
-    exact_time = False
-    makes = "text-to-image"  # what kind() says of a network that takes the VAE's latent
+    exact_time: bool = False
+    makes: str = "text-to-image"  # what kind() says of a network that takes the VAE's latent
+
+    @staticmethod
+    @abstractmethod
+    def velocity(transformer: "Network", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
+        """The transformer's velocity at ``x_t`` (N, C, h, w) and flow time ``t`` (N,), with the
+        conditions ``cond`` and a ControlNet's outputs ``control``."""
 
     def kind(self, latent: int) -> str:
         channels, expected = self.config.in_channels, latent * self.pack**2
@@ -283,7 +319,7 @@ class FlowFamily(Family):
             )
         return self.makes
 
-    def denoiser(self, network: "nn.Module", scheduler: dict[str, Any], latent_size: tuple[int, int]) -> "nn.Module":
+    def denoiser(self, network: "Network", scheduler: dict[str, Any], latent_size: tuple[int, ...]) -> "nn.Module":
         from ..flow import FlowDenoiser
         from ..networks import TransformerVelocity
 
@@ -292,7 +328,7 @@ class FlowFamily(Family):
         model.diffusers_pipeline = self.diffusers_pipeline
         return model
 
-    def shift_options(self, latent_size: tuple[int, int]) -> dict[str, Any]:
+    def shift_options(self, latent_size: tuple[int, ...]) -> dict[str, Any]:
         """How the schedule's shift reads a latent of ``latent_size`` (h, w) (see
         ``FlowDenoiser.from_scheduler_config``): the token count of its 2x2 patches."""
         return {"image_seq_len": (latent_size[0] // 2) * (latent_size[1] // 2), "one_over_n": self.one_over_n}

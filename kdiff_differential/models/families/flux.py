@@ -6,7 +6,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Optional
 
 from ...errors import InputError
-from .base import FEW_STEPS, batched, pack_patches, unpack_patches, control_latent, has_tensors, Family, FlowFamily
+from .base import FEW_STEPS, Family, FlowFamily, Network, batched, control_latent, has_tensors, pack_patches, unpack_patches
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -21,9 +21,9 @@ class Flux(FlowFamily):
     position ids, inside the call only: samplers and change maps see (N, C, H, W)."""
 
     name = "Flux.1"
-    pipelines = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
+    pipelines: tuple[str, ...] = ("FluxPipeline", "FluxImg2ImgPipeline", "FluxInpaintPipeline")
     native_size = 1024
-    encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
+    encoders: tuple[tuple[str, str], ...] = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
     guided = False
     # The distilled guidance input is trained around 3.5 (diffusers' FluxPipeline default).
     default_cfg = 3.5
@@ -31,9 +31,9 @@ class Flux(FlowFamily):
     # Its pipelines pass their own times, linspace(1, 1/n, n), whatever the shift (schnell's is fixed).
     one_over_n = True
     t5_length = 512
-    controlnets = ("FluxControlNetModel",)
-    control_fit = ("attention_head_dim", "num_attention_heads", "joint_attention_dim", "pooled_projection_dim")
-    control_outputs = ("controlnet_block_samples", "controlnet_single_block_samples")
+    controlnets: tuple[str, ...] = ("FluxControlNetModel",)
+    control_fit: tuple[str, ...] = ("attention_head_dim", "num_attention_heads", "joint_attention_dim", "pooled_projection_dim")
+    control_outputs: tuple[str, ...] = ("controlnet_block_samples", "controlnet_single_block_samples")
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
@@ -45,15 +45,20 @@ class Flux(FlowFamily):
             return self.default_schedule, FEW_STEPS, self.default_cfg
         return super().defaults()
 
-    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> "Conditions":
+    def encode_text(self, text: str) -> dict[str, "Tensor"]:
+        pooled = self.text["text_encoder"](self.tokens("tokenizer", text)).pooler_output
+        t5 = self.text["text_encoder_2"](self.tokens("tokenizer_2", text, self.t5_length))[0]
+        return {"text": t5.float(), "pooled": pooled.float()}
+
+    def embed(self, prompt: str, negative: str, size: tuple[int, ...]) -> "Conditions":
+        """The prompt alone: Flux.1 runs no guidance (dev's is an input of the network)."""
         import torch
 
         with torch.no_grad():
-            pooled = self.text["text_encoder"](self.tokens("tokenizer", prompt)).pooler_output
-            t5 = self.text["text_encoder_2"](self.tokens("tokenizer_2", prompt, self.t5_length))[0]
-        return {"text": t5.float(), "pooled": pooled.float()}, None
+            return self.encode_text(prompt), None
 
-    def extra_args(self, cond: dict[str, "Tensor"], uncond: Optional[dict[str, "Tensor"]], cfg: float) -> dict[str, Any]:
+    def extra_args(self, cond: dict[str, "Tensor"], uncond: Optional[dict[str, "Tensor"]], cfg: float,
+                   cfg_2: Optional[float] = None) -> dict[str, Any]:
         import torch
 
         if self.config.get("guidance_embeds", False):
@@ -61,7 +66,7 @@ class Flux(FlowFamily):
         return {"cond": cond}
 
     @staticmethod
-    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
+    def velocity(transformer: "Network", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
         import torch
 
         n = x_t.shape[0]
@@ -84,7 +89,7 @@ class Flux(FlowFamily):
         if config.get("conditioning_embedding_channels") is not None:
             raise InputError(f"controlnet={given}: an XLabs-style Flux ControlNet (it embeds the image itself); supported: InstantX-style ones, which take its latent")
 
-    def control_condition(self, image: "Tensor", config: Any, vae: "nn.Module") -> "Tensor":
+    def control_condition(self, image: "Tensor", config: Any, vae: "Network") -> "Tensor":
         """The control image's latent (its mode; diffusers draws a sample), shifted,
         scaled and packed into tokens as the latent is."""
         return pack_patches(control_latent(image, vae, shifted=True))
@@ -147,7 +152,7 @@ class Chroma(Flux):
     def defaults(self) -> tuple[str, int, float]:
         return self.default_schedule, self.default_steps, self.default_cfg
 
-    def _encode(self, text: str) -> dict[str, "Tensor"]:
+    def encode_text(self, text: str) -> dict[str, "Tensor"]:
         import torch
 
         words = self.text["tokenizer"]
@@ -160,7 +165,7 @@ class Chroma(Flux):
         return {"text": embedded.float(), "text_mask": visible.float()}
 
     @staticmethod
-    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
+    def velocity(transformer: "Network", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
         import torch
 
         n = x_t.shape[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Optional
 
-from .base import FEW_STEPS, batched, chat_tokens, FlowFamily
+from .base import FEW_STEPS, FlowFamily, Network, batched, chat_tokens
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -44,10 +44,11 @@ class Flux2Klein(FlowFamily):
             return self.default_schedule, FEW_STEPS, 1.0
         return super().defaults()
 
-    def extra_args(self, cond: dict[str, "Tensor"], uncond: Optional[dict[str, "Tensor"]], cfg: float) -> dict[str, Any]:
+    def extra_args(self, cond: dict[str, "Tensor"], uncond: Optional[dict[str, "Tensor"]], cfg: float,
+                   cfg_2: Optional[float] = None) -> dict[str, Any]:
         return super().extra_args(cond, uncond, 1.0 if self.distilled() else cfg)
 
-    def shift_options(self, latent_size: tuple[int, int]) -> dict[str, Any]:
+    def shift_options(self, latent_size: tuple[int, ...]) -> dict[str, Any]:
         """Every latent pixel is a token; mu for n steps is FLUX.2's, the range's at the default steps."""
         from functools import partial
 
@@ -55,7 +56,7 @@ class Flux2Klein(FlowFamily):
 
         return {"one_over_n": self.one_over_n, "mu_of_steps": partial(flux2_mu, latent_size[0] * latent_size[1]), "steps": self.defaults()[1]}
 
-    def _encode(self, text: str) -> dict[str, "Tensor"]:
+    def encode_text(self, text: str) -> dict[str, "Tensor"]:
         import torch
 
         ids, mask = chat_tokens(self, text, thinking=False)
@@ -63,7 +64,7 @@ class Flux2Klein(FlowFamily):
         return {"text": torch.cat([hidden[layer] for layer in self.hidden_layers], dim=-1).float()}
 
     @staticmethod
-    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
+    def velocity(transformer: "Network", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
         import torch
 
         n, channels, height, width = x_t.shape
@@ -79,16 +80,16 @@ class Flux2Klein(FlowFamily):
         return v.transpose(1, 2).reshape(n, channels, height, width)
 
     @staticmethod
-    def latent_factor(vae: "nn.Module") -> int:
+    def latent_factor(vae: "Network") -> int:
         """The VAE's downsampling, times the 2x2 patches."""
         return 2 ** len(vae.config.block_out_channels)
 
     @staticmethod
-    def latent_channels(vae: "nn.Module") -> int:
+    def latent_channels(vae: "Network") -> int:
         return vae.config.latent_channels * 4
 
     @staticmethod
-    def _statistics(vae: "nn.Module") -> tuple["Tensor", "Tensor"]:
+    def _statistics(vae: "Network") -> tuple["Tensor", "Tensor"]:
         """The batch norm's running mean and standard deviation, (1, 4C, 1, 1) float32."""
         import torch
 
@@ -96,7 +97,7 @@ class Flux2Klein(FlowFamily):
         return mean, torch.sqrt(vae.bn.running_var.float().view(1, -1, 1, 1) + vae.config.batch_norm_eps)
 
     @classmethod
-    def vae_encode(cls, vae: "nn.Module", pixels: "Tensor") -> "Tensor":
+    def vae_encode(cls, vae: "Network", pixels: "Tensor") -> "Tensor":
         """Pixels (1, 3, H, W) in [-1, 1] -> the posterior's mode, patchified 2x2 and
         normalised: (1, 4C, H/16, W/16) float32."""
         import torch.nn.functional as F
@@ -106,7 +107,7 @@ class Flux2Klein(FlowFamily):
         return (latent - mean.to(latent.device)) / std.to(latent.device)
 
     @classmethod
-    def vae_decode(cls, vae: "nn.Module", latent: "Tensor") -> "Tensor":
+    def vae_decode(cls, vae: "Network", latent: "Tensor") -> "Tensor":
         import torch.nn.functional as F
 
         mean, std = cls._statistics(vae)

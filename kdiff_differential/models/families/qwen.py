@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Optional
 
-from .base import batched, channel_statistics, pack_patches, unpack_patches, has_tensors, FlowFamily
+from .base import FlowFamily, Network, batched, channel_statistics, has_tensors, pack_patches, unpack_patches
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -23,7 +23,7 @@ class QwenImage(FlowFamily):
     as diffusers does (a rescale no guidance on x0 can express)."""
 
     name = "Qwen-Image"
-    pipelines = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline")
+    pipelines: tuple[str, ...] = ("QwenImagePipeline", "QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline")
     native_size = 1024
     config_repo = "Qwen/Qwen-Image"
     guided = False  # the guidance runs in velocity(), see the docstring
@@ -46,16 +46,16 @@ class QwenImage(FlowFamily):
         return has_tensors(keys, "txt_norm.")
 
     @staticmethod
-    def latent_factor(vae: "nn.Module") -> int:
+    def latent_factor(vae: "Network") -> int:
         """Each of the 3D VAE's temporal downsampling stages halves the sides too."""
         return 2 ** len(vae.config.temperal_downsample)
 
     @staticmethod
-    def latent_channels(vae: "nn.Module") -> int:
+    def latent_channels(vae: "Network") -> int:
         return vae.config.z_dim
 
     @classmethod
-    def vae_encode(cls, vae: "nn.Module", pixels: "Tensor") -> "Tensor":
+    def vae_encode(cls, vae: "Network", pixels: "Tensor") -> "Tensor":
         """Pixels (1, 3, H, W) in [-1, 1] as one frame -> the posterior's mode (as
         QwenImageEditPipeline takes it), normalised per channel, without the frame axis:
         (1, C, h, w), float32."""
@@ -64,7 +64,7 @@ class QwenImage(FlowFamily):
         return ((latent - mean) / std)[:, :, 0]
 
     @classmethod
-    def vae_decode(cls, vae: "nn.Module", latent: "Tensor") -> "Tensor":
+    def vae_decode(cls, vae: "Network", latent: "Tensor") -> "Tensor":
         """The inverse of :meth:`vae_encode`: (1, C, h, w) -> pixels (1, 3, H, W), float32."""
         mean, std = channel_statistics(vae, latent.float())
         z = latent.float()[:, :, None] * std + mean
@@ -77,13 +77,14 @@ class QwenImage(FlowFamily):
         out = self.text["text_encoder"](**inputs, output_hidden_states=True)
         return out.hidden_states[-1][:, self.template_start :].float()
 
-    def _encode(self, text: str) -> dict[str, "Tensor"]:
+    def encode_text(self, text: str) -> dict[str, "Tensor"]:
         words = self.text["tokenizer"]
         # The encoder is causal: the tokens past the kept ones change none of theirs.
         ids = words(self.template.format(text), max_length=self.template_start + self.max_tokens, truncation=True, return_tensors="pt")
         return {"text": self._hidden({"input_ids": ids.input_ids, "attention_mask": ids.attention_mask})}
 
-    def extra_args(self, cond: dict[str, "Tensor"], uncond: Optional[dict[str, "Tensor"]], cfg: float) -> dict[str, Any]:
+    def extra_args(self, cond: dict[str, "Tensor"], uncond: Optional[dict[str, "Tensor"]], cfg: float,
+                   cfg_2: Optional[float] = None) -> dict[str, Any]:
         """The negative prompt's tokens (``negative``) and the scale (``cfg``) go in
         ``cond``, for :meth:`velocity`; at cfg 1 or below the prompt's alone, as diffusers."""
         import torch
@@ -93,7 +94,7 @@ class QwenImage(FlowFamily):
         return {"cond": {**cond, "negative": uncond["text"], "cfg": torch.tensor([float(cfg)], device=self.device)}}
 
     @staticmethod
-    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
+    def velocity(transformer: "Network", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
         import torch
 
         n = x_t.shape[0]
@@ -142,7 +143,7 @@ class QwenImageEdit(QwenImage):
     def owns_keys(cls, keys: Collection[str]) -> bool:
         return False  # its tensors are named as Qwen-Image's: single Edit files are not told apart; its folder loads
 
-    def embed_reference(self, prompt: str, negative: str, size: tuple[int, int], image: "Tensor", latent: "Tensor") -> "Conditions":
+    def embed_reference(self, prompt: str, negative: str, size: tuple[int, ...], image: "Tensor", latent: "Tensor") -> "Conditions":
         """The prompt and the negative prompt each read with the reference ``image``
         (1, 3, H, W) in [-1, 1], which the processor takes as the pipeline hands it, a
         PIL image; both with the reference's ``latent`` as ``reference``."""

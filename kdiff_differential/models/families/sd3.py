@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from .base import batched, control_latent, has_tensors, FlowFamily
+from .base import FlowFamily, Network, batched, control_latent, has_tensors
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -32,7 +32,7 @@ class StableDiffusion3(FlowFamily):
     def owns_keys(cls, keys: Collection[str]) -> bool:
         return has_tensors(keys, "joint_blocks.0.")
 
-    def _encode(self, text: str) -> dict[str, "Tensor"]:
+    def encode_text(self, text: str) -> dict[str, "Tensor"]:
         import torch
         import torch.nn.functional as F
 
@@ -51,13 +51,13 @@ class StableDiffusion3(FlowFamily):
         return {"text": torch.cat([clip, t5.to(clip.dtype)], dim=-2).float(), "pooled": torch.cat(pooled, dim=-1).float()}
 
     @staticmethod
-    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
+    def velocity(transformer: "Network", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
         n = x_t.shape[0]
         inputs = {"hidden_states": x_t, "timestep": t * 1000, "encoder_hidden_states": batched(cond["text"], n), "pooled_projections": batched(cond["pooled"], n)}
         residuals = {} if control is None else control.residuals(n, **inputs)
         return transformer(**inputs, **residuals).sample
 
-    def control_condition(self, image: "Tensor", config: Any, vae: "nn.Module") -> "Tensor":
+    def control_condition(self, image: "Tensor", config: Any, vae: "Network") -> "Tensor":
         """The control image's latent (its mode), scaled; shifted unless the ControlNet
         zeroes its pooled projection (InstantX's, trained without the shift), as diffusers."""
         return control_latent(image, vae, shifted=not config.get("force_zeros_for_pooled_projection", True))

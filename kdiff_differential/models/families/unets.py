@@ -7,7 +7,7 @@ from collections.abc import Collection
 from typing import TYPE_CHECKING, Any, Optional
 
 from ...errors import InputError
-from .base import FEW_STEPS, has_tensors, Family
+from .base import FEW_STEPS, Family, Network, has_tensors
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -25,11 +25,11 @@ class StableDiffusion(Family):
     ``crossattn``; a UNet with the CompVis interface, epsilon or v prediction."""
 
     name = "Stable Diffusion 1.x/2.x"
-    pipelines = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionKDiffusionPipeline")
-    controlnets = ("ControlNetModel",)
+    pipelines: tuple[str, ...] = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline", "StableDiffusionKDiffusionPipeline")
+    controlnets: tuple[str, ...] = ("ControlNetModel",)
     # Its residuals join the UNet's blocks: the same widths, text width and added conditioning.
-    control_fit = ("block_out_channels", "cross_attention_dim", "addition_embed_type")
-    control_outputs = ("down_block_additional_residuals", "mid_block_additional_residual")
+    control_fit: tuple[str, ...] = ("block_out_channels", "cross_attention_dim", "addition_embed_type")
+    control_outputs: tuple[str, ...] = ("down_block_additional_residuals", "mid_block_additional_residual")
 
     @classmethod
     def owns_keys(cls, keys: Collection[str]) -> bool:
@@ -53,22 +53,17 @@ class StableDiffusion(Family):
             )
         return "inpainting" if channels == 2 * latent + 1 else "text-to-image"
 
-    def denoiser(self, network: "nn.Module", scheduler: dict[str, Any], latent_size: tuple[int, int]) -> "nn.Module":
+    def denoiser(self, network: "Network", scheduler: dict[str, Any], latent_size: tuple[int, ...]) -> "nn.Module":
         from ..networks import compvis_denoiser
 
-        model = compvis_denoiser(network, scheduler)
-        model.diffusers_pipeline = self.diffusers_pipeline
-        return model
+        return compvis_denoiser(network, scheduler, self.diffusers_pipeline)
 
     @staticmethod
     def prediction(scheduler: dict[str, Any]) -> str:
         return f"{scheduler.get('prediction_type', 'epsilon')} prediction"
 
-    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> "Conditions":
-        import torch
-
-        with torch.no_grad():
-            return tuple({"crossattn": self.text["text_encoder"](self.tokens("tokenizer", t))[0].float()} for t in (prompt, negative))  # type: ignore[return-value]
+    def encode_text(self, text: str) -> dict[str, "Tensor"]:
+        return {"crossattn": self.text["text_encoder"](self.tokens("tokenizer", text))[0].float()}
 
 
 class StableDiffusionXL(StableDiffusion):
@@ -78,10 +73,10 @@ class StableDiffusionXL(StableDiffusion):
     an empty negative prompt is all zeros, as diffusers does it."""
 
     name = "Stable Diffusion XL"
-    pipelines = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline", "StableDiffusionXLKDiffusionPipeline")
+    pipelines: tuple[str, ...] = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline", "StableDiffusionXLInpaintPipeline", "StableDiffusionXLKDiffusionPipeline")
     native_size = 1024
-    encoders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
-    controlnets = ("ControlNetModel", "ControlNetUnionModel")
+    encoders: tuple[tuple[str, str], ...] = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
+    controlnets: tuple[str, ...] = ("ControlNetModel", "ControlNetUnionModel")
 
     @classmethod
     def owns(cls, index: dict[str, Any]) -> bool:
@@ -92,7 +87,7 @@ class StableDiffusionXL(StableDiffusion):
         # A UNet alone is read as the base's: the refiner is told apart by its text encoder.
         return has_tensors(keys, "label_emb.") and not StableDiffusionXLRefiner.owns_keys(keys)
 
-    def _encode(self, text: str) -> dict[str, "Tensor"]:
+    def encode_text(self, text: str) -> dict[str, "Tensor"]:
         import torch
 
         hidden = []
@@ -102,16 +97,16 @@ class StableDiffusionXL(StableDiffusion):
         # The pooled embedding is the second (last) encoder's projection.
         return {"crossattn": torch.cat(hidden, dim=-1).float(), "text_embeds": out.text_embeds.float()}
 
-    def embed(self, prompt: str, negative: str, size: tuple[int, int]) -> "Conditions":
+    def embed(self, prompt: str, negative: str, size: tuple[int, ...]) -> "Conditions":
         import torch
 
         with torch.no_grad():
-            cond = self._encode(prompt)
+            cond = self.encode_text(prompt)
             zeros = self.index.get("force_zeros_for_empty_prompt", True) and not negative
-            uncond = {k: torch.zeros_like(v) for k, v in cond.items()} if zeros else self._encode(negative)
+            uncond = {k: torch.zeros_like(v) for k, v in cond.items()} if zeros else self.encode_text(negative)
         return {**cond, "time_ids": self.time_ids(size, True)}, {**uncond, "time_ids": self.time_ids(size, False)}
 
-    def time_ids(self, size: tuple[int, int], positive: bool) -> "Tensor":
+    def time_ids(self, size: tuple[int, ...], positive: bool) -> "Tensor":
         """(1, 6): the original size, the crop's top-left corner (0, 0), the target size."""
         import torch
 
@@ -138,7 +133,7 @@ class StableDiffusionXLRefiner(StableDiffusionXL):
         embedders = {key.split(".")[2] for key in keys if key.startswith("conditioner.embedders.")}
         return has_tensors(keys, "label_emb.") and embedders == {"0"} and any(key.startswith("conditioner.embedders.0.model.") for key in keys)
 
-    def time_ids(self, size: tuple[int, int], positive: bool) -> "Tensor":
+    def time_ids(self, size: tuple[int, ...], positive: bool) -> "Tensor":
         import torch
 
         score = self.aesthetic_scores[0 if positive else 1]

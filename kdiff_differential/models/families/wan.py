@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Optional
 
-from .base import batched, channel_statistics, FlowFamily
+from .base import FlowFamily, Network, batched, channel_statistics
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -60,19 +60,19 @@ class Wan(FlowFamily):
         return Experts([parts[name] for name in (cls.network, cls.second) if parts.get(name) is not None])
 
     @classmethod
-    def frames_per_latent(cls, vae: "nn.Module") -> Optional[int]:
+    def frames_per_latent(cls, vae: "Network") -> Optional[int]:
         return vae.config.scale_factor_temporal
 
     @staticmethod
-    def latent_factor(vae: "nn.Module") -> int:
+    def latent_factor(vae: "Network") -> int:
         return vae.config.scale_factor_spatial
 
     @staticmethod
-    def latent_channels(vae: "nn.Module") -> int:
+    def latent_channels(vae: "Network") -> int:
         return vae.config.z_dim
 
     @staticmethod
-    def vae_encode(vae: "nn.Module", pixels: "Tensor") -> "Tensor":
+    def vae_encode(vae: "Network", pixels: "Tensor") -> "Tensor":
         """Pixels (1, 3, T, H, W) in [-1, 1], or an image (1, 3, H, W) as one frame -> the
         posterior's mode normalised per channel, (1, C, F, h, w), float32."""
         clip = pixels if pixels.ndim == 5 else pixels[:, :, None]
@@ -81,12 +81,12 @@ class Wan(FlowFamily):
         return (latent - mean) / std
 
     @staticmethod
-    def vae_decode(vae: "nn.Module", latent: "Tensor") -> "Tensor":
+    def vae_decode(vae: "Network", latent: "Tensor") -> "Tensor":
         """The inverse of :meth:`vae_encode`: (1, C, F, h, w) -> pixels (1, 3, T, H, W), float32."""
         mean, std = channel_statistics(vae, latent.float())
         return vae.decode((latent.float() * std + mean).to(vae.dtype)).sample.float()
 
-    def _encode(self, text: str) -> dict[str, "Tensor"]:
+    def encode_text(self, text: str) -> dict[str, "Tensor"]:
         import torch
         from diffusers.pipelines.wan.pipeline_wan import prompt_clean
 
@@ -110,14 +110,14 @@ class Wan(FlowFamily):
         scales = [float(cfg), float(cfg if cfg_2 is None else cfg_2)]
         return {"cond": {**cond, "negative": uncond["text"], "cfg": torch.tensor(scales, device=self.device)}}
 
-    def denoiser(self, network: "nn.Module", scheduler: dict[str, Any], latent_size: tuple[int, int]) -> "nn.Module":
+    def denoiser(self, network: "Network", scheduler: dict[str, Any], latent_size: tuple[int, ...]) -> "nn.Module":
         model = super().denoiser(network, scheduler, latent_size)
         network.boundary = None if self.boundary is None else self.boundary * scheduler.get("num_train_timesteps", 1000)
         network.per_token = self.per_token
         return model
 
     @staticmethod
-    def velocity(experts: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
+    def velocity(experts: "Network", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
         n = x_t.shape[0]
         timestep = t * 1000
         # A batch shares its level (k-diffusion's samplers step every sample together).

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from .base import batched, has_tensors, chat_tokens, FlowFamily
+from .base import FlowFamily, Network, batched, chat_tokens, has_tensors
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -41,13 +41,13 @@ class ZImage(FlowFamily):
             return self.default_schedule, self.turbo_steps, 1.0
         return super().defaults()
 
-    def _encode(self, text: str) -> dict[str, "Tensor"]:
+    def encode_text(self, text: str) -> dict[str, "Tensor"]:
         ids, mask = chat_tokens(self, text, thinking=True)
         hidden = self.text["text_encoder"](input_ids=ids, attention_mask=mask.bool(), output_hidden_states=True).hidden_states[-2]
         return {"text": hidden.float(), "text_mask": mask.float()}
 
     @staticmethod
-    def velocity(transformer: "nn.Module", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
+    def velocity(transformer: "Network", x_t: "Tensor", t: "Tensor", cond: dict[str, "Tensor"], control: Any = None) -> "Tensor":
         import torch
 
         n = x_t.shape[0]
