@@ -181,11 +181,11 @@ def test_same_seed_same_bytes_other_seed_other_image(files: Path, monkeypatch: p
 
 
 BAD = {
-    "missing image": (["--image", "absent.png"], "absent.png"),
-    "unreadable image": (["--image", "folder.png"], "folder.png"),
-    "image that is not an image": (["--image", "notes.png"], "not an image"),
-    "missing map": (["--image", "in.png", "--map", "absent-map.png"], "absent-map.png"),
-    "map that is not an image": (["--image", "in.png", "--map", "notes.png"], "not an image"),
+    "missing image": (["--image", "absent.png"], "--image absent.png: no such file"),
+    "an image folder with an image file as out": (["--image", "folder.png"], "--image folder.png is a folder"),
+    "image that is not an image": (["--image", "notes.png"], "--image notes.png: not an image"),
+    "missing map": (["--image", "in.png", "--map", "absent-map.png"], "--map absent-map.png: neither an existing file"),
+    "map that is not an image": (["--image", "in.png", "--map", "notes.png"], "--map notes.png: not an image"),
     "map with NaN": (["--image", "in.png", "--map", "map-nan.tif"], "NaN or inf"),
     "unknown preset": (["--map", "gradient-z"], "gradient-x, gradient-y, radial, full, none"),
     "unknown sampler": (["--sampler", "euler_b"], "dpmpp_2m"),
@@ -201,10 +201,14 @@ BAD = {
     "step clock on a range sampler": (["--sampler", "dpm_fast", "--clock", "step"], "use the timestep or sigma clock"),
     "A1111 sampler name with another schedule": (["--sampler", "DPM++ 2M Karras", "--schedule", "exponential"], "give one"),
     "a seed twice": (["--seeds", "1,1"], "names a seed twice"),
+    "a seed too large": (["--seed", "99999999999999999999999"], "out of range: give a whole number in [0, 18446744073709551615]"),
+    "seeds too large": (["--seeds", "1,99999999999999999999999"], "99999999999999999999999 is out of range"),
     "seeds that are not numbers": (["--seeds", "1,b"], "comma-separated list of whole numbers"),
     "both --seed and --seeds": (["--seed", "1", "--seeds", "1,2"], "not allowed with argument"),
     "out over the image": (["--image", "in.png", "--out", "./in.png"], "over the input"),
     "out in a missing folder": (["--out", "nowhere/result.png"], "does not exist"),
+    "out where nothing can be written": (["--out", "/sys/result.png"], "--out /sys/result.png: cannot write in /sys"),
+    "out in a folder of the kernel's": (["--out", "/proc/result.png"], "--out /proc/result.png: cannot write in /proc"),
 }
 
 # Every input file is protected, however the output's path reaches it.
@@ -244,6 +248,33 @@ def test_bad_input_is_one_line_and_no_traceback(files: Path, case: str) -> None:
     assert hint in done.stderr
     assert not (files / "out/bad.png").exists()
     assert (files / "in.png").read_bytes() == before
+
+
+def test_a_write_that_fails_at_the_end_says_where_the_result_went(files: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    """The folder was writable when the run began; the disk then fills: one line, and the
+    result is kept in a temporary folder it names."""
+    import errno
+
+    from kdiff_differential.files import images
+
+    write = images.write_image
+    failed: list[str] = []
+
+    def full_disk(image: np.ndarray, path: str) -> None:
+        if not failed:
+            failed.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write(image, path)
+
+    monkeypatch.setattr(images, "write_image", full_disk)
+    monkeypatch.chdir(files)
+    assert main(["--image", "in.png", "--out", "out/full.png", *FAST]) == 2
+    said = capsys.readouterr().err
+    rescued = Path(re.search(r"the result is in (\S+)$", said.strip())[1])
+    assert said.count("\n") == 1 and "could not write out/full.png (No space left on device)" in said, said
+    assert failed == ["out/full.png"] and not (files / "out/full.png").exists()
+    assert pixels(rescued).shape == pixels(files / "in.png").shape
 
 
 def test_readme_quick_start_is_clone_install_demo_tests_and_ci_installs_the_same() -> None:

@@ -50,6 +50,46 @@ def test_the_same_settings_give_the_command_lines_pixels_on_the_builtin_model(ph
     assert np.abs(done.image.astype(int) - image).max() > 20
 
 
+def test_edit_image_is_the_stages_composed_by_hand(photo: Path) -> None:
+    """The whole edit written out here from its stages (map, crop, fill, model, sampler,
+    decode, colour match, composite, paste), independently of the library's own path."""
+    from kdiff_differential import composite, differential_edit, fill_pixels, match_colors, plan_crop, shape_map
+    from kdiff_differential.files.images import read_map
+
+    image = pixels(photo / "in.png")
+    strength = shape_map(read_map(str(photo / "map.png")), grow=4, feather=10)
+    region = plan_crop(strength, "auto", 0.5)
+    rows, columns = slice(region.top, region.top + region.height), slice(region.left, region.left + region.width)
+    box, box_map = image[rows, columns], strength[rows, columns]
+    fitted = Builtin().fit(fill_pixels(box, box_map, "noise", seed=7))  # the built-in model runs a box at its own size
+    run = differential_edit(fitted.denoiser, fitted.latent, box_map, sampler="euler", steps=4, seed=7)
+    decoded = match_colors(fitted.decode(run.result), box, box_map)
+    expected = image.copy()
+    expected[rows, columns] = composite(box, decoded, box_map, "difference")
+
+    settings = EditSettings(grow=4, feather=10, fill="noise", color_match=True, crop_padding=0.5, sampler="euler", steps=4)
+    done = edit_image("builtin", image, str(photo / "map.png"), settings, seed=7)
+    assert region.cropped and done.region == region
+    assert np.array_equal(done.change_map, strength)
+    assert np.array_equal(done.image, expected)
+
+
+def test_the_feathered_ring_changes_less_from_inside_out(photo: Path) -> None:
+    """feather=12 widens the disk with a soft edge: the ring next to it changes, the
+    change falls ring by ring outward, and nothing changes past the feather."""
+    image = pixels(photo / "in.png")
+    disk_map = disk(240, 320, (120, 200), 24)
+    done = edit_image("builtin", image, disk_map, EditSettings(feather=12, sampler="euler", steps=8, crop="off"), seed=0)
+    distance = np.hypot(*(np.mgrid[:240, :320] - np.array([120, 200])[:, None, None])) - 24
+    change = np.abs(done.image.astype(int) - image).mean(axis=-1)
+    rings = [change[(distance > low) & (distance <= low + 4)].mean() for low in (0, 4, 8)]
+    assert rings[0] > 2 and rings[0] > rings[1] > rings[2], rings
+    assert change[distance > 12 + 1].max() == 0
+    # Without the feather, the ring next to the disk is kept.
+    plain = edit_image("builtin", image, disk_map, EditSettings(sampler="euler", steps=8, crop="off"), seed=0)
+    assert np.abs(plain.image.astype(int) - image).mean(axis=-1)[distance > 1].max() == 0
+
+
 def test_the_same_settings_give_the_command_lines_pixels_on_a_diffusers_folder(tmp_path: Path) -> None:
     model = save_tiny_sd(tmp_path, "epsilon")
     image = ramp_image(32, 40)
@@ -149,6 +189,22 @@ def test_a_map_that_changes_nothing_skips_the_model_and_says_so(monkeypatch: pyt
         with pytest.warns(EditWarning, match="nothing changes"):
             done = edit_image("builtin", image, change_map, EditSettings(**settings))
         assert np.array_equal(done.image, image) and done.run is None
+
+
+def test_an_image_read_only_from_pillow_gives_no_warning(photo: Path) -> None:
+    """np.asarray of a PIL image is read-only, the usual way to read one; torch would warn
+    at every tensor made from it."""
+    from kdiff_differential import quiet_warnings
+
+    with quiet_warnings():
+        import k_diffusion  # noqa: F401  (its own import warnings are not ours)
+    with Image.open(photo / "in.png") as opened:
+        image = np.asarray(opened)
+    assert not image.flags.writeable
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        done = edit_image("builtin", image, str(photo / "map.png"), EditSettings(steps=2, crop="off"))
+    assert not np.array_equal(done.image, image)
 
 
 def test_seed_none_draws_a_seed_and_says_which() -> None:

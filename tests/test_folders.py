@@ -90,6 +90,14 @@ def test_bad_folders_are_refused_in_one_line_before_any_run(photos, tmp_path, ca
     assert not (tmp_path / "out").is_dir()
 
 
+def test_an_out_that_names_an_image_file_is_refused_for_a_folder(photos, tmp_path, capsys):
+    """A folder run writes a folder: --out x.png would make a folder named x.png."""
+    assert edit(photos, tmp_path / "x.png") == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "names an image file" in error and "give a folder" in error
+    assert not (tmp_path / "x.png").exists()
+
+
 def test_an_output_folder_that_is_the_input_folder_is_refused(photos, capsys):
     assert main(["--image", str(photos), "--out", str(photos), "--steps", "3"]) == 2
     assert "over the input" in capsys.readouterr().err
