@@ -159,6 +159,9 @@ def save_weights(denoiser: nn.Module, path: Union[str, Path]) -> None:
     try:
         with os.fdopen(handle, "wb") as file:
             torch.save(record, file)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's file is private (0600)
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
