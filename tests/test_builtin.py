@@ -150,11 +150,11 @@ def test_full_regeneration_is_a_photograph_plus_the_spreads_colour_grain(model: 
     steps do not remove, and which adds to the photograph's own fine detail."""
     from scipy import ndimage
 
-    from kdiff_differential.models.builtin import SPREAD, TRAINING_IMAGES, _fit, _skimage
+    from kdiff_differential.models.builtin import SPREAD, TRAINING_IMAGES, fit_pixels, photograph
 
     edit = differential_edit(model.denoiser, model.latent, torch.ones(SIDE, SIDE), sampler=sampler, steps=steps, seed=0)
     result = model.decode(edit.result).astype(float)
-    photos = [to_image(_fit(_skimage(name), SIDE, SIDE)).astype(float) for name in TRAINING_IMAGES]
+    photos = [to_image(fit_pixels(photograph(name), SIDE, SIDE)).astype(float) for name in TRAINING_IMAGES]
     photo = min(photos, key=lambda pixels: np.mean((pixels - result) ** 2))
     grain = result - photo
     expected = SPREAD * 127.5  # 12.75 levels

@@ -52,13 +52,13 @@ def pixel_alphas_cumprod(steps: int = 1000) -> Tensor:
     return (1 / (1 + (2 * log_sigmas).exp())).float()
 
 
-def _skimage(name: str) -> np.ndarray:
+def photograph(name: str) -> np.ndarray:
     import skimage.data
 
     return getattr(skimage.data, name)()
 
 
-def _fit(image: np.ndarray, height: int, width: int) -> Tensor:
+def fit_pixels(image: np.ndarray, height: int, width: int) -> Tensor:
     """uint8 (H, W, 3), centre-cropped to the aspect height : width and resized:
     float32 (1, 3, height, width) in [-1, 1]."""
     rows, columns = image.shape[:2]
@@ -74,13 +74,13 @@ def _fit(image: np.ndarray, height: int, width: int) -> Tensor:
 
 def load_example_image() -> np.ndarray:
     """The demo's input: scikit-image's astronaut at EXAMPLE_SIZE square, uint8 (H, W, 3)."""
-    return to_image(_fit(_skimage(EXAMPLE_IMAGE), EXAMPLE_SIZE, EXAMPLE_SIZE))
+    return to_image(fit_pixels(photograph(EXAMPLE_IMAGE), EXAMPLE_SIZE, EXAMPLE_SIZE))
 
 
 def load_example_clip(frames: int = 9, shift: int = 8) -> np.ndarray:
     """The video demo's input: the example image panned ``shift`` pixels a frame,
     uint8 (frames, EXAMPLE_SIZE, EXAMPLE_SIZE, 3)."""
-    wide = to_image(_fit(_skimage(EXAMPLE_IMAGE), EXAMPLE_SIZE, EXAMPLE_SIZE + shift * (frames - 1)))
+    wide = to_image(fit_pixels(photograph(EXAMPLE_IMAGE), EXAMPLE_SIZE, EXAMPLE_SIZE + shift * (frames - 1)))
     return np.stack([wide[:, shift * i : shift * i + EXAMPLE_SIZE] for i in range(frames)])
 
 
@@ -99,7 +99,7 @@ def builtin_denoiser(height: int, width: int, spread: float = SPREAD, prediction
     from frame to frame."""
     import k_diffusion as K
 
-    images = torch.cat([_fit(_skimage(name), height, width) for name in TRAINING_IMAGES])
+    images = torch.cat([fit_pixels(photograph(name), height, width) for name in TRAINING_IMAGES])
     if frames is not None:
         images = images.unsqueeze(2).expand(-1, -1, frames, -1, -1)
     model = IdealDenoiser(images, alphas_cumprod=pixel_alphas_cumprod(), prediction=prediction, spread=spread)
